@@ -1,0 +1,168 @@
+import Foundation
+import FlipTensor
+
+/// Activation functions by Keras's and Larq's names.
+public enum ActivationKind: String, CaseIterable, Sendable {
+  case linear, relu, softmax
+  case hardTanh = "hard_tanh"
+  case tanh, sigmoid
+}
+
+/// `Activation(kind)`: elementwise (or, for softmax, per-row over the last axis).
+///
+/// - `relu`: `y = max(x, 0)`, `dx = dy·1[x > 0]`
+/// - `hard_tanh` (Larq): `y = clip(x, −1, 1)`, `dx = dy·1[−1 ≤ x ≤ 1]` (TensorFlow's clip gradient)
+/// - `tanh`: `dx = dy·(1 − y²)`; `sigmoid`: `dx = dy·y(1 − y)`
+/// - `softmax` over the last axis: `y = exp(x − max)/Σ exp(x − max)`, `dx = y ⊙ (dy − Σ dy⊙y)`.
+///   In training the loss takes the logits before a final softmax directly (as Keras does).
+public final class Activation: Layer {
+  public var name = "activation"
+  public let typeName = "activation"
+  public let kind: ActivationKind
+  public let inputShape: [Int]
+  public var outputShape: [Int] { inputShape }
+  private var maxBatch = 0
+  private var input: UnsafePointer<Float>!
+  private var y = FloatBuffer(count: 0)
+  private var dx = FloatBuffer(count: 0)
+
+  public init(_ kind: ActivationKind, inputShape: [Int]) {
+    self.kind = kind
+    self.inputShape = inputShape
+  }
+  public convenience init(named name: String, inputShape: [Int]) throws {
+    guard let kind = ActivationKind(rawValue: name) else { throw BNNError.unknownActivation(name) }
+    self.init(kind, inputShape: inputShape)
+  }
+
+  public var parameterSpecs: [ParameterSpec] { [] }
+  public func bind(store: ParameterStore, views: [ParameterView]) {}
+  public func allocate(maxBatch: Int) {
+    guard maxBatch > self.maxBatch else { return }
+    self.maxBatch = maxBatch
+    y = FloatBuffer(count: maxBatch * inputSize)
+    dx = FloatBuffer(count: maxBatch * inputSize)
+  }
+
+  public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
+    input = x
+    let n = batch * inputSize
+    let out = y.pointer
+    switch kind {
+    case .linear: out.update(from: x, count: n)
+    case .relu: for i in 0..<n { out[i] = max(x[i], 0) }
+    case .hardTanh: for i in 0..<n { out[i] = min(max(x[i], -1), 1) }
+    case .tanh: for i in 0..<n { out[i] = Foundation.tanh(x[i]) }
+    case .sigmoid: for i in 0..<n { out[i] = 1 / (1 + exp(-x[i])) }
+    case .softmax:
+      let c = inputShape.last!
+      softmaxRows(x, out, rows: n / c, columns: c)
+    }
+    return UnsafePointer(out)
+  }
+
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+    guard needInputGradient else { return nil }
+    let n = batch * inputSize
+    let d = dx.pointer, out = y.pointer, x = input!
+    switch kind {
+    case .linear: d.update(from: dy, count: n)
+    case .relu: for i in 0..<n { d[i] = x[i] > 0 ? dy[i] : 0 }
+    case .hardTanh: for i in 0..<n { d[i] = (x[i] >= -1 && x[i] <= 1) ? dy[i] : 0 }
+    case .tanh: for i in 0..<n { d[i] = dy[i] * (1 - out[i] * out[i]) }
+    case .sigmoid: for i in 0..<n { d[i] = dy[i] * out[i] * (1 - out[i]) }
+    case .softmax:
+      let c = inputShape.last!
+      for r in 0..<(n / c) {
+        var dot: Float = 0
+        for j in 0..<c { dot += dy[r * c + j] * out[r * c + j] }
+        for j in 0..<c { d[r * c + j] = out[r * c + j] * (dy[r * c + j] - dot) }
+      }
+    }
+    return UnsafePointer(d)
+  }
+
+  public var profile: LayerProfile {
+    LayerProfile(name: name, inputPrecision: nil, outputShape: outputShape, weights: [], macs: .unknown)
+  }
+}
+
+/// Row-wise softmax of a (rows, columns) matrix, stabilized by the row maximum.
+public func softmaxRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, columns c: Int) {
+  for r in 0..<rows {
+    let xr = x + r * c, yr = y + r * c
+    var m = -Float.infinity
+    for j in 0..<c { m = max(m, xr[j]) }
+    var s: Float = 0
+    for j in 0..<c {
+      let e = exp(xr[j] - m)
+      yr[j] = e
+      s += e
+    }
+    let inv = 1 / s
+    for j in 0..<c { yr[j] *= inv }
+  }
+}
+
+/// `Dropout(rate)`: in training, keeps each value with probability `1 − rate` and scales kept
+/// values by `1/(1 − rate)` (inverted dropout, as Keras); the identity in inference. Masks come
+/// from Flip's seeded generator, so runs repeat exactly.
+public final class Dropout: Layer {
+  public var name = "dropout"
+  public let typeName = "dropout"
+  public let rate: Float
+  public let inputShape: [Int]
+  public var outputShape: [Int] { inputShape }
+  public var random: SplitMix64
+  private var maxBatch = 0
+  private var trainedLast = false
+  /// (B, ...) mask of 0 or 1/(1 − rate); output; input gradient.
+  private var mask = FloatBuffer(count: 0)
+  private var y = FloatBuffer(count: 0)
+  private var dx = FloatBuffer(count: 0)
+
+  public init(rate: Float, inputShape: [Int], seed: UInt64) throws {
+    guard rate >= 0, rate < 1 else {
+      throw BNNError.invalidParameter(owner: "Dropout", parameter: "rate", reason: "must be in [0, 1), got \(rate)")
+    }
+    self.rate = rate
+    self.inputShape = inputShape
+    random = SplitMix64(seed: seed)
+  }
+
+  public var parameterSpecs: [ParameterSpec] { [] }
+  public func bind(store: ParameterStore, views: [ParameterView]) {}
+  public func allocate(maxBatch: Int) {
+    guard maxBatch > self.maxBatch else { return }
+    self.maxBatch = maxBatch
+    mask = FloatBuffer(count: maxBatch * inputSize)
+    y = FloatBuffer(count: maxBatch * inputSize)
+    dx = FloatBuffer(count: maxBatch * inputSize)
+  }
+
+  public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
+    trainedLast = training && rate > 0
+    guard trainedLast else { return x }
+    let n = batch * inputSize
+    let keep = 1 / (1 - rate)
+    let m = mask.pointer, out = y.pointer
+    for i in 0..<n {
+      m[i] = random.nextUnitFloat() >= rate ? keep : 0
+      out[i] = x[i] * m[i]
+    }
+    return UnsafePointer(out)
+  }
+
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+    guard needInputGradient else { return nil }
+    guard trainedLast else { return dy }
+    let n = batch * inputSize
+    let m = mask.pointer, d = dx.pointer
+    for i in 0..<n { d[i] = dy[i] * m[i] }
+    return UnsafePointer(d)
+  }
+
+  public var profile: LayerProfile {
+    LayerProfile(name: name, inputPrecision: nil, outputShape: outputShape, weights: [], macs: .unknown)
+  }
+}

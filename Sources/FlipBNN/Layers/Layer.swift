@@ -1,0 +1,167 @@
+import FlipTensor
+
+// Gradient convention (tested): parameter gradients ACCUMULATE into the store's gradient
+// buffer (so micro-batches add up), activation gradients are WRITTEN into the layer's own
+// `dx` buffer. Every stored buffer is sized once for `maxBatch` samples; a smaller batch uses
+// a prefix. Neither forward nor backward allocates.
+
+/// One layer of a sequential model: explicit forward and backward passes over flat batches.
+public protocol Layer: AnyObject {
+  /// Keras-style unique name in its model, e.g. `quant_dense_1`.
+  var name: String { get set }
+  /// The base of `name`, e.g. `quant_dense`.
+  var typeName: String { get }
+  /// Shape of one sample coming in / going out (no batch axis).
+  var inputShape: [Int] { get }
+  var outputShape: [Int] { get }
+  /// Variables this layer needs, in order; the model lays them out in its store.
+  var parameterSpecs: [ParameterSpec] { get }
+  /// Receives the views of the variables declared in `parameterSpecs`, in the same order.
+  func bind(store: ParameterStore, views: [ParameterView])
+  /// Sizes every buffer for batches of up to `maxBatch` samples.
+  func allocate(maxBatch: Int)
+  /// Computes the output of `batch` samples; the result stays valid until the next forward.
+  /// The input must stay valid until `backward` (it is the previous layer's output).
+  func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float>
+  /// Accumulates parameter gradients and, if asked, returns the gradient of the input.
+  func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws
+    -> UnsafePointer<Float>?
+  /// The numbers of `larq.models.summary`.
+  var profile: LayerProfile { get }
+}
+
+extension Layer {
+  public var inputSize: Int { inputShape.reduce(1, *) }
+  public var outputSize: Int { outputShape.reduce(1, *) }
+}
+
+/// A layer whose kernel is quantized: it reports the fraction of kernel values that changed
+/// between consecutive training forwards (Larq's `flip_ratio` metric).
+public protocol FlipCounting: AnyObject {
+  /// Fraction of quantized kernel values that differ from the previous training forward's,
+  /// or nil before the second training forward.
+  var lastFlipRatio: Double? { get }
+}
+
+/// The weights and MACs of one layer, as `larq.models.summary` counts them.
+public struct LayerProfile: Sendable, Equatable {
+  public struct Weights: Sendable, Equatable {
+    public var role: ParameterRole
+    public var count: Int
+    public var precision: Int
+    public var trainable: Bool
+  }
+  public enum MACs: Sendable, Equatable {
+    case none
+    /// Multiply-accumulates of one sample at `precision` bits.
+    case count(Int, precision: Int)
+    /// Larq cannot count them (`?`), e.g. for activations.
+    case unknown
+  }
+  public var name: String
+  /// The input quantizer's precision, nil when the input is not quantized (`-`).
+  public var inputPrecision: Int?
+  public var outputShape: [Int]
+  public var weights: [Weights]
+  public var macs: MACs
+}
+
+/// Quantizes `count` values of `x` into `y` (or copies when `quantizer` is nil).
+@inline(__always)
+func quantize(
+  _ quantizer: Quantizer?, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int,
+  channels: Int
+) {
+  if let q = quantizer {
+    q.forward(x, y, count: count, channels: channels)
+  } else {
+    y.update(from: x, count: count)
+  }
+}
+
+/// The pseudo-gradient of `quantizer` at `x`, applied to `d` in place (identity when nil).
+@inline(__always)
+func quantizerGradient(
+  _ quantizer: Quantizer?, _ x: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, count: Int,
+  channels: Int
+) {
+  quantizer?.backward(x, UnsafePointer(d), d, count: count, channels: channels)
+}
+
+/// The kernel of a quantized layer: the latent weights, their quantized copy used by the
+/// forward GEMM, and the count of values that changed since the previous training forward.
+final class QuantizedKernel {
+  let quantizer: Quantizer?
+  let rows: Int, channels: Int
+  var latent: UnsafeMutablePointer<Float>!
+  var gradient: UnsafeMutablePointer<Float>!
+  /// (rows, channels) quantized kernel; allocated only when there is a quantizer.
+  let quantized: FloatBuffer?
+  /// (rows, channels) scratch for the gradient of the quantized kernel.
+  let quantizedGradient: FloatBuffer?
+  private var hasPrevious = false
+  private(set) var lastFlipRatio: Double?
+
+  init(quantizer: Quantizer?, rows: Int, channels: Int) {
+    self.quantizer = quantizer
+    self.rows = rows
+    self.channels = channels
+    quantized = quantizer == nil ? nil : FloatBuffer(count: rows * channels)
+    quantizedGradient = quantizer == nil ? nil : FloatBuffer(count: rows * channels)
+  }
+
+  var count: Int { rows * channels }
+
+  /// The weights the forward GEMM uses: `q(latent)`, recomputed every forward.
+  func forward(training: Bool) -> UnsafePointer<Float> {
+    guard let q = quantizer, let wq = quantized else { return UnsafePointer(latent) }
+    if training && hasPrevious {
+      // Count changed values while writing the new quantized kernel.
+      let old = quantizedGradient!.pointer  // free scratch between steps
+      old.update(from: wq.pointer, count: count)
+      q.forward(latent, wq.pointer, count: count, channels: channels)
+      var changed = 0
+      for i in 0..<count where old[i] != wq.pointer[i] { changed += 1 }
+      lastFlipRatio = Double(changed) / Double(count)
+    } else {
+      q.forward(latent, wq.pointer, count: count, channels: channels)
+      if training { hasPrevious = true }
+    }
+    return UnsafePointer(wq.pointer)
+  }
+
+  /// Where the GEMM writes the gradient of the quantized kernel, and whether it accumulates.
+  var gemmGradientTarget: (UnsafeMutablePointer<Float>, beta: Float) {
+    if let g = quantizedGradient { return (g.pointer, 0) }
+    return (gradient, 1)
+  }
+
+  /// After the GEMM: pseudo-gradient through the quantizer, accumulated into the latent's gradient.
+  func finishBackward() {
+    guard let q = quantizer, let g = quantizedGradient else { return }
+    q.backward(latent, g.pointer, g.pointer, count: count, channels: channels)
+    let dst = gradient!
+    let src = g.pointer
+    for i in 0..<count { dst[i] += src[i] }
+  }
+}
+
+/// Column sums of a (rows, columns) matrix, accumulated into `into` (bias gradients).
+@inline(__always)
+func accumulateColumnSums(
+  _ m: UnsafePointer<Float>, rows: Int, columns: Int, into: UnsafeMutablePointer<Float>
+) {
+  for r in 0..<rows {
+    let row = m + r * columns
+    for c in 0..<columns { into[c] += row[c] }
+  }
+}
+
+/// Adds `bias` (columns) to every row of `m`.
+@inline(__always)
+func addBias(_ m: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>) {
+  for r in 0..<rows {
+    let row = m + r * columns
+    for c in 0..<columns { row[c] += bias[c] }
+  }
+}

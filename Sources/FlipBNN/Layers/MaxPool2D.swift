@@ -1,0 +1,116 @@
+import FlipTensor
+
+// Legend: B batch, H/W input, C channels, OH/OW output (NHWC).
+
+/// `MaxPooling2D(pool_size, strides=pool_size, padding)`: the maximum of each window per
+/// channel; backward routes each output gradient to the first maximal input of its window
+/// (TensorFlow's choice on ties). With `same` padding, padded positions never win.
+public final class MaxPool2D: Layer {
+  public var name = "max_pooling2d"
+  public let typeName = "max_pooling2d"
+  public let inputShape: [Int]
+  public let outputShape: [Int]
+  public let geometry: ConvGeometry
+  private var maxBatch = 0
+  /// (B, OH, OW, C) output; (B, OH, OW, C) index of the winning input element in the batch.
+  private var y = FloatBuffer(count: 0)
+  private var argmax: UnsafeMutablePointer<Int32>?
+  /// (B, H, W, C) input gradient.
+  private var dx = FloatBuffer(count: 0)
+
+  public init(poolSize: (Int, Int) = (2, 2), strides: (Int, Int)? = nil, padding: Padding = .valid, inputShape: [Int]) throws {
+    guard inputShape.count == 3 else {
+      throw BNNError.shapeMismatch(layer: "max_pooling2d", reason: "expects an image input (height, width, channels), got shape \(inputShape)")
+    }
+    let s = strides ?? poolSize
+    do {
+      geometry = try ConvGeometry(
+        inputHeight: inputShape[0], inputWidth: inputShape[1], channels: inputShape[2],
+        kernelHeight: poolSize.0, kernelWidth: poolSize.1, strideHeight: s.0, strideWidth: s.1,
+        padding: padding)
+    } catch let e as TensorError {
+      throw BNNError.shapeMismatch(layer: "max_pooling2d", reason: e.description)
+    }
+    self.inputShape = inputShape
+    outputShape = [geometry.outputHeight, geometry.outputWidth, inputShape[2]]
+  }
+
+  deinit { argmax?.deallocate() }
+
+  public var parameterSpecs: [ParameterSpec] { [] }
+  public func bind(store: ParameterStore, views: [ParameterView]) {}
+
+  public func allocate(maxBatch: Int) {
+    guard maxBatch > self.maxBatch else { return }
+    self.maxBatch = maxBatch
+    y = FloatBuffer(count: maxBatch * outputSize)
+    dx = FloatBuffer(count: maxBatch * inputSize)
+    argmax?.deallocate()
+    argmax = .allocate(capacity: maxBatch * outputSize)
+  }
+
+  public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
+    let g = geometry
+    let c = g.channels
+    let out = y.pointer
+    let arg = argmax!
+    for b in 0..<batch {
+      let imageOffset = b * g.inputSize
+      for oy in 0..<g.outputHeight {
+        for ox in 0..<g.outputWidth {
+          let o = ((b * g.outputHeight + oy) * g.outputWidth + ox) * c
+          for ch in 0..<c { out[o + ch] = -.infinity; arg[o + ch] = -1 }
+          for ky in 0..<g.kernelHeight {
+            let yy = oy * g.strideHeight - g.padTop + ky
+            if yy < 0 || yy >= g.inputHeight { continue }
+            for kx in 0..<g.kernelWidth {
+              let xx = ox * g.strideWidth - g.padLeft + kx
+              if xx < 0 || xx >= g.inputWidth { continue }
+              let i = imageOffset + (yy * g.inputWidth + xx) * c
+              for ch in 0..<c where x[i + ch] > out[o + ch] || arg[o + ch] < 0 {
+                out[o + ch] = x[i + ch]
+                arg[o + ch] = Int32(i + ch)
+              }
+            }
+          }
+        }
+      }
+    }
+    return UnsafePointer(out)
+  }
+
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+    guard needInputGradient else { return nil }
+    let d = dx.pointer
+    d.update(repeating: 0, count: batch * inputSize)
+    let arg = argmax!
+    for o in 0..<(batch * outputSize) { d[Int(arg[o])] += dy[o] }
+    return UnsafePointer(d)
+  }
+
+  public var profile: LayerProfile {
+    LayerProfile(name: name, inputPrecision: nil, outputShape: outputShape, weights: [], macs: .none)
+  }
+}
+
+/// `Flatten`: reshapes (B, ...) to (B, ∏...); data and gradients pass through untouched.
+public final class Flatten: Layer {
+  public var name = "flatten"
+  public let typeName = "flatten"
+  public let inputShape: [Int]
+  public let outputShape: [Int]
+  public init(inputShape: [Int]) {
+    self.inputShape = inputShape
+    outputShape = [inputShape.reduce(1, *)]
+  }
+  public var parameterSpecs: [ParameterSpec] { [] }
+  public func bind(store: ParameterStore, views: [ParameterView]) {}
+  public func allocate(maxBatch: Int) {}
+  public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> { x }
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+    needInputGradient ? dy : nil
+  }
+  public var profile: LayerProfile {
+    LayerProfile(name: name, inputPrecision: nil, outputShape: outputShape, weights: [], macs: .none)
+  }
+}

@@ -1,0 +1,158 @@
+import FlipTensor
+
+// Legend: B batch, H/W input height/width, C input channels, KH/KW kernel, F filters,
+// OH/OW output height/width, P = KH·KW·C patch size, R = B·OH·OW rows of the im2col matrix.
+
+/// `QuantConv2D` (and Keras's `Conv2D` when it has no quantizers), NHWC:
+/// `y = im2col(q_in(x)) · q_k(W) + b` with kernel `W` (KH, KW, C, F) in Keras's layout, which
+/// is already the (P, F) matrix. Padding positions take `pad_values` (Larq), after the input
+/// quantizer.
+///
+/// backward: `dq_k(W) = colsᵀ·dy`, `dW += q̃_k'(W) ⊙ dq_k(W)`, `db += Σ dy`,
+/// `dx = q̃_in'(x) ⊙ col2im(dy · q_k(W)ᵀ)`.
+public final class QuantConv2D: Layer, FlipCounting {
+  public var name: String
+  public let typeName: String
+  public let inputShape: [Int]
+  public let outputShape: [Int]
+  public let filters: Int
+  public let geometry: ConvGeometry
+  public let padding: Padding
+  public let padValue: Float
+  public let useBias: Bool
+  public let inputQuantizer: Quantizer?
+  public let constraint: KernelConstraint?
+  let kernel: QuantizedKernel
+  var bias: UnsafeMutablePointer<Float>?
+  var biasGradient: UnsafeMutablePointer<Float>?
+
+  private var maxBatch = 0
+  private var input: UnsafePointer<Float>!
+  /// (B, H, W, C) quantized input; only with an input quantizer.
+  private var quantizedInput: FloatBuffer?
+  /// (R, P) im2col of the (quantized) input.
+  private var columns = FloatBuffer(count: 0)
+  /// (R, F) = (B, OH, OW, F) output.
+  private var y = FloatBuffer(count: 0)
+  /// (B, H, W, C) input gradient.
+  private var dx = FloatBuffer(count: 0)
+
+  public init(
+    filters: Int, kernelSize: (Int, Int), strides: (Int, Int) = (1, 1), padding: Padding = .valid,
+    padValue: Float = 0, inputShape: [Int], inputQuantizer: Quantizer? = nil,
+    kernelQuantizer: Quantizer? = nil, constraint: KernelConstraint? = nil, useBias: Bool = true,
+    typeName: String? = nil
+  ) throws {
+    let type = typeName ?? ((inputQuantizer == nil && kernelQuantizer == nil) ? "conv2d" : "quant_conv2d")
+    guard filters > 0 else {
+      throw BNNError.invalidParameter(owner: type, parameter: "filters", reason: "must be positive, got \(filters)")
+    }
+    guard inputShape.count == 3 else {
+      throw BNNError.shapeMismatch(
+        layer: type, reason: "expects an image input (height, width, channels), got shape \(inputShape)")
+    }
+    do {
+      geometry = try ConvGeometry(
+        inputHeight: inputShape[0], inputWidth: inputShape[1], channels: inputShape[2],
+        kernelHeight: kernelSize.0, kernelWidth: kernelSize.1, strideHeight: strides.0,
+        strideWidth: strides.1, padding: padding)
+    } catch let e as TensorError {
+      throw BNNError.shapeMismatch(layer: type, reason: e.description)
+    }
+    self.filters = filters
+    self.padding = padding
+    self.padValue = padValue
+    self.inputShape = inputShape
+    self.outputShape = [geometry.outputHeight, geometry.outputWidth, filters]
+    self.inputQuantizer = inputQuantizer
+    self.constraint = constraint
+    self.useBias = useBias
+    self.typeName = type
+    self.name = type
+    kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: geometry.patchSize, channels: filters)
+  }
+
+  public var kernelQuantizer: Quantizer? { kernel.quantizer }
+  public var lastFlipRatio: Double? { kernel.quantizer == nil ? nil : kernel.lastFlipRatio }
+
+  public var parameterSpecs: [ParameterSpec] {
+    let g = geometry
+    var specs = [
+      ParameterSpec(
+        role: .kernel, shape: [g.kernelHeight, g.kernelWidth, g.channels, filters],
+        precision: kernel.quantizer?.precision ?? 32, constraint: constraint, initializer: .glorotUniform)
+    ]
+    if useBias { specs.append(ParameterSpec(role: .bias, shape: [filters], initializer: .zeros)) }
+    return specs
+  }
+
+  public func bind(store: ParameterStore, views: [ParameterView]) {
+    kernel.latent = store.pointer(views[0])
+    kernel.gradient = store.gradient(views[0])
+    if useBias {
+      bias = store.pointer(views[1])
+      biasGradient = store.gradient(views[1])
+    }
+  }
+
+  public func allocate(maxBatch: Int) {
+    guard maxBatch > self.maxBatch else { return }
+    self.maxBatch = maxBatch
+    let rows = maxBatch * geometry.outputPixels
+    columns = FloatBuffer(count: rows * geometry.patchSize)
+    y = FloatBuffer(count: rows * filters)
+    dx = FloatBuffer(count: maxBatch * inputSize)
+    if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
+  }
+
+  public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
+    let g = geometry
+    input = x
+    var source = x
+    if let q = inputQuantizer, let xq = quantizedInput {
+      q.forward(x, xq.pointer, count: batch * inputSize, channels: g.channels)
+      source = UnsafePointer(xq.pointer)
+    }
+    im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns.pointer)
+    let w = kernel.forward(training: training)
+    let rows = batch * g.outputPixels
+    try gemm(
+      .none, .none, m: rows, n: filters, k: g.patchSize, a: columns.pointer, lda: g.patchSize, b: w,
+      ldb: filters, c: y.pointer, ldc: filters)
+    if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
+    return UnsafePointer(y.pointer)
+  }
+
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+    let g = geometry
+    let rows = batch * g.outputPixels
+    let (target, beta) = kernel.gemmGradientTarget
+    try gemm(
+      .transposed, .none, m: g.patchSize, n: filters, k: rows, a: columns.pointer, lda: g.patchSize,
+      b: dy, ldb: filters, beta: beta, c: target, ldc: filters)
+    kernel.finishBackward()
+    if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
+    guard needInputGradient else { return nil }
+    // The columns are no longer needed: reuse them for the gradient of the columns.
+    let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
+    try gemm(
+      .none, .transposed, m: rows, n: g.patchSize, k: filters, a: dy, lda: filters, b: w, ldb: filters,
+      c: columns.pointer, ldc: g.patchSize)
+    col2im(columns.pointer, batch: batch, geometry: g, into: dx.pointer)
+    quantizerGradient(inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels)
+    return UnsafePointer(dx.pointer)
+  }
+
+  public var profile: LayerProfile {
+    let g = geometry
+    let kernelBits = kernel.quantizer?.precision ?? 32
+    let inputBits = inputQuantizer?.precision ?? 32
+    var weights = [
+      LayerProfile.Weights(role: .kernel, count: g.patchSize * filters, precision: kernelBits, trainable: true)
+    ]
+    if useBias { weights.append(.init(role: .bias, count: filters, precision: 32, trainable: true)) }
+    return LayerProfile(
+      name: name, inputPrecision: inputQuantizer?.precision, outputShape: outputShape, weights: weights,
+      macs: .count(g.outputPixels * g.patchSize * filters, precision: max(kernelBits, inputBits)))
+  }
+}

@@ -1,0 +1,125 @@
+import FlipTensor
+
+// Legend: B batch, I input units, O output units.
+
+/// `QuantDense` (and Keras's `Dense` when it has no quantizers):
+/// `y = q_in(x) · q_k(W) + b`, kernel `W` (I, O) in Keras's layout.
+///
+/// backward: `dq_k(W) = q_in(x)ᵀ·dy`, `dW += q̃_k'(W) ⊙ dq_k(W)`, `db += Σ_B dy`,
+/// `dx = q̃_in'(x) ⊙ (dy · q_k(W)ᵀ)`.
+public final class QuantDense: Layer, FlipCounting {
+  public var name: String
+  public let typeName: String
+  public let inputShape: [Int]
+  public let outputShape: [Int]
+  public let units: Int
+  public let useBias: Bool
+  public let inputQuantizer: Quantizer?
+  public let constraint: KernelConstraint?
+  let kernel: QuantizedKernel
+  var bias: UnsafeMutablePointer<Float>?
+  var biasGradient: UnsafeMutablePointer<Float>?
+
+  private var maxBatch = 0
+  /// (B, I) the input as the GEMM used it: q_in(x), or x itself.
+  private var gemmInput: UnsafePointer<Float>!
+  /// (B, I) the raw input (for the input quantizer's pseudo-gradient).
+  private var input: UnsafePointer<Float>!
+  /// (B, I) quantized input; only with an input quantizer.
+  private var quantizedInput: FloatBuffer?
+  /// (B, O) output.
+  private var y = FloatBuffer(count: 0)
+  /// (B, I) input gradient.
+  private var dx = FloatBuffer(count: 0)
+
+  public init(
+    units: Int, inputShape: [Int], inputQuantizer: Quantizer? = nil, kernelQuantizer: Quantizer? = nil,
+    constraint: KernelConstraint? = nil, useBias: Bool = true, typeName: String? = nil
+  ) throws {
+    guard units > 0 else {
+      throw BNNError.invalidParameter(owner: "QuantDense", parameter: "units", reason: "must be positive, got \(units)")
+    }
+    guard inputShape.count == 1 else {
+      throw BNNError.shapeMismatch(
+        layer: typeName ?? "quant_dense",
+        reason: "expects a flat input (units), got shape \(inputShape); add a Flatten layer before it")
+    }
+    self.units = units
+    self.inputShape = inputShape
+    self.outputShape = [units]
+    self.inputQuantizer = inputQuantizer
+    self.constraint = constraint
+    self.useBias = useBias
+    self.typeName = typeName ?? ((inputQuantizer == nil && kernelQuantizer == nil) ? "dense" : "quant_dense")
+    self.name = self.typeName
+    kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: inputShape[0], channels: units)
+  }
+
+  public var kernelQuantizer: Quantizer? { kernel.quantizer }
+  public var lastFlipRatio: Double? { kernel.quantizer == nil ? nil : kernel.lastFlipRatio }
+
+  public var parameterSpecs: [ParameterSpec] {
+    var specs = [
+      ParameterSpec(
+        role: .kernel, shape: [inputShape[0], units], precision: kernel.quantizer?.precision ?? 32,
+        constraint: constraint, initializer: .glorotUniform)
+    ]
+    if useBias { specs.append(ParameterSpec(role: .bias, shape: [units], initializer: .zeros)) }
+    return specs
+  }
+
+  public func bind(store: ParameterStore, views: [ParameterView]) {
+    kernel.latent = store.pointer(views[0])
+    kernel.gradient = store.gradient(views[0])
+    if useBias {
+      bias = store.pointer(views[1])
+      biasGradient = store.gradient(views[1])
+    }
+  }
+
+  public func allocate(maxBatch: Int) {
+    guard maxBatch > self.maxBatch else { return }
+    self.maxBatch = maxBatch
+    y = FloatBuffer(count: maxBatch * units)
+    dx = FloatBuffer(count: maxBatch * inputSize)
+    if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
+  }
+
+  public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
+    let i = inputSize
+    input = x
+    if let q = inputQuantizer, let xq = quantizedInput {
+      q.forward(x, xq.pointer, count: batch * i, channels: i)
+      gemmInput = UnsafePointer(xq.pointer)
+    } else {
+      gemmInput = x
+    }
+    let w = kernel.forward(training: training)
+    try gemm(.none, .none, m: batch, n: units, k: i, a: gemmInput, lda: i, b: w, ldb: units, c: y.pointer, ldc: units)
+    if let b = bias { addBias(y.pointer, rows: batch, columns: units, bias: b) }
+    return UnsafePointer(y.pointer)
+  }
+
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+    let i = inputSize
+    let (target, beta) = kernel.gemmGradientTarget
+    try gemm(.transposed, .none, m: i, n: units, k: batch, a: gemmInput, lda: i, b: dy, ldb: units, beta: beta, c: target, ldc: units)
+    kernel.finishBackward()
+    if let db = biasGradient { accumulateColumnSums(dy, rows: batch, columns: units, into: db) }
+    guard needInputGradient else { return nil }
+    let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
+    try gemm(.none, .transposed, m: batch, n: i, k: units, a: dy, lda: units, b: w, ldb: units, c: dx.pointer, ldc: i)
+    quantizerGradient(inputQuantizer, input, dx.pointer, count: batch * i, channels: i)
+    return UnsafePointer(dx.pointer)
+  }
+
+  public var profile: LayerProfile {
+    let kernelBits = kernel.quantizer?.precision ?? 32
+    let inputBits = inputQuantizer?.precision ?? 32
+    var weights = [LayerProfile.Weights(role: .kernel, count: inputSize * units, precision: kernelBits, trainable: true)]
+    if useBias { weights.append(.init(role: .bias, count: units, precision: 32, trainable: true)) }
+    return LayerProfile(
+      name: name, inputPrecision: inputQuantizer?.precision, outputShape: outputShape, weights: weights,
+      macs: .count(inputSize * units, precision: max(kernelBits, inputBits)))
+  }
+}

@@ -1,0 +1,100 @@
+import FlipTensor
+
+/// Layer types by their Larq/Keras class names, as written in config files.
+public enum LayerKind: String, CaseIterable, Sendable, Codable {
+  case quantDense = "QuantDense"
+  case dense = "Dense"
+  case quantConv2D = "QuantConv2D"
+  case conv2D = "Conv2D"
+  case batchNormalization = "BatchNormalization"
+  case maxPool2D = "MaxPool2D"
+  case flatten = "Flatten"
+  case activation = "Activation"
+  case dropout = "Dropout"
+}
+
+/// A layer as a config file describes it, with Keras's and Larq's parameter names and defaults.
+public struct LayerSpec: Equatable, Sendable {
+  public var kind: LayerKind
+  public var units: Int?
+  public var filters: Int?
+  public var kernelSize: [Int]?
+  public var strides: [Int]?
+  public var padding: Padding = .valid
+  public var padValues: Float = 0
+  public var poolSize: [Int]?
+  public var inputQuantizer: QuantizerSpec?
+  public var kernelQuantizer: QuantizerSpec?
+  /// `weight_clip` (with `clipValue`) or nil.
+  public var kernelConstraint: KernelConstraint?
+  public var useBias = true
+  public var momentum: Float = 0.99
+  public var epsilon: Float = 1e-3
+  public var center = true
+  public var scale = true
+  public var activation: ActivationKind?
+  public var rate: Float?
+
+  public init(_ kind: LayerKind) { self.kind = kind }
+
+  /// Builds the layer for inputs of `inputShape` (one sample), checking every parameter.
+  public func make(inputShape: [Int], seed: UInt64) throws -> Layer {
+    let quantized = kind == .quantDense || kind == .quantConv2D
+    if !quantized && (inputQuantizer != nil || kernelQuantizer != nil) {
+      throw BNNError.invalidParameter(
+        owner: kind.rawValue, parameter: inputQuantizer != nil ? "input_quantizer" : "kernel_quantizer",
+        reason: "only QuantDense and QuantConv2D take quantizers")
+    }
+    func pair(_ v: [Int]?, _ name: String, default d: [Int]?) throws -> (Int, Int) {
+      guard let v = v ?? d else {
+        throw BNNError.invalidParameter(owner: kind.rawValue, parameter: name, reason: "is required")
+      }
+      let p = v.count == 1 ? [v[0], v[0]] : v
+      guard p.count == 2, p[0] > 0, p[1] > 0 else {
+        throw BNNError.invalidParameter(
+          owner: kind.rawValue, parameter: name, reason: "must be one or two positive integers, got \(v)")
+      }
+      return (p[0], p[1])
+    }
+    switch kind {
+    case .quantDense, .dense:
+      guard let units else {
+        throw BNNError.invalidParameter(owner: kind.rawValue, parameter: "units", reason: "is required")
+      }
+      return try QuantDense(
+        units: units, inputShape: inputShape, inputQuantizer: try inputQuantizer?.make(),
+        kernelQuantizer: try kernelQuantizer?.make(), constraint: kernelConstraint, useBias: useBias,
+        typeName: kind == .dense ? "dense" : "quant_dense")
+    case .quantConv2D, .conv2D:
+      guard let filters else {
+        throw BNNError.invalidParameter(owner: kind.rawValue, parameter: "filters", reason: "is required")
+      }
+      return try QuantConv2D(
+        filters: filters, kernelSize: try pair(kernelSize, "kernel_size", default: nil),
+        strides: try pair(strides, "strides", default: [1, 1]), padding: padding, padValue: padValues,
+        inputShape: inputShape, inputQuantizer: try inputQuantizer?.make(),
+        kernelQuantizer: try kernelQuantizer?.make(), constraint: kernelConstraint, useBias: useBias,
+        typeName: kind == .conv2D ? "conv2d" : "quant_conv2d")
+    case .batchNormalization:
+      return try BatchNormalization(
+        inputShape: inputShape, momentum: momentum, epsilon: epsilon, center: center, scale: scale)
+    case .maxPool2D:
+      let size = try pair(poolSize, "pool_size", default: [2, 2])
+      return try MaxPool2D(
+        poolSize: size, strides: strides == nil ? nil : try pair(strides, "strides", default: nil),
+        padding: padding, inputShape: inputShape)
+    case .flatten:
+      return Flatten(inputShape: inputShape)
+    case .activation:
+      guard let activation else {
+        throw BNNError.invalidParameter(owner: "Activation", parameter: "activation", reason: "is required")
+      }
+      return Activation(activation, inputShape: inputShape)
+    case .dropout:
+      guard let rate else {
+        throw BNNError.invalidParameter(owner: "Dropout", parameter: "rate", reason: "is required")
+      }
+      return try Dropout(rate: rate, inputShape: inputShape, seed: seed)
+    }
+  }
+}

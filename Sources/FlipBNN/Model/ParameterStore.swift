@@ -1,0 +1,181 @@
+import FlipTensor
+
+/// What a variable is to its layer. Names follow Keras's (`kernel`, `bias`, `gamma`, `beta`,
+/// `moving_mean`, `moving_variance`), so checkpoint tensors read like Keras weights.
+public enum ParameterRole: String, Sendable, Codable {
+  case kernel, bias, gamma, beta
+  case movingMean = "moving_mean"
+  case movingVariance = "moving_variance"
+}
+
+/// How a layer asks for a variable before the store exists.
+public struct ParameterSpec: Sendable {
+  public var role: ParameterRole
+  public var shape: [Int]
+  /// Bits of the values the forward pass uses (the kernel quantizer's precision; 32 otherwise).
+  public var precision: Int
+  /// Trainable variables live in the parameter buffer and get gradients; the others (BatchNorm
+  /// moving statistics) live in the state buffer.
+  public var trainable: Bool
+  public var constraint: KernelConstraint?
+  public var initializer: Initializer
+
+  public init(
+    role: ParameterRole, shape: [Int], precision: Int = 32, trainable: Bool = true,
+    constraint: KernelConstraint? = nil, initializer: Initializer
+  ) {
+    self.role = role
+    self.shape = shape
+    self.precision = precision
+    self.trainable = trainable
+    self.constraint = constraint
+    self.initializer = initializer
+  }
+}
+
+/// A named view into one of the store's flat buffers.
+public struct ParameterView: Sendable, Equatable {
+  /// `layers.<index>.<layer name>.<role>`, e.g. `layers.1.quant_dense.kernel`.
+  public let name: String
+  public let layerIndex: Int
+  public let role: ParameterRole
+  public let shape: [Int]
+  /// Offset in elements into `values`/`gradients` (trainable) or `state` (non-trainable).
+  public let offset: Int
+  public let count: Int
+  public let precision: Int
+  public let trainable: Bool
+  public let constraint: KernelConstraint?
+}
+
+/// All variables of a model in three flat buffers with named views, in the llm.c style: the
+/// trainable `values` and their `gradients` share one layout, so zeroing gradients is one fill,
+/// an all-reduce is one call per bucket, and an optimizer is one loop per view; non-trainable
+/// `state` (BatchNorm moving statistics) has its own buffer and views.
+public final class ParameterStore {
+  public let views: [ParameterView]
+  public let stateViews: [ParameterView]
+  /// (P) trainable parameters.
+  public let values: FloatBuffer
+  /// (P) gradients of the summed loss with respect to `values`; accumulated by backward.
+  public let gradients: FloatBuffer
+  /// (S) non-trainable state.
+  public let state: FloatBuffer
+
+  /// Lays out `specs[layer]` in order and initializes every variable from `random`.
+  public init(layerNames: [String], specs: [[ParameterSpec]], random: inout SplitMix64) {
+    var views: [ParameterView] = []
+    var stateViews: [ParameterView] = []
+    var p = 0
+    var s = 0
+    for (index, layerSpecs) in specs.enumerated() {
+      for spec in layerSpecs {
+        let count = spec.shape.reduce(1, *)
+        let name = "layers.\(index).\(layerNames[index]).\(spec.role.rawValue)"
+        if spec.trainable {
+          views.append(
+            ParameterView(
+              name: name, layerIndex: index, role: spec.role, shape: spec.shape, offset: p,
+              count: count, precision: spec.precision, trainable: true, constraint: spec.constraint))
+          p += count
+        } else {
+          stateViews.append(
+            ParameterView(
+              name: name, layerIndex: index, role: spec.role, shape: spec.shape, offset: s,
+              count: count, precision: spec.precision, trainable: false, constraint: nil))
+          s += count
+        }
+      }
+    }
+    self.views = views
+    self.stateViews = stateViews
+    values = FloatBuffer(count: p)
+    gradients = FloatBuffer(count: p)
+    state = FloatBuffer(count: s)
+    // Initialize in declaration order so the draws do not depend on the buffer layout.
+    var vi = 0
+    var si = 0
+    for layerSpecs in specs {
+      for spec in layerSpecs {
+        if spec.trainable {
+          let v = views[vi]
+          spec.initializer.fill(values.pointer + v.offset, shape: v.shape, random: &random)
+          vi += 1
+        } else {
+          let v = stateViews[si]
+          spec.initializer.fill(state.pointer + v.offset, shape: v.shape, random: &random)
+          si += 1
+        }
+      }
+    }
+  }
+
+  public var parameterCount: Int { values.count }
+
+  /// The pointer to a trainable view's values.
+  @inlinable public func pointer(_ view: ParameterView) -> UnsafeMutablePointer<Float> {
+    (view.trainable ? values.pointer : state.pointer) + view.offset
+  }
+  @inlinable public func gradient(_ view: ParameterView) -> UnsafeMutablePointer<Float> {
+    gradients.pointer + view.offset
+  }
+
+  /// The views of one layer, trainable first, in declaration order.
+  public func views(ofLayer index: Int) -> [ParameterView] {
+    views.filter { $0.layerIndex == index } + stateViews.filter { $0.layerIndex == index }
+  }
+
+  /// Sets every gradient to zero (the start of a step).
+  public func zeroGradients() { gradients.fill(0) }
+
+  /// Applies each view's kernel constraint (after every optimizer step).
+  public func applyConstraints() {
+    for v in views { v.constraint?.apply(values.pointer + v.offset, count: v.count) }
+  }
+}
+
+/// Kernel constraints, by Larq's names.
+public enum KernelConstraint: Sendable, Equatable {
+  /// `weight_clip(clip_value=1)`: `w ← clip(w, −clip_value, clip_value)`.
+  case weightClip(clipValue: Float)
+
+  public var name: String {
+    switch self { case .weightClip: return "weight_clip" }
+  }
+
+  public func apply(_ w: UnsafeMutablePointer<Float>, count: Int) {
+    switch self {
+    case .weightClip(let c):
+      for i in 0..<count { w[i] = min(max(w[i], -c), c) }
+    }
+  }
+}
+
+/// Variable initializers (Keras's defaults: glorot_uniform kernels, zero biases and betas,
+/// unit gammas and moving variances).
+public enum Initializer: Sendable, Equatable {
+  case zeros, ones
+  /// `U(−l, l)` with `l = √(6 / (fan_in + fan_out))`; for a kernel of shape
+  /// `[..receptive.., in, out]`, `fan_in = in·receptive`, `fan_out = out·receptive`.
+  case glorotUniform
+  case constant(Float)
+
+  public func fill(_ p: UnsafeMutablePointer<Float>, shape: [Int], random: inout SplitMix64) {
+    let count = shape.reduce(1, *)
+    switch self {
+    case .zeros: p.update(repeating: 0, count: count)
+    case .ones: p.update(repeating: 1, count: count)
+    case .constant(let v): p.update(repeating: v, count: count)
+    case .glorotUniform:
+      let (fanIn, fanOut) = Initializer.fans(shape)
+      let limit = (6 / Float(fanIn + fanOut)).squareRoot()
+      for i in 0..<count { p[i] = (2 * random.nextUnitFloat() - 1) * limit }
+    }
+  }
+
+  static func fans(_ shape: [Int]) -> (Int, Int) {
+    if shape.count < 2 { let n = shape.first ?? 1; return (n, n) }
+    let receptive = shape.dropLast(2).reduce(1, *)
+    return (shape[shape.count - 2] * receptive, shape[shape.count - 1] * receptive)
+  }
+}

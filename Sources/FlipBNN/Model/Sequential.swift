@@ -1,0 +1,103 @@
+import FlipTensor
+
+/// A stack of layers with one parameter store: the model Flip trains.
+///
+/// Layers are named as Keras names them (`quant_dense`, `quant_dense_1`, ...), and their
+/// variables are laid out in layer order in one `ParameterStore`.
+public final class Sequential {
+  public let layers: [Layer]
+  public let store: ParameterStore
+  public let inputShape: [Int]
+  public let specs: [LayerSpec]
+  public private(set) var maxBatch = 0
+
+  /// Builds the layers for samples of `inputShape` and initializes the variables from `seed`.
+  public init(specs: [LayerSpec], inputShape: [Int], seed: UInt64) throws {
+    guard !specs.isEmpty else {
+      throw BNNError.invalidParameter(owner: "model", parameter: "layers", reason: "a model needs at least one layer")
+    }
+    guard !inputShape.isEmpty, inputShape.allSatisfy({ $0 > 0 }) else {
+      throw BNNError.shapeMismatch(layer: "input", reason: "input shape must be positive, got \(inputShape)")
+    }
+    var layers: [Layer] = []
+    var shape = inputShape
+    var typeCounts: [String: Int] = [:]
+    for (index, spec) in specs.enumerated() {
+      let layer: Layer
+      do {
+        layer = try spec.make(inputShape: shape, seed: seed &+ 0x9E37 &* UInt64(index + 1))
+      } catch let BNNError.shapeMismatch(_, reason) {
+        throw BNNError.shapeMismatch(layer: "\(index) (\(spec.kind.rawValue))", reason: reason)
+      }
+      let n = typeCounts[layer.typeName, default: 0]
+      layer.name = n == 0 ? layer.typeName : "\(layer.typeName)_\(n)"
+      typeCounts[layer.typeName] = n + 1
+      layers.append(layer)
+      shape = layer.outputShape
+    }
+    var random = SplitMix64(seed: seed)
+    store = ParameterStore(layerNames: layers.map(\.name), specs: layers.map(\.parameterSpecs), random: &random)
+    for (index, layer) in layers.enumerated() {
+      layer.bind(store: store, views: store.views(ofLayer: index))
+    }
+    self.layers = layers
+    self.inputShape = inputShape
+    self.specs = specs
+  }
+
+  public var outputShape: [Int] { layers.last!.outputShape }
+  public var inputSize: Int { inputShape.reduce(1, *) }
+
+  /// Whether the model ends in a softmax, so the loss can take the logits before it.
+  public var endsInSoftmax: Bool { (layers.last as? Activation)?.kind == .softmax }
+
+  /// Sizes every layer's buffers for batches of up to `maxBatch`.
+  public func allocate(maxBatch: Int) {
+    guard maxBatch > self.maxBatch else { return }
+    self.maxBatch = maxBatch
+    for layer in layers { layer.allocate(maxBatch: maxBatch) }
+  }
+
+  /// Runs the first `through` layers (all by default) on `batch` samples.
+  public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool, through: Int? = nil) throws
+    -> UnsafePointer<Float>
+  {
+    precondition(batch <= maxBatch, "batch \(batch) exceeds the allocated \(maxBatch)")
+    var h = x
+    for layer in layers.prefix(through ?? layers.count) {
+      h = try layer.forward(h, batch: batch, training: training)
+    }
+    return h
+  }
+
+  /// Backward from the gradient `dy` of the output of layer `from − 1` down to the first layer;
+  /// parameter gradients accumulate in the store. The input's gradient is not computed.
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, from: Int? = nil) throws {
+    var d = dy
+    let top = from ?? layers.count
+    for index in stride(from: top - 1, through: 0, by: -1) {
+      let need = index > 0
+      guard let next = try layers[index].backward(d, batch: batch, needInputGradient: need) else { break }
+      d = next
+    }
+  }
+
+  /// Flip ratios of the quantized kernels' last training forward, by layer name.
+  public var flipRatios: [(String, Double)] {
+    layers.compactMap { layer in
+      guard let f = layer as? FlipCounting, let r = f.lastFlipRatio else { return nil }
+      return (layer.name, r)
+    }
+  }
+
+  /// Names of the layers whose kernels report a flip ratio.
+  public var flipCountingLayers: [String] {
+    layers.compactMap { layer in
+      guard let q = layer as? QuantDense, q.kernelQuantizer != nil else {
+        guard let c = layer as? QuantConv2D, c.kernelQuantizer != nil else { return nil }
+        return c.name
+      }
+      return q.name
+    }
+  }
+}

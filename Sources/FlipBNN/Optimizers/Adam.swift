@@ -1,0 +1,229 @@
+import Foundation
+import FlipTensor
+
+/// Adam exactly as Keras 2.15 (`keras/optimizers/adam.py`), per variable:
+///
+///     t = iterations + 1
+///     α = lr · √(1 − β2^t) / (1 − β1^t)
+///     m ← m + (g − m)·(1 − β1)
+///     v ← v + (g² − v)·(1 − β2)
+///     w ← w − α·m / (√v + ε)
+///
+/// ε is added to the uncorrected √v (not the paper's m̂/(√v̂ + ε)). Defaults
+/// `lr 1e-3, β1 0.9, β2 0.999, ε 1e-7`.
+public final class Adam: Optimizer {
+  public let name = "adam"
+  public let learningRate: Hyperparameter
+  public let beta1: Hyperparameter
+  public let beta2: Hyperparameter
+  public let epsilon: Hyperparameter
+  public var iterations = 0
+  private var views: [ParameterView] = []
+  /// (P) first and second moments, in the store's layout.
+  private var m = FloatBuffer(count: 0)
+  private var v = FloatBuffer(count: 0)
+
+  public init(
+    learningRate: Hyperparameter = .constant(1e-3), beta1: Hyperparameter = .constant(0.9),
+    beta2: Hyperparameter = .constant(0.999), epsilon: Hyperparameter = .constant(1e-7)
+  ) {
+    self.learningRate = learningRate
+    self.beta1 = beta1
+    self.beta2 = beta2
+    self.epsilon = epsilon
+  }
+
+  public func prepare(store: ParameterStore, views: [ParameterView]) throws {
+    self.views = views
+    m = FloatBuffer(count: store.values.count)
+    v = FloatBuffer(count: store.values.count)
+  }
+
+  public func hyperparameters(_ clock: TrainingClock) -> [String: Double] {
+    ["learning_rate": learningRate.value(clock), "beta_1": beta1.value(clock), "beta_2": beta2.value(clock),
+     "epsilon": epsilon.value(clock)]
+  }
+
+  public var stateBuffers: [(name: String, buffer: FloatBuffer, views: [ParameterView])] {
+    [("adam.m", m, views), ("adam.v", v, views)]
+  }
+
+  public func apply(store: ParameterStore, clock: TrainingClock) {
+    let b1 = beta1.value(clock), b2 = beta2.value(clock)
+    let t = Double(iterations + 1)
+    let alpha = Float(learningRate.value(clock) * (1 - pow(b2, t)).squareRoot() / (1 - pow(b1, t)))
+    let oneMinusB1 = Float(1 - b1), oneMinusB2 = Float(1 - b2), eps = Float(epsilon.value(clock))
+    for view in views {
+      let w = store.values.pointer + view.offset
+      let g = store.gradients.pointer + view.offset
+      let mp = m.pointer + view.offset, vp = v.pointer + view.offset
+      for i in 0..<view.count {
+        let gi = g[i]
+        let mi = mp[i] + (gi - mp[i]) * oneMinusB1
+        let vi = vp[i] + (gi * gi - vp[i]) * oneMinusB2
+        mp[i] = mi
+        vp[i] = vi
+        w[i] -= (mi * alpha) / (vi.squareRoot() + eps)
+      }
+    }
+    iterations += 1
+  }
+}
+
+/// SGD as Keras 2.15: without momentum `w ← w − lr·g`; with momentum `μ`:
+/// `b ← μ·b − lr·g`, then `w ← w + b`, or with Nesterov `w ← w + μ·b − lr·g`.
+public final class SGD: Optimizer {
+  public let name = "sgd"
+  public let learningRate: Hyperparameter
+  public let momentum: Hyperparameter
+  public let nesterov: Bool
+  public var iterations = 0
+  private var views: [ParameterView] = []
+  /// (P) momentum buffer.
+  private var velocity = FloatBuffer(count: 0)
+
+  public init(learningRate: Hyperparameter = .constant(0.01), momentum: Hyperparameter = .constant(0), nesterov: Bool = false) {
+    self.learningRate = learningRate
+    self.momentum = momentum
+    self.nesterov = nesterov
+  }
+
+  public func prepare(store: ParameterStore, views: [ParameterView]) throws {
+    self.views = views
+    velocity = FloatBuffer(count: store.values.count)
+  }
+
+  public func hyperparameters(_ clock: TrainingClock) -> [String: Double] {
+    ["learning_rate": learningRate.value(clock), "momentum": momentum.value(clock)]
+  }
+
+  public var stateBuffers: [(name: String, buffer: FloatBuffer, views: [ParameterView])] {
+    [("sgd.momentum", velocity, views)]
+  }
+
+  public func apply(store: ParameterStore, clock: TrainingClock) {
+    let lr = Float(learningRate.value(clock)), mu = Float(momentum.value(clock))
+    for view in views {
+      let w = store.values.pointer + view.offset
+      let g = store.gradients.pointer + view.offset
+      let b = velocity.pointer + view.offset
+      if mu == 0 {
+        for i in 0..<view.count { w[i] -= lr * g[i] }
+        continue
+      }
+      for i in 0..<view.count {
+        let bi = mu * b[i] - lr * g[i]
+        b[i] = bi
+        w[i] += nesterov ? mu * bi - lr * g[i] : bi
+      }
+    }
+    iterations += 1
+  }
+}
+
+/// Bop (Helwegen et al. 2019), as `larq.optimizers.Bop`, per binary variable:
+///
+///     m ← m + γ·(g − m)
+///     w ← −sign(w)  where w·m > τ   (a flip)
+///     w ←  sign(w)  elsewhere       (so weights are ±1 after the first step)
+///
+/// `sign(0) = +1`. Defaults `γ 1e-4, τ 1e-8`. No latent weights and no clip.
+public final class Bop: Optimizer {
+  public let name = "bop"
+  public let gamma: Hyperparameter
+  public let threshold: Hyperparameter
+  public var iterations = 0
+  private var views: [ParameterView] = []
+  /// (P) momentum.
+  private var m = FloatBuffer(count: 0)
+
+  public init(gamma: Hyperparameter = .constant(1e-4), threshold: Hyperparameter = .constant(1e-8)) {
+    self.gamma = gamma
+    self.threshold = threshold
+  }
+
+  public func prepare(store: ParameterStore, views: [ParameterView]) throws {
+    self.views = views
+    m = FloatBuffer(count: store.values.count)
+  }
+
+  public func hyperparameters(_ clock: TrainingClock) -> [String: Double] {
+    ["gamma": gamma.value(clock), "threshold": threshold.value(clock)]
+  }
+
+  public var stateBuffers: [(name: String, buffer: FloatBuffer, views: [ParameterView])] {
+    [("bop.m", m, views)]
+  }
+
+  public func apply(store: ParameterStore, clock: TrainingClock) {
+    let g = Float(gamma.value(clock)), tau = Float(threshold.value(clock))
+    for view in views {
+      let w = store.values.pointer + view.offset
+      let grad = store.gradients.pointer + view.offset
+      let mp = m.pointer + view.offset
+      for i in 0..<view.count {
+        let mi = mp[i] + g * (grad[i] - mp[i])
+        mp[i] = mi
+        let s = binarySign(w[i])
+        w[i] = w[i] * mi > tau ? -s : s
+      }
+    }
+    iterations += 1
+  }
+}
+
+/// Larq's `CaseOptimizer`: routes each trainable variable to exactly one optimizer — the
+/// first whose predicate claims it (a variable claimed by two is an error), or `default`.
+/// Larq's usual setup: `(binary, Bop)` with Adam as the default for everything else.
+public final class CaseOptimizer: Optimizer {
+  public let name = "case"
+  public let cases: [(VariablePredicate, Optimizer)]
+  public let defaultOptimizer: Optimizer?
+  public var iterations = 0
+  private var active: [Optimizer] = []
+
+  public init(cases: [(VariablePredicate, Optimizer)], default: Optimizer?) {
+    self.cases = cases
+    self.defaultOptimizer = `default`
+  }
+
+  public func prepare(store: ParameterStore, views: [ParameterView]) throws {
+    var claimed = [[ParameterView]](repeating: [], count: cases.count)
+    var rest: [ParameterView] = []
+    for v in views {
+      let owners = cases.indices.filter { cases[$0].0.matches(v) }
+      if owners.count > 1 {
+        throw BNNError.variableClaimedTwice(variable: v.name, optimizers: owners.map { "\(cases[$0].1.name) (\(cases[$0].0.rawValue))" })
+      }
+      if let o = owners.first { claimed[o].append(v) } else { rest.append(v) }
+    }
+    if !rest.isEmpty && defaultOptimizer == nil { throw BNNError.variableUnclaimed(variable: rest[0].name) }
+    active = []
+    for (i, c) in cases.enumerated() {
+      try c.1.prepare(store: store, views: claimed[i])
+      active.append(c.1)
+    }
+    if let d = defaultOptimizer {
+      try d.prepare(store: store, views: rest)
+      active.append(d)
+    }
+  }
+
+  public func apply(store: ParameterStore, clock: TrainingClock) {
+    for o in active { o.apply(store: store, clock: clock) }
+    iterations += 1
+  }
+
+  public func hyperparameters(_ clock: TrainingClock) -> [String: Double] {
+    var all: [String: Double] = [:]
+    for o in active {
+      for (k, v) in o.hyperparameters(clock) { all["\(o.name).\(k)"] = v }
+    }
+    if let d = defaultOptimizer, let lr = d.hyperparameters(clock)["learning_rate"] { all["learning_rate"] = lr }
+    return all
+  }
+
+  public var stateBuffers: [(name: String, buffer: FloatBuffer, views: [ParameterView])] {
+    active.flatMap(\.stateBuffers)
+  }
+}

@@ -1,0 +1,83 @@
+import FlipTensor
+
+/// An optimizer updates the variables it owns from their gradients, which the trainer has
+/// already averaged over the global batch. Distribution wraps the step; an optimizer never
+/// knows how many ranks there are.
+public protocol Optimizer: AnyObject {
+  /// Larq's/Keras's name: `adam`, `sgd`, `bop`, `case`.
+  var name: String { get }
+  /// Takes ownership of `views` and allocates the state for them.
+  func prepare(store: ParameterStore, views: [ParameterView]) throws
+  /// One update of the owned variables from `store.gradients`.
+  func apply(store: ParameterStore, clock: TrainingClock)
+  /// Current hyperparameter values by name (for logs and metrics).
+  func hyperparameters(_ clock: TrainingClock) -> [String: Double]
+  /// Optimizer state as named flat buffers (name suffix, buffer with the store's layout, views
+  /// it covers) plus scalar counters, for checkpoints and cross-rank checksums.
+  var stateBuffers: [(name: String, buffer: FloatBuffer, views: [ParameterView])] { get }
+  var iterations: Int { get set }
+}
+
+extension Optimizer {
+  /// Prepares the optimizer for all trainable variables of `store`.
+  public func prepare(store: ParameterStore) throws { try prepare(store: store, views: store.views) }
+}
+
+/// Which variables an optimizer claims inside a `CaseOptimizer`.
+public enum VariablePredicate: String, Sendable, Equatable {
+  /// Larq's `Bop.is_binary_variable`: variables whose precision is 1.
+  case binary
+  /// Variables whose precision is not 1.
+  case nonBinary = "non_binary"
+
+  public func matches(_ v: ParameterView) -> Bool {
+    switch self {
+    case .binary: return v.precision == 1
+    case .nonBinary: return v.precision != 1
+    }
+  }
+}
+
+/// An optimizer as a config describes it.
+public indirect enum OptimizerSpec: Equatable, Sendable {
+  /// Keras 2.15 Adam; defaults `lr 1e-3, β1 0.9, β2 0.999, ε 1e-7`.
+  case adam(learningRate: Hyperparameter, beta1: Hyperparameter, beta2: Hyperparameter, epsilon: Hyperparameter)
+  /// Keras 2.15 SGD; defaults `lr 0.01, momentum 0, nesterov false`.
+  case sgd(learningRate: Hyperparameter, momentum: Hyperparameter, nesterov: Bool)
+  /// Larq Bop; defaults `γ 1e-4, τ 1e-8`.
+  case bop(gamma: Hyperparameter, threshold: Hyperparameter)
+  /// Larq CaseOptimizer: each (predicate, optimizer) claims variables; the rest go to `default`.
+  case caseOptimizer(cases: [(VariablePredicate, OptimizerSpec)], default: OptimizerSpec?)
+
+  public static func adam(learningRate: Double = 1e-3) -> OptimizerSpec {
+    .adam(learningRate: .constant(learningRate), beta1: .constant(0.9), beta2: .constant(0.999), epsilon: .constant(1e-7))
+  }
+
+  public static func == (a: OptimizerSpec, b: OptimizerSpec) -> Bool {
+    switch (a, b) {
+    case let (.adam(l1, b11, b21, e1), .adam(l2, b12, b22, e2)): return l1 == l2 && b11 == b12 && b21 == b22 && e1 == e2
+    case let (.sgd(l1, m1, n1), .sgd(l2, m2, n2)): return l1 == l2 && m1 == m2 && n1 == n2
+    case let (.bop(g1, t1), .bop(g2, t2)): return g1 == g2 && t1 == t2
+    case let (.caseOptimizer(c1, d1), .caseOptimizer(c2, d2)):
+      return d1 == d2 && c1.count == c2.count && zip(c1, c2).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+    default: return false
+    }
+  }
+
+  public func make() throws -> Optimizer {
+    switch self {
+    case let .adam(lr, b1, b2, eps):
+      try lr.schedule.validate(owner: "adam")
+      return Adam(learningRate: lr, beta1: b1, beta2: b2, epsilon: eps)
+    case let .sgd(lr, momentum, nesterov):
+      try lr.schedule.validate(owner: "sgd")
+      return SGD(learningRate: lr, momentum: momentum, nesterov: nesterov)
+    case let .bop(gamma, threshold):
+      try gamma.schedule.validate(owner: "bop")
+      return Bop(gamma: gamma, threshold: threshold)
+    case let .caseOptimizer(cases, fallback):
+      return CaseOptimizer(cases: try cases.map { ($0.0, try $0.1.make()) }, default: try fallback?.make())
+    }
+  }
+}
+

@@ -1,0 +1,129 @@
+// Legend: N elements of the quantized tensor, viewed as [N / C, C] with C channels last
+// (a kernel's output channels, or an activation's channels).
+
+/// A quantizer: a forward map to a few levels, and the pseudo-gradient that backward uses
+/// in place of its (zero almost everywhere) true derivative.
+///
+/// `forward` writes `y = q(x)`; `backward` writes `dx = dy · q̃'(x)` (activation gradients are
+/// written, never accumulated). Quantizers that need statistics of the whole tensor (a scale
+/// per channel, a threshold) compute them in `forward` and keep them for `backward`.
+public protocol Quantizer: AnyObject {
+  /// Larq's string name, e.g. `ste_sign`.
+  var name: String { get }
+  /// Bits of the output levels (1 for sign quantizers; 32 for identity).
+  var precision: Int { get }
+  func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int)
+  func backward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+    count: Int, channels: Int)
+}
+
+/// Larq's `sign` with `sign(0) = +1`.
+@inlinable @inline(__always)
+public func binarySign(_ x: Float) -> Float { x >= 0 ? 1 : -1 }
+
+/// The clipped straight-through estimator shared by most quantizers:
+/// `dx = dy · 1[|x| ≤ clip]` (inclusive; Larq's `_clipped_gradient`); `clip = nil` passes all.
+@inlinable
+func clippedGradient(
+  _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+  count: Int, clip: Float?
+) {
+  guard let clip else {
+    dx.update(from: dy, count: count)
+    return
+  }
+  for i in 0..<count { dx[i] = abs(x[i]) <= clip ? dy[i] : 0 }
+}
+
+/// The quantizers Flip knows, by Larq's names.
+public enum QuantizerKind: String, CaseIterable, Sendable {
+  case steSign = "ste_sign"
+  case approxSign = "approx_sign"
+  case swishSign = "swish_sign"
+  case magnitudeAwareSign = "magnitude_aware_sign"
+  case steHeaviside = "ste_heaviside"
+  case steTern = "ste_tern"
+  case dorefa = "dorefa_quantizer"
+  case noop = "noop"
+}
+
+/// A quantizer as written in a config: a Larq name and its keyword arguments.
+public struct QuantizerSpec: Equatable, Sendable, Codable {
+  public var name: String
+  public var parameters: [String: Double]
+  public var mode: String?
+
+  public init(_ name: String, parameters: [String: Double] = [:], mode: String? = nil) {
+    self.name = name
+    self.parameters = parameters
+    self.mode = mode
+  }
+
+  /// Builds the quantizer, checking the name and every parameter (`nil` for none/identity).
+  public func make() throws -> Quantizer? {
+    if name == "none" || name == "identity" || name == "linear" { return nil }
+    guard let kind = QuantizerKind(rawValue: name) else { throw BNNError.unknownQuantizer(name) }
+    let owner = "quantizer \(name)"
+    func take(_ allowed: [String: Double]) throws -> [String: Double] {
+      for key in parameters.keys where allowed[key] == nil {
+        throw BNNError.invalidParameter(
+          owner: owner, parameter: key,
+          reason: "not a parameter of \(name) (accepted: \(allowed.keys.sorted().joined(separator: ", ")))")
+      }
+      if mode != nil && kind != .dorefa {
+        throw BNNError.invalidParameter(owner: owner, parameter: "mode", reason: "only dorefa_quantizer takes a mode")
+      }
+      return allowed.merging(parameters) { _, new in new }
+    }
+    func clip(_ p: [String: Double]) throws -> Float? {
+      let c = p["clip_value"]!
+      if c.isNaN { return nil }
+      guard c > 0 else {
+        throw BNNError.invalidParameter(owner: owner, parameter: "clip_value", reason: "must be positive, got \(c)")
+      }
+      return Float(c)
+    }
+    switch kind {
+    case .steSign:
+      return SteSign(clipValue: try clip(try take(["clip_value": 1])))
+    case .approxSign:
+      _ = try take([:])
+      return ApproxSign()
+    case .swishSign:
+      let p = try take(["beta": 5])
+      return SwishSign(beta: Float(p["beta"]!))
+    case .magnitudeAwareSign:
+      return MagnitudeAwareSign(clipValue: try clip(try take(["clip_value": 1])))
+    case .steHeaviside:
+      return SteHeaviside(clipValue: try clip(try take(["clip_value": 1])))
+    case .steTern:
+      let p = try take(["threshold_value": 0.05, "ternary_weight_networks": 0, "clip_value": 1])
+      let t = p["threshold_value"]!
+      guard t >= 0 else {
+        throw BNNError.invalidParameter(owner: owner, parameter: "threshold_value", reason: "must be ≥ 0, got \(t)")
+      }
+      return SteTern(
+        thresholdValue: Float(t), ternaryWeightNetworks: p["ternary_weight_networks"]! != 0,
+        clipValue: try clip(p))
+    case .dorefa:
+      let p = try take(["k_bit": 2])
+      let k = p["k_bit"]!
+      guard k >= 1, k <= 24, k == k.rounded() else {
+        throw BNNError.invalidParameter(owner: owner, parameter: "k_bit", reason: "must be a whole number in 1...24, got \(k)")
+      }
+      let m = mode ?? "activations"
+      guard let dm = DoReFaQuantizer.Mode(rawValue: m) else {
+        throw BNNError.invalidParameter(owner: owner, parameter: "mode", reason: "must be activations or weights, got \(m)")
+      }
+      return DoReFaQuantizer(kBit: Int(k), mode: dm)
+    case .noop:
+      let p = try take(["precision": 32])
+      let bits = p["precision"]!
+      guard bits >= 1, bits <= 32, bits == bits.rounded() else {
+        throw BNNError.invalidParameter(owner: owner, parameter: "precision", reason: "must be a whole number in 1...32, got \(bits)")
+      }
+      return NoOpQuantizer(precision: Int(bits))
+    }
+  }
+}

@@ -1,0 +1,102 @@
+import ArgumentParser
+import FlipBNN
+import FlipComm
+import FlipTensor
+import FlipTraining
+import Foundation
+
+struct BenchCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "bench",
+    abstract: "Measure training throughput (images/s) and the GFLOP/s of the step's GEMMs.",
+    discussion: """
+      Runs --warmup untimed steps (oneDNN compiles its kernels on a shape's first call), then \
+      --steps timed training steps (forward, backward, optimizer, constraint) on batches from \
+      the data set, and prints images/s, ms/step, and the share and speed of the GEMMs. Use a \
+      release build: swift build -c release.
+      """)
+
+  @OptionGroup var modelOptions: ModelOptions
+  @OptionGroup var compute: ComputeOptions
+  @Option(name: .long, help: "Global batch size (default 512).")
+  var batchSize = 512
+  @Option(name: .long, help: "Timed steps (default 100).")
+  var steps = 100
+  @Option(name: .long, help: "Untimed warm-up steps (default 5).")
+  var warmup = 5
+  @Option(name: .long, help: "Data directory (default: Fashion-MNIST; random images if it is missing and --synthetic).")
+  var data: String?
+  @Flag(name: .long, help: "Use random images instead of a data set.")
+  var synthetic = false
+  @Flag(name: .long, help: "Print the result as one JSON object.")
+  var json = false
+
+  func validate() throws {
+    if batchSize <= 0 { throw ValidationError("--batch-size must be positive, got \(batchSize)") }
+    if steps <= 0 { throw ValidationError("--steps must be positive, got \(steps)") }
+    if warmup < 0 { throw ValidationError("--warmup must be ≥ 0, got \(warmup)") }
+  }
+
+  func run() throws {
+    try runReportingErrors {
+      let config = try modelOptions.resolve(defaultPreset: .binarynetMLP)
+      let communicator = Runtime.makeCommunicator()
+      let logger = Runtime.makeLogger(rank: communicator.rank, verbose: compute.verbose)
+      let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
+      let splits: DataSplits
+      if synthetic {
+        let shape = config.inputShape ?? [28, 28, 1]
+        let n = batchSize * 4
+        var g = SplitMix64(seed: 1)
+        let size = shape.reduce(1, *)
+        let images = (0..<(n * size)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+        let labels = (0..<n).map { Int32($0 % 10) }
+        let set = try Dataset(images: images, labels: labels, sampleShape: shape, classes: 10)
+        splits = DataSplits(train: set, test: set)
+      } else {
+        splits = try DataSplits.load(directory: data ?? config.data)
+      }
+      let model = try Sequential(specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0)
+      let trainer = try Trainer(
+        model: model, optimizer: try config.optimizer.make(), communicator: communicator, data: splits,
+        options: TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0), logger: logger,
+        progress: ProgressReporter(enabled: false))
+      let stepsPerEpoch = trainer.sampler.stepsPerEpoch
+      // Full batches only: skip the epoch's last, partial batch.
+      let fullSteps = max(1, splits.train.count / batchSize)
+      var order = trainer.sampler.permutation(epoch: 0)
+      var cursor = 0
+      func next() throws {
+        if cursor >= fullSteps {
+          cursor = 0
+          order = trainer.sampler.permutation(epoch: 1)
+        }
+        _ = try trainer.step(order: order, stepInEpoch: cursor)
+        cursor += 1
+      }
+      for _ in 0..<warmup { try next() }
+      GEMMProfiler.reset()
+      GEMMProfiler.enabled = true
+      let start = DispatchTime.now().uptimeNanoseconds
+      for _ in 0..<steps { try next() }
+      let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      GEMMProfiler.enabled = false
+      _ = stepsPerEpoch
+      let imagesPerSecond = Double(steps * batchSize) / seconds
+      let gemmShare = Double(GEMMProfiler.nanoseconds) / 1e9 / seconds
+      let name = config.model
+      if json {
+        let row: [String: Any] = [
+          "model": name, "batch_size": batchSize, "steps": steps, "threads": threads, "ranks": communicator.size,
+          "isa": OneDNN.effectiveISA, "images_per_second": imagesPerSecond, "ms_per_step": seconds / Double(steps) * 1000,
+          "gemm_gflops_per_second": GEMMProfiler.gigaflopsPerSecond, "gemm_time_share": gemmShare,
+        ]
+        let data = try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
+        print(String(decoding: data, as: UTF8.self))
+      } else {
+        print("\(name): \(String(format: "%.0f", imagesPerSecond)) images/s, \(String(format: "%.1f", seconds / Double(steps) * 1000)) ms/step (batch \(batchSize), \(steps) steps, \(threads) thread\(threads == 1 ? "" : "s"), oneDNN ISA \(OneDNN.effectiveISA))")
+        print("GEMMs: \(String(format: "%.1f", GEMMProfiler.gigaflopsPerSecond)) GFLOP/s over \(GEMMProfiler.calls) calls, \(String(format: "%.0f", gemmShare * 100)) % of the step time")
+      }
+    }
+  }
+}

@@ -1,0 +1,66 @@
+import ArgumentParser
+import FlipBNN
+import FlipComm
+import FlipTraining
+import Foundation
+
+struct EvaluateCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "evaluate",
+    abstract: "Evaluate a trained model (a run directory's config.yaml and model.safetensors) on the test set.")
+
+  @Option(name: [.customLong("run")], help: "A run directory written by flip train.")
+  var runDirectory: String
+  @Option(name: .long, help: "Data directory (default: the one the run was trained on).")
+  var data: String?
+  @Option(name: .long, help: "Evaluation batch size (default 1000).")
+  var batchSize = 1000
+  @OptionGroup var compute: ComputeOptions
+
+  func validate() throws {
+    if batchSize <= 0 { throw ValidationError("--batch-size must be positive, got \(batchSize)") }
+  }
+
+  func run() throws {
+    try runReportingErrors {
+      let communicator = Runtime.makeCommunicator()
+      let logger = Runtime.makeLogger(rank: communicator.rank, verbose: compute.verbose)
+      let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
+      logger.info("\(Runtime.describeCompute(threads: threads, communicator: communicator))")
+      var config = try RunConfig.load(path: runDirectory + "/config.yaml")
+      if let data { config.data = data }
+      let splits = try DataSplits.load(directory: config.data)
+      let model = try Sequential(specs: config.layers, inputShape: config.inputShape ?? splits.test.sampleShape, seed: config.seed)
+      guard model.inputShape == splits.test.sampleShape else {
+        throw TrainingError.datasetMismatch("the model expects inputs of shape \(model.inputShape) but the images are \(splits.test.sampleShape)")
+      }
+      let path = runDirectory + "/model.safetensors"
+      let (tensors, _) = try ModelFile.read(path: path)
+      try ModelFile.load(tensors, into: model, path: path)
+      let (loss, accuracy) = try evaluateModel(model, on: splits.test, communicator: communicator, batch: batchSize)
+      if communicator.isRoot {
+        print(String(format: "test_loss: %.4f - test_accuracy: %.4f (%d images from %@)", loss, accuracy, splits.test.count, config.data))
+      }
+    }
+  }
+}
+
+struct SummaryCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "summary",
+    abstract: "Print the model table of larq.models.summary: per-layer precisions, weights, memory and MACs.")
+
+  @OptionGroup var modelOptions: ModelOptions
+  @Option(name: .long, parsing: .upToNextOption, help: "Input shape of one sample (default 28 28 1, Fashion-MNIST).")
+  var inputShape: [Int] = []
+
+  func run() throws {
+    try runReportingErrors {
+      let config = try modelOptions.resolve()
+      let shape = !inputShape.isEmpty ? inputShape : (config.inputShape ?? [28, 28, 1])
+      let model = try Sequential(specs: config.layers, inputShape: shape, seed: 0)
+      let name = ModelPreset(rawValue: config.model)?.modelName ?? config.model.replacingOccurrences(of: "-", with: "_")
+      print(ModelSummary(modelName: name, model: model).render(), terminator: "")
+    }
+  }
+}

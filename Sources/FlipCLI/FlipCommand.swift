@@ -1,0 +1,66 @@
+import ArgumentParser
+import FlipBNN
+
+/// `flip`: the root command only lists the subcommands.
+public struct FlipCommand: ParsableCommand {
+  public static let configuration = CommandConfiguration(
+    commandName: "flip",
+    abstract: "Train binary neural networks (latent weights, Larq's quantizers and optimizers), data-parallel over MPI.",
+    discussion: """
+      Examples:
+        flip summary --model larq-cnn
+        flip train --model binarynet-mlp --epochs 10 --batch-size 512 --seed 0 --out runs/mlp
+        flip evaluate --run runs/mlp
+        flip train --config configs/binarynet-mlp.yaml --out runs/custom
+        flip bench --model larq-cnn --steps 60
+      """,
+    subcommands: [TrainCommand.self, EvaluateCommand.self, SummaryCommand.self, BenchCommand.self])
+  public init() {}
+}
+
+/// Choosing a model: a built-in preset or a YAML config file.
+struct ModelOptions: ParsableArguments {
+  @Option(name: .long, help: "A built-in model preset: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", ")).")
+  var model: String?
+
+  @Option(name: .long, help: "A YAML run config (layers, optimizer, epochs, ...); flags override its values. Examples in configs/.")
+  var config: String?
+
+  func validate() throws {
+    if let model, ModelPreset(rawValue: model) == nil {
+      throw ValidationError("unknown model preset '\(model)'; known: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+  }
+
+  /// The config the options describe (the preset's defaults when only --model is given).
+  func resolve(defaultPreset: ModelPreset? = nil) throws -> RunConfig {
+    var c: RunConfig
+    if let config {
+      c = try RunConfig.load(path: config)
+    } else if let p = model.flatMap(ModelPreset.init(rawValue:)) ?? defaultPreset {
+      c = RunConfig(preset: p)
+    } else {
+      throw ValidationError("name a model with --model \(ModelPreset.allCases.map(\.rawValue).joined(separator: "|")) or --config FILE")
+    }
+    if config != nil, let name = model, let p = ModelPreset(rawValue: name) {
+      c.model = p.rawValue
+      c.layers = p.layers
+    }
+    return c
+  }
+}
+
+/// Compute options shared by the commands that run a model.
+struct ComputeOptions: ParsableArguments {
+  @Option(
+    name: .long,
+    help: "oneDNN (OpenMP) compute threads per process. Default: the machine's cores divided by the ranks on this node.")
+  var threads: Int?
+
+  @Flag(name: .long, help: "Print debug logs.")
+  var verbose = false
+
+  func validate() throws {
+    if let threads, threads <= 0 { throw ValidationError("--threads must be positive, got \(threads)") }
+  }
+}

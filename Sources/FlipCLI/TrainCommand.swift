@@ -1,0 +1,155 @@
+import ArgumentParser
+import FlipBNN
+import FlipComm
+import FlipTraining
+import Foundation
+
+struct TrainCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "train",
+    abstract: "Train a model on an MNIST-style data set, evaluating on its test set after every epoch.",
+    discussion: """
+      The run directory (--out) receives metrics.jsonl (one JSON row per epoch and every \
+      --log-every steps), config.yaml (the effective config, every layer written out) and \
+      model.safetensors (the trained variables). --batch-size is the GLOBAL batch: under mpirun \
+      each of N ranks takes batch/N samples of it.
+      """)
+
+  @OptionGroup var modelOptions: ModelOptions
+  @OptionGroup var compute: ComputeOptions
+
+  @Option(name: .long, help: "Epochs to train (default 10, or the config's).")
+  var epochs: Int?
+  @Option(name: .long, help: "Global batch size over all ranks (default 512, or the config's).")
+  var batchSize: Int?
+  @Option(name: .long, help: "Seed of initialization, shuffling and dropout (default 0).")
+  var seed: Int?
+  @Option(name: .long, help: "Adam/SGD learning rate as a constant (overrides the config's).")
+  var learningRate: Double?
+  @Option(name: .long, help: "Directory with the four IDX files (raw or .gz). Default: \(DataSplits.defaultDirectory).")
+  var data: String?
+  @Option(name: .long, help: "Run directory for metrics, config and model (default runs/<model>).")
+  var out: String?
+  @Flag(name: .long, help: "Replace the files of an earlier run in --out.")
+  var overwrite = false
+  @Option(name: .long, help: "A step row in metrics.jsonl every this many steps (0: none; default 50).")
+  var logEvery: Int?
+  @Flag(name: .long, help: "No progress bar or per-epoch lines on standard output.")
+  var quiet = false
+
+  func validate() throws {
+    if let epochs, epochs <= 0 { throw ValidationError("--epochs must be positive, got \(epochs)") }
+    if let batchSize, batchSize <= 0 { throw ValidationError("--batch-size must be positive, got \(batchSize)") }
+    if let seed, seed < 0 { throw ValidationError("--seed must be ≥ 0, got \(seed)") }
+    if let learningRate, !(learningRate > 0) { throw ValidationError("--learning-rate must be positive, got \(learningRate)") }
+    if let logEvery, logEvery < 0 { throw ValidationError("--log-every must be ≥ 0, got \(logEvery)") }
+  }
+
+  func run() throws {
+    try runReportingErrors {
+      var config = try modelOptions.resolve()
+      if let epochs { config.epochs = epochs }
+      if let batchSize { config.batchSize = batchSize }
+      if let seed { config.seed = UInt64(seed) }
+      if let data { config.data = data }
+      if let logEvery { config.logEverySteps = logEvery }
+      if let learningRate { config.optimizer = try config.optimizer.withLearningRate(learningRate) }
+      guard config.epochs > 0 else { throw ValidationError("epochs must be positive, got \(config.epochs)") }
+      guard config.batchSize > 0 else { throw ValidationError("batch_size must be positive, got \(config.batchSize)") }
+
+      let communicator = Runtime.makeCommunicator()
+      let logger = Runtime.makeLogger(rank: communicator.rank, verbose: compute.verbose)
+      let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
+      logger.info("\(Runtime.describeCompute(threads: threads, communicator: communicator))")
+
+      let runDirectory = out ?? "runs/\(config.model)"
+      if communicator.isRoot { try RunDirectory.prepare(runDirectory, overwrite: overwrite) }
+
+      let data = try DataSplits.load(directory: config.data)
+      logger.info("data \(config.data): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes")
+      let model = try Sequential(specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
+      let optimizer = try config.optimizer.make()
+      let trainer = try Trainer(
+        model: model, optimizer: optimizer, communicator: communicator, data: data,
+        options: TrainingOptions(epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps),
+        logger: logger, progress: ProgressReporter(enabled: communicator.isRoot && !quiet))
+      if communicator.isRoot {
+        try RunDirectory.writeText(try config.yaml(), to: runDirectory + "/config.yaml")
+        trainer.metrics = try MetricsLog(path: runDirectory + "/metrics.jsonl")
+      }
+      logger.info("model \(config.model): \(model.store.parameterCount) trainable parameters; \(trainer.sampler.stepsPerEpoch) steps per epoch of global batch \(config.batchSize)")
+      let results = try trainer.fit()
+      if communicator.isRoot {
+        try ModelFile.save(
+          model, to: runDirectory + "/model.safetensors",
+          metadata: ["model": config.model, "config": try config.yaml(), "step": String(trainer.clock.step), "epoch": String(config.epochs)])
+        if let last = results.last {
+          logger.info("done: test accuracy \(String(format: "%.4f", last.testAccuracy)), test loss \(String(format: "%.4f", last.testLoss)); run directory \(runDirectory)")
+        }
+      }
+    }
+  }
+}
+
+extension OptimizerSpec {
+  /// The same optimizer with a constant learning rate (for --learning-rate).
+  func withLearningRate(_ lr: Double) throws -> OptimizerSpec {
+    switch self {
+    case let .adam(_, b1, b2, eps): return .adam(learningRate: .constant(lr), beta1: b1, beta2: b2, epsilon: eps)
+    case let .sgd(_, m, n): return .sgd(learningRate: .constant(lr), momentum: m, nesterov: n)
+    case .bop: throw ValidationError("--learning-rate does not apply to bop (it has gamma and threshold); set them in the config")
+    case let .caseOptimizer(cases, fallback):
+      guard let fallback else { throw ValidationError("--learning-rate needs a default optimizer in the case optimizer") }
+      return .caseOptimizer(cases: cases, default: try fallback.withLearningRate(lr))
+    }
+  }
+}
+
+/// The run directory's files.
+enum RunDirectory {
+  static let runFiles = ["metrics.jsonl", "config.yaml", "model.safetensors"]
+
+  /// Creates `path` (and parents) and checks that it is writable and holds no earlier run
+  /// unless `overwrite`.
+  static func prepare(_ path: String, overwrite: Bool) throws {
+    let fm = FileManager.default
+    var isDirectory: ObjCBool = false
+    if fm.fileExists(atPath: path, isDirectory: &isDirectory) {
+      guard isDirectory.boolValue else { throw TrainingError.unwritable(path: path, reason: "it is a file, not a directory") }
+      let existing = runFiles.filter { fm.fileExists(atPath: path + "/" + $0) }
+      if !existing.isEmpty && !overwrite {
+        throw TrainingError.unwritable(
+          path: path, reason: "it already holds a run (\(existing.joined(separator: ", "))); choose another --out or pass --overwrite")
+      }
+    } else {
+      do { try fm.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+        throw TrainingError.unwritable(path: path, reason: "cannot create the directory: \(error.localizedDescription)")
+      }
+    }
+    let probe = path + "/.flip-write-test-\(getpid())"
+    guard fm.createFile(atPath: probe, contents: Data()) else {
+      throw TrainingError.unwritable(path: path, reason: "the directory is not writable")
+    }
+    try? fm.removeItem(atPath: probe)
+  }
+
+  static func writeText(_ text: String, to path: String) throws {
+    try ModelFile.writeAtomically(Data(text.utf8), to: path)
+  }
+}
+
+/// Runs `body`, turning Flip's typed errors into one clear line on standard error and exit 1.
+func runReportingErrors(_ body: () throws -> Void) throws {
+  do {
+    try body()
+  } catch let e as ValidationError {
+    throw e
+  } catch let e as CleanExit {
+    throw e
+  } catch let e as ExitCode {
+    throw e
+  } catch {
+    FileHandle.standardError.write(Data("flip: error: \(error)\n".utf8))
+    throw ExitCode.failure
+  }
+}

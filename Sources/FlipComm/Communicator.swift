@@ -1,0 +1,55 @@
+/// Collective communication among the ranks of a data-parallel job.
+///
+/// Every collective must be called by all ranks in the same order. On one process
+/// (`SingleProcessCommunicator`) each collective is the identity, so callers never check the
+/// world size.
+public protocol Communicator: AnyObject {
+  /// This process's rank in `0..<size`.
+  var rank: Int { get }
+  /// Number of ranks in the job.
+  var size: Int { get }
+  /// Ranks sharing this node (for the default thread count).
+  var localSize: Int { get }
+  /// In-place sum over all ranks of `count` floats.
+  func allreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
+  /// In-place sum over all ranks of `count` doubles (metrics, sample counts).
+  func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws
+  /// Copies `count` floats from `root` to every rank.
+  func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws
+  /// Waits until every rank has arrived.
+  func barrier() throws
+}
+
+extension Communicator {
+  public var isRoot: Bool { rank == 0 }
+
+  /// Sums `values` over all ranks.
+  public func allreduceSum(_ values: inout [Double]) throws {
+    let n = values.count
+    try values.withUnsafeMutableBufferPointer { try allreduceSum($0.baseAddress!, count: n) }
+  }
+}
+
+/// Errors of the communication layer.
+public enum CommunicationError: Error, CustomStringConvertible {
+  case mpi(function: String, code: Int32, message: String)
+
+  public var description: String {
+    switch self {
+    case .mpi(let f, let code, let message): return "\(f) failed (MPI error \(code)): \(message)"
+    }
+  }
+}
+
+/// The communicator of a job with one process: every collective is the identity, and MPI is
+/// never initialized.
+public final class SingleProcessCommunicator: Communicator {
+  public init() {}
+  public var rank: Int { 0 }
+  public var size: Int { 1 }
+  public var localSize: Int { 1 }
+  public func allreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {}
+  public func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws {}
+  public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {}
+  public func barrier() throws {}
+}

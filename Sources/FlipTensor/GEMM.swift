@@ -1,0 +1,86 @@
+import CDNNL
+import Dispatch
+
+/// The precision of a GEMM's operands. fp32 is the reference path; the binary layers' faster
+/// paths (exact int8, bit-packed XNOR-popcount, bf16 on AMX) plug in here and are tested
+/// against it.
+public enum GEMMPrecision: String, Sendable, CaseIterable {
+  case float32
+}
+
+/// Whether an operand is used as stored or transposed.
+public enum Transpose: Sendable {
+  case none, transposed
+  @usableFromInline var flag: CChar { self == .none ? CChar(UInt8(ascii: "N")) : CChar(UInt8(ascii: "T")) }
+}
+
+/// Row-major GEMM: `C[m×n] = alpha · op(A)[m×k] · op(B)[k×n] + beta · C`.
+///
+/// `lda`, `ldb`, `ldc` are the row strides of A, B, C as stored. Every GEMM of a training step
+/// (forward, dX, dW of each layer) goes through this one entry point; fp32 runs oneDNN's
+/// `dnnl_sgemm`, which picks AVX-512/AMX kernels from the CPU with no environment variable.
+@inlinable
+public func gemm(
+  _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+  alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+  b: UnsafePointer<Float>, ldb: Int,
+  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
+  precision: GEMMPrecision = .float32
+) throws {
+  if m == 0 || n == 0 { return }
+  switch precision {
+  case .float32:
+    let start = GEMMProfiler.enabled ? DispatchTime.now().uptimeNanoseconds : 0
+    defer {
+      if GEMMProfiler.enabled {
+        GEMMProfiler.nanoseconds += DispatchTime.now().uptimeNanoseconds - start
+        GEMMProfiler.flops += 2 * Double(m) * Double(n) * Double(k)
+        GEMMProfiler.calls += 1
+      }
+    }
+    let status = dnnl_sgemm(
+      transA.flag, transB.flag, dnnl_dim_t(m), dnnl_dim_t(n), dnnl_dim_t(k),
+      alpha, a, dnnl_dim_t(lda), b, dnnl_dim_t(ldb), beta, c, dnnl_dim_t(ldc))
+    if status != dnnl_success {
+      throw TensorError.onednn(function: "dnnl_sgemm(\(m)x\(n)x\(k))", status: Int(status.rawValue))
+    }
+  }
+}
+
+/// The plain triple loop that `gemm` must equal (a test oracle and a readable definition).
+public func referenceGEMM(
+  _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+  alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+  b: UnsafePointer<Float>, ldb: Int,
+  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+  for i in 0..<m {
+    for j in 0..<n {
+      var sum: Double = 0
+      for p in 0..<k {
+        let av = transA == .none ? a[i * lda + p] : a[p * lda + i]
+        let bv = transB == .none ? b[p * ldb + j] : b[j * ldb + p]
+        sum += Double(av) * Double(bv)
+      }
+      let prior = beta == 0 ? 0 : beta * c[i * ldc + j]
+      c[i * ldc + j] = alpha * Float(sum) + prior
+    }
+  }
+}
+
+/// Opt-in accounting of the time and floating-point work of every `gemm` call (for `flip bench`:
+/// the GFLOP/s that a training step's GEMMs reach). Off by default; costs two clock reads a call.
+public enum GEMMProfiler {
+  nonisolated(unsafe) public static var enabled = false
+  nonisolated(unsafe) public static var nanoseconds: UInt64 = 0
+  nonisolated(unsafe) public static var flops: Double = 0
+  nonisolated(unsafe) public static var calls = 0
+
+  public static func reset() {
+    nanoseconds = 0
+    flops = 0
+    calls = 0
+  }
+
+  public static var gigaflopsPerSecond: Double { nanoseconds == 0 ? 0 : flops / Double(nanoseconds) }
+}

@@ -1,0 +1,59 @@
+import CDNNL
+
+/// Process-wide facts and settings of the oneDNN runtime (and its OpenMP threads).
+public enum OneDNN {
+  /// The instruction set oneDNN dispatches its kernels to on this CPU, e.g. `avx512_core_amx`.
+  public static var effectiveISA: String {
+    isaName(dnnl_get_effective_cpu_isa())
+  }
+
+  /// oneDNN's library version, e.g. `2.6.3`.
+  public static var version: String {
+    guard let v = dnnl_version() else { return "unknown" }
+    return "\(v.pointee.major).\(v.pointee.minor).\(v.pointee.patch)"
+  }
+
+  /// Sets the number of OpenMP threads oneDNN's kernels use from now on.
+  ///
+  /// libgomp reads `OMP_NUM_THREADS` only when it loads, so Flip sets the count through
+  /// `omp_set_num_threads` instead. Returns false when no OpenMP runtime is loaded.
+  @discardableResult
+  public static func setThreads(_ n: Int) -> Bool {
+    flip_omp_set_num_threads(Int32(max(1, n))) == 0
+  }
+
+  /// The thread count the next oneDNN call will use (-1 without OpenMP).
+  public static var threads: Int { Int(flip_omp_get_max_threads()) }
+
+  static func isaName(_ isa: dnnl_cpu_isa_t) -> String {
+    switch isa {
+    case dnnl_cpu_isa_all: return "all"
+    case dnnl_cpu_isa_sse41: return "sse41"
+    case dnnl_cpu_isa_avx: return "avx"
+    case dnnl_cpu_isa_avx2: return "avx2"
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni"
+    case dnnl_cpu_isa_avx512_core: return "avx512_core"
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni"
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16"
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx"
+    default: return "isa(0x\(String(isa.rawValue, radix: 16)))"
+    }
+  }
+
+  static func statusName(_ status: Int) -> String {
+    switch dnnl_status_t(rawValue: UInt32(truncatingIfNeeded: status)) {
+    case dnnl_success: return "success"
+    case dnnl_out_of_memory: return "out of memory"
+    case dnnl_invalid_arguments: return "invalid arguments"
+    case dnnl_unimplemented: return "unimplemented"
+    case dnnl_runtime_error: return "runtime error"
+    default: return "status \(status)"
+    }
+  }
+
+  /// Throws a `TensorError.onednn` naming `function` unless `status` is success.
+  @inline(__always)
+  static func check(_ status: dnnl_status_t, _ function: String) throws {
+    if status != dnnl_success { throw TensorError.onednn(function: function, status: Int(status.rawValue)) }
+  }
+}

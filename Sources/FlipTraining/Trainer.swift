@@ -1,0 +1,237 @@
+import FlipBNN
+import FlipComm
+import FlipTensor
+import Foundation
+import Logging
+
+/// What `Trainer` needs to know beyond the model and data.
+public struct TrainingOptions: Sendable {
+  public var epochs: Int
+  /// The GLOBAL batch: all ranks together.
+  public var batchSize: Int
+  public var seed: UInt64
+  /// A `"step"` row in metrics.jsonl every this many steps (0: none).
+  public var logEverySteps: Int
+  public init(epochs: Int, batchSize: Int, seed: UInt64, logEverySteps: Int = 50) {
+    self.epochs = epochs
+    self.batchSize = batchSize
+    self.seed = seed
+    self.logEverySteps = logEverySteps
+  }
+}
+
+/// The figures of one finished epoch.
+public struct EpochResult: Sendable {
+  public var epoch: Int
+  public var step: Int
+  public var loss: Double
+  public var accuracy: Double
+  public var testLoss: Double
+  public var testAccuracy: Double
+  public var learningRate: Double?
+  public var flipRatio: [String: Double]
+  public var imagesPerSecond: Double
+  public var seconds: Double
+}
+
+/// Runs epochs of data-parallel training: the data path of DESIGN.md, step by step.
+public final class Trainer {
+  public let model: Sequential
+  public let optimizer: Optimizer
+  public let communicator: Communicator
+  public let data: DataSplits
+  public let options: TrainingOptions
+  public let sampler: EpochSampler
+  public let logger: Logger
+  public var metrics: MetricsLog?
+  public var progress: ProgressReporter
+  public private(set) var clock = TrainingClock()
+
+  private let loss: SparseCategoricalCrossentropy
+  /// (b, H, W, C) this rank's images of the current batch, and (b) labels; b = local batch.
+  private let images: FloatBuffer
+  private let labels: UnsafeMutablePointer<Int32>
+  private let localCapacity: Int
+
+  public init(
+    model: Sequential, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
+    options: TrainingOptions, logger: Logger, progress: ProgressReporter
+  ) throws {
+    guard options.epochs > 0 else { throw TrainingError.invalidArgument("epochs must be positive, got \(options.epochs)") }
+    guard model.inputShape == data.train.sampleShape else {
+      throw TrainingError.datasetMismatch(
+        "the model expects inputs of shape \(model.inputShape) but the images are \(data.train.sampleShape)")
+    }
+    guard model.outputShape == [data.train.classes] else {
+      throw TrainingError.datasetMismatch(
+        "the model outputs \(model.outputShape) but the data set has \(data.train.classes) classes; make the last layer's units \(data.train.classes)")
+    }
+    self.model = model
+    self.optimizer = optimizer
+    self.communicator = communicator
+    self.data = data
+    self.options = options
+    self.logger = logger
+    self.progress = progress
+    sampler = try EpochSampler(
+      datasetSize: data.train.count, globalBatch: options.batchSize, seed: options.seed,
+      rank: communicator.rank, worldSize: communicator.size)
+    let perRank = (options.batchSize + communicator.size - 1) / communicator.size
+    localCapacity = perRank
+    model.allocate(maxBatch: perRank)
+    loss = SparseCategoricalCrossentropy(classes: data.train.classes)
+    images = FloatBuffer(count: perRank * data.train.sampleSize)
+    labels = .allocate(capacity: perRank)
+    try optimizer.prepare(store: model.store)
+    // Every rank starts from rank 0's parameters and state.
+    try communicator.broadcast(model.store.values.pointer, count: model.store.values.count, root: 0)
+    try communicator.broadcast(model.store.state.pointer, count: model.store.state.count, root: 0)
+  }
+
+  deinit { labels.deallocate() }
+
+  /// Trains for `options.epochs` epochs, evaluating on the test set after each.
+  @discardableResult
+  public func fit() throws -> [EpochResult] {
+    var results: [EpochResult] = []
+    for epoch in clock.epoch..<options.epochs {
+      clock.epoch = epoch
+      let r = try trainEpoch(epoch)
+      results.append(r)
+    }
+    clock.epoch = options.epochs
+    return results
+  }
+
+  /// One optimizer step on global batch `stepInEpoch` of `order`; returns this rank's summed
+  /// loss, correct count and sample count.
+  public func step(order: [Int], stepInEpoch: Int) throws -> (loss: Double, correct: Double, count: Double) {
+    let shard = sampler.shard(step: stepInEpoch)
+    let n = shard.count
+    data.train.fill(order[shard], images: images.pointer, labels: labels)
+    let store = model.store
+    store.zeroGradients()
+    var r: (lossSum: Double, correct: Int) = (0, 0)
+    if n > 0 { r = try model.accumulateGradients(images.pointer, labels: labels, batch: n, loss: loss) }
+    try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
+    scale(store.gradients, by: 1 / Float(sampler.globalBatchSize(step: stepInEpoch)))
+    optimizer.apply(store: store, clock: clock)
+    store.applyConstraints()
+    clock.step += 1
+    return (r.lossSum, Double(r.correct), Double(n))
+  }
+
+  func trainEpoch(_ epoch: Int) throws -> EpochResult {
+    let steps = sampler.stepsPerEpoch
+    let order = sampler.permutation(epoch: epoch)
+    progress.epochStarted(epoch + 1, of: options.epochs)
+    let flipLayers = model.flipCountingLayers
+    var flipSums = [Double](repeating: 0, count: flipLayers.count)
+    var flipCounts = [Int](repeating: 0, count: flipLayers.count)
+    var totals = [0.0, 0.0, 0.0]  // loss sum, correct, samples (global)
+    let learningRate = optimizer.hyperparameters(clock)["learning_rate"]
+    let start = DispatchTime.now()
+    for s in 0..<steps {
+      let local = try step(order: order, stepInEpoch: s)
+      var stepTotals = [local.loss, local.correct, local.count]
+      try communicator.allreduceSum(&stepTotals)
+      guard stepTotals[0].isFinite else {
+        throw TrainingError.nonFinite("the loss became \(stepTotals[0]) at step \(clock.step) (epoch \(epoch + 1)); lower the learning rate")
+      }
+      for i in 0..<3 { totals[i] += stepTotals[i] }
+      for (name, ratio) in model.flipRatios {
+        if let i = flipLayers.firstIndex(of: name) {
+          flipSums[i] += ratio
+          flipCounts[i] += 1
+        }
+      }
+      let elapsed = seconds(since: start)
+      progress.step(s + 1, of: steps, seconds: elapsed, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2])
+      if options.logEverySteps > 0 && clock.step % options.logEverySteps == 0, let metrics {
+        try metrics.write([
+          "kind": "step", "epoch": epoch + 1, "step": clock.step, "loss": totals[0] / totals[2],
+          "accuracy": totals[1] / totals[2], "seconds": elapsed,
+        ])
+      }
+    }
+    let trainSeconds = seconds(since: start)
+    try synchronizeBatchNormStatistics()
+    let (testLoss, testAccuracy) = try evaluate(data.test)
+    var flipRatio: [String: Double] = [:]
+    for (i, name) in flipLayers.enumerated() where flipCounts[i] > 0 { flipRatio[name] = flipSums[i] / Double(flipCounts[i]) }
+    let result = EpochResult(
+      epoch: epoch + 1, step: clock.step, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2],
+      testLoss: testLoss, testAccuracy: testAccuracy, learningRate: learningRate, flipRatio: flipRatio,
+      imagesPerSecond: totals[2] / trainSeconds, seconds: seconds(since: start))
+    progress.epochFinished(
+      steps: steps, seconds: trainSeconds,
+      summary: String(
+        format: "loss: %.4f - accuracy: %.4f - test_loss: %.4f - test_accuracy: %.4f - %.0f images/s",
+        result.loss, result.accuracy, testLoss, testAccuracy, result.imagesPerSecond))
+    if let metrics {
+      var row: [String: Any] = [
+        "kind": "epoch", "epoch": result.epoch, "step": result.step, "loss": result.loss,
+        "accuracy": result.accuracy, "test_loss": testLoss, "test_accuracy": testAccuracy,
+        "flip_ratio": flipRatio, "images_per_second": result.imagesPerSecond, "seconds": result.seconds,
+      ]
+      row["learning_rate"] = learningRate ?? NSNull()
+      try metrics.write(row)
+    }
+    return result
+  }
+
+  /// Mean test loss and accuracy over `dataset`, sharded over the ranks, count-weighted.
+  public func evaluate(_ dataset: Dataset) throws -> (loss: Double, accuracy: Double) {
+    try evaluateModel(
+      model, on: dataset, communicator: communicator, batch: localCapacity, images: images, labels: labels, loss: loss)
+  }
+
+  /// With local BatchNorm each rank's moving statistics differ: average them so every rank
+  /// holds the same model (identity on one process).
+  public func synchronizeBatchNormStatistics() throws {
+    let state = model.store.state
+    guard communicator.size > 1, state.count > 0 else { return }
+    try communicator.allreduceSum(state.pointer, count: state.count)
+    scale(state, by: 1 / Float(communicator.size))
+  }
+
+  private func seconds(since start: DispatchTime) -> Double {
+    Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+  }
+}
+
+/// Multiplies every element of `buffer` by `factor`.
+func scale(_ buffer: FloatBuffer, by factor: Float) {
+  let p = buffer.pointer
+  for i in 0..<buffer.count { p[i] *= factor }
+}
+
+/// Evaluates `model` (inference mode) on this rank's contiguous shard of `dataset` in batches
+/// of `batch`; sums are all-reduced so every rank gets the global mean loss and accuracy.
+public func evaluateModel(
+  _ model: Sequential, on dataset: Dataset, communicator: Communicator, batch: Int,
+  images: FloatBuffer? = nil, labels: UnsafeMutablePointer<Int32>? = nil,
+  loss: SparseCategoricalCrossentropy? = nil
+) throws -> (loss: Double, accuracy: Double) {
+  model.allocate(maxBatch: batch)
+  let x = images ?? FloatBuffer(count: batch * dataset.sampleSize)
+  let y = labels ?? .allocate(capacity: batch)
+  defer { if labels == nil { y.deallocate() } }
+  let lossFunction = loss ?? SparseCategoricalCrossentropy(classes: dataset.classes)
+  let n = dataset.count, ranks = communicator.size, rank = communicator.rank
+  let lo = rank * (n / ranks) + min(rank, n % ranks)
+  let hi = lo + n / ranks + (rank < n % ranks ? 1 : 0)
+  let all = Array(0..<n)
+  var totals = [0.0, 0.0, Double(hi - lo)]
+  var start = lo
+  while start < hi {
+    let end = min(start + batch, hi)
+    dataset.fill(all[start..<end], images: x.pointer, labels: y)
+    let r = try model.evaluate(x.pointer, labels: y, batch: end - start, loss: lossFunction)
+    totals[0] += r.lossSum
+    totals[1] += Double(r.correct)
+    start = end
+  }
+  try communicator.allreduceSum(&totals)
+  return (totals[0] / totals[2], totals[1] / totals[2])
+}

@@ -1,0 +1,3 @@
+import FlipCLI
+
+FlipCommand.main()
