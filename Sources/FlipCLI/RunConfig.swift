@@ -106,9 +106,11 @@ public struct RunConfig: Equatable {
     }
     s.units = try m.int("units")
     s.filters = try m.int("filters")
-    s.kernelSize = try m.ints("kernel_size")
-    s.strides = try m.ints("strides")
-    s.poolSize = try m.ints("pool_size")
+    // Keras takes one integer for a square window: kernel_size 3 means (3, 3).
+    func pair(_ v: [Int]?) -> [Int]? { v.map { $0.count == 1 ? [$0[0], $0[0]] : $0 } }
+    s.kernelSize = pair(try m.ints("kernel_size"))
+    s.strides = pair(try m.ints("strides"))
+    s.poolSize = pair(try m.ints("pool_size"))
     if let p = try m.string("padding") {
       guard let padding = Padding(rawValue: p) else { throw m.error("padding", "must be valid or same, got '\(p)'") }
       s.padding = padding

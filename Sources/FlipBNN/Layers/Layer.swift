@@ -24,6 +24,7 @@ public protocol Layer: AnyObject {
   /// The input must stay valid until `backward` (it is the previous layer's output).
   func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float>
   /// Accumulates parameter gradients and, if asked, returns the gradient of the input.
+  /// Call it once per forward: layers may reuse forward caches as backward scratch.
   func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws
     -> UnsafePointer<Float>?
   /// The numbers of `larq.models.summary`.

@@ -37,7 +37,8 @@ public enum ModelPreset: String, CaseIterable, Sendable {
     }
     var softmax = LayerSpec(.activation)
     softmax.activation = .softmax
-    let pool = LayerSpec(.maxPool2D)
+    var pool = LayerSpec(.maxPool2D)
+    pool.poolSize = [2, 2]
     switch self {
     case .binarynetMLP:
       return [

@@ -1,0 +1,135 @@
+import Foundation
+import Testing
+@testable import FlipTraining
+
+@Suite("IDX files and data sets")
+struct DataTests {
+  @Test func parsesValidIDX() throws {
+    let f = try IDXFile.parse(idxBytes(dimensions: [2, 2, 3], data: Array(0..<12)), path: "x")
+    #expect(f.dimensions == [2, 2, 3])
+    #expect(f.data == Array(0..<12))
+  }
+
+  @Test func rejectsBadFilesWithClearMessages() throws {
+    func message(_ bytes: [UInt8]) -> String {
+      do { _ = try IDXFile.parse(bytes, path: "f.idx"); return "no error" } catch { return "\(error)" }
+    }
+    #expect(message([0, 0]).contains("too short"))
+    #expect(message([1, 0, 8, 1, 0, 0, 0, 1, 5]).contains("bad magic number"))
+    #expect(message([0, 0, 0x0D, 1, 0, 0, 0, 1, 5]).contains("element type 0x0D"))
+    #expect(message([0, 0, 8, 2, 0, 0, 0, 1]).contains("shorter than its 2-dimension header"))
+    #expect(message(idxBytes(dimensions: [3, 2], data: [1, 2, 3])).contains("need 6 data bytes but the file has 3 (truncated?)"))
+    #expect(message(idxBytes(dimensions: [1], data: [1, 2])).contains("trailing bytes"))
+    #expect(message(idxBytes(dimensions: [0], data: [])).contains("dimension 0 is 0"))
+    #expect(message([0, 0, 8, 0]).contains("0 dimensions"))
+  }
+
+  @Test func readsGzipAndRawTheSame() throws {
+    let dir = temporaryDirectory()
+    let bytes = idxBytes(dimensions: [4, 3], data: Array(10..<22))
+    write(bytes, to: dir + "/raw")
+    write(bytes, to: dir + "/zipped", gzip: true)
+    let raw = try IDXFile.read(path: dir + "/raw")
+    let zipped = try IDXFile.read(path: dir + "/zipped.gz")
+    #expect(raw == zipped)
+    #expect(raw.data == Array(10..<22))
+  }
+
+  @Test func corruptGzipIsAnError() throws {
+    let dir = temporaryDirectory()
+    write(idxBytes(dimensions: [64], data: [UInt8](repeating: 3, count: 64)), to: dir + "/f", gzip: true)
+    var bytes = [UInt8](FileManager.default.contents(atPath: dir + "/f.gz")!)
+    let truncated = Array(bytes.prefix(bytes.count / 2))
+    write(truncated, to: dir + "/t.gz")
+    #expect(throws: TrainingError.self) { try IDXFile.read(path: dir + "/t.gz") }
+    bytes[12] ^= 0xFF
+    bytes[13] ^= 0xFF
+    write(bytes, to: dir + "/c.gz")
+    #expect(throws: TrainingError.self) { try IDXFile.read(path: dir + "/c.gz") }
+  }
+
+  @Test func loadsADirectoryAndScalesPixels() throws {
+    let dir = temporaryDirectory()
+    writeToyDataset(to: dir, train: 10, test: 6, height: 3, width: 4, gzip: true)
+    let splits = try DataSplits.load(directory: dir)
+    #expect(splits.train.count == 10)
+    #expect(splits.test.count == 6)
+    #expect(splits.train.sampleShape == [3, 4, 1])
+    #expect(splits.train.classes == 2)
+    var x = [Float](repeating: 0, count: 12)
+    var y: [Int32] = [0]
+    x.withUnsafeMutableBufferPointer { xp in
+      y.withUnsafeMutableBufferPointer { yp in splits.train.fill([3], images: xp.baseAddress!, labels: yp.baseAddress!) }
+    }
+    for (i, v) in x.enumerated() {
+      let byte = Float(splits.train.images[3 * 12 + i])
+      #expect(abs(v - (byte / 127.5 - 1)) < 1e-6)
+    }
+    #expect(x.allSatisfy { $0 >= -1 && $0 <= 1 })
+    #expect(y[0] == splits.train.labels[3])
+  }
+
+  @Test func missingAndMismatchedFilesAreNamed() throws {
+    let dir = temporaryDirectory()
+    do {
+      _ = try DataSplits.load(directory: dir + "/nope")
+      Issue.record("expected an error")
+    } catch { #expect("\(error)".contains("nope")) }
+    writeToyDataset(to: dir, train: 8, test: 4)
+    try FileManager.default.removeItem(atPath: dir + "/t10k-labels-idx1-ubyte")
+    do {
+      _ = try DataSplits.load(directory: dir)
+      Issue.record("expected an error")
+    } catch { #expect("\(error)".contains("t10k-labels-idx1-ubyte")) }
+    write(idxBytes(dimensions: [5], data: [0, 1, 0, 1, 0]), to: dir + "/t10k-labels-idx1-ubyte")
+    do {
+      _ = try DataSplits.load(directory: dir)
+      Issue.record("expected an error")
+    } catch { #expect("\(error)".contains("4 images but") && "\(error)".contains("5 labels")) }
+    write(idxBytes(dimensions: [4], data: [0, 1, 7, 1]), to: dir + "/t10k-labels-idx1-ubyte")
+    do {
+      _ = try DataSplits.load(directory: dir)
+      Issue.record("expected an error")
+    } catch { #expect("\(error)".contains("label 7")) }
+  }
+}
+
+@Suite("Epoch sampler")
+struct SamplerTests {
+  @Test func permutationIsSeededByEpoch() throws {
+    let s = try EpochSampler(datasetSize: 100, globalBatch: 32, seed: 3)
+    #expect(s.permutation(epoch: 0).sorted() == Array(0..<100))
+    #expect(s.permutation(epoch: 0) == s.permutation(epoch: 0))
+    #expect(s.permutation(epoch: 0) != s.permutation(epoch: 1))
+    let t = try EpochSampler(datasetSize: 100, globalBatch: 32, seed: 4)
+    #expect(s.permutation(epoch: 0) != t.permutation(epoch: 0))
+  }
+
+  @Test func keepsTheLastPartialBatch() throws {
+    let s = try EpochSampler(datasetSize: 100, globalBatch: 32, seed: 0)
+    #expect(s.stepsPerEpoch == 4)
+    #expect((0..<4).map(s.globalBatchSize) == [32, 32, 32, 4])
+    #expect(s.shard(step: 3) == 96..<100)
+  }
+
+  @Test func shardsAreDisjointAndCoverEachGlobalBatch() throws {
+    for ranks in [2, 4] {
+      let samplers = try (0..<ranks).map { try EpochSampler(datasetSize: 103, globalBatch: 32, seed: 0, rank: $0, worldSize: ranks) }
+      for step in 0..<samplers[0].stepsPerEpoch {
+        let shards = samplers.map { $0.shard(step: step) }
+        let covered = shards.flatMap { Array($0) }
+        #expect(covered == Array((step * 32)..<min(step * 32 + 32, 103)))
+        let sizes = shards.map(\.count)
+        #expect(sizes.max()! - sizes.min()! <= 1)
+      }
+    }
+  }
+
+  @Test func rejectsABatchNotDivisibleByRanks() {
+    do {
+      _ = try EpochSampler(datasetSize: 10, globalBatch: 10, seed: 0, rank: 0, worldSize: 4)
+      Issue.record("expected an error")
+    } catch { #expect("\(error)".contains("10") && "\(error)".contains("4")) }
+    #expect(throws: TrainingError.self) { try EpochSampler(datasetSize: 10, globalBatch: 0, seed: 0) }
+  }
+}

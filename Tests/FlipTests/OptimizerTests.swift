@@ -1,0 +1,329 @@
+import Foundation
+import Testing
+@testable import FlipBNN
+import FlipTensor
+
+// Optimizers, constraints and schedules against hand-computed values (DESIGN.md: Keras 2.15
+// Adam and SGD, Larq Bop and CaseOptimizer, weight_clip, Keras learning-rate schedules).
+
+/// One trainable vector variable of `precision` bits holding `values`.
+private func vectorStore(_ values: [Float], precision: Int = 32) -> ParameterStore {
+  let store = makeStore([
+    ParameterSpec(role: .kernel, shape: [values.count], precision: precision, initializer: .zeros)
+  ])
+  for (i, v) in values.enumerated() { store.values[i] = v }
+  return store
+}
+
+private func setGradients(_ store: ParameterStore, _ g: [Float]) {
+  precondition(g.count == store.gradients.count)
+  for (i, v) in g.enumerated() { store.gradients[i] = v }
+}
+
+@Suite("Optimizers")
+struct OptimizerTests {
+
+  // MARK: Adam
+
+  @Test("Adam: the first two steps equal Keras 2.15's formula (ε on the uncorrected √v)")
+  func adamTwoSteps() throws {
+    let w0: [Float] = [0.5, -0.3, 1.0, 0.0, 2.0]
+    let g1: [Float] = [0.1, -0.2, 1e-6, 0, -3]
+    let g2: [Float] = [0.3, 0.1, -1e-6, 0.5, -3]
+    let lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-7
+    let store = vectorStore(w0)
+    let adam = Adam(learningRate: .constant(lr))
+    try adam.prepare(store: store)
+
+    // Expected, in double precision, from the formula.
+    var w = w0.map(Double.init), m = [Double](repeating: 0, count: 5), v = m
+    var expected: [[Double]] = []
+    for (t, g) in [g1, g2].enumerated() {
+      let step = Double(t + 1)
+      let alpha = lr * (1 - pow(b2, step)).squareRoot() / (1 - pow(b1, step))
+      for i in 0..<5 {
+        let gi = Double(g[i])
+        m[i] = b1 * m[i] + (1 - b1) * gi
+        v[i] = b2 * v[i] + (1 - b2) * gi * gi
+        w[i] -= alpha * m[i] / (v[i].squareRoot() + eps)
+      }
+      expected.append(w)
+    }
+    for (t, g) in [g1, g2].enumerated() {
+      setGradients(store, g)
+      adam.apply(store: store, clock: TrainingClock(step: t))
+      for i in 0..<5 {
+        #expect(close(Double(store.values[i]), expected[t][i], tol: 1e-6), "step \(t + 1) w[\(i)] = \(store.values[i]) vs \(expected[t][i])")
+      }
+    }
+    #expect(adam.iterations == 2)
+
+    // Hand numbers for step 1: α₁ = lr·√0.001/0.1, m = 0.1g, √v = √0.001·|g|, so a large g moves
+    // w by α₁·0.1/√0.001 = lr (Adam's first step is lr·sign(g)); g = 1e-6 moves w by only
+    // lr·√0.001·1e-7/(√0.001·1e-6 + 1e-7) ≈ 0.2403·lr because ε sits on the uncorrected √v
+    // (the paper's m̂/(√v̂ + ε) would give ≈ 0.9091·lr).
+    #expect(close(expected[0][0], 0.5 - 0.01, tol: 1e-6))
+    #expect(close(expected[0][4], 2.0 + 0.01, tol: 1e-6))
+    #expect(close(expected[0][2], 1.0 - 0.01 * 0.2402530734, tol: 1e-9))
+    #expect(expected[0][3] == 0)
+  }
+
+  @Test("Adam defaults and hyperparameters follow the schedule's clock")
+  func adamDefaults() throws {
+    let adam = Adam()
+    let h = adam.hyperparameters(TrainingClock())
+    #expect(h["learning_rate"] == 1e-3 && h["beta_1"] == 0.9 && h["beta_2"] == 0.999 && h["epsilon"] == 1e-7)
+    // A learning rate that is 0 after step 0 stops the updates; the moments still move.
+    let scheduled = Adam(learningRate: Hyperparameter(.stepDecay(boundaries: [0], values: [0.01, 0])))
+    let store = vectorStore([1])
+    try scheduled.prepare(store: store)
+    setGradients(store, [1])
+    scheduled.apply(store: store, clock: TrainingClock(step: 0))
+    let afterFirst = store.values[0]
+    #expect(close(afterFirst, 0.99, tol: 1e-6))
+    scheduled.apply(store: store, clock: TrainingClock(step: 1))
+    #expect(store.values[0] == afterFirst)
+  }
+
+  // MARK: SGD
+
+  @Test("SGD: plain, momentum, and Nesterov momentum (Keras 2.15)")
+  func sgd() throws {
+    let w0: [Float] = [1, -2]
+    let g1: [Float] = [0.5, -1], g2: [Float] = [0.25, 2]
+    func run(momentum: Double, nesterov: Bool) throws -> [[Float]] {
+      let store = vectorStore(w0)
+      let opt = SGD(learningRate: .constant(0.1), momentum: .constant(momentum), nesterov: nesterov)
+      try opt.prepare(store: store)
+      var out: [[Float]] = []
+      for g in [g1, g2] {
+        setGradients(store, g)
+        opt.apply(store: store, clock: TrainingClock())
+        out.append(store.values.array)
+      }
+      return out
+    }
+    // Plain: w − 0.1·g.
+    let plain = try run(momentum: 0, nesterov: false)
+    #expect(allClose(plain[0], [0.95, -1.9], tol: 1e-6) && allClose(plain[1], [0.925, -2.1], tol: 1e-6))
+    // Momentum 0.9: b₁ = −0.1·g₁ = [−0.05, 0.1]; b₂ = 0.9·b₁ − 0.1·g₂ = [−0.07, −0.11].
+    let momentum = try run(momentum: 0.9, nesterov: false)
+    #expect(allClose(momentum[0], [0.95, -1.9], tol: 1e-6), "\(momentum[0])")
+    #expect(allClose(momentum[1], [0.88, -2.01], tol: 1e-6), "\(momentum[1])")
+    // Nesterov: w ← w + 0.9·b − 0.1·g: [0.905, −1.81], then [0.817, −2.109].
+    let nesterov = try run(momentum: 0.9, nesterov: true)
+    #expect(allClose(nesterov[0], [0.905, -1.81], tol: 1e-6), "\(nesterov[0])")
+    #expect(allClose(nesterov[1], [0.817, -2.109], tol: 1e-6), "\(nesterov[1])")
+  }
+
+  // MARK: Bop
+
+  @Test("Bop: flips exactly where w·m > τ; w·m == τ keeps sign(w); w = 0 counts as +1; ±1 after one step")
+  func bop() throws {
+    // γ = 0.5, τ = 0.25: every product below is exact in binary floating point.
+    let w0: [Float] = [0.3, -0.5, 0.0, 1.0, -1.0, 0.8, -0.2]
+    let g1: [Float] = [2.0, -2.0, 2.0, 0.5, -0.5, -1.0, 1.0]
+    // m₁ = 0.5·g₁ = [1, −1, 1, 0.25, −0.25, −0.5, 0.5]; w·m₁ = [0.3, 0.5, 0, 0.25, 0.25, −0.4, −0.1].
+    let store = vectorStore(w0, precision: 1)
+    let bop = Bop(gamma: .constant(0.5), threshold: .constant(0.25))
+    try bop.prepare(store: store)
+    setGradients(store, g1)
+    bop.apply(store: store, clock: TrainingClock())
+    #expect(store.values.array == [-1, 1, 1, 1, -1, 1, -1])
+    #expect(store.values.array.allSatisfy { $0 == 1 || $0 == -1 })
+    // m₂ = m₁ + 0.5·(g₂ − m₁) = [0.5, −0.5, 1, 0.125, −0.125, −0.25, 0.25]; only index 2 has w·m > τ.
+    setGradients(store, [0, 0, 1, 0, 0, 0, 0])
+    bop.apply(store: store, clock: TrainingClock(step: 1))
+    #expect(store.values.array == [-1, 1, -1, 1, -1, 1, -1])
+    let momentum = try #require(bop.stateBuffers.first { $0.name == "bop.m" })
+    #expect(momentum.buffer.array == [0.5, -0.5, 1, 0.125, -0.125, -0.25, 0.25])
+    #expect(bop.iterations == 2)
+  }
+
+  @Test("Bop defaults: γ 1e-4, τ 1e-8 — a small momentum against the weight never flips it")
+  func bopDefaults() throws {
+    let bop = Bop()
+    let h = bop.hyperparameters(TrainingClock())
+    #expect(h["gamma"] == 1e-4 && h["threshold"] == 1e-8)
+    let store = vectorStore([1, -1, 1, -1], precision: 1)
+    try bop.prepare(store: store)
+    // m = 1e-4·g: w·m = [1e-4, 1e-4, −1e-4, 1e-12 ≤ τ].
+    setGradients(store, [1, -1, -1, -1e-8])
+    bop.apply(store: store, clock: TrainingClock())
+    #expect(store.values.array == [-1, 1, 1, -1])
+  }
+
+  // MARK: CaseOptimizer
+
+  @Test("CaseOptimizer routes precision-1 variables to Bop and the rest to Adam")
+  func caseOptimizerRouting() throws {
+    let store = makeStore([
+      ParameterSpec(role: .kernel, shape: [2, 2], precision: 1, initializer: .zeros),
+      ParameterSpec(role: .bias, shape: [2], initializer: .zeros),
+    ])
+    let w0: [Float] = [0.3, -0.5, 0.7, -0.1, 0.5, -0.5]
+    for (i, v) in w0.enumerated() { store.values[i] = v }
+    setGradients(store, [1, -1, -1, 1, 0.2, -0.4])
+    let spec = OptimizerSpec.caseOptimizer(
+      cases: [(.binary, .bop(gamma: .constant(0.5), threshold: .constant(0.1)))], default: .adam(learningRate: 0.01))
+    let opt = try spec.make()
+    #expect(opt is CaseOptimizer)
+    try opt.prepare(store: store)
+    let byName = Dictionary(uniqueKeysWithValues: opt.stateBuffers.map { ($0.name, $0.views.map(\.name)) })
+    #expect(byName["bop.m"] == ["layers.0.l.kernel"])
+    #expect(byName["adam.m"] == ["layers.0.l.bias"])
+    opt.apply(store: store, clock: TrainingClock())
+    // Kernel by Bop: m = 0.5·g = [0.5, −0.5, −0.5, 0.5]; w·m = [0.15, 0.25, −0.35, −0.05].
+    #expect(Array(store.values.array[0..<4]) == [-1, 1, 1, -1])
+    // Bias by Adam's first step: lr·sign(g).
+    #expect(close(store.values[4], 0.49, tol: 1e-6) && close(store.values[5], -0.49, tol: 1e-6))
+    let h = opt.hyperparameters(TrainingClock())
+    #expect(h["learning_rate"] == 0.01 && h["bop.gamma"] == 0.5)
+  }
+
+  @Test("CaseOptimizer: a variable claimed twice, or unclaimed without a default, is an error")
+  func caseOptimizerErrors() throws {
+    let store = makeStore([
+      ParameterSpec(role: .kernel, shape: [2], precision: 1, initializer: .zeros),
+      ParameterSpec(role: .bias, shape: [2], initializer: .zeros),
+    ])
+    let twice = CaseOptimizer(cases: [(.binary, Bop()), (.binary, Bop())], default: Adam())
+    let e1 = #expect(throws: BNNError.self) { try twice.prepare(store: store) }
+    guard case .variableClaimedTwice(let variable, let optimizers)? = e1 else {
+      Issue.record("expected variableClaimedTwice, got \(String(describing: e1))")
+      return
+    }
+    #expect(variable == "layers.0.l.kernel")
+    #expect(optimizers.count == 2)
+
+    let unclaimed = CaseOptimizer(cases: [(.binary, Bop())], default: nil)
+    #expect(throws: BNNError.variableUnclaimed(variable: "layers.0.l.bias")) { try unclaimed.prepare(store: store) }
+
+    // Both predicates with no default cover everything.
+    let covered = CaseOptimizer(cases: [(.binary, Bop()), (.nonBinary, Adam())], default: nil)
+    try covered.prepare(store: store)
+  }
+
+  // MARK: Constraints
+
+  @Test("weight_clip through store.applyConstraints clips only constrained views")
+  func weightClip() throws {
+    let store = makeStore([
+      ParameterSpec(role: .kernel, shape: [5], precision: 1, constraint: .weightClip(clipValue: 1), initializer: .zeros),
+      ParameterSpec(role: .bias, shape: [2], initializer: .zeros),
+    ])
+    let before: [Float] = [1.5, -2, 0.3, -1, 1, 5, -7]
+    for (i, v) in before.enumerated() { store.values[i] = v }
+    store.applyConstraints()
+    #expect(store.values.array == [1, -1, 0.3, -1, 1, 5, -7])
+    let half = makeStore([
+      ParameterSpec(role: .kernel, shape: [3], constraint: .weightClip(clipValue: 0.5), initializer: .zeros)
+    ])
+    for (i, v) in [Float(0.7), -0.2, -0.6].enumerated() { half.values[i] = v }
+    half.applyConstraints()
+    #expect(half.values.array == [0.5, -0.2, -0.5])
+    #expect(KernelConstraint.weightClip(clipValue: 1).name == "weight_clip")
+  }
+
+  // MARK: Schedules
+
+  @Test("constant and exponential decay (continuous and staircase)")
+  func exponentialDecay() {
+    #expect(Schedule.constant(0.1).value(at: 12345) == 0.1)
+    let smooth = Schedule.exponentialDecay(initial: 0.1, decaySteps: 10, decayRate: 0.5, staircase: false)
+    #expect(close(smooth.value(at: 0), 0.1, tol: 1e-12))
+    #expect(close(smooth.value(at: 5), 0.1 * 0.5.squareRoot(), tol: 1e-12))
+    #expect(close(smooth.value(at: 20), 0.025, tol: 1e-12))
+    let stairs = Schedule.exponentialDecay(initial: 0.1, decaySteps: 10, decayRate: 0.5, staircase: true)
+    #expect(stairs.value(at: 9) == 0.1)
+    #expect(close(stairs.value(at: 10), 0.05, tol: 1e-12))
+    #expect(close(stairs.value(at: 19), 0.05, tol: 1e-12))
+    #expect(close(stairs.value(at: 25), 0.025, tol: 1e-12))
+  }
+
+  @Test("step decay is Keras's PiecewiseConstantDecay: values[0] for t ≤ b0")
+  func stepDecay() {
+    let s = Schedule.stepDecay(boundaries: [10, 20], values: [1, 0.5, 0.1])
+    let expected: [(Int, Double)] = [(0, 1), (9, 1), (10, 1), (11, 0.5), (20, 0.5), (21, 0.1), (1000, 0.1)]
+    for (t, v) in expected { #expect(s.value(at: t) == v, "t = \(t)") }
+  }
+
+  @Test("cosine decay (Keras CosineDecay) with and without alpha")
+  func cosineDecay() {
+    let s = Schedule.cosineDecay(initial: 1, decaySteps: 100, alpha: 0)
+    #expect(close(s.value(at: 0), 1, tol: 1e-12))
+    #expect(close(s.value(at: 25), 0.5 * (1 + cos(Double.pi / 4)), tol: 1e-12))
+    #expect(close(s.value(at: 25), 0.8535533905932737, tol: 1e-12))
+    #expect(close(s.value(at: 50), 0.5, tol: 1e-12))
+    #expect(close(s.value(at: 100), 0, tol: 1e-12))
+    #expect(close(s.value(at: 250), 0, tol: 1e-12))
+    let a = Schedule.cosineDecay(initial: 0.2, decaySteps: 100, alpha: 0.1)
+    #expect(close(a.value(at: 50), 0.2 * 0.55, tol: 1e-12))
+    #expect(close(a.value(at: 100), 0.02, tol: 1e-12))
+    #expect(close(a.value(at: 1000), 0.02, tol: 1e-12))
+  }
+
+  @Test("linear warmup, then cosine decay from the warmup's end")
+  func linearWarmup() {
+    let s = Schedule.linearWarmup(warmup: 10, start: 0, then: .cosineDecay(initial: 1, decaySteps: 100, alpha: 0))
+    #expect(s.value(at: 0) == 0)
+    #expect(close(s.value(at: 5), 0.5, tol: 1e-12))
+    #expect(close(s.value(at: 9), 0.9, tol: 1e-12))
+    #expect(close(s.value(at: 10), 1, tol: 1e-12))
+    #expect(close(s.value(at: 60), 0.5, tol: 1e-12))
+    #expect(close(s.value(at: 110), 0, tol: 1e-12))
+    let fromStart = Schedule.linearWarmup(warmup: 4, start: 0.1, then: .constant(0.5))
+    #expect(close(fromStart.value(at: 2), 0.3, tol: 1e-12))
+    #expect(fromStart.value(at: 4) == 0.5)
+  }
+
+  @Test("schedule validation names the bad parameter")
+  func scheduleValidation() {
+    let bad: [(Schedule, String)] = [
+      (.stepDecay(boundaries: [10], values: [1]), "values"),
+      (.stepDecay(boundaries: [10, 10], values: [1, 2, 3]), "boundaries"),
+      (.exponentialDecay(initial: 1, decaySteps: 0, decayRate: 0.5, staircase: false), "decay_steps"),
+      (.exponentialDecay(initial: 1, decaySteps: 10, decayRate: 0, staircase: false), "decay_rate"),
+      (.cosineDecay(initial: 1, decaySteps: 10, alpha: 1.5), "alpha"),
+      (.linearWarmup(warmup: 0, start: 0, then: .constant(1)), "warmup_steps"),
+      (.linearWarmup(warmup: 5, start: 0, then: .cosineDecay(initial: 1, decaySteps: -1, alpha: 0)), "decay_steps"),
+    ]
+    for (schedule, parameter) in bad {
+      let e = #expect(throws: BNNError.self) { try schedule.validate(owner: "adam") }
+      guard case .invalidParameter(let owner, let p, _)? = e else {
+        Issue.record("\(schedule): expected invalidParameter, got \(String(describing: e))")
+        continue
+      }
+      #expect(owner == "adam" && p == parameter, "\(schedule)")
+    }
+    #expect(throws: Never.self) { try Schedule.stepDecay(boundaries: [1, 2], values: [3, 2, 1]).validate(owner: "x") }
+  }
+
+  @Test("a Hyperparameter with unit .epoch reads clock.epoch, with .step reads clock.step")
+  func hyperparameterUnits() {
+    let schedule = Schedule.stepDecay(boundaries: [1], values: [1, 0.1])
+    let perEpoch = Hyperparameter(schedule, unit: .epoch)
+    let perStep = Hyperparameter(schedule, unit: .step)
+    #expect(perEpoch.value(TrainingClock(step: 1000, epoch: 1)) == 1)
+    #expect(perEpoch.value(TrainingClock(step: 0, epoch: 2)) == 0.1)
+    #expect(perStep.value(TrainingClock(step: 1000, epoch: 1)) == 0.1)
+    #expect(perStep.value(TrainingClock(step: 1, epoch: 5)) == 1)
+    #expect(Hyperparameter.constant(3).value(TrainingClock(step: 9, epoch: 9)) == 3)
+  }
+
+  @Test("an epoch-driven learning rate changes Adam's step")
+  func adamEpochSchedule() throws {
+    let lr = Hyperparameter(.stepDecay(boundaries: [0], values: [0.01, 0.001]), unit: .epoch)
+    let store = vectorStore([0, 0])
+    let adam = Adam(learningRate: lr)
+    try adam.prepare(store: store)
+    setGradients(store, [1, 1])
+    adam.apply(store: store, clock: TrainingClock(step: 0, epoch: 0))
+    #expect(close(store.values[0], -0.01, tol: 1e-6))
+    // Second step in epoch 1 at lr 1e-3: m = 0.19, v = 0.001999, α = 1e-3·√(1−0.999²)/(1−0.81).
+    adam.apply(store: store, clock: TrainingClock(step: 1, epoch: 1))
+    let alpha = 1e-3 * (1 - 0.999 * 0.999).squareRoot() / (1 - 0.81)
+    let want = -0.01 - alpha * 0.19 / ((0.001999).squareRoot() + 1e-7)
+    #expect(close(Double(store.values[0]), want, tol: 1e-6), "\(store.values[0]) vs \(want)")
+  }
+}

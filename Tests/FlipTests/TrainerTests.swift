@@ -1,0 +1,98 @@
+import FlipBNN
+import FlipComm
+import Foundation
+import Logging
+import Testing
+@testable import FlipTraining
+
+@Suite("Trainer")
+struct TrainerTests {
+  func toyModel(seed: UInt64) throws -> Sequential {
+    var specs = ModelPreset.binarynetMLP.layers
+    // A narrower BinaryNet for 6×6 images and 2 classes.
+    for i in specs.indices where specs[i].kind == .quantDense { specs[i].units = specs[i].units == 10 ? 2 : 32 }
+    return try Sequential(specs: specs, inputShape: [6, 6, 1], seed: seed)
+  }
+
+  func makeTrainer(_ model: Sequential, data: DataSplits, epochs: Int = 3, batch: Int = 32, seed: UInt64 = 0) throws -> Trainer {
+    try Trainer(
+      model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(), communicator: SingleProcessCommunicator(),
+      data: data, options: TrainingOptions(epochs: epochs, batchSize: batch, seed: seed, logEverySteps: 4),
+      logger: Logger(label: "test"), progress: ProgressReporter(enabled: false))
+  }
+
+  @Test func learnsAToyProblemAndLogsMetrics() throws {
+    let dir = temporaryDirectory()
+    writeToyDataset(to: dir)
+    let data = try DataSplits.load(directory: dir)
+    let model = try toyModel(seed: 0)
+    let trainer = try makeTrainer(model, data: data, epochs: 4)
+    trainer.metrics = try MetricsLog(path: dir + "/metrics.jsonl")
+    let results = try trainer.fit()
+    #expect(results.count == 4)
+    #expect(results.last!.testAccuracy > 0.9)
+    #expect(results.last!.loss < results.first!.loss)
+    // 256 samples / 32 = 8 steps per epoch.
+    #expect(trainer.clock.step == 32)
+    let rows = try readMetrics(dir + "/metrics.jsonl")
+    let epochs = rows.filter { $0["kind"] as? String == "epoch" }
+    let steps = rows.filter { $0["kind"] as? String == "step" }
+    #expect(epochs.count == 4)
+    #expect(steps.count == 8)
+    for key in ["epoch", "step", "loss", "accuracy", "test_loss", "test_accuracy", "learning_rate", "flip_ratio", "images_per_second", "seconds"] {
+      #expect(epochs[0][key] != nil, "epoch row lacks \(key)")
+    }
+    let flips = epochs[0]["flip_ratio"] as! [String: Double]
+    #expect(Set(flips.keys) == ["quant_dense", "quant_dense_1", "quant_dense_2", "quant_dense_3"])
+    #expect(flips.values.allSatisfy { $0 > 0 && $0 < 1 })
+    #expect(epochs[3]["step"] as? Int == 32)
+  }
+
+  @Test func sameSeedSameModel() throws {
+    let dir = temporaryDirectory()
+    writeToyDataset(to: dir, train: 100, test: 20)
+    let data = try DataSplits.load(directory: dir)
+    func train(seed: UInt64) throws -> [Float] {
+      let model = try toyModel(seed: seed)
+      try makeTrainer(model, data: data, epochs: 2, batch: 24, seed: seed).fit()
+      return model.store.values.array + model.store.state.array
+    }
+    let a = try train(seed: 5), b = try train(seed: 5), c = try train(seed: 6)
+    #expect(a == b)
+    #expect(a != c)
+  }
+
+  @Test func weightClipHoldsAfterEveryStep() throws {
+    let dir = temporaryDirectory()
+    writeToyDataset(to: dir, train: 64, test: 16)
+    let data = try DataSplits.load(directory: dir)
+    let model = try toyModel(seed: 1)
+    let trainer = try Trainer(
+      model: model, optimizer: try OptimizerSpec.sgd(learningRate: .constant(50), momentum: .constant(0), nesterov: false).make(),
+      communicator: SingleProcessCommunicator(), data: data,
+      options: TrainingOptions(epochs: 1, batchSize: 16, seed: 0, logEverySteps: 0), logger: Logger(label: "t"),
+      progress: ProgressReporter(enabled: false))
+    try trainer.fit()
+    for v in model.store.views where v.role == .kernel {
+      let w = UnsafeBufferPointer(start: model.store.pointer(v), count: v.count)
+      #expect(w.allSatisfy { abs($0) <= 1 })
+      #expect(w.contains { abs($0) == 1 })
+    }
+  }
+
+  @Test func mismatchedModelAndDataAreErrors() throws {
+    let dir = temporaryDirectory()
+    writeToyDataset(to: dir, train: 20, test: 10)
+    let data = try DataSplits.load(directory: dir)
+    let wrongInput = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
+    do {
+      _ = try makeTrainer(wrongInput, data: data)
+      Issue.record("expected an error")
+    } catch { #expect("\(error)".contains("[28, 28, 1]") && "\(error)".contains("[6, 6, 1]")) }
+    let wrongClasses = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [6, 6, 1], seed: 0)
+    do {
+      _ = try makeTrainer(wrongClasses, data: data)
+      Issue.record("expected an error")
+    } catch { #expect("\(error)".contains("2 classes")) }
+  }
+}
