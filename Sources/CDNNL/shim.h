@@ -20,4 +20,33 @@ static inline int flip_omp_get_max_threads(void) {
   int (*get)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_max_threads");
   return get ? get() : -1;
 }
+
+// Runs body(context, thread, threads) on every thread of libgomp's team, the same threads that
+// run oneDNN's kernels (so Flip's elementwise loops never compete with spinning OpenMP
+// workers). GOMP_parallel is the entry point that GCC emits for `#pragma omp parallel`.
+// Returns -1 (and runs nothing) when no OpenMP runtime is loaded.
+typedef void (*flip_parallel_body)(void *context, int thread, int threads);
+struct flip_parallel_call { flip_parallel_body body; void *context; };
+
+static void flip_parallel_trampoline(void *data) {
+  static int (*thread_num)(void) = 0;
+  static int (*num_threads)(void) = 0;
+  if (!thread_num) {
+    num_threads = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_num_threads");
+    thread_num = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_thread_num");
+  }
+  struct flip_parallel_call *call = (struct flip_parallel_call *)data;
+  call->body(call->context, thread_num(), num_threads());
+}
+
+static inline int flip_parallel(flip_parallel_body body, void *context, int threads) {
+  static void (*gomp_parallel)(void (*)(void *), void *, unsigned, unsigned) = 0;
+  if (!gomp_parallel) {
+    gomp_parallel = (void (*)(void (*)(void *), void *, unsigned, unsigned))dlsym(RTLD_DEFAULT, "GOMP_parallel");
+    if (!gomp_parallel || !dlsym(RTLD_DEFAULT, "omp_get_thread_num")) return -1;
+  }
+  struct flip_parallel_call call = {body, context};
+  gomp_parallel(flip_parallel_trampoline, &call, (unsigned)threads, 0);
+  return 0;
+}
 #endif

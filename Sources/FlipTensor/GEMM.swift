@@ -84,3 +84,54 @@ public enum GEMMProfiler {
 
   public static var gigaflopsPerSecond: Double { nanoseconds == 0 ? 0 : flops / Double(nanoseconds) }
 }
+
+/// Exact integer GEMM for operands that take integer levels (±1 binary, {−1, 0, 1} ternary):
+/// `C[m×n] = op(A)[m×k] · op(B)[k×n]` in int8 × int8 → int32 (`dnnl_gemm_s8s8s32`, AVX-512
+/// VNNI on this CPU: about 4× the fp32 rate). For ±1 operands the result equals the fp32
+/// GEMM bit for bit (every partial sum is an integer below 2^24).
+public func gemmInt8(
+  _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+  a: UnsafePointer<Int8>, lda: Int, b: UnsafePointer<Int8>, ldb: Int,
+  c: UnsafeMutablePointer<Int32>, ldc: Int
+) throws {
+  if m == 0 || n == 0 { return }
+  let start = GEMMProfiler.enabled ? DispatchTime.now().uptimeNanoseconds : 0
+  defer {
+    if GEMMProfiler.enabled {
+      GEMMProfiler.nanoseconds += DispatchTime.now().uptimeNanoseconds - start
+      GEMMProfiler.flops += 2 * Double(m) * Double(n) * Double(k)
+      GEMMProfiler.calls += 1
+    }
+  }
+  var zero: Int32 = 0
+  let status = dnnl_gemm_s8s8s32(
+    transA.flag, transB.flag, CChar(UInt8(ascii: "F")), dnnl_dim_t(m), dnnl_dim_t(n), dnnl_dim_t(k), 1,
+    a, dnnl_dim_t(lda), 0, b, dnnl_dim_t(ldb), 0, 0, c, dnnl_dim_t(ldc), &zero)
+  if status != dnnl_success {
+    throw TensorError.onednn(function: "dnnl_gemm_s8s8s32(\(m)x\(n)x\(k))", status: Int(status.rawValue))
+  }
+}
+
+/// Converts `count` floats that hold small integers (quantizer levels) to int8.
+public func convertToInt8(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Int8>, count: Int) {
+  Parallel.forEach(count: count) { r in
+    for i in r { y[i] = Int8(truncatingIfNeeded: Int32(x[i])) }
+  }
+}
+
+/// `y[r, c] = Float(x[r, c]) (+ bias[c])` for a (rows, columns) int32 matrix.
+public func convertToFloat(
+  _ x: UnsafePointer<Int32>, _ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int,
+  bias: UnsafePointer<Float>? = nil
+) {
+  Parallel.forRanges(count: rows, grain: max(1, (1 << 15) / max(columns, 1))) { r in
+    for row in r {
+      let xr = x + row * columns, yr = y + row * columns
+      if let bias {
+        for j in 0..<columns { yr[j] = Float(xr[j]) + bias[j] }
+      } else {
+        for j in 0..<columns { yr[j] = Float(xr[j]) }
+      }
+    }
+  }
+}

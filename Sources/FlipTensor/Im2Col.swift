@@ -64,8 +64,9 @@ public func im2col(
   into columns: UnsafeMutablePointer<Float>
 ) {
   let c = g.channels
-  var row = columns
-  for b in 0..<batch {
+  Parallel.forRanges(count: batch, grain: 8) { images in
+  var row = columns + images.lowerBound * g.outputPixels * g.patchSize
+  for b in images {
     let image = x + b * g.inputSize
     for oy in 0..<g.outputHeight {
       let y0 = oy * g.strideHeight - g.padTop
@@ -100,6 +101,7 @@ public func im2col(
       }
     }
   }
+  }
 }
 
 /// The adjoint of `im2col`: adds each column entry back onto the input position it came
@@ -109,9 +111,10 @@ public func col2im(
   into dx: UnsafeMutablePointer<Float>
 ) {
   let c = g.channels
-  dx.update(repeating: 0, count: batch * g.inputSize)
-  var row = columns
-  for b in 0..<batch {
+  Parallel.forRanges(count: batch, grain: 8) { images in
+  (dx + images.lowerBound * g.inputSize).update(repeating: 0, count: images.count * g.inputSize)
+  var row = columns + images.lowerBound * g.outputPixels * g.patchSize
+  for b in images {
     let image = dx + b * g.inputSize
     for oy in 0..<g.outputHeight {
       let y0 = oy * g.strideHeight - g.padTop
@@ -138,4 +141,5 @@ public func col2im(
       }
     }
   }
+}
 }

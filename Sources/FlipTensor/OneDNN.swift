@@ -13,13 +13,15 @@ public enum OneDNN {
     return "\(v.pointee.major).\(v.pointee.minor).\(v.pointee.patch)"
   }
 
-  /// Sets the number of OpenMP threads oneDNN's kernels use from now on.
+  /// Sets the number of OpenMP threads oneDNN's kernels use from now on (and Flip's own
+  /// elementwise loops, through `Parallel.threads`).
   ///
   /// libgomp reads `OMP_NUM_THREADS` only when it loads, so Flip sets the count through
   /// `omp_set_num_threads` instead. Returns false when no OpenMP runtime is loaded.
   @discardableResult
   public static func setThreads(_ n: Int) -> Bool {
-    flip_omp_set_num_threads(Int32(max(1, n))) == 0
+    Parallel.threads = max(1, n)
+    return flip_omp_set_num_threads(Int32(max(1, n))) == 0
   }
 
   /// The thread count the next oneDNN call will use (-1 without OpenMP).

@@ -114,9 +114,8 @@ public final class Trainer {
     var r: (lossSum: Double, correct: Int) = (0, 0)
     if n > 0 { r = try model.accumulateGradients(images.pointer, labels: labels, batch: n, loss: loss) }
     try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
-    scale(store.gradients, by: 1 / Float(sampler.globalBatchSize(step: stepInEpoch)))
-    optimizer.apply(store: store, clock: clock)
-    store.applyConstraints()
+    // Mean over the global batch, optimizer update and weight_clip in one pass.
+    optimizer.apply(store: store, clock: clock, gradientScale: 1 / Float(sampler.globalBatchSize(step: stepInEpoch)))
     clock.step += 1
     return (r.lossSum, Double(r.correct), Double(n))
   }

@@ -39,13 +39,22 @@ public final class BatchNormalization: Layer {
   /// (R, C) output; (R, C) input gradient.
   private var y = FloatBuffer(count: 0)
   private var dx = FloatBuffer(count: 0)
-  /// (C) batch mean and 1/√(σ²+ε) of the last training forward.
+  /// (C) batch mean and 1/√(σ²+ε) of the last training forward (in inference: scale and shift).
   private let mean: FloatBuffer
   private let inverseStd: FloatBuffer
-  /// (C) per-channel sums in double precision.
-  private var sum: [Double]
-  private var sum2: [Double]
-  private var lastForwardTrained = false
+  /// (C) per-channel coefficients of backward.
+  private let meanGradient: FloatBuffer
+  private let meanGradientNormalized: FloatBuffer
+  /// Rows per block of the reductions: per-block sums in Float, combined over blocks in Double,
+  /// in block order (so the result does not depend on the thread count).
+  private let blockRows: Int
+  /// (blocks, C) and (blocks, C) per-block partial sums.
+  private var partial = FloatBuffer(count: 0)
+  private var partial2 = FloatBuffer(count: 0)
+  /// (C) per-channel totals in double precision; (C) backward's x̂ coefficient.
+  private let sums: UnsafeMutablePointer<Double>
+  private let sums2: UnsafeMutablePointer<Double>
+  private let normalizedCoefficient: FloatBuffer
 
   public init(
     inputShape: [Int], momentum: Float = 0.99, epsilon: Float = 1e-3, center: Bool = true, scale: Bool = true
@@ -70,8 +79,17 @@ public final class BatchNormalization: Layer {
     besselCorrectedMovingVariance = inputShape.count == 3
     mean = FloatBuffer(count: c)
     inverseStd = FloatBuffer(count: c)
-    sum = [Double](repeating: 0, count: c)
-    sum2 = [Double](repeating: 0, count: c)
+    meanGradient = FloatBuffer(count: c)
+    meanGradientNormalized = FloatBuffer(count: c)
+    blockRows = max(1, 16384 / c)
+    sums = .allocate(capacity: c)
+    sums2 = .allocate(capacity: c)
+    normalizedCoefficient = FloatBuffer(count: c)
+  }
+
+  deinit {
+    sums.deallocate()
+    sums2.deallocate()
   }
 
   public var parameterSpecs: [ParameterSpec] {
@@ -102,71 +120,96 @@ public final class BatchNormalization: Layer {
     normalized = FloatBuffer(count: n)
     y = FloatBuffer(count: n)
     dx = FloatBuffer(count: n)
+    let blocks = Parallel.chunkCount(count: n / channels, grain: blockRows)
+    partial = FloatBuffer(count: blocks * channels)
+    partial2 = FloatBuffer(count: blocks * channels)
+  }
+
+  /// Per-channel sums over rows of `f(row pointer, channel)`-style loops: `body` fills the
+  /// block's partial sums; the blocks are then added in order in double precision.
+  private func reduce(
+    rows: Int, into totals: UnsafeMutablePointer<Double>, _ totals2: UnsafeMutablePointer<Double>?,
+    _ body: (Range<Int>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void
+  ) {
+    let c = channels
+    let p1 = partial.pointer, p2 = partial2.pointer
+    let grain = blockRows
+    Parallel.forRanges(count: rows, grain: grain) { r in
+      let block = r.lowerBound / grain
+      let a = p1 + block * c, b = p2 + block * c
+      a.update(repeating: 0, count: c)
+      b.update(repeating: 0, count: c)
+      body(r, a, b)
+    }
+    let blocks = Parallel.chunkCount(count: rows, grain: grain)
+    for ch in 0..<c { totals[ch] = 0 }
+    if let totals2 { for ch in 0..<c { totals2[ch] = 0 } }
+    for block in 0..<blocks {
+      let a = p1 + block * c, b = p2 + block * c
+      for ch in 0..<c { totals[ch] += Double(a[ch]) }
+      if let totals2 { for ch in 0..<c { totals2[ch] += Double(b[ch]) } }
+    }
   }
 
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
     let c = channels
     let rows = batch * inputSize / c
     let out = y.pointer
+    let s = inverseStd.pointer, m = mean.pointer
     if !training {
       // Fold the moving statistics into one scale and shift per channel.
       for ch in 0..<c {
-        let s = (scale ? gamma![ch] : 1) / (movingVariance[ch] + epsilon).squareRoot()
-        inverseStd[ch] = s
-        mean[ch] = (center ? beta![ch] : 0) - movingMean[ch] * s
+        let k = (scale ? gamma![ch] : 1) / (movingVariance[ch] + epsilon).squareRoot()
+        s[ch] = k
+        m[ch] = (center ? beta![ch] : 0) - movingMean[ch] * k
       }
-      let s = inverseStd.pointer, t = mean.pointer
-      for r in 0..<rows {
-        let xr = x + r * c, yr = out + r * c
-        for ch in 0..<c { yr[ch] = xr[ch] * s[ch] + t[ch] }
-      }
-      lastForwardTrained = false
-      return UnsafePointer(out)
-    }
-    // Batch statistics: two passes, accumulated in double precision.
-    sum.withUnsafeMutableBufferPointer { s in
-      for ch in 0..<c { s[ch] = 0 }
-      for r in 0..<rows {
-        let xr = x + r * c
-        for ch in 0..<c { s[ch] += Double(xr[ch]) }
-      }
-      for ch in 0..<c { mean[ch] = Float(s[ch] / Double(rows)) }
-    }
-    sum2.withUnsafeMutableBufferPointer { s in
-      let m = mean.pointer
-      for ch in 0..<c { s[ch] = 0 }
-      for r in 0..<rows {
-        let xr = x + r * c
-        for ch in 0..<c {
-          let d = Double(xr[ch] - m[ch])
-          s[ch] += d * d
+      Parallel.forRanges(count: rows, grain: blockRows) { r in
+        for row in r {
+          let xr = x + row * c, yr = out + row * c
+          for ch in 0..<c { yr[ch] = xr[ch] * s[ch] + m[ch] }
         }
       }
-      let f = 1 - momentum
-      for ch in 0..<c {
-        let variance = s[ch] / Double(rows)
-        inverseStd[ch] = Float(1 / (variance + Double(epsilon)).squareRoot())
-        let movingSample = besselCorrectedMovingVariance && rows > 1 ? s[ch] / Double(rows - 1) : variance
-        movingMean[ch] = movingMean[ch] * momentum + mean[ch] * f
-        movingVariance[ch] = movingVariance[ch] * momentum + Float(movingSample) * f
+      return UnsafePointer(out)
+    }
+    // Batch statistics: mean, then the mean of squared deviations (two passes).
+    reduce(rows: rows, into: sums, nil) { r, a, _ in
+      for row in r {
+        let xr = x + row * c
+        for ch in 0..<c { a[ch] += xr[ch] }
       }
     }
-    let m = mean.pointer, s = inverseStd.pointer, xh = normalized.pointer
-    for r in 0..<rows {
-      let xr = x + r * c, hr = xh + r * c, yr = out + r * c
-      for ch in 0..<c {
-        let h = (xr[ch] - m[ch]) * s[ch]
-        hr[ch] = h
-        yr[ch] = h
+    for ch in 0..<c { m[ch] = Float(sums[ch] / Double(rows)) }
+    reduce(rows: rows, into: sums, nil) { r, a, _ in
+      for row in r {
+        let xr = x + row * c
+        for ch in 0..<c {
+          let d = xr[ch] - m[ch]
+          a[ch] += d * d
+        }
       }
     }
-    if scale || center {
-      for r in 0..<rows {
-        let yr = out + r * c
-        for ch in 0..<c { yr[ch] = yr[ch] * (scale ? gamma![ch] : 1) + (center ? beta![ch] : 0) }
+    let f = 1 - momentum
+    for ch in 0..<c {
+      let variance = sums[ch] / Double(rows)
+      s[ch] = Float(1 / (variance + Double(epsilon)).squareRoot())
+      let movingSample = besselCorrectedMovingVariance && rows > 1 ? sums[ch] / Double(rows - 1) : variance
+      movingMean[ch] = movingMean[ch] * momentum + m[ch] * f
+      movingVariance[ch] = movingVariance[ch] * momentum + Float(movingSample) * f
+    }
+    let xh = normalized.pointer
+    let g = gamma.map { UnsafePointer($0) }, b = beta.map { UnsafePointer($0) }
+    Parallel.forRanges(count: rows, grain: blockRows) { r in
+      for row in r {
+        let xr = x + row * c, hr = xh + row * c, yr = out + row * c
+        for ch in 0..<c {
+          let h = (xr[ch] - m[ch]) * s[ch]
+          hr[ch] = h
+          yr[ch] = h
+        }
+        if let g { for ch in 0..<c { yr[ch] *= g[ch] } }
+        if let b { for ch in 0..<c { yr[ch] += b[ch] } }
       }
     }
-    lastForwardTrained = true
     return UnsafePointer(out)
   }
 
@@ -175,37 +218,33 @@ public final class BatchNormalization: Layer {
     let rows = batch * inputSize / c
     let xh = normalized.pointer
     // Σ dy and Σ dy·x̂ per channel.
-    sum.withUnsafeMutableBufferPointer { s1 in
-      sum2.withUnsafeMutableBufferPointer { s2 in
-        for ch in 0..<c { s1[ch] = 0; s2[ch] = 0 }
-        for r in 0..<rows {
-          let dr = dy + r * c, hr = xh + r * c
-          for ch in 0..<c {
-            s1[ch] += Double(dr[ch])
-            s2[ch] += Double(dr[ch] * hr[ch])
-          }
-        }
-        if let dg = gammaGradient { for ch in 0..<c { dg[ch] += Float(s2[ch]) } }
-        if let db = betaGradient { for ch in 0..<c { db[ch] += Float(s1[ch]) } }
-        // Reuse mean/sum buffers as per-channel coefficients: dx = k·(dy − a − x̂·b).
+    let s1 = sums, s2 = sums2
+    reduce(rows: rows, into: s1, s2) { r, a, b in
+      for row in r {
+        let dr = dy + row * c, hr = xh + row * c
         for ch in 0..<c {
-          s1[ch] /= Double(rows)
-          s2[ch] /= Double(rows)
+          a[ch] += dr[ch]
+          b[ch] += dr[ch] * hr[ch]
         }
       }
     }
+    if let dg = gammaGradient { for ch in 0..<c { dg[ch] += Float(s2[ch]) } }
+    if let db = betaGradient { for ch in 0..<c { db[ch] += Float(s1[ch]) } }
     guard needInputGradient else { return nil }
+    // dx = k·(dy − a − x̂·b) with k = γ/√(σ²+ε), a = mean(dy), b = mean(dy·x̂).
+    let k = meanGradient.pointer, a = meanGradientNormalized.pointer
+    let bCoefficient = normalizedCoefficient.pointer
+    for ch in 0..<c {
+      k[ch] = (scale ? gamma![ch] : 1) * inverseStd[ch]
+      a[ch] = Float(s1[ch] / Double(rows))
+      bCoefficient[ch] = Float(s2[ch] / Double(rows))
+    }
     let out = dx.pointer
-    sum.withUnsafeBufferPointer { a in
-      sum2.withUnsafeBufferPointer { b in
-        let s = inverseStd.pointer
-        for r in 0..<rows {
-          let dr = dy + r * c, hr = xh + r * c, or = out + r * c
-          for ch in 0..<c {
-            let g = scale ? gamma![ch] : 1
-            or[ch] = g * s[ch] * (dr[ch] - Float(a[ch]) - hr[ch] * Float(b[ch]))
-          }
-        }
+    let bc = bCoefficient
+    Parallel.forRanges(count: rows, grain: blockRows) { r in
+      for row in r {
+        let dr = dy + row * c, hr = xh + row * c, or = out + row * c
+        for ch in 0..<c { or[ch] = k[ch] * (dr[ch] - a[ch] - hr[ch] * bc[ch]) }
       }
     }
     return UnsafePointer(out)

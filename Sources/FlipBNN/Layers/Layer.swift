@@ -67,37 +67,28 @@ public struct LayerProfile: Sendable, Equatable {
   public var macs: MACs
 }
 
-/// Quantizes `count` values of `x` into `y` (or copies when `quantizer` is nil).
-@inline(__always)
-func quantize(
-  _ quantizer: Quantizer?, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int,
-  channels: Int
-) {
-  if let q = quantizer {
-    q.forward(x, y, count: count, channels: channels)
-  } else {
-    y.update(from: x, count: count)
-  }
-}
-
 /// The pseudo-gradient of `quantizer` at `x`, applied to `d` in place (identity when nil).
 @inline(__always)
 func quantizerGradient(
   _ quantizer: Quantizer?, _ x: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, count: Int,
   channels: Int
 ) {
-  quantizer?.backward(x, UnsafePointer(d), d, count: count, channels: channels)
+  quantizer?.parallelBackward(x, UnsafePointer(d), d, count: count, channels: channels)
 }
 
 /// The kernel of a quantized layer: the latent weights, their quantized copy used by the
 /// forward GEMM, and the count of values that changed since the previous training forward.
+///
+/// The quantized kernel is double-buffered: each forward writes the inactive copy and counts
+/// where it differs from the active one (Larq's `flip_ratio`), then makes it active.
 final class QuantizedKernel {
   let quantizer: Quantizer?
   let rows: Int, channels: Int
   var latent: UnsafeMutablePointer<Float>!
   var gradient: UnsafeMutablePointer<Float>!
-  /// (rows, channels) quantized kernel; allocated only when there is a quantizer.
-  let quantized: FloatBuffer?
+  /// 2 × (rows, channels) quantized kernels; allocated only when there is a quantizer.
+  private let buffers: [FloatBuffer]
+  private var active = 0
   /// (rows, channels) scratch for the gradient of the quantized kernel.
   let quantizedGradient: FloatBuffer?
   private var hasPrevious = false
@@ -107,28 +98,35 @@ final class QuantizedKernel {
     self.quantizer = quantizer
     self.rows = rows
     self.channels = channels
-    quantized = quantizer == nil ? nil : FloatBuffer(count: rows * channels)
+    buffers = quantizer == nil ? [] : [FloatBuffer(count: rows * channels), FloatBuffer(count: rows * channels)]
     quantizedGradient = quantizer == nil ? nil : FloatBuffer(count: rows * channels)
   }
 
   var count: Int { rows * channels }
 
+  /// The quantized kernel of the last forward (nil without a quantizer).
+  var quantized: FloatBuffer? { buffers.isEmpty ? nil : buffers[active] }
+
   /// The weights the forward GEMM uses: `q(latent)`, recomputed every forward.
   func forward(training: Bool) -> UnsafePointer<Float> {
-    guard let q = quantizer, let wq = quantized else { return UnsafePointer(latent) }
+    guard let q = quantizer else { return UnsafePointer(latent) }
+    let old = buffers[active].pointer, new = buffers[1 - active].pointer
+    q.parallelForward(latent, new, count: count, channels: channels)
     if training && hasPrevious {
-      // Count changed values while writing the new quantized kernel.
-      let old = quantizedGradient!.pointer  // free scratch between steps
-      old.update(from: wq.pointer, count: count)
-      q.forward(latent, wq.pointer, count: count, channels: channels)
-      var changed = 0
-      for i in 0..<count where old[i] != wq.pointer[i] { changed += 1 }
-      lastFlipRatio = Double(changed) / Double(count)
-    } else {
-      q.forward(latent, wq.pointer, count: count, channels: channels)
-      if training { hasPrevious = true }
+      let grain = 1 << 16
+      var changed = [Int](repeating: 0, count: Parallel.chunkCount(count: count, grain: grain))
+      changed.withUnsafeMutableBufferPointer { c in
+        Parallel.forRanges(count: count, grain: grain) { r in
+          var n = 0
+          for i in r where old[i] != new[i] { n += 1 }
+          c[r.lowerBound / grain] = n
+        }
+      }
+      lastFlipRatio = Double(changed.reduce(0, +)) / Double(count)
     }
-    return UnsafePointer(wq.pointer)
+    if training { hasPrevious = true }
+    active = 1 - active
+    return UnsafePointer(new)
   }
 
   /// Where the GEMM writes the gradient of the quantized kernel, and whether it accumulates.
@@ -140,10 +138,16 @@ final class QuantizedKernel {
   /// After the GEMM: pseudo-gradient through the quantizer, accumulated into the latent's gradient.
   func finishBackward() {
     guard let q = quantizer, let g = quantizedGradient else { return }
-    q.backward(latent, g.pointer, g.pointer, count: count, channels: channels)
-    let dst = gradient!
-    let src = g.pointer
-    for i in 0..<count { dst[i] += src[i] }
+    let dst = gradient!, src = g.pointer, w = UnsafePointer(latent!)
+    if q.isElementwise {
+      Parallel.forEach(count: count) { r in
+        q.backward(w + r.lowerBound, src + r.lowerBound, src + r.lowerBound, count: r.count, channels: 1)
+        for i in r { dst[i] += src[i] }
+      }
+    } else {
+      q.backward(w, src, src, count: count, channels: channels)
+      Parallel.forEach(count: count) { r in for i in r { dst[i] += src[i] } }
+    }
   }
 }
 

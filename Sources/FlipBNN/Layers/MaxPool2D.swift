@@ -54,22 +54,37 @@ public final class MaxPool2D: Layer {
     let c = g.channels
     let out = y.pointer
     let arg = argmax!
-    for b in 0..<batch {
-      let imageOffset = b * g.inputSize
-      for oy in 0..<g.outputHeight {
-        for ox in 0..<g.outputWidth {
-          let o = ((b * g.outputHeight + oy) * g.outputWidth + ox) * c
-          for ch in 0..<c { out[o + ch] = -.infinity; arg[o + ch] = -1 }
-          for ky in 0..<g.kernelHeight {
-            let yy = oy * g.strideHeight - g.padTop + ky
-            if yy < 0 || yy >= g.inputHeight { continue }
-            for kx in 0..<g.kernelWidth {
-              let xx = ox * g.strideWidth - g.padLeft + kx
-              if xx < 0 || xx >= g.inputWidth { continue }
-              let i = imageOffset + (yy * g.inputWidth + xx) * c
-              for ch in 0..<c where x[i + ch] > out[o + ch] || arg[o + ch] < 0 {
-                out[o + ch] = x[i + ch]
-                arg[o + ch] = Int32(i + ch)
+    Parallel.forRanges(count: batch, grain: 8) { images in
+      for b in images {
+        let imageOffset = b * g.inputSize
+        for oy in 0..<g.outputHeight {
+          for ox in 0..<g.outputWidth {
+            let o = ((b * g.outputHeight + oy) * g.outputWidth + ox) * c
+            let best = out + o, where_ = arg + o
+            var first = true
+            for ky in 0..<g.kernelHeight {
+              let yy = oy * g.strideHeight - g.padTop + ky
+              if yy < 0 || yy >= g.inputHeight { continue }
+              for kx in 0..<g.kernelWidth {
+                let xx = ox * g.strideWidth - g.padLeft + kx
+                if xx < 0 || xx >= g.inputWidth { continue }
+                let i = imageOffset + (yy * g.inputWidth + xx) * c
+                let v = x + i
+                if first {
+                  // The first valid position of the window starts the maximum.
+                  for ch in 0..<c {
+                    best[ch] = v[ch]
+                    where_[ch] = Int32(i + ch)
+                  }
+                  first = false
+                } else {
+                  // Strictly greater: ties keep the first maximum (TensorFlow's choice).
+                  for ch in 0..<c {
+                    let better = v[ch] > best[ch]
+                    best[ch] = better ? v[ch] : best[ch]
+                    where_[ch] = better ? Int32(i + ch) : where_[ch]
+                  }
+                }
               }
             }
           }
@@ -82,9 +97,12 @@ public final class MaxPool2D: Layer {
   public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
     guard needInputGradient else { return nil }
     let d = dx.pointer
-    d.update(repeating: 0, count: batch * inputSize)
     let arg = argmax!
-    for o in 0..<(batch * outputSize) { d[Int(arg[o])] += dy[o] }
+    let inSize = inputSize, outSize = outputSize
+    Parallel.forRanges(count: batch, grain: 8) { images in
+      (d + images.lowerBound * inSize).update(repeating: 0, count: images.count * inSize)
+      for o in (images.lowerBound * outSize)..<(images.upperBound * outSize) { d[Int(arg[o])] += dy[o] }
+    }
     return UnsafePointer(d)
   }
 

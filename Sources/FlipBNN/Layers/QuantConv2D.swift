@@ -23,6 +23,10 @@ public final class QuantConv2D: Layer, FlipCounting {
   public let inputQuantizer: Quantizer?
   public let constraint: KernelConstraint?
   let kernel: QuantizedKernel
+  /// Whether the forward GEMM runs in exact int8 (both quantizers take integer levels). On
+  /// by default where exact; tests turn it off to compare with the fp32 path.
+  public var exactInt8Forward: Bool
+  private let int8Forward: Int8Forward?
   var bias: UnsafeMutablePointer<Float>?
   var biasGradient: UnsafeMutablePointer<Float>?
 
@@ -70,6 +74,10 @@ public final class QuantConv2D: Layer, FlipCounting {
     self.typeName = type
     self.name = type
     kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: geometry.patchSize, channels: filters)
+    let exact = inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
+      && (padding == .valid || (padValue == padValue.rounded() && abs(padValue) <= 127))
+    exactInt8Forward = exact
+    int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
   }
 
   public var kernelQuantizer: Quantizer? { kernel.quantizer }
@@ -103,6 +111,7 @@ public final class QuantConv2D: Layer, FlipCounting {
     y = FloatBuffer(count: rows * filters)
     dx = FloatBuffer(count: maxBatch * inputSize)
     if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
+    int8Forward?.allocate(rows: rows)
   }
 
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
@@ -110,16 +119,20 @@ public final class QuantConv2D: Layer, FlipCounting {
     input = x
     var source = x
     if let q = inputQuantizer, let xq = quantizedInput {
-      q.forward(x, xq.pointer, count: batch * inputSize, channels: g.channels)
+      q.parallelForward(x, xq.pointer, count: batch * inputSize, channels: g.channels)
       source = UnsafePointer(xq.pointer)
     }
     im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns.pointer)
     let w = kernel.forward(training: training)
     let rows = batch * g.outputPixels
-    try gemm(
-      .none, .none, m: rows, n: filters, k: g.patchSize, a: columns.pointer, lda: g.patchSize, b: w,
-      ldb: filters, c: y.pointer, ldc: filters)
-    if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
+    if exactInt8Forward, let int8 = int8Forward {
+      try int8.run(columns.pointer, rows: rows, kernel: w, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+    } else {
+      try gemm(
+        .none, .none, m: rows, n: filters, k: g.patchSize, a: columns.pointer, lda: g.patchSize, b: w,
+        ldb: filters, c: y.pointer, ldc: filters)
+      if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
+    }
     return UnsafePointer(y.pointer)
   }
 

@@ -17,6 +17,10 @@ public final class QuantDense: Layer, FlipCounting {
   public let inputQuantizer: Quantizer?
   public let constraint: KernelConstraint?
   let kernel: QuantizedKernel
+  /// Whether the forward GEMM runs in exact int8 (both quantizers take integer levels). On
+  /// by default where exact; tests turn it off to compare with the fp32 path.
+  public var exactInt8Forward: Bool
+  private let int8Forward: Int8Forward?
   var bias: UnsafeMutablePointer<Float>?
   var biasGradient: UnsafeMutablePointer<Float>?
 
@@ -53,6 +57,9 @@ public final class QuantDense: Layer, FlipCounting {
     self.typeName = typeName ?? ((inputQuantizer == nil && kernelQuantizer == nil) ? "dense" : "quant_dense")
     self.name = self.typeName
     kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: inputShape[0], channels: units)
+    let exact = inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
+    exactInt8Forward = exact
+    int8Forward = exact ? Int8Forward(reduction: inputShape[0], outputs: units) : nil
   }
 
   public var kernelQuantizer: Quantizer? { kernel.quantizer }
@@ -83,20 +90,25 @@ public final class QuantDense: Layer, FlipCounting {
     y = FloatBuffer(count: maxBatch * units)
     dx = FloatBuffer(count: maxBatch * inputSize)
     if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
+    int8Forward?.allocate(rows: maxBatch)
   }
 
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
     let i = inputSize
     input = x
     if let q = inputQuantizer, let xq = quantizedInput {
-      q.forward(x, xq.pointer, count: batch * i, channels: i)
+      q.parallelForward(x, xq.pointer, count: batch * i, channels: i)
       gemmInput = UnsafePointer(xq.pointer)
     } else {
       gemmInput = x
     }
     let w = kernel.forward(training: training)
-    try gemm(.none, .none, m: batch, n: units, k: i, a: gemmInput, lda: i, b: w, ldb: units, c: y.pointer, ldc: units)
-    if let b = bias { addBias(y.pointer, rows: batch, columns: units, bias: b) }
+    if exactInt8Forward, let int8 = int8Forward {
+      try int8.run(gemmInput, rows: batch, kernel: w, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+    } else {
+      try gemm(.none, .none, m: batch, n: units, k: i, a: gemmInput, lda: i, b: w, ldb: units, c: y.pointer, ldc: units)
+      if let b = bias { addBias(y.pointer, rows: batch, columns: units, bias: b) }
+    }
     return UnsafePointer(y.pointer)
   }
 

@@ -143,12 +143,22 @@ public enum KernelConstraint: Sendable, Equatable {
     switch self { case .weightClip: return "weight_clip" }
   }
 
+  /// The interval the constraint clips to.
+  public var bounds: (Float, Float) {
+    switch self { case .weightClip(let c): return (-c, c) }
+  }
+
   public func apply(_ w: UnsafeMutablePointer<Float>, count: Int) {
     switch self {
     case .weightClip(let c):
       for i in 0..<count { w[i] = min(max(w[i], -c), c) }
     }
   }
+}
+
+extension Optional where Wrapped == KernelConstraint {
+  /// The clip interval, (−∞, ∞) without a constraint (so one branch-free loop serves both).
+  public var bounds: (Float, Float) { self?.bounds ?? (-.infinity, .infinity) }
 }
 
 /// Variable initializers (Keras's defaults: glorot_uniform kernels, zero biases and betas,

@@ -48,7 +48,7 @@ public final class Adam: Optimizer {
     [("adam.m", m, views), ("adam.v", v, views)]
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock) {
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
     let b1 = beta1.value(clock), b2 = beta2.value(clock)
     let t = Double(iterations + 1)
     let alpha = Float(learningRate.value(clock) * (1 - pow(b2, t)).squareRoot() / (1 - pow(b1, t)))
@@ -57,13 +57,17 @@ public final class Adam: Optimizer {
       let w = store.values.pointer + view.offset
       let g = store.gradients.pointer + view.offset
       let mp = m.pointer + view.offset, vp = v.pointer + view.offset
-      for i in 0..<view.count {
-        let gi = g[i]
-        let mi = mp[i] + (gi - mp[i]) * oneMinusB1
-        let vi = vp[i] + (gi * gi - vp[i]) * oneMinusB2
-        mp[i] = mi
-        vp[i] = vi
-        w[i] -= (mi * alpha) / (vi.squareRoot() + eps)
+      let (lo, hi) = view.constraint.bounds
+      Parallel.forEach(count: view.count) { range in
+        for i in range {
+          let gi = g[i] * gradientScale
+          let mi = mp[i] + (gi - mp[i]) * oneMinusB1
+          let vi = vp[i] + (gi * gi - vp[i]) * oneMinusB2
+          mp[i] = mi
+          vp[i] = vi
+          let wi = w[i] - (mi * alpha) / (vi.squareRoot() + eps)
+          w[i] = min(max(wi, lo), hi)
+        }
       }
     }
     iterations += 1
@@ -101,20 +105,26 @@ public final class SGD: Optimizer {
     [("sgd.momentum", velocity, views)]
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock) {
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
     let lr = Float(learningRate.value(clock)), mu = Float(momentum.value(clock))
     for view in views {
       let w = store.values.pointer + view.offset
       let g = store.gradients.pointer + view.offset
       let b = velocity.pointer + view.offset
-      if mu == 0 {
-        for i in 0..<view.count { w[i] -= lr * g[i] }
-        continue
-      }
-      for i in 0..<view.count {
-        let bi = mu * b[i] - lr * g[i]
-        b[i] = bi
-        w[i] += nesterov ? mu * bi - lr * g[i] : bi
+      let (lo, hi) = view.constraint.bounds
+      Parallel.forEach(count: view.count) { range in
+        for i in range {
+          let gi = g[i] * gradientScale
+          var wi = w[i]
+          if mu == 0 {
+            wi -= lr * gi
+          } else {
+            let bi = mu * b[i] - lr * gi
+            b[i] = bi
+            wi += nesterov ? mu * bi - lr * gi : bi
+          }
+          w[i] = min(max(wi, lo), hi)
+        }
       }
     }
     iterations += 1
@@ -155,17 +165,21 @@ public final class Bop: Optimizer {
     [("bop.m", m, views)]
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock) {
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
     let g = Float(gamma.value(clock)), tau = Float(threshold.value(clock))
     for view in views {
       let w = store.values.pointer + view.offset
       let grad = store.gradients.pointer + view.offset
       let mp = m.pointer + view.offset
-      for i in 0..<view.count {
-        let mi = mp[i] + g * (grad[i] - mp[i])
-        mp[i] = mi
-        let s = binarySign(w[i])
-        w[i] = w[i] * mi > tau ? -s : s
+      let (lo, hi) = view.constraint.bounds
+      Parallel.forEach(count: view.count) { range in
+        for i in range {
+          let mi = mp[i] + g * (grad[i] * gradientScale - mp[i])
+          mp[i] = mi
+          let s = binarySign(w[i])
+          let wi = w[i] * mi > tau ? -s : s
+          w[i] = min(max(wi, lo), hi)
+        }
       }
     }
     iterations += 1
@@ -209,8 +223,8 @@ public final class CaseOptimizer: Optimizer {
     }
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock) {
-    for o in active { o.apply(store: store, clock: clock) }
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
+    for o in active { o.apply(store: store, clock: clock, gradientScale: gradientScale) }
     iterations += 1
   }
 

@@ -8,8 +8,10 @@ public protocol Optimizer: AnyObject {
   var name: String { get }
   /// Takes ownership of `views` and allocates the state for them.
   func prepare(store: ParameterStore, views: [ParameterView]) throws
-  /// One update of the owned variables from `store.gradients`.
-  func apply(store: ParameterStore, clock: TrainingClock)
+  /// One update of the owned variables from `gradientScale · store.gradients` (the trainer
+  /// passes 1/global batch to turn summed gradients into means). Each view's kernel constraint
+  /// is applied right after its update, in the same pass over memory.
+  func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float)
   /// Current hyperparameter values by name (for logs and metrics).
   func hyperparameters(_ clock: TrainingClock) -> [String: Double]
   /// Optimizer state as named flat buffers (name suffix, buffer with the store's layout, views
@@ -19,6 +21,9 @@ public protocol Optimizer: AnyObject {
 }
 
 extension Optimizer {
+  /// One update from the gradients as they are.
+  public func apply(store: ParameterStore, clock: TrainingClock) { apply(store: store, clock: clock, gradientScale: 1) }
+
   /// Prepares the optimizer for all trainable variables of `store`.
   public func prepare(store: ParameterStore) throws { try prepare(store: store, views: store.views) }
 }

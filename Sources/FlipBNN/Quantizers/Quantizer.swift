@@ -1,3 +1,5 @@
+import FlipTensor
+
 // Legend: N elements of the quantized tensor, viewed as [N / C, C] with C channels last
 // (a kernel's output channels, or an activation's channels).
 
@@ -16,6 +18,36 @@ public protocol Quantizer: AnyObject {
   func backward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
     count: Int, channels: Int)
+  /// Whether each output depends on its own input only (no statistics of the tensor), so the
+  /// work can be split into chunks.
+  var isElementwise: Bool { get }
+  /// Whether every output is a small integer (±1, {0, 1}, {−1, 0, 1}), so a GEMM between two
+  /// such tensors is exact in int8.
+  var hasIntegerLevels: Bool { get }
+}
+
+extension Quantizer {
+  public var isElementwise: Bool { true }
+  public var hasIntegerLevels: Bool { false }
+
+  /// `forward`, split over the compute threads when the quantizer is elementwise.
+  public func parallelForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
+    guard isElementwise else { return forward(x, y, count: count, channels: channels) }
+    Parallel.forEach(count: count) { r in
+      forward(x + r.lowerBound, y + r.lowerBound, count: r.count, channels: 1)
+    }
+  }
+
+  /// `backward`, split over the compute threads when the quantizer is elementwise.
+  public func parallelBackward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, count: Int,
+    channels: Int
+  ) {
+    guard isElementwise else { return backward(x, dy, dx, count: count, channels: channels) }
+    Parallel.forEach(count: count) { r in
+      backward(x + r.lowerBound, dy + r.lowerBound, dx + r.lowerBound, count: r.count, channels: 1)
+    }
+  }
 }
 
 /// Larq's `sign` with `sign(0) = +1`.

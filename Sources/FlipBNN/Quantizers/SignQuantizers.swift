@@ -5,6 +5,7 @@ import Foundation
 /// forward `q(x) = sign(x)` with `sign(0) = +1`;
 /// pseudo-gradient `dx = dy · 1[|x| ≤ clip_value]` (inclusive; `clip_value = nil` passes all).
 public final class SteSign: Quantizer {
+  public var hasIntegerLevels: Bool { true }
   public let name = "ste_sign"
   public let precision = 1
   public let clipValue: Float?
@@ -25,6 +26,7 @@ public final class SteSign: Quantizer {
 ///
 /// forward `q(x) = sign(x)`; pseudo-gradient `dx = dy · max(0, 2 − 2|x|)`.
 public final class ApproxSign: Quantizer {
+  public var hasIntegerLevels: Bool { true }
   public let name = "approx_sign"
   public let precision = 1
   public init() {}
@@ -45,6 +47,7 @@ public final class ApproxSign: Quantizer {
 /// forward `q(x) = sign(x)`;
 /// pseudo-gradient `dx = dy · β(2 − βx·tanh(βx/2)) / (1 + cosh(βx))`.
 public final class SwishSign: Quantizer {
+  public var hasIntegerLevels: Bool { true }
   public let name = "swish_sign"
   public let precision = 1
   public let beta: Float
@@ -77,6 +80,7 @@ public final class MagnitudeAwareSign: Quantizer {
   public let clipValue: Float?
   /// (C) the per-channel scale of the last forward.
   public private(set) var scale: [Float] = []
+  public var isElementwise: Bool { false }
   public init(clipValue: Float? = 1) { self.clipValue = clipValue }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
@@ -109,6 +113,7 @@ public final class MagnitudeAwareSign: Quantizer {
 ///
 /// forward `q(x) = 1[x > 0]` (so `q(0) = 0`); pseudo-gradient `dx = dy · 1[|x| ≤ clip_value]`.
 public final class SteHeaviside: Quantizer {
+  public var hasIntegerLevels: Bool { true }
   public let name = "ste_heaviside"
   public let precision = 1
   public let clipValue: Float?

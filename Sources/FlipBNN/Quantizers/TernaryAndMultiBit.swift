@@ -7,6 +7,7 @@ import Foundation
 /// `|x| = t` gives ±1) with `t = threshold_value`, or `t = 0.7 · mean(|x|)` over the whole tensor
 /// when `ternary_weight_networks`; pseudo-gradient `dx = dy · 1[|x| ≤ clip_value]`.
 public final class SteTern: Quantizer {
+  public var hasIntegerLevels: Bool { true }
   public let name = "ste_tern"
   public let precision = 2
   public let thresholdValue: Float
@@ -14,6 +15,7 @@ public final class SteTern: Quantizer {
   public let clipValue: Float?
   /// The threshold used by the last forward.
   public private(set) var threshold: Float
+  public var isElementwise: Bool { !ternaryWeightNetworks }
 
   public init(thresholdValue: Float = 0.05, ternaryWeightNetworks: Bool = false, clipValue: Float? = 1) {
     self.thresholdValue = thresholdValue
@@ -64,6 +66,7 @@ public final class DoReFaQuantizer: Quantizer {
   public let kBit: Int
   public let mode: Mode
   public var precision: Int { kBit }
+  public var isElementwise: Bool { mode == .activations }
 
   public init(kBit: Int = 2, mode: Mode = .activations) {
     self.kBit = kBit

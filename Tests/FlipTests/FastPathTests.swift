@@ -1,0 +1,92 @@
+import Testing
+@testable import FlipBNN
+import FlipTensor
+
+/// The fast paths must equal the reference paths bit for bit: exact int8 GEMMs for binary
+/// layers, and elementwise loops split over threads.
+@Suite("Fast paths equal reference paths", .serialized)
+struct FastPathTests {
+  @Test func int8GEMMEqualsReferenceOnIntegerLevels() throws {
+    let (m, n, k) = (7, 5, 33)
+    var g = SplitMix64(seed: 3)
+    let a = (0..<(m * k)).map { _ in Int8(g.nextInt(below: 3) - 1) }
+    let b = (0..<(k * n)).map { _ in Int8(g.nextInt(below: 3) - 1) }
+    var c = [Int32](repeating: 0, count: m * n)
+    try gemmInt8(.none, .none, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, c: &c, ldc: n)
+    let af = a.map(Float.init), bf = b.map(Float.init)
+    var r = [Float](repeating: 0, count: m * n)
+    referenceGEMM(.none, .none, m: m, n: n, k: k, a: af, lda: k, b: bf, ldb: n, c: &r, ldc: n)
+    #expect(c.map(Float.init) == r)
+  }
+
+  func denseOutputs(int8: Bool) throws -> [Float] {
+    let layer = try QuantDense(
+      units: 48, inputShape: [300], inputQuantizer: SteSign(), kernelQuantizer: SteSign(), useBias: true)
+    #expect(layer.exactInt8Forward)
+    layer.exactInt8Forward = int8
+    var random = SplitMix64(seed: 9)
+    let store = ParameterStore(layerNames: ["d"], specs: [layer.parameterSpecs], random: &random)
+    store.values.pointer[store.views[1].offset + 2] = 0.25  // a bias
+    layer.bind(store: store, views: store.views(ofLayer: 0))
+    layer.allocate(maxBatch: 16)
+    let x = randomValues(16 * 300, seed: 4)
+    let y = try layer.forward(x, batch: 16, training: true)
+    return Array(UnsafeBufferPointer(start: y, count: 16 * 48))
+  }
+
+  @Test func binaryDenseInt8ForwardEqualsFloat() throws {
+    let a = try denseOutputs(int8: true), b = try denseOutputs(int8: false)
+    #expect(a == b)
+    #expect(a.contains(0.25 + 2) || a.contains { $0 != $0.rounded() })
+  }
+
+  @Test(arguments: [(Padding.valid, Float(0)), (.same, 0), (.same, 1)])
+  func binaryConvInt8ForwardEqualsFloat(padding: Padding, padValue: Float) throws {
+    func outputs(int8: Bool) throws -> [Float] {
+      let layer = try QuantConv2D(
+        filters: 6, kernelSize: (3, 3), strides: (2, 1), padding: padding, padValue: padValue, inputShape: [9, 8, 5],
+        inputQuantizer: SteSign(), kernelQuantizer: SteSign(), useBias: false)
+      #expect(layer.exactInt8Forward)
+      layer.exactInt8Forward = int8
+      var random = SplitMix64(seed: 1)
+      let store = ParameterStore(layerNames: ["c"], specs: [layer.parameterSpecs], random: &random)
+      layer.bind(store: store, views: store.views(ofLayer: 0))
+      layer.allocate(maxBatch: 3)
+      let y = try layer.forward(randomValues(3 * 360, seed: 2), batch: 3, training: false)
+      return Array(UnsafeBufferPointer(start: y, count: 3 * layer.outputSize))
+    }
+    #expect(try outputs(int8: true) == outputs(int8: false))
+  }
+
+  @Test func quantizersWithoutIntegerLevelsKeepFloat() throws {
+    let magnitude = try QuantDense(units: 4, inputShape: [8], inputQuantizer: SteSign(), kernelQuantizer: MagnitudeAwareSign())
+    #expect(!magnitude.exactInt8Forward)
+    let real = try QuantDense(units: 4, inputShape: [8], kernelQuantizer: SteSign())
+    #expect(!real.exactInt8Forward)
+  }
+
+  /// A training step of a conv model (BatchNorm, pooling, quantizers, Adam) gives the same bits
+  /// whether Flip's elementwise loops run on 1 or 2 threads.
+  @Test func elementwiseWorkDoesNotDependOnThreadCount() throws {
+    func step(threads: Int) throws -> [Float] {
+      let saved = Parallel.threads
+      Parallel.threads = threads
+      defer { Parallel.threads = saved }
+      let model = try Sequential(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 3)
+      model.allocate(maxBatch: 40)
+      let optimizer = try OptimizerSpec.adam(learningRate: 0.01).make()
+      try optimizer.prepare(store: model.store)
+      let x = randomValues(40 * 784, seed: 8)
+      let labels = (0..<40).map { Int32($0 % 10) }
+      let loss = SparseCategoricalCrossentropy(classes: 10)
+      for _ in 0..<2 {
+        model.store.zeroGradients()
+        _ = try model.accumulateGradients(x, labels: labels, batch: 40, loss: loss)
+        optimizer.apply(store: model.store, clock: TrainingClock(), gradientScale: 1 / 40)
+      }
+      return model.store.values.array + model.store.state.array + model.store.gradients.array
+    }
+    let one = try step(threads: 1), two = try step(threads: 2)
+    #expect(one == two)
+  }
+}
