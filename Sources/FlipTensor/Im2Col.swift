@@ -58,10 +58,12 @@ public struct ConvGeometry: Sendable, Equatable {
 }
 
 /// Unfolds `batch` NHWC images `x` (B, H, W, C) into `columns` (B·OH·OW, KH·KW·C); positions in
-/// the padding take `padValue` (Larq's `pad_values`).
-public func im2col(
-  _ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry, padValue: Float,
-  into columns: UnsafeMutablePointer<Float>
+/// the padding take `padValue` (Larq's `pad_values`). Generic so the exact int8 path unfolds
+/// int8 data directly.
+@inlinable
+public func im2col<T>(
+  _ x: UnsafePointer<T>, batch: Int, geometry g: ConvGeometry, padValue: T,
+  into columns: UnsafeMutablePointer<T>
 ) {
   let c = g.channels
   Parallel.forRanges(count: batch, grain: 8) { images in

@@ -52,8 +52,14 @@ struct FastPathTests {
       let store = ParameterStore(layerNames: ["c"], specs: [layer.parameterSpecs], random: &random)
       layer.bind(store: store, views: store.views(ofLayer: 0))
       layer.allocate(maxBatch: 3)
-      let y = try layer.forward(randomValues(3 * 360, seed: 2), batch: 3, training: false)
-      return Array(UnsafeBufferPointer(start: y, count: 3 * layer.outputSize))
+      let x = randomValues(3 * 360, seed: 2)
+      let y = try layer.forward(x, batch: 3, training: true)
+      let out = Array(UnsafeBufferPointer(start: y, count: 3 * layer.outputSize))
+      // Backward after the int8 forward (which leaves the float columns to backward) must
+      // give the same gradients as after the fp32 forward.
+      let dy = randomValues(3 * layer.outputSize, seed: 5)
+      let dx = try layer.backward(dy, batch: 3, needInputGradient: true)!
+      return out + Array(UnsafeBufferPointer(start: dx, count: 3 * 360)) + store.gradients.array
     }
     #expect(try outputs(int8: true) == outputs(int8: false))
   }

@@ -36,6 +36,19 @@ final class Int8Forward {
     product = .allocate(capacity: rows * outputs)
   }
 
+  /// (R, K) the int8 input, for callers that fill it themselves (im2col of int8 data).
+  var inputBuffer: UnsafeMutablePointer<Int8> { input! }
+
+  /// `y (R, N) = inputBuffer (R, K) · w (K, N) (+ bias)` where w holds integer levels.
+  func runOnInputBuffer(
+    rows: Int, kernel w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>
+  ) throws {
+    let c = product!
+    convertToInt8(w, kernel, count: reduction * outputs)
+    try gemmInt8(.none, .none, m: rows, n: outputs, k: reduction, a: input!, lda: reduction, b: kernel, ldb: outputs, c: c, ldc: outputs)
+    convertToFloat(c, y, rows: rows, columns: outputs, bias: bias)
+  }
+
   /// `y (R, N) = x (R, K) · w (K, N) (+ bias)` where x and w hold integer levels.
   func run(
     _ x: UnsafePointer<Float>, rows: Int, kernel w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,

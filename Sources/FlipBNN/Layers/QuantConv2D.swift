@@ -32,6 +32,12 @@ public final class QuantConv2D: Layer, FlipCounting {
 
   private var maxBatch = 0
   private var input: UnsafePointer<Float>!
+  /// The (quantized) input the columns unfold, and whether `columns` holds them yet (the int8
+  /// forward unfolds int8 data and leaves the float columns to backward).
+  private var columnSource: UnsafePointer<Float>!
+  private var columnsReady = false
+  /// (B, H, W, C) the quantized input as int8 (exact int8 forward only).
+  private var quantizedInput8: UnsafeMutablePointer<Int8>?
   /// (B, H, W, C) quantized input; only with an input quantizer.
   private var quantizedInput: FloatBuffer?
   /// (R, P) im2col of the (quantized) input.
@@ -80,6 +86,8 @@ public final class QuantConv2D: Layer, FlipCounting {
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
   }
 
+  deinit { quantizedInput8?.deallocate() }
+
   public var kernelQuantizer: Quantizer? { kernel.quantizer }
   public var lastFlipRatio: Double? { kernel.quantizer == nil ? nil : kernel.lastFlipRatio }
 
@@ -112,6 +120,10 @@ public final class QuantConv2D: Layer, FlipCounting {
     dx = FloatBuffer(count: maxBatch * inputSize)
     if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
     int8Forward?.allocate(rows: rows)
+    if int8Forward != nil {
+      quantizedInput8?.deallocate()
+      quantizedInput8 = .allocate(capacity: maxBatch * inputSize)
+    }
   }
 
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
@@ -122,12 +134,17 @@ public final class QuantConv2D: Layer, FlipCounting {
       q.parallelForward(x, xq.pointer, count: batch * inputSize, channels: g.channels)
       source = UnsafePointer(xq.pointer)
     }
-    im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns.pointer)
+    columnSource = source
     let w = kernel.forward(training: training)
     let rows = batch * g.outputPixels
-    if exactInt8Forward, let int8 = int8Forward {
-      try int8.run(columns.pointer, rows: rows, kernel: w, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+    if exactInt8Forward, let int8 = int8Forward, let x8 = quantizedInput8 {
+      convertToInt8(source, x8, count: batch * inputSize)
+      im2col(UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer)
+      try int8.runOnInputBuffer(rows: rows, kernel: w, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+      columnsReady = false
     } else {
+      im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns.pointer)
+      columnsReady = true
       try gemm(
         .none, .none, m: rows, n: filters, k: g.patchSize, a: columns.pointer, lda: g.patchSize, b: w,
         ldb: filters, c: y.pointer, ldc: filters)
@@ -139,6 +156,10 @@ public final class QuantConv2D: Layer, FlipCounting {
   public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
     let g = geometry
     let rows = batch * g.outputPixels
+    if !columnsReady {
+      im2col(columnSource, batch: batch, geometry: g, padValue: padValue, into: columns.pointer)
+      columnsReady = true
+    }
     let (target, beta) = kernel.gemmGradientTarget
     try gemm(
       .transposed, .none, m: g.patchSize, n: filters, k: rows, a: columns.pointer, lda: g.patchSize,
@@ -151,6 +172,7 @@ public final class QuantConv2D: Layer, FlipCounting {
     try gemm(
       .none, .transposed, m: rows, n: g.patchSize, k: filters, a: dy, lda: filters, b: w, ldb: filters,
       c: columns.pointer, ldc: g.patchSize)
+    columnsReady = false
     col2im(columns.pointer, batch: batch, geometry: g, into: dx.pointer)
     quantizerGradient(inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels)
     return UnsafePointer(dx.pointer)

@@ -62,10 +62,41 @@ func clippedGradient(
   count: Int, clip: Float?
 ) {
   guard let clip else {
-    dx.update(from: dy, count: count)
+    if UnsafePointer(dx) != dy { dx.update(from: dy, count: count) }
     return
   }
-  for i in 0..<count { dx[i] = abs(x[i]) <= clip ? dy[i] : 0 }
+  // 16 lanes at a time (explicit SIMD: dx may alias dy, which blocks auto-vectorization).
+  let vectorEnd = count & ~15
+  let limit = SIMD16<Float>(repeating: clip), zero = SIMD16<Float>(repeating: 0)
+  var i = 0
+  while i < vectorEnd {
+    let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
+    let gv = UnsafeRawPointer(dy + i).loadUnaligned(as: SIMD16<Float>.self)
+    let magnitude = xv.replacing(with: -xv, where: xv .< zero)
+    UnsafeMutableRawPointer(dx + i).storeBytes(of: zero.replacing(with: gv, where: magnitude .<= limit), as: SIMD16<Float>.self)
+    i += 16
+  }
+  while i < count {
+    dx[i] = abs(x[i]) <= clip ? dy[i] : 0
+    i += 1
+  }
+}
+
+/// `y = sign(x)` with `sign(0) = +1`, 16 lanes at a time.
+@inlinable
+func signForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+  let vectorEnd = count & ~15
+  let one = SIMD16<Float>(repeating: 1), zero = SIMD16<Float>(repeating: 0)
+  var i = 0
+  while i < vectorEnd {
+    let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(y + i).storeBytes(of: (-one).replacing(with: one, where: xv .>= zero), as: SIMD16<Float>.self)
+    i += 16
+  }
+  while i < count {
+    y[i] = binarySign(x[i])
+    i += 1
+  }
 }
 
 /// The quantizers Flip knows, by Larq's names.

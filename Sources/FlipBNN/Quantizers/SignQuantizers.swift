@@ -12,7 +12,7 @@ public final class SteSign: Quantizer {
   public init(clipValue: Float? = 1) { self.clipValue = clipValue }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
-    for i in 0..<count { y[i] = binarySign(x[i]) }
+    signForward(x, y, count: count)
   }
   public func backward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
@@ -32,7 +32,7 @@ public final class ApproxSign: Quantizer {
   public init() {}
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
-    for i in 0..<count { y[i] = binarySign(x[i]) }
+    signForward(x, y, count: count)
   }
   public func backward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
@@ -54,7 +54,7 @@ public final class SwishSign: Quantizer {
   public init(beta: Float = 5) { self.beta = beta }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
-    for i in 0..<count { y[i] = binarySign(x[i]) }
+    signForward(x, y, count: count)
   }
   public func backward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
