@@ -31,7 +31,8 @@ public enum BNNError: Error, CustomStringConvertible, Equatable {
     case .shapeMismatch(let layer, let reason):
       return "layer \(layer): \(reason)"
     case .variableClaimedTwice(let v, let opts):
-      return "variable \(v) is claimed by more than one optimizer (\(opts.joined(separator: ", "))); each variable needs exactly one"
+      return
+        "variable \(v) is claimed by more than one optimizer (\(opts.joined(separator: ", "))); each variable needs exactly one"
     case .variableUnclaimed(let v):
       return "variable \(v) is claimed by no optimizer; add a default optimizer to the case optimizer"
     }

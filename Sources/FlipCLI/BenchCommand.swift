@@ -40,7 +40,7 @@ struct BenchCommand: ParsableCommand {
   func run() throws {
     try runReportingErrors {
       let config = try modelOptions.resolve(defaultPreset: .binarynetMLP)
-      let communicator = Runtime.makeCommunicator()
+      let communicator = try Runtime.makeCommunicator()
       let logger = Runtime.makeLogger(rank: communicator.rank, verbose: compute.verbose)
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       let splits: DataSplits
@@ -56,7 +56,8 @@ struct BenchCommand: ParsableCommand {
       } else {
         splits = try DataSplits.load(directory: data ?? config.data)
       }
-      let model = try Sequential(specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0)
+      let model = try Sequential(
+        specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0)
       let trainer = try Trainer(
         model: model, optimizer: try config.optimizer.make(), communicator: communicator, data: splits,
         options: TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0), logger: logger,
@@ -88,14 +89,19 @@ struct BenchCommand: ParsableCommand {
       if json {
         let row: [String: Any] = [
           "model": name, "batch_size": batchSize, "steps": steps, "threads": threads, "ranks": communicator.size,
-          "isa": OneDNN.effectiveISA, "images_per_second": imagesPerSecond, "ms_per_step": seconds / Double(steps) * 1000,
+          "isa": OneDNN.effectiveISA, "images_per_second": imagesPerSecond,
+          "ms_per_step": seconds / Double(steps) * 1000,
           "gemm_gflops_per_second": GEMMProfiler.gigaflopsPerSecond, "gemm_time_share": gemmShare,
         ]
         let data = try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
       } else {
-        print("\(name): \(String(format: "%.0f", imagesPerSecond)) images/s, \(String(format: "%.1f", seconds / Double(steps) * 1000)) ms/step (batch \(batchSize), \(steps) steps, \(threads) thread\(threads == 1 ? "" : "s"), oneDNN ISA \(OneDNN.effectiveISA))")
-        print("GEMMs: \(String(format: "%.1f", GEMMProfiler.gigaflopsPerSecond)) GFLOP/s over \(GEMMProfiler.calls) calls, \(String(format: "%.0f", gemmShare * 100)) % of the step time")
+        print(
+          "\(name): \(String(format: "%.0f", imagesPerSecond)) images/s, \(String(format: "%.1f", seconds / Double(steps) * 1000)) ms/step (batch \(batchSize), \(steps) steps, \(threads) thread\(threads == 1 ? "" : "s"), oneDNN ISA \(OneDNN.effectiveISA))"
+        )
+        print(
+          "GEMMs: \(String(format: "%.1f", GEMMProfiler.gigaflopsPerSecond)) GFLOP/s over \(GEMMProfiler.calls) calls, \(String(format: "%.0f", gemmShare * 100)) % of the step time"
+        )
       }
     }
   }

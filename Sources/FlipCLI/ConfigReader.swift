@@ -27,12 +27,15 @@ final class ConfigMap {
     } else if let m = value as? [AnyHashable: Any] {
       var out: [String: Any] = [:]
       for (k, v) in m {
-        guard let s = k as? String else { throw ConfigError(file: file, path: path, message: "keys must be strings, found \(k)") }
+        guard let s = k as? String else {
+          throw ConfigError(file: file, path: path, message: "keys must be strings, found \(k)")
+        }
         out[s] = v
       }
       values = out
     } else {
-      throw ConfigError(file: file, path: path, message: "expected a mapping (key: value), found \(Self.describe(value))")
+      throw ConfigError(
+        file: file, path: path, message: "expected a mapping (key: value), found \(Self.describe(value))")
     }
   }
 
@@ -89,7 +92,9 @@ final class ConfigMap {
   func ints(_ key: String) throws -> [Int]? {
     guard let v = raw(key) else { return nil }
     if let i = v as? Int { return [i] }
-    guard let list = v as? [Any] else { throw error(key, "expected an integer or a list of integers, found \(Self.describe(v))") }
+    guard let list = v as? [Any] else {
+      throw error(key, "expected an integer or a list of integers, found \(Self.describe(v))")
+    }
     return try list.map {
       guard let i = $0 as? Int else { throw error(key, "expected integers, found \(Self.describe($0))") }
       return i

@@ -23,23 +23,28 @@ struct EvaluateCommand: ParsableCommand {
 
   func run() throws {
     try runReportingErrors {
-      let communicator = Runtime.makeCommunicator()
+      let communicator = try Runtime.makeCommunicator()
       let logger = Runtime.makeLogger(rank: communicator.rank, verbose: compute.verbose)
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       logger.info("\(Runtime.describeCompute(threads: threads, communicator: communicator))")
       var config = try RunConfig.load(path: runDirectory + "/config.yaml")
       if let data { config.data = data }
       let splits = try DataSplits.load(directory: config.data)
-      let model = try Sequential(specs: config.layers, inputShape: config.inputShape ?? splits.test.sampleShape, seed: config.seed)
+      let model = try Sequential(
+        specs: config.layers, inputShape: config.inputShape ?? splits.test.sampleShape, seed: config.seed)
       guard model.inputShape == splits.test.sampleShape else {
-        throw TrainingError.datasetMismatch("the model expects inputs of shape \(model.inputShape) but the images are \(splits.test.sampleShape)")
+        throw TrainingError.datasetMismatch(
+          "the model expects inputs of shape \(model.inputShape) but the images are \(splits.test.sampleShape)")
       }
       let path = runDirectory + "/model.safetensors"
       let (tensors, _) = try ModelFile.read(path: path)
       try ModelFile.load(tensors, into: model, path: path)
       let (loss, accuracy) = try evaluateModel(model, on: splits.test, communicator: communicator, batch: batchSize)
       if communicator.isRoot {
-        print(String(format: "test_loss: %.4f - test_accuracy: %.4f (%d images from %@)", loss, accuracy, splits.test.count, config.data))
+        print(
+          String(
+            format: "test_loss: %.4f - test_accuracy: %.4f (%d images from %@)", loss, accuracy, splits.test.count,
+            config.data))
       }
     }
   }

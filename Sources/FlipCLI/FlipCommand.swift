@@ -5,7 +5,8 @@ import FlipBNN
 public struct FlipCommand: ParsableCommand {
   public static let configuration = CommandConfiguration(
     commandName: "flip",
-    abstract: "Train binary neural networks (latent weights, Larq's quantizers and optimizers), data-parallel over MPI.",
+    abstract:
+      "Train binary neural networks (latent weights, Larq's quantizers and optimizers), data-parallel over MPI.",
     discussion: """
       Examples:
         flip summary --model larq-cnn
@@ -20,15 +21,19 @@ public struct FlipCommand: ParsableCommand {
 
 /// Choosing a model: a built-in preset or a YAML config file.
 struct ModelOptions: ParsableArguments {
-  @Option(name: .long, help: "A built-in model preset: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", ")).")
+  @Option(
+    name: .long, help: "A built-in model preset: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", ")).")
   var model: String?
 
-  @Option(name: .long, help: "A YAML run config (layers, optimizer, epochs, ...); flags override its values. Examples in configs/.")
+  @Option(
+    name: .long,
+    help: "A YAML run config (layers, optimizer, epochs, ...); flags override its values. Examples in configs/.")
   var config: String?
 
   func validate() throws {
     if let model, ModelPreset(rawValue: model) == nil {
-      throw ValidationError("unknown model preset '\(model)'; known: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", "))")
+      throw ValidationError(
+        "unknown model preset '\(model)'; known: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", "))")
     }
   }
 
@@ -40,7 +45,8 @@ struct ModelOptions: ParsableArguments {
     } else if let p = model.flatMap(ModelPreset.init(rawValue:)) ?? defaultPreset {
       c = RunConfig(preset: p)
     } else {
-      throw ValidationError("name a model with --model \(ModelPreset.allCases.map(\.rawValue).joined(separator: "|")) or --config FILE")
+      throw ValidationError(
+        "name a model with --model \(ModelPreset.allCases.map(\.rawValue).joined(separator: "|")) or --config FILE")
     }
     if config != nil, let name = model, let p = ModelPreset(rawValue: name) {
       c.model = p.rawValue
@@ -54,7 +60,8 @@ struct ModelOptions: ParsableArguments {
 struct ComputeOptions: ParsableArguments {
   @Option(
     name: .long,
-    help: "oneDNN (OpenMP) compute threads per process. Default: the machine's cores divided by the ranks on this node.")
+    help: "oneDNN (OpenMP) compute threads per process. Default: the machine's cores divided by the ranks on this node."
+  )
   var threads: Int?
 
   @Flag(name: .long, help: "Print debug logs.")

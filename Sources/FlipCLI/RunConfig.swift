@@ -29,7 +29,9 @@ public struct RunConfig: Equatable {
     layers = preset.layers
   }
 
-  static let topKeys = ["model", "layers", "input_shape", "optimizer", "epochs", "batch_size", "seed", "data", "log_every_steps"]
+  static let topKeys = [
+    "model", "layers", "input_shape", "optimizer", "epochs", "batch_size", "seed", "data", "log_every_steps",
+  ]
 
   /// Parses YAML text; `file` names the source in errors.
   public static func parse(yaml text: String, file: String) throws -> RunConfig {
@@ -41,9 +43,13 @@ public struct RunConfig: Equatable {
     var c = RunConfig()
     if let name = try top.string("model") {
       c.model = name
-      if let preset = ModelPreset(rawValue: name) { c.layers = preset.layers }
-      else if !top.has("layers") {
-        throw top.error("model", "unknown preset '\(name)' (known: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", "))); or list the layers under 'layers'")
+      if let preset = ModelPreset(rawValue: name) {
+        c.layers = preset.layers
+      } else if !top.has("layers") {
+        throw top.error(
+          "model",
+          "unknown preset '\(name)' (known: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", "))); or list the layers under 'layers'"
+        )
       }
     }
     if let list = try top.list("layers") {
@@ -51,7 +57,9 @@ public struct RunConfig: Equatable {
         try parseLayer(try ConfigMap(v, file: file, path: "layers[\(i)]"))
       }
     }
-    if c.layers.isEmpty { throw top.error("layers", "the config names no model: give 'model: <preset>' or a list of 'layers'") }
+    if c.layers.isEmpty {
+      throw top.error("layers", "the config names no model: give 'model: <preset>' or a list of 'layers'")
+    }
     c.inputShape = try top.ints("input_shape")
     if let o = try top.map("optimizer") { c.optimizer = try parseOptimizer(o) }
     c.epochs = try top.int("epochs") ?? c.epochs
@@ -69,7 +77,8 @@ public struct RunConfig: Equatable {
   /// Reads and parses a config file.
   public static func load(path: String) throws -> RunConfig {
     guard FileManager.default.fileExists(atPath: path) else {
-      throw TrainingError.fileNotFound(path: path, hint: "Pass an existing YAML file to --config (examples in configs/).")
+      throw TrainingError.fileNotFound(
+        path: path, hint: "Pass an existing YAML file to --config (examples in configs/).")
     }
     guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
       throw TrainingError.unreadable(path: path, reason: "not readable as UTF-8 text")
@@ -82,7 +91,10 @@ public struct RunConfig: Equatable {
   static let layerKeys: [LayerKind: [String]] = [
     .quantDense: ["type", "units", "input_quantizer", "kernel_quantizer", "kernel_constraint", "use_bias"],
     .dense: ["type", "units", "kernel_constraint", "use_bias"],
-    .quantConv2D: ["type", "filters", "kernel_size", "strides", "padding", "pad_values", "input_quantizer", "kernel_quantizer", "kernel_constraint", "use_bias"],
+    .quantConv2D: [
+      "type", "filters", "kernel_size", "strides", "padding", "pad_values", "input_quantizer", "kernel_quantizer",
+      "kernel_constraint", "use_bias",
+    ],
     .conv2D: ["type", "filters", "kernel_size", "strides", "padding", "kernel_constraint", "use_bias"],
     .batchNormalization: ["type", "momentum", "epsilon", "center", "scale"],
     .maxPool2D: ["type", "pool_size", "strides", "padding"],
@@ -102,7 +114,8 @@ public struct RunConfig: Equatable {
     var s = LayerSpec(kind)
     let accepted = layerKeys[kind]!
     for key in m.values.keys where !accepted.contains(key) {
-      throw m.error(key, "unknown key '\(key)' for \(kind.rawValue) (accepted: \(accepted.dropFirst().joined(separator: ", ")))")
+      throw m.error(
+        key, "unknown key '\(key)' for \(kind.rawValue) (accepted: \(accepted.dropFirst().joined(separator: ", ")))")
     }
     s.units = try m.int("units")
     s.filters = try m.int("filters")
@@ -125,7 +138,9 @@ public struct RunConfig: Equatable {
     s.center = try m.bool("center") ?? true
     s.scale = try m.bool("scale") ?? true
     if let a = try m.string("activation") {
-      guard let kind = ActivationKind(rawValue: a) else { throw m.error("activation", BNNError.unknownActivation(a).description) }
+      guard let kind = ActivationKind(rawValue: a) else {
+        throw m.error("activation", BNNError.unknownActivation(a).description)
+      }
       s.activation = kind
     }
     if let r = try m.double("rate") { s.rate = Float(r) }
@@ -142,7 +157,9 @@ public struct RunConfig: Equatable {
       spec = QuantizerSpec(name)
     } else {
       let q = try ConfigMap(v, file: m.file, path: m.path + "." + key)
-      guard let name = try q.string("type") else { throw q.error("type", "a quantizer mapping needs a type, e.g. ste_sign") }
+      guard let name = try q.string("type") else {
+        throw q.error("type", "a quantizer mapping needs a type, e.g. ste_sign")
+      }
       var parameters: [String: Double] = [:]
       var mode: String?
       for k in q.values.keys.sorted() where k != "type" {
@@ -188,7 +205,9 @@ public struct RunConfig: Equatable {
   // MARK: Optimizers and schedules
 
   static func parseOptimizer(_ m: ConfigMap) throws -> OptimizerSpec {
-    guard let type = try m.string("type") else { throw m.error("type", "an optimizer needs a type: adam, sgd, bop or case") }
+    guard let type = try m.string("type") else {
+      throw m.error("type", "an optimizer needs a type: adam, sgd, bop or case")
+    }
     let spec: OptimizerSpec
     switch type {
     case "adam":
@@ -196,7 +215,9 @@ public struct RunConfig: Equatable {
         learningRate: try hyper(m, "learning_rate", 1e-3), beta1: try hyper(m, "beta_1", 0.9),
         beta2: try hyper(m, "beta_2", 0.999), epsilon: try hyper(m, "epsilon", 1e-7))
     case "sgd":
-      spec = .sgd(learningRate: try hyper(m, "learning_rate", 0.01), momentum: try hyper(m, "momentum", 0), nesterov: try m.bool("nesterov") ?? false)
+      spec = .sgd(
+        learningRate: try hyper(m, "learning_rate", 0.01), momentum: try hyper(m, "momentum", 0),
+        nesterov: try m.bool("nesterov") ?? false)
     case "bop":
       spec = .bop(gamma: try hyper(m, "gamma", 1e-4), threshold: try hyper(m, "threshold", 1e-8))
     case "case":
@@ -232,15 +253,20 @@ public struct RunConfig: Equatable {
     }
     let s = try m.map(key)!
     let unitName = try s.string("unit") ?? "step"
-    guard let unit = ScheduleUnit(rawValue: unitName) else { throw s.error("unit", "must be step or epoch, got '\(unitName)'") }
+    guard let unit = ScheduleUnit(rawValue: unitName) else {
+      throw s.error("unit", "must be step or epoch, got '\(unitName)'")
+    }
     let schedule = try parseSchedule(s)
-    do { try schedule.validate(owner: "\(m.path).\(key)") } catch let e as BNNError { throw s.error("schedule", e.description) }
+    do { try schedule.validate(owner: "\(m.path).\(key)") } catch let e as BNNError {
+      throw s.error("schedule", e.description)
+    }
     return Hyperparameter(schedule, unit: unit)
   }
 
   static func parseSchedule(_ s: ConfigMap) throws -> Schedule {
     guard let name = try s.string("schedule") else {
-      throw s.error("schedule", "a schedule needs a name: constant, exponential_decay, step_decay, cosine_decay, linear_warmup")
+      throw s.error(
+        "schedule", "a schedule needs a name: constant, exponential_decay, step_decay, cosine_decay, linear_warmup")
     }
     func need(_ k: String) throws -> Double {
       guard let v = try s.double(k) else { throw s.error(k, "is required for \(name)") }
@@ -263,11 +289,16 @@ public struct RunConfig: Equatable {
       }
       result = .stepDecay(boundaries: b, values: v)
     case "cosine_decay":
-      result = .cosineDecay(initial: try need("initial"), decaySteps: try needInt("decay_steps"), alpha: try s.double("alpha") ?? 0)
+      result = .cosineDecay(
+        initial: try need("initial"), decaySteps: try needInt("decay_steps"), alpha: try s.double("alpha") ?? 0)
     case "linear_warmup":
-      guard let then = try s.map("then") else { throw s.error("then", "linear_warmup needs the schedule that follows it under 'then'") }
+      guard let then = try s.map("then") else {
+        throw s.error("then", "linear_warmup needs the schedule that follows it under 'then'")
+      }
       let inner: Schedule
-      if then.has("schedule") { inner = try parseSchedule(then) } else {
+      if then.has("schedule") {
+        inner = try parseSchedule(then)
+      } else {
         throw then.error("schedule", "needs a schedule name")
       }
       _ = try then.string("unit")
@@ -305,7 +336,9 @@ public struct RunConfig: Equatable {
     if s.kind == .quantConv2D { put("pad_values", Double(s.padValues)) }
     put("input_quantizer", s.inputQuantizer.map(emit))
     put("kernel_quantizer", s.kernelQuantizer.map(emit))
-    if let c = s.kernelConstraint, case .weightClip(let v) = c { put("kernel_constraint", ["type": "weight_clip", "clip_value": Double(v)]) }
+    if let c = s.kernelConstraint, case .weightClip(let v) = c {
+      put("kernel_constraint", ["type": "weight_clip", "clip_value": Double(v)])
+    }
     if [.quantDense, .dense, .quantConv2D, .conv2D].contains(s.kind) { put("use_bias", s.useBias) }
     if s.kind == .batchNormalization {
       put("momentum", Double(s.momentum))
@@ -336,22 +369,26 @@ public struct RunConfig: Equatable {
   static func emit(_ s: Schedule) -> [String: Any] {
     switch s {
     case .constant(let v): return ["schedule": "constant", "value": v]
-    case let .exponentialDecay(i, steps, rate, stair):
-      return ["schedule": "exponential_decay", "initial": i, "decay_steps": steps, "decay_rate": rate, "staircase": stair]
-    case let .stepDecay(b, v): return ["schedule": "step_decay", "boundaries": b, "values": v]
-    case let .cosineDecay(i, steps, alpha): return ["schedule": "cosine_decay", "initial": i, "decay_steps": steps, "alpha": alpha]
-    case let .linearWarmup(w, start, then): return ["schedule": "linear_warmup", "warmup_steps": w, "start": start, "then": emit(then)]
+    case .exponentialDecay(let i, let steps, let rate, let stair):
+      return [
+        "schedule": "exponential_decay", "initial": i, "decay_steps": steps, "decay_rate": rate, "staircase": stair,
+      ]
+    case .stepDecay(let b, let v): return ["schedule": "step_decay", "boundaries": b, "values": v]
+    case .cosineDecay(let i, let steps, let alpha):
+      return ["schedule": "cosine_decay", "initial": i, "decay_steps": steps, "alpha": alpha]
+    case .linearWarmup(let w, let start, let then):
+      return ["schedule": "linear_warmup", "warmup_steps": w, "start": start, "then": emit(then)]
     }
   }
 
   static func emit(_ o: OptimizerSpec) -> [String: Any] {
     switch o {
-    case let .adam(lr, b1, b2, eps):
+    case .adam(let lr, let b1, let b2, let eps):
       return ["type": "adam", "learning_rate": emit(lr), "beta_1": emit(b1), "beta_2": emit(b2), "epsilon": emit(eps)]
-    case let .sgd(lr, mom, nesterov):
+    case .sgd(let lr, let mom, let nesterov):
       return ["type": "sgd", "learning_rate": emit(lr), "momentum": emit(mom), "nesterov": nesterov]
-    case let .bop(g, t): return ["type": "bop", "gamma": emit(g), "threshold": emit(t)]
-    case let .caseOptimizer(cases, fallback):
+    case .bop(let g, let t): return ["type": "bop", "gamma": emit(g), "threshold": emit(t)]
+    case .caseOptimizer(let cases, let fallback):
       var m: [String: Any] = [
         "type": "case", "cases": cases.map { ["predicate": $0.0.rawValue, "optimizer": emit($0.1)] as [String: Any] },
       ]

@@ -1,5 +1,6 @@
 import FlipComm
 import FlipTensor
+import FlipTraining
 import Foundation
 import Logging
 
@@ -26,8 +27,17 @@ enum Runtime {
       + "\(communicator.size) rank\(communicator.size == 1 ? "" : "s") (\(communicator is SingleProcessCommunicator ? "single process" : MPIRuntime.libraryVersion))"
   }
 
-  static func makeCommunicator() -> Communicator {
-    SingleProcessCommunicator()
+  /// The communicator of this process. This build runs one process; started by `mpirun` with
+  /// more than one rank it refuses, rather than let N copies train alone and overwrite each
+  /// other's files.
+  static func makeCommunicator() throws -> Communicator {
+    let env = ProcessInfo.processInfo.environment
+    if let size = env["OMPI_COMM_WORLD_SIZE"].flatMap(Int.init), size > 1 {
+      throw TrainingError.invalidArgument(
+        "started by mpirun with \(size) ranks, but this build of flip trains in one process; run it without mpirun (or with -np 1)"
+      )
+    }
+    return SingleProcessCommunicator()
   }
 }
 

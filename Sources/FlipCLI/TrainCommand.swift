@@ -41,7 +41,9 @@ struct TrainCommand: ParsableCommand {
     if let epochs, epochs <= 0 { throw ValidationError("--epochs must be positive, got \(epochs)") }
     if let batchSize, batchSize <= 0 { throw ValidationError("--batch-size must be positive, got \(batchSize)") }
     if let seed, seed < 0 { throw ValidationError("--seed must be ≥ 0, got \(seed)") }
-    if let learningRate, !(learningRate > 0) { throw ValidationError("--learning-rate must be positive, got \(learningRate)") }
+    if let learningRate, !(learningRate > 0) {
+      throw ValidationError("--learning-rate must be positive, got \(learningRate)")
+    }
     if let logEvery, logEvery < 0 { throw ValidationError("--log-every must be ≥ 0, got \(logEvery)") }
   }
 
@@ -57,7 +59,7 @@ struct TrainCommand: ParsableCommand {
       guard config.epochs > 0 else { throw ValidationError("epochs must be positive, got \(config.epochs)") }
       guard config.batchSize > 0 else { throw ValidationError("batch_size must be positive, got \(config.batchSize)") }
 
-      let communicator = Runtime.makeCommunicator()
+      let communicator = try Runtime.makeCommunicator()
       let logger = Runtime.makeLogger(rank: communicator.rank, verbose: compute.verbose)
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       logger.info("\(Runtime.describeCompute(threads: threads, communicator: communicator))")
@@ -66,25 +68,36 @@ struct TrainCommand: ParsableCommand {
       if communicator.isRoot { try RunDirectory.prepare(runDirectory, overwrite: overwrite) }
 
       let data = try DataSplits.load(directory: config.data)
-      logger.info("data \(config.data): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes")
-      let model = try Sequential(specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
+      logger.info(
+        "data \(config.data): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes"
+      )
+      let model = try Sequential(
+        specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
       let optimizer = try config.optimizer.make()
       let trainer = try Trainer(
         model: model, optimizer: optimizer, communicator: communicator, data: data,
-        options: TrainingOptions(epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps),
+        options: TrainingOptions(
+          epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps),
         logger: logger, progress: ProgressReporter(enabled: communicator.isRoot && !quiet))
       if communicator.isRoot {
         try RunDirectory.writeText(try config.yaml(), to: runDirectory + "/config.yaml")
         trainer.metrics = try MetricsLog(path: runDirectory + "/metrics.jsonl")
       }
-      logger.info("model \(config.model): \(model.store.parameterCount) trainable parameters; \(trainer.sampler.stepsPerEpoch) steps per epoch of global batch \(config.batchSize)")
+      logger.info(
+        "model \(config.model): \(model.store.parameterCount) trainable parameters; \(trainer.sampler.stepsPerEpoch) steps per epoch of global batch \(config.batchSize)"
+      )
       let results = try trainer.fit()
       if communicator.isRoot {
         try ModelFile.save(
           model, to: runDirectory + "/model.safetensors",
-          metadata: ["model": config.model, "config": try config.yaml(), "step": String(trainer.clock.step), "epoch": String(config.epochs)])
+          metadata: [
+            "model": config.model, "config": try config.yaml(), "step": String(trainer.clock.step),
+            "epoch": String(config.epochs),
+          ])
         if let last = results.last {
-          logger.info("done: test accuracy \(String(format: "%.4f", last.testAccuracy)), test loss \(String(format: "%.4f", last.testLoss)); run directory \(runDirectory)")
+          logger.info(
+            "done: test accuracy \(String(format: "%.4f", last.testAccuracy)), test loss \(String(format: "%.4f", last.testLoss)); run directory \(runDirectory)"
+          )
         }
       }
     }
@@ -95,11 +108,16 @@ extension OptimizerSpec {
   /// The same optimizer with a constant learning rate (for --learning-rate).
   func withLearningRate(_ lr: Double) throws -> OptimizerSpec {
     switch self {
-    case let .adam(_, b1, b2, eps): return .adam(learningRate: .constant(lr), beta1: b1, beta2: b2, epsilon: eps)
-    case let .sgd(_, m, n): return .sgd(learningRate: .constant(lr), momentum: m, nesterov: n)
-    case .bop: throw ValidationError("--learning-rate does not apply to bop (it has gamma and threshold); set them in the config")
-    case let .caseOptimizer(cases, fallback):
-      guard let fallback else { throw ValidationError("--learning-rate needs a default optimizer in the case optimizer") }
+    case .adam(_, let b1, let b2, let eps):
+      return .adam(learningRate: .constant(lr), beta1: b1, beta2: b2, epsilon: eps)
+    case .sgd(_, let m, let n): return .sgd(learningRate: .constant(lr), momentum: m, nesterov: n)
+    case .bop:
+      throw ValidationError(
+        "--learning-rate does not apply to bop (it has gamma and threshold); set them in the config")
+    case .caseOptimizer(let cases, let fallback):
+      guard let fallback else {
+        throw ValidationError("--learning-rate needs a default optimizer in the case optimizer")
+      }
       return .caseOptimizer(cases: cases, default: try fallback.withLearningRate(lr))
     }
   }
@@ -115,11 +133,15 @@ enum RunDirectory {
     let fm = FileManager.default
     var isDirectory: ObjCBool = false
     if fm.fileExists(atPath: path, isDirectory: &isDirectory) {
-      guard isDirectory.boolValue else { throw TrainingError.unwritable(path: path, reason: "it is a file, not a directory") }
+      guard isDirectory.boolValue else {
+        throw TrainingError.unwritable(path: path, reason: "it is a file, not a directory")
+      }
       let existing = runFiles.filter { fm.fileExists(atPath: path + "/" + $0) }
       if !existing.isEmpty && !overwrite {
         throw TrainingError.unwritable(
-          path: path, reason: "it already holds a run (\(existing.joined(separator: ", "))); choose another --out or pass --overwrite")
+          path: path,
+          reason:
+            "it already holds a run (\(existing.joined(separator: ", "))); choose another --out or pass --overwrite")
       }
     } else {
       do { try fm.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {

@@ -126,7 +126,8 @@ public func convertToFloat(
 ) {
   Parallel.forRanges(count: rows, grain: max(1, (1 << 15) / max(columns, 1))) { r in
     for row in r {
-      let xr = x + row * columns, yr = y + row * columns
+      let xr = x + row * columns
+      let yr = y + row * columns
       if let bias {
         for j in 0..<columns { yr[j] = Float(xr[j]) + bias[j] }
       } else {

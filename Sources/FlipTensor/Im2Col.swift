@@ -35,7 +35,8 @@ public struct ConvGeometry: Sendable, Equatable {
     case .valid:
       guard inputHeight >= kernelHeight, inputWidth >= kernelWidth else {
         throw TensorError.shapeMismatch(
-          "a \(kernelHeight)×\(kernelWidth) window does not fit a \(inputHeight)×\(inputWidth) input with valid padding")
+          "a \(kernelHeight)×\(kernelWidth) window does not fit a \(inputHeight)×\(inputWidth) input with valid padding"
+        )
       }
       outputHeight = (inputHeight - kernelHeight) / strideHeight + 1
       outputWidth = (inputWidth - kernelWidth) / strideWidth + 1
@@ -67,42 +68,43 @@ public func im2col<T>(
 ) {
   let c = g.channels
   Parallel.forRanges(count: batch, grain: 8) { images in
-  var row = columns + images.lowerBound * g.outputPixels * g.patchSize
-  for b in images {
-    let image = x + b * g.inputSize
-    for oy in 0..<g.outputHeight {
-      let y0 = oy * g.strideHeight - g.padTop
-      for ox in 0..<g.outputWidth {
-        let x0 = ox * g.strideWidth - g.padLeft
-        var out = row
-        for ky in 0..<g.kernelHeight {
-          let y = y0 + ky
-          if y < 0 || y >= g.inputHeight {
-            out.update(repeating: padValue, count: g.kernelWidth * c)
-            out += g.kernelWidth * c
-            continue
-          }
-          let line = image + y * g.inputWidth * c
-          let xStart = x0, xEnd = x0 + g.kernelWidth
-          if xStart >= 0 && xEnd <= g.inputWidth {
-            out.update(from: line + xStart * c, count: g.kernelWidth * c)
-            out += g.kernelWidth * c
-          } else {
-            for kx in 0..<g.kernelWidth {
-              let xx = x0 + kx
-              if xx < 0 || xx >= g.inputWidth {
-                out.update(repeating: padValue, count: c)
-              } else {
-                out.update(from: line + xx * c, count: c)
+    var row = columns + images.lowerBound * g.outputPixels * g.patchSize
+    for b in images {
+      let image = x + b * g.inputSize
+      for oy in 0..<g.outputHeight {
+        let y0 = oy * g.strideHeight - g.padTop
+        for ox in 0..<g.outputWidth {
+          let x0 = ox * g.strideWidth - g.padLeft
+          var out = row
+          for ky in 0..<g.kernelHeight {
+            let y = y0 + ky
+            if y < 0 || y >= g.inputHeight {
+              out.update(repeating: padValue, count: g.kernelWidth * c)
+              out += g.kernelWidth * c
+              continue
+            }
+            let line = image + y * g.inputWidth * c
+            let xStart = x0
+            let xEnd = x0 + g.kernelWidth
+            if xStart >= 0 && xEnd <= g.inputWidth {
+              out.update(from: line + xStart * c, count: g.kernelWidth * c)
+              out += g.kernelWidth * c
+            } else {
+              for kx in 0..<g.kernelWidth {
+                let xx = x0 + kx
+                if xx < 0 || xx >= g.inputWidth {
+                  out.update(repeating: padValue, count: c)
+                } else {
+                  out.update(from: line + xx * c, count: c)
+                }
+                out += c
               }
-              out += c
             }
           }
+          row += g.patchSize
         }
-        row += g.patchSize
       }
     }
-  }
   }
 }
 
@@ -114,34 +116,34 @@ public func col2im(
 ) {
   let c = g.channels
   Parallel.forRanges(count: batch, grain: 8) { images in
-  (dx + images.lowerBound * g.inputSize).update(repeating: 0, count: images.count * g.inputSize)
-  var row = columns + images.lowerBound * g.outputPixels * g.patchSize
-  for b in images {
-    let image = dx + b * g.inputSize
-    for oy in 0..<g.outputHeight {
-      let y0 = oy * g.strideHeight - g.padTop
-      for ox in 0..<g.outputWidth {
-        let x0 = ox * g.strideWidth - g.padLeft
-        var src = row
-        for ky in 0..<g.kernelHeight {
-          let y = y0 + ky
-          if y < 0 || y >= g.inputHeight {
-            src += g.kernelWidth * c
-            continue
-          }
-          let line = image + y * g.inputWidth * c
-          for kx in 0..<g.kernelWidth {
-            let xx = x0 + kx
-            if xx >= 0 && xx < g.inputWidth {
-              let dst = line + xx * c
-              for i in 0..<c { dst[i] += src[i] }
+    (dx + images.lowerBound * g.inputSize).update(repeating: 0, count: images.count * g.inputSize)
+    var row = columns + images.lowerBound * g.outputPixels * g.patchSize
+    for b in images {
+      let image = dx + b * g.inputSize
+      for oy in 0..<g.outputHeight {
+        let y0 = oy * g.strideHeight - g.padTop
+        for ox in 0..<g.outputWidth {
+          let x0 = ox * g.strideWidth - g.padLeft
+          var src = row
+          for ky in 0..<g.kernelHeight {
+            let y = y0 + ky
+            if y < 0 || y >= g.inputHeight {
+              src += g.kernelWidth * c
+              continue
             }
-            src += c
+            let line = image + y * g.inputWidth * c
+            for kx in 0..<g.kernelWidth {
+              let xx = x0 + kx
+              if xx >= 0 && xx < g.inputWidth {
+                let dst = line + xx * c
+                for i in 0..<c { dst[i] += src[i] }
+              }
+              src += c
+            }
           }
+          row += g.patchSize
         }
-        row += g.patchSize
       }
     }
   }
-}
 }

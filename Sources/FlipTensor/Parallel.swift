@@ -26,13 +26,15 @@ public enum Parallel {
     withoutActuallyEscaping(body) { body in
       // Contiguous blocks of chunks per worker keep each worker's memory together.
       let work = Work { worker, team in
-        let lo = worker * chunks / team, hi = (worker + 1) * chunks / team
+        let lo = worker * chunks / team
+        let hi = (worker + 1) * chunks / team
         for c in lo..<hi { body((c * grain)..<min((c + 1) * grain, count)) }
       }
       let context = Unmanaged.passUnretained(work).toOpaque()
-      let status = flip_parallel({ context, thread, threads in
-        Unmanaged<Work>.fromOpaque(context!).takeUnretainedValue().run(Int(thread), Int(threads))
-      }, context, Int32(workers))
+      let status = flip_parallel(
+        { context, thread, threads in
+          Unmanaged<Work>.fromOpaque(context!).takeUnretainedValue().run(Int(thread), Int(threads))
+        }, context, Int32(workers))
       if status != 0 { work.run(0, 1) }
     }
   }

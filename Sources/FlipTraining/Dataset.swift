@@ -15,9 +15,12 @@ public struct Dataset: Sendable {
   public init(images: [UInt8], labels: [Int32], sampleShape: [Int], classes: Int) throws {
     let size = sampleShape.reduce(1, *)
     guard size > 0, images.count == labels.count * size else {
-      throw TrainingError.datasetMismatch("\(images.count) pixel bytes do not make \(labels.count) images of shape \(sampleShape)")
+      throw TrainingError.datasetMismatch(
+        "\(images.count) pixel bytes do not make \(labels.count) images of shape \(sampleShape)")
     }
-    guard classes >= 2 else { throw TrainingError.datasetMismatch("a classifier needs at least 2 classes, found \(classes)") }
+    guard classes >= 2 else {
+      throw TrainingError.datasetMismatch("a classifier needs at least 2 classes, found \(classes)")
+    }
     if let bad = labels.first(where: { $0 < 0 || Int($0) >= classes }) {
       throw TrainingError.datasetMismatch("label \(bad) is outside 0..<\(classes)")
     }
@@ -77,37 +80,51 @@ public struct DataSplits: Sendable {
       }
       throw TrainingError.fileNotFound(
         path: (directory as NSString).appendingPathComponent(base + "[.gz]"),
-        hint: "An MNIST-style directory holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (raw or .gz).")
+        hint:
+          "An MNIST-style directory holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (raw or .gz)."
+      )
     }
     func pair(_ imagesBase: String, _ labelsBase: String, classes: Int?) throws -> (IDXFile, IDXFile, String, String) {
-      let ip = try find(imagesBase), lp = try find(labelsBase)
+      let ip = try find(imagesBase)
+      let lp = try find(labelsBase)
       let images = try IDXFile.read(path: ip)
       let labels = try IDXFile.read(path: lp)
       guard images.dimensions.count == 3 || images.dimensions.count == 4 else {
-        throw TrainingError.corruptData(path: ip, reason: "images need 3 or 4 dimensions (N, H, W[, C]), found \(images.dimensions)")
+        throw TrainingError.corruptData(
+          path: ip, reason: "images need 3 or 4 dimensions (N, H, W[, C]), found \(images.dimensions)")
       }
       guard labels.dimensions.count == 1 else {
         throw TrainingError.corruptData(path: lp, reason: "labels need 1 dimension (N), found \(labels.dimensions)")
       }
       guard images.dimensions[0] == labels.dimensions[0] else {
-        throw TrainingError.datasetMismatch("\(ip) has \(images.dimensions[0]) images but \(lp) has \(labels.dimensions[0]) labels")
+        throw TrainingError.datasetMismatch(
+          "\(ip) has \(images.dimensions[0]) images but \(lp) has \(labels.dimensions[0]) labels")
       }
       return (images, labels, ip, lp)
     }
-    let (trainImages, trainLabels, trainPath, _) = try pair("train-images-idx3-ubyte", "train-labels-idx1-ubyte", classes: nil)
-    let (testImages, testLabels, testPath, testLabelPath) = try pair("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", classes: nil)
-    func shape(_ f: IDXFile) -> [Int] { f.dimensions.count == 3 ? Array(f.dimensions[1...]) + [1] : Array(f.dimensions[1...]) }
+    let (trainImages, trainLabels, trainPath, _) = try pair(
+      "train-images-idx3-ubyte", "train-labels-idx1-ubyte", classes: nil)
+    let (testImages, testLabels, testPath, testLabelPath) = try pair(
+      "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", classes: nil)
+    func shape(_ f: IDXFile) -> [Int] {
+      f.dimensions.count == 3 ? Array(f.dimensions[1...]) + [1] : Array(f.dimensions[1...])
+    }
     guard shape(trainImages) == shape(testImages) else {
-      throw TrainingError.datasetMismatch("training images are \(shape(trainImages)) (\(trainPath)) but test images are \(shape(testImages)) (\(testPath))")
+      throw TrainingError.datasetMismatch(
+        "training images are \(shape(trainImages)) (\(trainPath)) but test images are \(shape(testImages)) (\(testPath))"
+      )
     }
     let classes = Int(trainLabels.data.max() ?? 0) + 1
     if let bad = testLabels.data.first(where: { Int($0) >= classes }) {
-      throw TrainingError.datasetMismatch("\(testLabelPath) has label \(bad) but the training labels only go up to \(classes - 1)")
+      throw TrainingError.datasetMismatch(
+        "\(testLabelPath) has label \(bad) but the training labels only go up to \(classes - 1)")
     }
     let train = try Dataset(
-      images: trainImages.data, labels: trainLabels.data.map { Int32($0) }, sampleShape: shape(trainImages), classes: classes)
+      images: trainImages.data, labels: trainLabels.data.map { Int32($0) }, sampleShape: shape(trainImages),
+      classes: classes)
     let test = try Dataset(
-      images: testImages.data, labels: testLabels.data.map { Int32($0) }, sampleShape: shape(testImages), classes: classes)
+      images: testImages.data, labels: testLabels.data.map { Int32($0) }, sampleShape: shape(testImages),
+      classes: classes)
     return DataSplits(train: train, test: test)
   }
 }

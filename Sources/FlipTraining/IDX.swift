@@ -11,7 +11,8 @@ public struct IDXFile: Equatable {
   /// Reads `path` (gzip is detected from its magic bytes), validating everything.
   public static func read(path: String) throws -> IDXFile {
     guard FileManager.default.fileExists(atPath: path) else {
-      throw TrainingError.fileNotFound(path: path, hint: "Check --data; it needs the four IDX files of an MNIST-style data set.")
+      throw TrainingError.fileNotFound(
+        path: path, hint: "Check --data; it needs the four IDX files of an MNIST-style data set.")
     }
     guard let raw = FileManager.default.contents(atPath: path) else {
       throw TrainingError.unreadable(path: path, reason: "permission denied or not a regular file")
@@ -26,7 +27,10 @@ public struct IDXFile: Equatable {
     func corrupt(_ why: String) -> TrainingError { .corruptData(path: path, reason: why) }
     guard b.count >= 4 else { throw corrupt("file has \(b.count) bytes, too short for an IDX header") }
     guard b[0] == 0, b[1] == 0 else {
-      throw corrupt(String(format: "bad magic number 0x%02X%02X%02X%02X: an IDX file starts with two zero bytes", b[0], b[1], b[2], b[3]))
+      throw corrupt(
+        String(
+          format: "bad magic number 0x%02X%02X%02X%02X: an IDX file starts with two zero bytes", b[0], b[1], b[2], b[3])
+      )
     }
     guard b[2] == 0x08 else {
       throw corrupt(String(format: "element type 0x%02X is not supported; Flip reads unsigned bytes (0x08)", b[2]))

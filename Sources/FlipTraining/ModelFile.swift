@@ -30,18 +30,23 @@ public enum ModelFile {
   /// Reads and validates `path`; returns the tensors and metadata without touching a model.
   public static func read(path: String) throws -> (tensors: [String: SafeTensors.Tensor], metadata: [String: String]) {
     guard FileManager.default.fileExists(atPath: path) else {
-      throw TrainingError.fileNotFound(path: path, hint: "Train a model first (flip train --out DIR) or check the path.")
+      throw TrainingError.fileNotFound(
+        path: path, hint: "Train a model first (flip train --out DIR) or check the path.")
     }
     guard let data = FileManager.default.contents(atPath: path) else {
       throw TrainingError.unreadable(path: path, reason: "permission denied or not a regular file")
     }
     let (tensors, metadata) = try SafeTensors.decode(data, path: path)
     guard metadata["format"] == format else {
-      throw TrainingError.modelFile(path: path, reason: "not a Flip model (metadata format is \(metadata["format"] ?? "missing"))")
+      throw TrainingError.modelFile(
+        path: path, reason: "not a Flip model (metadata format is \(metadata["format"] ?? "missing"))")
     }
     guard metadata["format_version"] == formatVersion else {
       throw TrainingError.modelFile(
-        path: path, reason: "format version \(metadata["format_version"] ?? "missing") is not supported (this Flip reads \(formatVersion))")
+        path: path,
+        reason:
+          "format version \(metadata["format_version"] ?? "missing") is not supported (this Flip reads \(formatVersion))"
+      )
     }
     guard metadata["payload_fnv1a64"] == checksum(tensors) else {
       throw TrainingError.modelFile(path: path, reason: "payload checksum mismatch: the file is corrupt")
@@ -64,7 +69,8 @@ public enum ModelFile {
     for v in views {
       let t = tensors[v.name]!
       guard t.shape == v.shape else {
-        throw TrainingError.modelFile(path: path, reason: "tensor \(v.name) has shape \(t.shape), the model needs \(v.shape)")
+        throw TrainingError.modelFile(
+          path: path, reason: "tensor \(v.name) has shape \(t.shape), the model needs \(v.shape)")
       }
       t.values.withUnsafeBufferPointer { model.store.pointer(v).update(from: $0.baseAddress!, count: v.count) }
     }

@@ -30,7 +30,8 @@ public final class ProgressReporter {
     if isTerminal {
       let width = 30
       let done = total > 0 ? min(width, step * width / total) : width
-      let bar = String(repeating: "=", count: max(0, done - 1)) + (done < width ? ">" : "=")
+      let bar =
+        String(repeating: "=", count: max(0, done - 1)) + (done < width ? ">" : "=")
         + String(repeating: ".", count: width - done)
       let eta = step > 0 ? seconds / Double(step) * Double(total - step) : 0
       let line = String(format: "%\(String(total).count)d/%d [%@] - ETA: %.0fs - %@", step, total, bar, eta, stats)

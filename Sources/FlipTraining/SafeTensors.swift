@@ -50,13 +50,17 @@ public enum SafeTensors {
 
   /// Parses and validates a whole file: header bounds, JSON, dtypes, shapes, offsets inside
   /// the data and non-overlapping, no gaps. Errors name `path` and the problem.
-  public static func decode(_ data: Data, path: String) throws -> (tensors: [String: Tensor], metadata: [String: String]) {
+  public static func decode(_ data: Data, path: String) throws -> (
+    tensors: [String: Tensor], metadata: [String: String]
+  ) {
     func bad(_ why: String) -> TrainingError { .modelFile(path: path, reason: "not a valid safetensors file: \(why)") }
     guard data.count >= 8 else { throw bad("\(data.count) bytes is too short for the 8-byte header length") }
     let bytes = [UInt8](data)
     var length: UInt64 = 0
     for i in 0..<8 { length |= UInt64(bytes[i]) << (8 * UInt64(i)) }
-    guard length <= UInt64(maxHeaderBytes) else { throw bad("header length \(length) exceeds the limit of \(maxHeaderBytes) bytes") }
+    guard length <= UInt64(maxHeaderBytes) else {
+      throw bad("header length \(length) exceeds the limit of \(maxHeaderBytes) bytes")
+    }
     guard 8 + Int(length) <= bytes.count else {
       throw bad("header length \(length) runs past the end of the file (\(bytes.count) bytes)")
     }
@@ -80,7 +84,8 @@ public enum SafeTensors {
       guard let e = entry as? [String: Any] else { throw bad("entry \(name) is not an object") }
       guard let dtype = e["dtype"] as? String else { throw bad("tensor \(name) has no dtype") }
       guard dtype == "F32" else { throw bad("tensor \(name) has dtype \(dtype); Flip reads F32") }
-      guard let shapeAny = e["shape"] as? [Any], let offsetsAny = e["data_offsets"] as? [Any], offsetsAny.count == 2 else {
+      guard let shapeAny = e["shape"] as? [Any], let offsetsAny = e["data_offsets"] as? [Any], offsetsAny.count == 2
+      else {
         throw bad("tensor \(name) needs a shape and two data_offsets")
       }
       let shape = try shapeAny.map { v -> Int in
@@ -107,7 +112,8 @@ public enum SafeTensors {
       var values = [Float](repeating: 0, count: count)
       values.withUnsafeMutableBytes { dst in
         bytes.withUnsafeBytes { src in
-          dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[(dataStart + offsets[0])..<(dataStart + offsets[1])]))
+          dst.copyMemory(
+            from: UnsafeRawBufferPointer(rebasing: src[(dataStart + offsets[0])..<(dataStart + offsets[1])]))
         }
       }
       #if _endian(big)

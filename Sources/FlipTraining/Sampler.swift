@@ -15,10 +15,13 @@ public struct EpochSampler: Sendable {
   public let worldSize: Int
 
   public init(datasetSize: Int, globalBatch: Int, seed: UInt64, rank: Int = 0, worldSize: Int = 1) throws {
-    guard globalBatch > 0 else { throw TrainingError.invalidArgument("batch size must be positive, got \(globalBatch)") }
+    guard globalBatch > 0 else {
+      throw TrainingError.invalidArgument("batch size must be positive, got \(globalBatch)")
+    }
     guard globalBatch % worldSize == 0 else {
       throw TrainingError.invalidArgument(
-        "global batch size \(globalBatch) is not divisible by the number of ranks \(worldSize); choose a batch size that is a multiple of \(worldSize)")
+        "global batch size \(globalBatch) is not divisible by the number of ranks \(worldSize); choose a batch size that is a multiple of \(worldSize)"
+      )
     }
     self.datasetSize = datasetSize
     self.globalBatch = globalBatch
@@ -46,7 +49,8 @@ public struct EpochSampler: Sendable {
   public func shard(step: Int) -> Range<Int> {
     let start = step * globalBatch
     let n = globalBatchSize(step: step)
-    let base = n / worldSize, extra = n % worldSize
+    let base = n / worldSize
+    let extra = n % worldSize
     let lo = start + rank * base + min(rank, extra)
     let hi = lo + base + (rank < extra ? 1 : 0)
     return lo..<hi

@@ -57,14 +57,17 @@ public final class Trainer {
     model: Sequential, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
     options: TrainingOptions, logger: Logger, progress: ProgressReporter
   ) throws {
-    guard options.epochs > 0 else { throw TrainingError.invalidArgument("epochs must be positive, got \(options.epochs)") }
+    guard options.epochs > 0 else {
+      throw TrainingError.invalidArgument("epochs must be positive, got \(options.epochs)")
+    }
     guard model.inputShape == data.train.sampleShape else {
       throw TrainingError.datasetMismatch(
         "the model expects inputs of shape \(model.inputShape) but the images are \(data.train.sampleShape)")
     }
     guard model.outputShape == [data.train.classes] else {
       throw TrainingError.datasetMismatch(
-        "the model outputs \(model.outputShape) but the data set has \(data.train.classes) classes; make the last layer's units \(data.train.classes)")
+        "the model outputs \(model.outputShape) but the data set has \(data.train.classes) classes; make the last layer's units \(data.train.classes)"
+      )
     }
     self.model = model
     self.optimizer = optimizer
@@ -135,7 +138,8 @@ public final class Trainer {
       var stepTotals = [local.loss, local.correct, local.count]
       try communicator.allreduceSum(&stepTotals)
       guard stepTotals[0].isFinite else {
-        throw TrainingError.nonFinite("the loss became \(stepTotals[0]) at step \(clock.step) (epoch \(epoch + 1)); lower the learning rate")
+        throw TrainingError.nonFinite(
+          "the loss became \(stepTotals[0]) at step \(clock.step) (epoch \(epoch + 1)); lower the learning rate")
       }
       for i in 0..<3 { totals[i] += stepTotals[i] }
       for (name, ratio) in model.flipRatios {
@@ -157,7 +161,9 @@ public final class Trainer {
     try synchronizeBatchNormStatistics()
     let (testLoss, testAccuracy) = try evaluate(data.test)
     var flipRatio: [String: Double] = [:]
-    for (i, name) in flipLayers.enumerated() where flipCounts[i] > 0 { flipRatio[name] = flipSums[i] / Double(flipCounts[i]) }
+    for (i, name) in flipLayers.enumerated() where flipCounts[i] > 0 {
+      flipRatio[name] = flipSums[i] / Double(flipCounts[i])
+    }
     let result = EpochResult(
       epoch: epoch + 1, step: clock.step, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2],
       testLoss: testLoss, testAccuracy: testAccuracy, learningRate: learningRate, flipRatio: flipRatio,
@@ -217,7 +223,9 @@ public func evaluateModel(
   let y = labels ?? .allocate(capacity: batch)
   defer { if labels == nil { y.deallocate() } }
   let lossFunction = loss ?? SparseCategoricalCrossentropy(classes: dataset.classes)
-  let n = dataset.count, ranks = communicator.size, rank = communicator.rank
+  let n = dataset.count
+  let ranks = communicator.size
+  let rank = communicator.rank
   let lo = rank * (n / ranks) + min(rank, n % ranks)
   let hi = lo + n / ranks + (rank < n % ranks ? 1 : 0)
   let all = Array(0..<n)

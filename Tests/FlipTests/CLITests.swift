@@ -40,7 +40,9 @@ struct CLITests {
     #expect(e.status == 0, "stderr: \(e.stderr)")
     #expect(e.stdout.contains(String(format: "test_accuracy: %.4f", finalAccuracy)))
     // A second run into the same directory must not silently replace the first.
-    let again = try runFlip(["train", "--config", dir + "/tiny.yaml", "--data", dir + "/data", "--epochs", "1", "--out", out])
+    let again = try runFlip([
+      "train", "--config", dir + "/tiny.yaml", "--data", dir + "/data", "--epochs", "1", "--out", out,
+    ])
     #expect(again.status != 0)
     #expect(again.stderr.contains("already holds a run"))
   }
@@ -48,7 +50,9 @@ struct CLITests {
   @Test func summaryOfAPresetMatchesLarqTotals() throws {
     let r = try runFlip(["summary", "--model", "binarynet-mlp"])
     #expect(r.status == 0)
-    #expect(r.stdout.contains("| Total                                           2910208      6164  379.33     2107392       802816 |"))
+    #expect(
+      r.stdout.contains(
+        "| Total                                           2910208      6164  379.33     2107392       802816 |"))
   }
 
   @Test func badInputsFailWithClearMessages() throws {
@@ -63,7 +67,8 @@ struct CLITests {
     try fails(["train", "--model", "binarynet-mlp", "--batch-size", "0"], mentioning: "--batch-size must be positive")
     try fails(["train", "--model", "binarynet-mlp", "--epochs=-1"], mentioning: "--epochs must be positive")
     try fails(["train", "--model", "resnet50"], mentioning: "unknown model preset 'resnet50'")
-    try fails(["train", "--model", "binarynet-mlp", "--data", dir + "/missing", "--out", dir + "/r1"], mentioning: "missing")
+    try fails(
+      ["train", "--model", "binarynet-mlp", "--data", dir + "/missing", "--out", dir + "/r1"], mentioning: "missing")
     try fails(["train", "--config", dir + "/none.yaml"], mentioning: "none.yaml")
     try "layers: [{type: Flatten}, {type: QuantDense, units: 2, kernel_quantizer: ste_sgn}]".write(
       toFile: dir + "/bad.yaml", atomically: true, encoding: .utf8)
@@ -71,7 +76,8 @@ struct CLITests {
     // The preset outputs 10 classes; the toy data has 2.
     try fails(["train", "--model", "binarynet-mlp", "--data", dir, "--out", dir + "/r2"], mentioning: "2 classes")
     FileManager.default.createFile(atPath: dir + "/afile", contents: Data())
-    try fails(["train", "--model", "binarynet-mlp", "--data", dir, "--out", dir + "/afile"], mentioning: "not a directory")
+    try fails(
+      ["train", "--model", "binarynet-mlp", "--data", dir, "--out", dir + "/afile"], mentioning: "not a directory")
     write(idxBytes(dimensions: [3, 6, 6], data: [1, 2, 3]), to: dir + "/t10k-images-idx3-ubyte")
     try fails(["train", "--model", "binarynet-mlp", "--data", dir, "--out", dir + "/r3"], mentioning: "truncated")
     try fails(["evaluate", "--run", dir + "/no-run"], mentioning: "config.yaml")

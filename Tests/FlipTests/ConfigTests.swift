@@ -1,12 +1,14 @@
 import FlipBNN
 import Foundation
 import Testing
+
 @testable import FlipCLI
 
 @Suite("Run configs")
 struct ConfigTests {
   /// The package root, found from this file.
-  static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+  static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().path
 
   @Test(arguments: ModelPreset.allCases)
   func presetFilesMatchThePresets(_ preset: ModelPreset) throws {
@@ -46,15 +48,22 @@ struct ConfigTests {
     #expect(c.layers[0].inputQuantizer?.parameters["clip_value"]?.isNaN == true)
     #expect(c.layers[0].kernelQuantizer == QuantizerSpec("dorefa_quantizer", parameters: ["k_bit": 2], mode: "weights"))
     #expect(c.layers[2].kernelQuantizer?.parameters["ternary_weight_networks"] == 1)
-    guard case let .adam(lr, b1, _, _) = c.optimizer else { Issue.record("not adam"); return }
-    #expect(lr.schedule == .linearWarmup(warmup: 10, start: 0, then: .cosineDecay(initial: 1e-3, decaySteps: 100, alpha: 0)))
+    guard case .adam(let lr, let b1, _, _) = c.optimizer else {
+      Issue.record("not adam")
+      return
+    }
+    #expect(
+      lr.schedule == .linearWarmup(warmup: 10, start: 0, then: .cosineDecay(initial: 1e-3, decaySteps: 100, alpha: 0)))
     #expect(b1.unit == .epoch)
     let model = try Sequential(specs: c.layers, inputShape: [8, 8, 1], seed: 0)
     #expect(model.outputShape == [3])
   }
 
   func parseError(_ text: String) -> String {
-    do { _ = try RunConfig.parse(yaml: text, file: "bad.yaml"); return "no error" } catch { return "\(error)" }
+    do {
+      _ = try RunConfig.parse(yaml: text, file: "bad.yaml")
+      return "no error"
+    } catch { return "\(error)" }
   }
 
   @Test func badConfigsSayWhatIsWrong() {
@@ -62,11 +71,17 @@ struct ConfigTests {
     #expect(parseError("layers: [{type: Dense2}]").contains("unknown layer type 'Dense2'"))
     #expect(parseError("layers: [{type: QuantDense, unit: 3}]").contains("layers[0].unit"))
     #expect(parseError("layers: [{type: QuantDense, units: many}]").contains("expected an integer"))
-    #expect(parseError("layers: [{type: QuantDense, units: 3, kernel_quantizer: ste_sine}]").contains("unknown quantizer 'ste_sine'"))
-    #expect(parseError("layers: [{type: QuantDense, units: 3, kernel_constraint: clip}]").contains("unknown kernel constraint"))
+    #expect(
+      parseError("layers: [{type: QuantDense, units: 3, kernel_quantizer: ste_sine}]").contains(
+        "unknown quantizer 'ste_sine'"))
+    #expect(
+      parseError("layers: [{type: QuantDense, units: 3, kernel_constraint: clip}]").contains(
+        "unknown kernel constraint"))
     #expect(parseError("model: larq-cnn\noptimizer: {type: adamw}").contains("unknown optimizer 'adamw'"))
     #expect(parseError("model: larq-cnn\nbatchsize: 5").contains("unknown key 'batchsize'"))
-    #expect(parseError("model: larq-cnn\noptimizer: {type: adam, learning_rate: {schedule: cosine_decay, initial: 1}}").contains("decay_steps"))
+    #expect(
+      parseError("model: larq-cnn\noptimizer: {type: adam, learning_rate: {schedule: cosine_decay, initial: 1}}")
+        .contains("decay_steps"))
     #expect(parseError("model: [").contains("not valid YAML"))
     #expect(parseError("epochs: 3").contains("names no model"))
   }

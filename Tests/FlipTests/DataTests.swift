@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import FlipTraining
 
 @Suite("IDX files and data sets")
@@ -12,13 +13,18 @@ struct DataTests {
 
   @Test func rejectsBadFilesWithClearMessages() throws {
     func message(_ bytes: [UInt8]) -> String {
-      do { _ = try IDXFile.parse(bytes, path: "f.idx"); return "no error" } catch { return "\(error)" }
+      do {
+        _ = try IDXFile.parse(bytes, path: "f.idx")
+        return "no error"
+      } catch { return "\(error)" }
     }
     #expect(message([0, 0]).contains("too short"))
     #expect(message([1, 0, 8, 1, 0, 0, 0, 1, 5]).contains("bad magic number"))
     #expect(message([0, 0, 0x0D, 1, 0, 0, 0, 1, 5]).contains("element type 0x0D"))
     #expect(message([0, 0, 8, 2, 0, 0, 0, 1]).contains("shorter than its 2-dimension header"))
-    #expect(message(idxBytes(dimensions: [3, 2], data: [1, 2, 3])).contains("need 6 data bytes but the file has 3 (truncated?)"))
+    #expect(
+      message(idxBytes(dimensions: [3, 2], data: [1, 2, 3])).contains(
+        "need 6 data bytes but the file has 3 (truncated?)"))
     #expect(message(idxBytes(dimensions: [1], data: [1, 2])).contains("trailing bytes"))
     #expect(message(idxBytes(dimensions: [0], data: [])).contains("dimension 0 is 0"))
     #expect(message([0, 0, 8, 0]).contains("0 dimensions"))
@@ -59,7 +65,8 @@ struct DataTests {
     var x = [Float](repeating: 0, count: 12)
     var y: [Int32] = [0]
     x.withUnsafeMutableBufferPointer { xp in
-      y.withUnsafeMutableBufferPointer { yp in splits.train.fill([3], images: xp.baseAddress!, labels: yp.baseAddress!) }
+      y.withUnsafeMutableBufferPointer { yp in splits.train.fill([3], images: xp.baseAddress!, labels: yp.baseAddress!)
+      }
     }
     for (i, v) in x.enumerated() {
       let byte = Float(splits.train.images[3 * 12 + i])
@@ -114,7 +121,9 @@ struct SamplerTests {
 
   @Test func shardsAreDisjointAndCoverEachGlobalBatch() throws {
     for ranks in [2, 4] {
-      let samplers = try (0..<ranks).map { try EpochSampler(datasetSize: 103, globalBatch: 32, seed: 0, rank: $0, worldSize: ranks) }
+      let samplers = try (0..<ranks).map {
+        try EpochSampler(datasetSize: 103, globalBatch: 32, seed: 0, rank: $0, worldSize: ranks)
+      }
       for step in 0..<samplers[0].stepsPerEpoch {
         let shards = samplers.map { $0.shard(step: step) }
         let covered = shards.flatMap { Array($0) }

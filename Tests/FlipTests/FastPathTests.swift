@@ -1,6 +1,7 @@
-import Testing
-@testable import FlipBNN
 import FlipTensor
+import Testing
+
+@testable import FlipBNN
 
 /// The fast paths must equal the reference paths bit for bit: exact int8 GEMMs for binary
 /// layers, and elementwise loops split over threads.
@@ -13,7 +14,8 @@ struct FastPathTests {
     let b = (0..<(k * n)).map { _ in Int8(g.nextInt(below: 3) - 1) }
     var c = [Int32](repeating: 0, count: m * n)
     try gemmInt8(.none, .none, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, c: &c, ldc: n)
-    let af = a.map(Float.init), bf = b.map(Float.init)
+    let af = a.map(Float.init)
+    let bf = b.map(Float.init)
     var r = [Float](repeating: 0, count: m * n)
     referenceGEMM(.none, .none, m: m, n: n, k: k, a: af, lda: k, b: bf, ldb: n, c: &r, ldc: n)
     #expect(c.map(Float.init) == r)
@@ -35,7 +37,8 @@ struct FastPathTests {
   }
 
   @Test func binaryDenseInt8ForwardEqualsFloat() throws {
-    let a = try denseOutputs(int8: true), b = try denseOutputs(int8: false)
+    let a = try denseOutputs(int8: true)
+    let b = try denseOutputs(int8: false)
     #expect(a == b)
     #expect(a.contains(0.25 + 2) || a.contains { $0 != $0.rounded() })
   }
@@ -65,7 +68,8 @@ struct FastPathTests {
   }
 
   @Test func quantizersWithoutIntegerLevelsKeepFloat() throws {
-    let magnitude = try QuantDense(units: 4, inputShape: [8], inputQuantizer: SteSign(), kernelQuantizer: MagnitudeAwareSign())
+    let magnitude = try QuantDense(
+      units: 4, inputShape: [8], inputQuantizer: SteSign(), kernelQuantizer: MagnitudeAwareSign())
     #expect(!magnitude.exactInt8Forward)
     let real = try QuantDense(units: 4, inputShape: [8], kernelQuantizer: SteSign())
     #expect(!real.exactInt8Forward)
@@ -92,7 +96,8 @@ struct FastPathTests {
       }
       return model.store.values.array + model.store.state.array + model.store.gradients.array
     }
-    let one = try step(threads: 1), two = try step(threads: 2)
+    let one = try step(threads: 1)
+    let two = try step(threads: 2)
     #expect(one == two)
   }
 }

@@ -1,5 +1,5 @@
-import Foundation
 import FlipTensor
+import Foundation
 
 // Fixtures of the data, training and CLI tests: tiny IDX data sets generated on the fly, temp
 // directories, and the built `flip` binary.
@@ -56,9 +56,13 @@ func writeToyDataset(
   }
   let (trainImages, trainLabels) = make(train)
   let (testImages, testLabels) = make(test)
-  write(idxBytes(dimensions: [train, height, width], data: trainImages), to: directory + "/train-images-idx3-ubyte", gzip: gzip)
+  write(
+    idxBytes(dimensions: [train, height, width], data: trainImages), to: directory + "/train-images-idx3-ubyte",
+    gzip: gzip)
   write(idxBytes(dimensions: [train], data: trainLabels), to: directory + "/train-labels-idx1-ubyte", gzip: gzip)
-  write(idxBytes(dimensions: [test, height, width], data: testImages), to: directory + "/t10k-images-idx3-ubyte", gzip: gzip)
+  write(
+    idxBytes(dimensions: [test, height, width], data: testImages), to: directory + "/t10k-images-idx3-ubyte", gzip: gzip
+  )
   write(idxBytes(dimensions: [test], data: testLabels), to: directory + "/t10k-labels-idx1-ubyte", gzip: gzip)
 }
 
@@ -91,14 +95,16 @@ func runFlip(_ arguments: [String], environment: [String: String]? = nil) throws
   p.executableURL = URL(fileURLWithPath: flipExecutable)
   p.arguments = arguments
   if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-  let out = Pipe(), err = Pipe()
+  let out = Pipe()
+  let err = Pipe()
   p.standardOutput = out
   p.standardError = err
   try p.run()
   let o = out.fileHandleForReading.readDataToEndOfFile()
   let e = err.fileHandleForReading.readDataToEndOfFile()
   p.waitUntilExit()
-  return ProcessResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+  return ProcessResult(
+    status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
 }
 
 /// The rows of a metrics.jsonl file.

@@ -1,7 +1,8 @@
+import FlipTensor
 import Foundation
 import Testing
+
 @testable import FlipBNN
-import FlipTensor
 
 // Finite-difference checks of every layer's backward pass, for the input gradient and the
 // parameter gradients, with the scalar loss L = Σ y ⊙ r for a fixed random r (so dL/dy = r).
@@ -19,7 +20,8 @@ final class GradientHarness {
   var beforeForward: () -> Void = {}
 
   init(_ layer: Layer, batch: Int, input: [Float], seed: UInt64 = 7) {
-    precondition(input.count == batch * layer.inputSize, "input has \(input.count) values, needs \(batch * layer.inputSize)")
+    precondition(
+      input.count == batch * layer.inputSize, "input has \(input.count) values, needs \(batch * layer.inputSize)")
     self.layer = layer
     self.batch = batch
     store = bindStandalone(layer, seed: seed)
@@ -75,7 +77,8 @@ final class GradientHarness {
     var out = [Float](repeating: 0, count: count)
     for i in 0..<count {
       let saved = p[i]
-      let up = saved + eps, down = saved - eps
+      let up = saved + eps
+      let down = saved - eps
       p[i] = up
       let plus = try loss()
       p[i] = down
@@ -87,7 +90,9 @@ final class GradientHarness {
   }
 
   /// Checks input and parameter gradients against central differences.
-  func check(eps: Float, atol: Float, rtol: Float, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+  func check(eps: Float, atol: Float, rtol: Float, _ what: String, sourceLocation: SourceLocation = #_sourceLocation)
+    throws
+  {
     let a = try analytic()
     let nx = try numericInput(eps: eps)
     expectGradients(a.dx, nx, atol: atol, rtol: rtol, "\(what) input gradient", sourceLocation: sourceLocation)
@@ -120,7 +125,8 @@ func expectGradients(
       sourceLocation: sourceLocation)
   }
   let scale = numeric.map(abs).max() ?? 0
-  #expect(scale > 1e-2, "\(what): the numeric gradient is ~0, the check would be vacuous", sourceLocation: sourceLocation)
+  #expect(
+    scale > 1e-2, "\(what): the numeric gradient is ~0, the check would be vacuous", sourceLocation: sourceLocation)
 }
 
 /// Keras `same` padding before the first row/column: `⌊max((O − 1)·S + K − H, 0)/2⌋`.
@@ -142,7 +148,8 @@ private func naiveConv(
           var s = Double(bias?[fi] ?? 0)
           for ky in 0..<kh {
             for kx in 0..<kw {
-              let iy = oy * stride.0 - pad.0 + ky, ix = ox * stride.1 - pad.1 + kx
+              let iy = oy * stride.0 - pad.0 + ky
+              let ix = ox * stride.1 - pad.1 + kx
               for ci in 0..<c {
                 let v = (iy < 0 || iy >= h || ix < 0 || ix >= w) ? padValue : x[((b * h + iy) * w + ix) * c + ci]
                 s += Double(v) * Double(kernel[((ky * kw + kx) * c + ci) * f + fi])
@@ -166,7 +173,9 @@ private func distinctValues(_ n: Int, seed: UInt64, gap: Float = 0.1, offset: Fl
 }
 
 /// Random values in `range` at least `margin` away from every point of `kinks`.
-private func valuesAvoiding(_ kinks: [Float], margin: Float, n: Int, seed: UInt64, in range: ClosedRange<Float>) -> [Float] {
+private func valuesAvoiding(_ kinks: [Float], margin: Float, n: Int, seed: UInt64, in range: ClosedRange<Float>)
+  -> [Float]
+{
   randomValues(n, seed: seed, in: range).map { v in
     var v = v
     for k in kinks where abs(v - k) < margin { v = v < k ? k - margin : k + margin }
@@ -272,7 +281,8 @@ struct LayerGradientTests {
 
   // MARK: QuantConv2D / Conv2D
 
-  @Test("QuantConv2D stride 2, same padding, pad_values 1, identity quantizers: forward and gradients", arguments: [5, 6])
+  @Test(
+    "QuantConv2D stride 2, same padding, pad_values 1, identity quantizers: forward and gradients", arguments: [5, 6])
   func quantConvStride2Same(size: Int) throws {
     let layer = try QuantConv2D(
       filters: 3, kernelSize: (3, 3), strides: (2, 2), padding: .same, padValue: 1, inputShape: [size, size, 2],
@@ -315,7 +325,8 @@ struct LayerGradientTests {
     spec.strides = [stride]
     let layer = try spec.make(inputShape: [6, 5, 2], seed: 3)
     #expect(layer.typeName == "conv2d")
-    let oh = (6 - 3) / stride + 1, ow = (5 - 2) / stride + 1
+    let oh = (6 - 3) / stride + 1
+    let ow = (5 - 2) / stride + 1
     #expect(layer.outputShape == [oh, ow, 2])
     let x = randomValues(2 * 6 * 5 * 2, seed: 22, in: -2...2)
     let h = GradientHarness(layer, batch: 2, input: x)
@@ -339,7 +350,8 @@ struct LayerGradientTests {
     let h = GradientHarness(layer, batch: 5, input: x)
     // The training output is γ·x̂ + β with the biased batch variance.
     let y = try h.output()
-    let gamma = copyOut(h.store.pointer(h.store.views[0]), 3), beta = copyOut(h.store.pointer(h.store.views[1]), 3)
+    let gamma = copyOut(h.store.pointer(h.store.views[0]), 3)
+    let beta = copyOut(h.store.pointer(h.store.views[1]), 3)
     for c in 0..<3 {
       let col = (0..<5).map { Double(x[$0 * 3 + c]) }
       let mean = col.reduce(0, +) / 5
@@ -389,13 +401,15 @@ struct LayerGradientTests {
     #expect(allClose(copyOut(store.pointer(mv), 3), [1.0475, 0.81, 1.57], tol: 1e-6))
 
     // Inference: γ·(x − moving_mean)/√(moving_variance + ε) + β, and no update.
-    let gamma: [Float] = [2, 0.5, -1], beta: [Float] = [0.1, -0.3, 0.2]
+    let gamma: [Float] = [2, 0.5, -1]
+    let beta: [Float] = [0.1, -0.3, 0.2]
     for i in 0..<3 {
       store.pointer(store.views[0])[i] = gamma[i]
       store.pointer(store.views[1])[i] = beta[i]
     }
     let y = copyOut(try layer.forward(x.pointer, batch: 4, training: false), 12)
-    let m: [Float] = [0.475, 0, 0], v: [Float] = [1.0475, 0.81, 1.57]
+    let m: [Float] = [0.475, 0, 0]
+    let v: [Float] = [1.0475, 0.81, 1.57]
     for i in 0..<12 {
       let c = i % 3
       let want = gamma[c] * (x[i] - m[c]) / (v[c] + 1e-3).squareRoot() + beta[c]
@@ -535,7 +549,8 @@ struct LayerGradientTests {
     func gradient(_ kind: ActivationKind) throws -> [Float] {
       let layer = Activation(kind, inputShape: [5])
       layer.allocate(maxBatch: 1)
-      let xb = FloatBuffer(x), db = FloatBuffer(dy)
+      let xb = FloatBuffer(x)
+      let db = FloatBuffer(dy)
       _ = try layer.forward(xb.pointer, batch: 1, training: true)
       return copyOut(try #require(try layer.backward(db.pointer, batch: 1, needInputGradient: true)), 5)
     }
@@ -570,7 +585,8 @@ struct LayerGradientTests {
     #expect(try h.output(training: false) == x)
     // A new training forward draws a new mask.
     h.beforeForward = {}
-    let first = try h.output(), second = try h.output()
+    let first = try h.output()
+    let second = try h.output()
     #expect(first != second)
   }
 
@@ -629,7 +645,8 @@ struct LayerGradientTests {
       #expect(close(a.lossSum, b1.lossSum + b2.lossSum, tol: 1e-6))
       #expect(a.correct == b1.correct + b2.correct)
     }
-    let g1 = full.store.gradients.array, g2 = halves.store.gradients.array
+    let g1 = full.store.gradients.array
+    let g2 = halves.store.gradients.array
     #expect(g1.contains { abs($0) > 1e-3 })
     #expect(allClose(g1, g2, tol: 1e-5), "max difference \(maxDifference(g1, g2))")
   }
@@ -660,7 +677,8 @@ struct LayerGradientTests {
     }
     #expect(close(result.lossSum, wantLoss, tol: 1e-6))
     // Bias gradient = Σ_n dz; kernel gradient = xᵀ·dz.
-    let bv = model.store.views[1], kv = model.store.views[0]
+    let bv = model.store.views[1]
+    let kv = model.store.views[0]
     for j in 0..<3 {
       #expect(close(model.store.gradients[bv.offset + j], Float(dz[j] + dz[3 + j]), tol: 1e-5))
       for i in 0..<2 {

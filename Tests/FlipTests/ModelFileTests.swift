@@ -1,6 +1,7 @@
 import FlipBNN
 import Foundation
 import Testing
+
 @testable import FlipTraining
 
 @Suite("safetensors and model files")
@@ -23,7 +24,10 @@ struct ModelFileTests {
   }
 
   func decodeError(_ data: Data) -> String {
-    do { _ = try SafeTensors.decode(data, path: "bad.safetensors"); return "no error" } catch { return "\(error)" }
+    do {
+      _ = try SafeTensors.decode(data, path: "bad.safetensors")
+      return "no error"
+    } catch { return "\(error)" }
   }
 
   func file(header: String, payload: [UInt8]) -> Data {
@@ -49,12 +53,23 @@ struct ModelFileTests {
     var garbled = good
     garbled[9] = UInt8(ascii: "#")
     #expect(decodeError(garbled).contains("not a JSON object"))
-    #expect(decodeError(file(header: #"{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}}"#, payload: [0, 0])).contains("dtype F16"))
-    #expect(decodeError(file(header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, payload: [0, 0, 0, 0])).contains("needs 8"))
-    #expect(decodeError(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#, payload: [0, 0, 0, 0])).contains("outside"))
-    let overlap = #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
+    #expect(
+      decodeError(file(header: #"{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}}"#, payload: [0, 0])).contains(
+        "dtype F16"))
+    #expect(
+      decodeError(file(header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, payload: [0, 0, 0, 0]))
+        .contains("needs 8"))
+    #expect(
+      decodeError(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#, payload: [0, 0, 0, 0]))
+        .contains("outside"))
+    let overlap =
+      #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
     #expect(decodeError(file(header: overlap, payload: [UInt8](repeating: 0, count: 8))).contains("overlaps"))
-    #expect(decodeError(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, payload: [UInt8](repeating: 0, count: 8))).contains("gap"))
+    #expect(
+      decodeError(
+        file(
+          header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, payload: [UInt8](repeating: 0, count: 8))
+      ).contains("gap"))
     #expect(decodeError(file(header: #"{"__metadata__":{"a":1}}"#, payload: [])).contains("not a string"))
   }
 

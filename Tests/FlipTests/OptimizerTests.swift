@@ -1,7 +1,8 @@
+import FlipTensor
 import Foundation
 import Testing
+
 @testable import FlipBNN
-import FlipTensor
 
 // Optimizers, constraints and schedules against hand-computed values (DESIGN.md: Keras 2.15
 // Adam and SGD, Larq Bop and CaseOptimizer, weight_clip, Keras learning-rate schedules).
@@ -30,13 +31,18 @@ struct OptimizerTests {
     let w0: [Float] = [0.5, -0.3, 1.0, 0.0, 2.0]
     let g1: [Float] = [0.1, -0.2, 1e-6, 0, -3]
     let g2: [Float] = [0.3, 0.1, -1e-6, 0.5, -3]
-    let lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-7
+    let lr = 0.01
+    let b1 = 0.9
+    let b2 = 0.999
+    let eps = 1e-7
     let store = vectorStore(w0)
     let adam = Adam(learningRate: .constant(lr))
     try adam.prepare(store: store)
 
     // Expected, in double precision, from the formula.
-    var w = w0.map(Double.init), m = [Double](repeating: 0, count: 5), v = m
+    var w = w0.map(Double.init)
+    var m = [Double](repeating: 0, count: 5)
+    var v = m
     var expected: [[Double]] = []
     for (t, g) in [g1, g2].enumerated() {
       let step = Double(t + 1)
@@ -53,7 +59,9 @@ struct OptimizerTests {
       setGradients(store, g)
       adam.apply(store: store, clock: TrainingClock(step: t))
       for i in 0..<5 {
-        #expect(close(Double(store.values[i]), expected[t][i], tol: 1e-6), "step \(t + 1) w[\(i)] = \(store.values[i]) vs \(expected[t][i])")
+        #expect(
+          close(Double(store.values[i]), expected[t][i], tol: 1e-6),
+          "step \(t + 1) w[\(i)] = \(store.values[i]) vs \(expected[t][i])")
       }
     }
     #expect(adam.iterations == 2)
@@ -90,7 +98,8 @@ struct OptimizerTests {
   @Test("SGD: plain, momentum, and Nesterov momentum (Keras 2.15)")
   func sgd() throws {
     let w0: [Float] = [1, -2]
-    let g1: [Float] = [0.5, -1], g2: [Float] = [0.25, 2]
+    let g1: [Float] = [0.5, -1]
+    let g2: [Float] = [0.25, 2]
     func run(momentum: Double, nesterov: Bool) throws -> [[Float]] {
       let store = vectorStore(w0)
       let opt = SGD(learningRate: .constant(0.1), momentum: .constant(momentum), nesterov: nesterov)
@@ -209,7 +218,8 @@ struct OptimizerTests {
   @Test("weight_clip through store.applyConstraints clips only constrained views")
   func weightClip() throws {
     let store = makeStore([
-      ParameterSpec(role: .kernel, shape: [5], precision: 1, constraint: .weightClip(clipValue: 1), initializer: .zeros),
+      ParameterSpec(
+        role: .kernel, shape: [5], precision: 1, constraint: .weightClip(clipValue: 1), initializer: .zeros),
       ParameterSpec(role: .bias, shape: [2], initializer: .zeros),
     ])
     let before: [Float] = [1.5, -2, 0.3, -1, 1, 5, -7]

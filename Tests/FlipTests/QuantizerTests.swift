@@ -1,7 +1,8 @@
+import FlipTensor
 import Foundation
 import Testing
+
 @testable import FlipBNN
-import FlipTensor
 
 // Every quantizer against hand-computed forward values and pseudo-gradients (DESIGN.md's
 // "Reference formulas", which follow Larq), including the boundary cases.
@@ -86,7 +87,8 @@ struct QuantizerTests {
     let x: [Float] = [-1.5, -0.7, -0.2, -0.05, 0, 0.03, 0.25, 0.6, 2]
     let g = pseudoGradient(q, x)
     for i in x.indices {
-      let xd = Double(x[i]), h = 1e-5
+      let xd = Double(x[i])
+      let h = 1e-5
       let numeric = (signSwish(xd + h) - signSwish(xd - h)) / (2 * h)
       #expect(close(Double(g[i]), numeric, tol: 1e-5), "x = \(x[i]): \(g[i]) vs \(numeric)")
     }
@@ -101,7 +103,8 @@ struct QuantizerTests {
     #expect(q.precision == 1)
     // A (3, 2) kernel: channel 0 = [0.5, -0.25, 0], channel 1 = [-2, 0.5, -1.5].
     let x: [Float] = [0.5, -2, -0.25, 0.5, 0, -1.5]
-    let s0: Float = 0.25, s1: Float = 4.0 / 3.0
+    let s0: Float = 0.25
+    let s1: Float = 4.0 / 3.0
     let y = quantizerForward(q, x, channels: 2)
     #expect(m.scale.count == 2)
     #expect(close(m.scale[0], s0, tol: 1e-6) && close(m.scale[1], s1, tol: 1e-6))

@@ -1,6 +1,7 @@
-import Testing
-@testable import FlipBNN
 import FlipTensor
+import Testing
+
+@testable import FlipBNN
 
 // The model summary must print exactly what `larq.models.summary` prints for the two presets
 // (Larq's own output, copied here from /work/shared/reference so the tests do not read it).
@@ -89,7 +90,8 @@ private func lineDiff(_ got: String, _ want: String) -> String {
 @Suite("Model summary")
 struct SummaryTests {
   private func summary(_ preset: ModelPreset) throws -> ModelSummary {
-    ModelSummary(modelName: preset.modelName, model: try Sequential(specs: preset.layers, inputShape: [28, 28, 1], seed: 0))
+    ModelSummary(
+      modelName: preset.modelName, model: try Sequential(specs: preset.layers, inputShape: [28, 28, 1], seed: 0))
   }
 
   @Test("binarynet-mlp summary equals Larq's output exactly")

@@ -1,5 +1,5 @@
-import Testing
 import FlipTensor
+import Testing
 
 // The tensor core: GEMM against the triple-loop oracle, im2col/col2im adjointness and layout,
 // Keras's convolution geometry, and Flip's seeded generator.
@@ -35,12 +35,18 @@ struct TensorTests {
   @Test("gemm equals referenceGEMM (leading dimensions larger than the rows)", arguments: gemmCases)
   func gemmMatchesReference(_ t: GEMMCase) throws {
     // Stored shapes: op(A) is m×k, so A is m×k (N) or k×m (T); likewise B. Each row is padded.
-    let aRows = t.transA == .none ? t.m : t.k, aCols = t.transA == .none ? t.k : t.m
-    let bRows = t.transB == .none ? t.k : t.n, bCols = t.transB == .none ? t.n : t.k
-    let lda = aCols + 2, ldb = bCols + 3, ldc = t.n + 1
-    let a = randomValues(aRows * lda, seed: 1), b = randomValues(bRows * ldb, seed: 2)
+    let aRows = t.transA == .none ? t.m : t.k
+    let aCols = t.transA == .none ? t.k : t.m
+    let bRows = t.transB == .none ? t.k : t.n
+    let bCols = t.transB == .none ? t.n : t.k
+    let lda = aCols + 2
+    let ldb = bCols + 3
+    let ldc = t.n + 1
+    let a = randomValues(aRows * lda, seed: 1)
+    let b = randomValues(bRows * ldb, seed: 2)
     let c0 = randomValues(t.m * ldc, seed: 3, in: -5...5)
-    var got = c0, want = c0
+    var got = c0
+    var want = c0
     try a.withUnsafeBufferPointer { ap in
       try b.withUnsafeBufferPointer { bp in
         try got.withUnsafeMutableBufferPointer { cp in
@@ -75,7 +81,8 @@ struct TensorTests {
 
   @Test("gemm with beta 0 ignores what C held (even NaN)")
   func gemmBetaZeroIgnoresC() throws {
-    let a: [Float] = [1, 2, 3, 4], b: [Float] = [1, 0, 0, 1]
+    let a: [Float] = [1, 2, 3, 4]
+    let b: [Float] = [1, 0, 0, 1]
     var c = [Float](repeating: .nan, count: 4)
     try gemm(.none, .none, m: 2, n: 2, k: 2, a: a, lda: 2, b: b, ldb: 2, c: &c, ldc: 2)
     #expect(c == [1, 2, 3, 4])
@@ -85,7 +92,8 @@ struct TensorTests {
 
   @Test("gemm with m or n = 0 does nothing")
   func gemmEmpty() throws {
-    let a: [Float] = [1], b: [Float] = [1]
+    let a: [Float] = [1]
+    let b: [Float] = [1]
     var c: [Float] = [42]
     try gemm(.none, .none, m: 0, n: 1, k: 1, a: a, lda: 1, b: b, ldb: 1, c: &c, ldc: 1)
     try gemm(.none, .none, m: 1, n: 0, k: 1, a: a, lda: 1, b: b, ldb: 1, c: &c, ldc: 1)
@@ -113,7 +121,9 @@ struct TensorTests {
     var dx = [Float](repeating: .nan, count: x.count)
     im2col(x, batch: batch, geometry: g, padValue: 0, into: &cols)
     col2im(c, batch: batch, geometry: g, into: &dx)
-    var lhs = 0.0, rhs = 0.0, magnitude = 0.0
+    var lhs = 0.0
+    var rhs = 0.0
+    var magnitude = 0.0
     for i in 0..<columnCount {
       lhs += Double(cols[i]) * Double(c[i])
       magnitude += abs(Double(cols[i]) * Double(c[i]))
@@ -130,7 +140,8 @@ struct TensorTests {
     let g = try ConvGeometry(
       inputHeight: p.h, inputWidth: p.w, channels: p.c, kernelHeight: p.kh, kernelWidth: p.kw,
       strideHeight: p.s, strideWidth: p.s, padding: p.padding)
-    let batch = 2, padValue: Float = 7
+    let batch = 2
+    let padValue: Float = 7
     let x = randomValues(batch * g.inputSize, seed: 30 + UInt64(index))
     var cols = [Float](repeating: .nan, count: batch * g.outputPixels * g.patchSize)
     im2col(x, batch: batch, geometry: g, padValue: padValue, into: &cols)
@@ -146,8 +157,10 @@ struct TensorTests {
           for ky in 0..<p.kh {
             for kx in 0..<p.kw {
               for ch in 0..<p.c {
-                let iy = oy * p.s - top + ky, ix = ox * p.s - left + kx
-                let want = (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) ? padValue : x[((b * p.h + iy) * p.w + ix) * p.c + ch]
+                let iy = oy * p.s - top + ky
+                let ix = ox * p.s - left + kx
+                let want =
+                  (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) ? padValue : x[((b * p.h + iy) * p.w + ix) * p.c + ch]
                 if cols[row * g.patchSize + (ky * p.kw + kx) * p.c + ch] != want { mismatches += 1 }
               }
             }
@@ -240,11 +253,15 @@ struct TensorTests {
     let b = (0..<5).map { _ in h.next() }
     #expect(a == b)
     #expect(g == h)
-    var x = SplitMix64(seed: 1), y = SplitMix64(seed: 1), z = SplitMix64(seed: 2)
+    var x = SplitMix64(seed: 1)
+    var y = SplitMix64(seed: 1)
+    var z = SplitMix64(seed: 2)
     let xs = (0..<4).map { _ in x.next() }
     #expect(xs == (0..<4).map { _ in y.next() })
     #expect(xs != (0..<4).map { _ in z.next() })
-    var s1 = SplitMix64(seed: 7, stream: 1), s2 = SplitMix64(seed: 7, stream: 2), s1b = SplitMix64(seed: 7, stream: 1)
+    var s1 = SplitMix64(seed: 7, stream: 1)
+    var s2 = SplitMix64(seed: 7, stream: 2)
+    var s1b = SplitMix64(seed: 7, stream: 1)
     #expect(s1 == s1b)
     #expect(s1.next() != s2.next())
   }
@@ -268,8 +285,12 @@ struct TensorTests {
   @Test("shuffle is a permutation, repeats for a seed, and depends on the seed")
   func shuffle() {
     let original = Array(0..<100)
-    var a = original, b = original, c = original
-    var ga = SplitMix64(seed: 11), gb = SplitMix64(seed: 11), gc = SplitMix64(seed: 12)
+    var a = original
+    var b = original
+    var c = original
+    var ga = SplitMix64(seed: 11)
+    var gb = SplitMix64(seed: 11)
+    var gc = SplitMix64(seed: 12)
     ga.shuffle(&a)
     gb.shuffle(&b)
     gc.shuffle(&c)

@@ -1,6 +1,7 @@
-import Testing
-@testable import FlipBNN
 import FlipTensor
+import Testing
+
+@testable import FlipBNN
 
 // Shared helpers of the numeric tests (quantizers, layer gradients, optimizers, summary, tensor).
 

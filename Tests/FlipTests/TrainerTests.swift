@@ -3,6 +3,7 @@ import FlipComm
 import Foundation
 import Logging
 import Testing
+
 @testable import FlipTraining
 
 @Suite("Trainer")
@@ -14,9 +15,12 @@ struct TrainerTests {
     return try Sequential(specs: specs, inputShape: [6, 6, 1], seed: seed)
   }
 
-  func makeTrainer(_ model: Sequential, data: DataSplits, epochs: Int = 3, batch: Int = 32, seed: UInt64 = 0) throws -> Trainer {
+  func makeTrainer(_ model: Sequential, data: DataSplits, epochs: Int = 3, batch: Int = 32, seed: UInt64 = 0) throws
+    -> Trainer
+  {
     try Trainer(
-      model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(), communicator: SingleProcessCommunicator(),
+      model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(),
+      communicator: SingleProcessCommunicator(),
       data: data, options: TrainingOptions(epochs: epochs, batchSize: batch, seed: seed, logEverySteps: 4),
       logger: Logger(label: "test"), progress: ProgressReporter(enabled: false))
   }
@@ -39,7 +43,10 @@ struct TrainerTests {
     let steps = rows.filter { $0["kind"] as? String == "step" }
     #expect(epochs.count == 4)
     #expect(steps.count == 8)
-    for key in ["epoch", "step", "loss", "accuracy", "test_loss", "test_accuracy", "learning_rate", "flip_ratio", "images_per_second", "seconds"] {
+    for key in [
+      "epoch", "step", "loss", "accuracy", "test_loss", "test_accuracy", "learning_rate", "flip_ratio",
+      "images_per_second", "seconds",
+    ] {
       #expect(epochs[0][key] != nil, "epoch row lacks \(key)")
     }
     let flips = epochs[0]["flip_ratio"] as! [String: Double]
@@ -57,7 +64,9 @@ struct TrainerTests {
       try makeTrainer(model, data: data, epochs: 2, batch: 24, seed: seed).fit()
       return model.store.values.array + model.store.state.array
     }
-    let a = try train(seed: 5), b = try train(seed: 5), c = try train(seed: 6)
+    let a = try train(seed: 5)
+    let b = try train(seed: 5)
+    let c = try train(seed: 6)
     #expect(a == b)
     #expect(a != c)
   }
@@ -68,7 +77,8 @@ struct TrainerTests {
     let data = try DataSplits.load(directory: dir)
     let model = try toyModel(seed: 1)
     let trainer = try Trainer(
-      model: model, optimizer: try OptimizerSpec.sgd(learningRate: .constant(50), momentum: .constant(0), nesterov: false).make(),
+      model: model,
+      optimizer: try OptimizerSpec.sgd(learningRate: .constant(50), momentum: .constant(0), nesterov: false).make(),
       communicator: SingleProcessCommunicator(), data: data,
       options: TrainingOptions(epochs: 1, batchSize: 16, seed: 0, logEverySteps: 0), logger: Logger(label: "t"),
       progress: ProgressReporter(enabled: false))

@@ -1,5 +1,5 @@
-import Foundation
 import FlipTensor
+import Foundation
 
 /// Activation functions by Keras's and Larq's names.
 public enum ActivationKind: String, CaseIterable, Sendable {
@@ -61,10 +61,13 @@ public final class Activation: Layer {
     return UnsafePointer(out)
   }
 
-  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>?
+  {
     guard needInputGradient else { return nil }
     let n = batch * inputSize
-    let d = dx.pointer, out = y.pointer, x = input!
+    let d = dx.pointer
+    let out = y.pointer
+    let x = input!
     switch kind {
     case .linear: d.update(from: dy, count: n)
     case .relu: for i in 0..<n { d[i] = x[i] > 0 ? dy[i] : 0 }
@@ -90,7 +93,8 @@ public final class Activation: Layer {
 /// Row-wise softmax of a (rows, columns) matrix, stabilized by the row maximum.
 public func softmaxRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, columns c: Int) {
   for r in 0..<rows {
-    let xr = x + r * c, yr = y + r * c
+    let xr = x + r * c
+    let yr = y + r * c
     var m = -Float.infinity
     for j in 0..<c { m = max(m, xr[j]) }
     var s: Float = 0
@@ -145,7 +149,8 @@ public final class Dropout: Layer {
     guard trainedLast else { return x }
     let n = batch * inputSize
     let keep = 1 / (1 - rate)
-    let m = mask.pointer, out = y.pointer
+    let m = mask.pointer
+    let out = y.pointer
     for i in 0..<n {
       m[i] = random.nextUnitFloat() >= rate ? keep : 0
       out[i] = x[i] * m[i]
@@ -153,11 +158,13 @@ public final class Dropout: Layer {
     return UnsafePointer(out)
   }
 
-  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>?
+  {
     guard needInputGradient else { return nil }
     guard trainedLast else { return dy }
     let n = batch * inputSize
-    let m = mask.pointer, d = dx.pointer
+    let m = mask.pointer
+    let d = dx.pointer
     for i in 0..<n { d[i] = dy[i] * m[i] }
     return UnsafePointer(d)
   }

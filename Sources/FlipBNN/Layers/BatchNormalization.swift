@@ -104,8 +104,12 @@ public final class BatchNormalization: Layer {
   public func bind(store: ParameterStore, views: [ParameterView]) {
     for v in views {
       switch v.role {
-      case .gamma: gamma = store.pointer(v); gammaGradient = store.gradient(v)
-      case .beta: beta = store.pointer(v); betaGradient = store.gradient(v)
+      case .gamma:
+        gamma = store.pointer(v)
+        gammaGradient = store.gradient(v)
+      case .beta:
+        beta = store.pointer(v)
+        betaGradient = store.gradient(v)
       case .movingMean: movingMean = store.pointer(v)
       case .movingVariance: movingVariance = store.pointer(v)
       default: break
@@ -132,11 +136,13 @@ public final class BatchNormalization: Layer {
     _ body: (Range<Int>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void
   ) {
     let c = channels
-    let p1 = partial.pointer, p2 = partial2.pointer
+    let p1 = partial.pointer
+    let p2 = partial2.pointer
     let grain = blockRows
     Parallel.forRanges(count: rows, grain: grain) { r in
       let block = r.lowerBound / grain
-      let a = p1 + block * c, b = p2 + block * c
+      let a = p1 + block * c
+      let b = p2 + block * c
       a.update(repeating: 0, count: c)
       b.update(repeating: 0, count: c)
       body(r, a, b)
@@ -145,7 +151,8 @@ public final class BatchNormalization: Layer {
     for ch in 0..<c { totals[ch] = 0 }
     if let totals2 { for ch in 0..<c { totals2[ch] = 0 } }
     for block in 0..<blocks {
-      let a = p1 + block * c, b = p2 + block * c
+      let a = p1 + block * c
+      let b = p2 + block * c
       for ch in 0..<c { totals[ch] += Double(a[ch]) }
       if let totals2 { for ch in 0..<c { totals2[ch] += Double(b[ch]) } }
     }
@@ -155,7 +162,8 @@ public final class BatchNormalization: Layer {
     let c = channels
     let rows = batch * inputSize / c
     let out = y.pointer
-    let s = inverseStd.pointer, m = mean.pointer
+    let s = inverseStd.pointer
+    let m = mean.pointer
     if !training {
       // Fold the moving statistics into one scale and shift per channel.
       for ch in 0..<c {
@@ -165,7 +173,8 @@ public final class BatchNormalization: Layer {
       }
       Parallel.forRanges(count: rows, grain: blockRows) { r in
         for row in r {
-          let xr = x + row * c, yr = out + row * c
+          let xr = x + row * c
+          let yr = out + row * c
           for ch in 0..<c { yr[ch] = xr[ch] * s[ch] + m[ch] }
         }
       }
@@ -197,10 +206,13 @@ public final class BatchNormalization: Layer {
       movingVariance[ch] = movingVariance[ch] * momentum + Float(movingSample) * f
     }
     let xh = normalized.pointer
-    let g = gamma.map { UnsafePointer($0) }, b = beta.map { UnsafePointer($0) }
+    let g = gamma.map { UnsafePointer($0) }
+    let b = beta.map { UnsafePointer($0) }
     Parallel.forRanges(count: rows, grain: blockRows) { r in
       for row in r {
-        let xr = x + row * c, hr = xh + row * c, yr = out + row * c
+        let xr = x + row * c
+        let hr = xh + row * c
+        let yr = out + row * c
         for ch in 0..<c {
           let h = (xr[ch] - m[ch]) * s[ch]
           hr[ch] = h
@@ -213,15 +225,18 @@ public final class BatchNormalization: Layer {
     return UnsafePointer(out)
   }
 
-  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>?
+  {
     let c = channels
     let rows = batch * inputSize / c
     let xh = normalized.pointer
     // Σ dy and Σ dy·x̂ per channel.
-    let s1 = sums, s2 = sums2
+    let s1 = sums
+    let s2 = sums2
     reduce(rows: rows, into: s1, s2) { r, a, b in
       for row in r {
-        let dr = dy + row * c, hr = xh + row * c
+        let dr = dy + row * c
+        let hr = xh + row * c
         for ch in 0..<c {
           a[ch] += dr[ch]
           b[ch] += dr[ch] * hr[ch]
@@ -232,7 +247,8 @@ public final class BatchNormalization: Layer {
     if let db = betaGradient { for ch in 0..<c { db[ch] += Float(s1[ch]) } }
     guard needInputGradient else { return nil }
     // dx = k·(dy − a − x̂·b) with k = γ/√(σ²+ε), a = mean(dy), b = mean(dy·x̂).
-    let k = meanGradient.pointer, a = meanGradientNormalized.pointer
+    let k = meanGradient.pointer
+    let a = meanGradientNormalized.pointer
     let bCoefficient = normalizedCoefficient.pointer
     for ch in 0..<c {
       k[ch] = (scale ? gamma![ch] : 1) * inverseStd[ch]
@@ -243,7 +259,9 @@ public final class BatchNormalization: Layer {
     let bc = bCoefficient
     Parallel.forRanges(count: rows, grain: blockRows) { r in
       for row in r {
-        let dr = dy + row * c, hr = xh + row * c, or = out + row * c
+        let dr = dy + row * c
+        let hr = xh + row * c
+        let or = out + row * c
         for ch in 0..<c { or[ch] = k[ch] * (dr[ch] - a[ch] - hr[ch] * bc[ch]) }
       }
     }

@@ -45,7 +45,9 @@ final class Int8Forward {
   ) throws {
     let c = product!
     convertToInt8(w, kernel, count: reduction * outputs)
-    try gemmInt8(.none, .none, m: rows, n: outputs, k: reduction, a: input!, lda: reduction, b: kernel, ldb: outputs, c: c, ldc: outputs)
+    try gemmInt8(
+      .none, .none, m: rows, n: outputs, k: reduction, a: input!, lda: reduction, b: kernel, ldb: outputs, c: c,
+      ldc: outputs)
     convertToFloat(c, y, rows: rows, columns: outputs, bias: bias)
   }
 
@@ -54,10 +56,13 @@ final class Int8Forward {
     _ x: UnsafePointer<Float>, rows: Int, kernel w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     into y: UnsafeMutablePointer<Float>
   ) throws {
-    let a = input!, c = product!
+    let a = input!
+    let c = product!
     convertToInt8(x, a, count: rows * reduction)
     convertToInt8(w, kernel, count: reduction * outputs)
-    try gemmInt8(.none, .none, m: rows, n: outputs, k: reduction, a: a, lda: reduction, b: kernel, ldb: outputs, c: c, ldc: outputs)
+    try gemmInt8(
+      .none, .none, m: rows, n: outputs, k: reduction, a: a, lda: reduction, b: kernel, ldb: outputs, c: c, ldc: outputs
+    )
     convertToFloat(c, y, rows: rows, columns: outputs, bias: bias)
   }
 }

@@ -110,7 +110,8 @@ final class QuantizedKernel {
   /// The weights the forward GEMM uses: `q(latent)`, recomputed every forward.
   func forward(training: Bool) -> UnsafePointer<Float> {
     guard let q = quantizer else { return UnsafePointer(latent) }
-    let old = buffers[active].pointer, new = buffers[1 - active].pointer
+    let old = buffers[active].pointer
+    let new = buffers[1 - active].pointer
     q.parallelForward(latent, new, count: count, channels: channels)
     if training && hasPrevious {
       let grain = 1 << 16
@@ -138,7 +139,9 @@ final class QuantizedKernel {
   /// After the GEMM: pseudo-gradient through the quantizer, accumulated into the latent's gradient.
   func finishBackward() {
     guard let q = quantizer, let g = quantizedGradient else { return }
-    let dst = gradient!, src = g.pointer, w = UnsafePointer(latent!)
+    let dst = gradient!
+    let src = g.pointer
+    let w = UnsafePointer(latent!)
     if q.isElementwise {
       Parallel.forEach(count: count) { r in
         q.backward(w + r.lowerBound, src + r.lowerBound, src + r.lowerBound, count: r.count, channels: 1)

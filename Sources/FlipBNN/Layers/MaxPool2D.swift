@@ -18,9 +18,12 @@ public final class MaxPool2D: Layer {
   /// (B, H, W, C) input gradient.
   private var dx = FloatBuffer(count: 0)
 
-  public init(poolSize: (Int, Int) = (2, 2), strides: (Int, Int)? = nil, padding: Padding = .valid, inputShape: [Int]) throws {
+  public init(poolSize: (Int, Int) = (2, 2), strides: (Int, Int)? = nil, padding: Padding = .valid, inputShape: [Int])
+    throws
+  {
     guard inputShape.count == 3 else {
-      throw BNNError.shapeMismatch(layer: "max_pooling2d", reason: "expects an image input (height, width, channels), got shape \(inputShape)")
+      throw BNNError.shapeMismatch(
+        layer: "max_pooling2d", reason: "expects an image input (height, width, channels), got shape \(inputShape)")
     }
     let s = strides ?? poolSize
     do {
@@ -64,7 +67,8 @@ public final class MaxPool2D: Layer {
         for oy in 0..<g.outputHeight {
           for ox in 0..<g.outputWidth {
             let o = ((b * g.outputHeight + oy) * g.outputWidth + ox) * c
-            let best = out + o, where_ = arg + o
+            let best = out + o
+            let winners = arg + o
             var first = true
             for ky in 0..<g.kernelHeight {
               let yy = oy * g.strideHeight - g.padTop + ky
@@ -78,7 +82,7 @@ public final class MaxPool2D: Layer {
                   // The first valid position of the window starts the maximum.
                   for ch in 0..<c {
                     best[ch] = v[ch]
-                    where_[ch] = Int32(i + ch)
+                    winners[ch] = Int32(i + ch)
                   }
                   first = false
                 } else {
@@ -86,7 +90,7 @@ public final class MaxPool2D: Layer {
                   for ch in 0..<c {
                     let better = v[ch] > best[ch]
                     best[ch] = better ? v[ch] : best[ch]
-                    where_[ch] = better ? Int32(i + ch) : where_[ch]
+                    winners[ch] = better ? Int32(i + ch) : winners[ch]
                   }
                 }
               }
@@ -112,10 +116,12 @@ public final class MaxPool2D: Layer {
         let imageOffset = b * g.inputSize
         for oy in 0..<g.outputHeight {
           let y0 = oy * g.strideHeight - g.padTop
-          let yLo = max(0, y0), yHi = min(g.inputHeight, y0 + g.kernelHeight)
+          let yLo = max(0, y0)
+          let yHi = min(g.inputHeight, y0 + g.kernelHeight)
           for ox in 0..<g.outputWidth {
             let x0 = ox * g.strideWidth - g.padLeft
-            let xLo = max(0, x0), xHi = min(g.inputWidth, x0 + g.kernelWidth)
+            let xLo = max(0, x0)
+            let xHi = min(g.inputWidth, x0 + g.kernelWidth)
             let o = ((b * g.outputHeight + oy) * g.outputWidth + ox) * c
             var cb = 0
             while cb < c {
@@ -143,11 +149,13 @@ public final class MaxPool2D: Layer {
     }
   }
 
-  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>?
+  {
     guard needInputGradient else { return nil }
     let d = dx.pointer
     let arg = argmax!
-    let inSize = inputSize, outSize = outputSize
+    let inSize = inputSize
+    let outSize = outputSize
     Parallel.forRanges(count: batch, grain: 8) { images in
       (d + images.lowerBound * inSize).update(repeating: 0, count: images.count * inSize)
       for o in (images.lowerBound * outSize)..<(images.upperBound * outSize) { d[Int(arg[o])] += dy[o] }
@@ -174,7 +182,8 @@ public final class Flatten: Layer {
   public func bind(store: ParameterStore, views: [ParameterView]) {}
   public func allocate(maxBatch: Int) {}
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> { x }
-  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>?
+  {
     needInputGradient ? dy : nil
   }
   public var profile: LayerProfile {

@@ -80,7 +80,8 @@ public final class QuantConv2D: Layer, FlipCounting {
     self.typeName = type
     self.name = type
     kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: geometry.patchSize, channels: filters)
-    let exact = inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
+    let exact =
+      inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
       && (padding == .valid || (padValue == padValue.rounded() && abs(padValue) <= 127))
     exactInt8Forward = exact
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
@@ -153,7 +154,8 @@ public final class QuantConv2D: Layer, FlipCounting {
     return UnsafePointer(y.pointer)
   }
 
-  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>?
+  {
     let g = geometry
     let rows = batch * g.outputPixels
     if !columnsReady {

@@ -112,10 +112,13 @@ public final class QuantDense: Layer, FlipCounting {
     return UnsafePointer(y.pointer)
   }
 
-  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>? {
+  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>?
+  {
     let i = inputSize
     let (target, beta) = kernel.gemmGradientTarget
-    try gemm(.transposed, .none, m: i, n: units, k: batch, a: gemmInput, lda: i, b: dy, ldb: units, beta: beta, c: target, ldc: units)
+    try gemm(
+      .transposed, .none, m: i, n: units, k: batch, a: gemmInput, lda: i, b: dy, ldb: units, beta: beta, c: target,
+      ldc: units)
     kernel.finishBackward()
     if let db = biasGradient { accumulateColumnSums(dy, rows: batch, columns: units, into: db) }
     guard needInputGradient else { return nil }
@@ -128,7 +131,9 @@ public final class QuantDense: Layer, FlipCounting {
   public var profile: LayerProfile {
     let kernelBits = kernel.quantizer?.precision ?? 32
     let inputBits = inputQuantizer?.precision ?? 32
-    var weights = [LayerProfile.Weights(role: .kernel, count: inputSize * units, precision: kernelBits, trainable: true)]
+    var weights = [
+      LayerProfile.Weights(role: .kernel, count: inputSize * units, precision: kernelBits, trainable: true)
+    ]
     if useBias { weights.append(.init(role: .bias, count: units, precision: 32, trainable: true)) }
     return LayerProfile(
       name: name, inputPrecision: inputQuantizer?.precision, outputShape: outputShape, weights: weights,

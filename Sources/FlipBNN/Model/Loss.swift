@@ -1,5 +1,5 @@
-import Foundation
 import FlipTensor
+import Foundation
 
 /// Sparse categorical cross-entropy on a model's output, as Keras 2.15 computes it.
 ///

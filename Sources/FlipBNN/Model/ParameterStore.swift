@@ -140,12 +140,16 @@ public enum KernelConstraint: Sendable, Equatable {
   case weightClip(clipValue: Float)
 
   public var name: String {
-    switch self { case .weightClip: return "weight_clip" }
+    switch self {
+    case .weightClip: return "weight_clip"
+    }
   }
 
   /// The interval the constraint clips to.
   public var bounds: (Float, Float) {
-    switch self { case .weightClip(let c): return (-c, c) }
+    switch self {
+    case .weightClip(let c): return (-c, c)
+    }
   }
 
   public func apply(_ w: UnsafeMutablePointer<Float>, count: Int) {
@@ -184,7 +188,10 @@ public enum Initializer: Sendable, Equatable {
   }
 
   static func fans(_ shape: [Int]) -> (Int, Int) {
-    if shape.count < 2 { let n = shape.first ?? 1; return (n, n) }
+    if shape.count < 2 {
+      let n = shape.first ?? 1
+      return (n, n)
+    }
     let receptive = shape.dropLast(2).reduce(1, *)
     return (shape[shape.count - 2] * receptive, shape[shape.count - 1] * receptive)
   }

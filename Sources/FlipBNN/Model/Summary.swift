@@ -138,8 +138,12 @@ public struct ModelSummary: Sendable {
       ("Compression Ratio of Memory", String(format: "%.2f", compressionRatio)),
       ("Number of MACs", Self.readable(Double(totalMACs))),
     ]
-    if binarizedMACRatio > 0 { items.append(("Ratio of MACs that are binarized", String(format: "%.4f", binarizedMACRatio))) }
-    if ternarizedMACRatio > 0 { items.append(("Ratio of MACs that are ternarized", String(format: "%.4f", ternarizedMACRatio))) }
+    if binarizedMACRatio > 0 {
+      items.append(("Ratio of MACs that are binarized", String(format: "%.4f", binarizedMACRatio)))
+    }
+    if ternarizedMACRatio > 0 {
+      items.append(("Ratio of MACs that are ternarized", String(format: "%.4f", ternarizedMACRatio)))
+    }
     let w0 = items.map(\.0.count).max()!
     let w1 = items.map(\.1.count).max()!
     let inner = w0 + w1 + 4

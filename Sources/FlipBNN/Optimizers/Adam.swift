@@ -1,5 +1,5 @@
-import Foundation
 import FlipTensor
+import Foundation
 
 /// Adam exactly as Keras 2.15 (`keras/optimizers/adam.py`), per variable:
 ///
@@ -40,8 +40,10 @@ public final class Adam: Optimizer {
   }
 
   public func hyperparameters(_ clock: TrainingClock) -> [String: Double] {
-    ["learning_rate": learningRate.value(clock), "beta_1": beta1.value(clock), "beta_2": beta2.value(clock),
-     "epsilon": epsilon.value(clock)]
+    [
+      "learning_rate": learningRate.value(clock), "beta_1": beta1.value(clock), "beta_2": beta2.value(clock),
+      "epsilon": epsilon.value(clock),
+    ]
   }
 
   public var stateBuffers: [(name: String, buffer: FloatBuffer, views: [ParameterView])] {
@@ -49,14 +51,18 @@ public final class Adam: Optimizer {
   }
 
   public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
-    let b1 = beta1.value(clock), b2 = beta2.value(clock)
+    let b1 = beta1.value(clock)
+    let b2 = beta2.value(clock)
     let t = Double(iterations + 1)
     let alpha = Float(learningRate.value(clock) * (1 - pow(b2, t)).squareRoot() / (1 - pow(b1, t)))
-    let oneMinusB1 = Float(1 - b1), oneMinusB2 = Float(1 - b2), eps = Float(epsilon.value(clock))
+    let oneMinusB1 = Float(1 - b1)
+    let oneMinusB2 = Float(1 - b2)
+    let eps = Float(epsilon.value(clock))
     for view in views {
       let w = store.values.pointer + view.offset
       let g = store.gradients.pointer + view.offset
-      let mp = m.pointer + view.offset, vp = v.pointer + view.offset
+      let mp = m.pointer + view.offset
+      let vp = v.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
       Parallel.forEach(count: view.count) { range in
         for i in range {
@@ -86,7 +92,9 @@ public final class SGD: Optimizer {
   /// (P) momentum buffer.
   private var velocity = FloatBuffer(count: 0)
 
-  public init(learningRate: Hyperparameter = .constant(0.01), momentum: Hyperparameter = .constant(0), nesterov: Bool = false) {
+  public init(
+    learningRate: Hyperparameter = .constant(0.01), momentum: Hyperparameter = .constant(0), nesterov: Bool = false
+  ) {
     self.learningRate = learningRate
     self.momentum = momentum
     self.nesterov = nesterov
@@ -106,7 +114,8 @@ public final class SGD: Optimizer {
   }
 
   public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
-    let lr = Float(learningRate.value(clock)), mu = Float(momentum.value(clock))
+    let lr = Float(learningRate.value(clock))
+    let mu = Float(momentum.value(clock))
     for view in views {
       let w = store.values.pointer + view.offset
       let g = store.gradients.pointer + view.offset
@@ -166,7 +175,8 @@ public final class Bop: Optimizer {
   }
 
   public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
-    let g = Float(gamma.value(clock)), tau = Float(threshold.value(clock))
+    let g = Float(gamma.value(clock))
+    let tau = Float(threshold.value(clock))
     for view in views {
       let w = store.values.pointer + view.offset
       let grad = store.gradients.pointer + view.offset
@@ -207,7 +217,8 @@ public final class CaseOptimizer: Optimizer {
     for v in views {
       let owners = cases.indices.filter { cases[$0].0.matches(v) }
       if owners.count > 1 {
-        throw BNNError.variableClaimedTwice(variable: v.name, optimizers: owners.map { "\(cases[$0].1.name) (\(cases[$0].0.rawValue))" })
+        throw BNNError.variableClaimedTwice(
+          variable: v.name, optimizers: owners.map { "\(cases[$0].1.name) (\(cases[$0].0.rawValue))" })
       }
       if let o = owners.first { claimed[o].append(v) } else { rest.append(v) }
     }

@@ -55,15 +55,17 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
   case caseOptimizer(cases: [(VariablePredicate, OptimizerSpec)], default: OptimizerSpec?)
 
   public static func adam(learningRate: Double = 1e-3) -> OptimizerSpec {
-    .adam(learningRate: .constant(learningRate), beta1: .constant(0.9), beta2: .constant(0.999), epsilon: .constant(1e-7))
+    .adam(
+      learningRate: .constant(learningRate), beta1: .constant(0.9), beta2: .constant(0.999), epsilon: .constant(1e-7))
   }
 
   public static func == (a: OptimizerSpec, b: OptimizerSpec) -> Bool {
     switch (a, b) {
-    case let (.adam(l1, b11, b21, e1), .adam(l2, b12, b22, e2)): return l1 == l2 && b11 == b12 && b21 == b22 && e1 == e2
-    case let (.sgd(l1, m1, n1), .sgd(l2, m2, n2)): return l1 == l2 && m1 == m2 && n1 == n2
-    case let (.bop(g1, t1), .bop(g2, t2)): return g1 == g2 && t1 == t2
-    case let (.caseOptimizer(c1, d1), .caseOptimizer(c2, d2)):
+    case (.adam(let l1, let b11, let b21, let e1), .adam(let l2, let b12, let b22, let e2)):
+      return l1 == l2 && b11 == b12 && b21 == b22 && e1 == e2
+    case (.sgd(let l1, let m1, let n1), .sgd(let l2, let m2, let n2)): return l1 == l2 && m1 == m2 && n1 == n2
+    case (.bop(let g1, let t1), .bop(let g2, let t2)): return g1 == g2 && t1 == t2
+    case (.caseOptimizer(let c1, let d1), .caseOptimizer(let c2, let d2)):
       return d1 == d2 && c1.count == c2.count && zip(c1, c2).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
     default: return false
     }
@@ -71,18 +73,17 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
 
   public func make() throws -> Optimizer {
     switch self {
-    case let .adam(lr, b1, b2, eps):
+    case .adam(let lr, let b1, let b2, let eps):
       try lr.schedule.validate(owner: "adam")
       return Adam(learningRate: lr, beta1: b1, beta2: b2, epsilon: eps)
-    case let .sgd(lr, momentum, nesterov):
+    case .sgd(let lr, let momentum, let nesterov):
       try lr.schedule.validate(owner: "sgd")
       return SGD(learningRate: lr, momentum: momentum, nesterov: nesterov)
-    case let .bop(gamma, threshold):
+    case .bop(let gamma, let threshold):
       try gamma.schedule.validate(owner: "bop")
       return Bop(gamma: gamma, threshold: threshold)
-    case let .caseOptimizer(cases, fallback):
+    case .caseOptimizer(let cases, let fallback):
       return CaseOptimizer(cases: try cases.map { ($0.0, try $0.1.make()) }, default: try fallback?.make())
     }
   }
 }
-

@@ -48,7 +48,8 @@ public indirect enum Schedule: Equatable, Sendable {
       if rate <= 0 { throw bad("decay_rate", "must be positive, got \(rate)") }
     case .stepDecay(let boundaries, let values):
       if values.count != boundaries.count + 1 {
-        throw bad("values", "needs one more value than boundaries (\(boundaries.count) boundaries, \(values.count) values)")
+        throw bad(
+          "values", "needs one more value than boundaries (\(boundaries.count) boundaries, \(values.count) values)")
       }
       if zip(boundaries, boundaries.dropFirst()).contains(where: { $0 >= $1 }) {
         throw bad("boundaries", "must increase strictly, got \(boundaries)")

@@ -67,13 +67,15 @@ func clippedGradient(
   }
   // 16 lanes at a time (explicit SIMD: dx may alias dy, which blocks auto-vectorization).
   let vectorEnd = count & ~15
-  let limit = SIMD16<Float>(repeating: clip), zero = SIMD16<Float>(repeating: 0)
+  let limit = SIMD16<Float>(repeating: clip)
+  let zero = SIMD16<Float>(repeating: 0)
   var i = 0
   while i < vectorEnd {
     let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
     let gv = UnsafeRawPointer(dy + i).loadUnaligned(as: SIMD16<Float>.self)
     let magnitude = xv.replacing(with: -xv, where: xv .< zero)
-    UnsafeMutableRawPointer(dx + i).storeBytes(of: zero.replacing(with: gv, where: magnitude .<= limit), as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dx + i).storeBytes(
+      of: zero.replacing(with: gv, where: magnitude .<= limit), as: SIMD16<Float>.self)
     i += 16
   }
   while i < count {
@@ -86,11 +88,13 @@ func clippedGradient(
 @inlinable
 func signForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
   let vectorEnd = count & ~15
-  let one = SIMD16<Float>(repeating: 1), zero = SIMD16<Float>(repeating: 0)
+  let one = SIMD16<Float>(repeating: 1)
+  let zero = SIMD16<Float>(repeating: 0)
   var i = 0
   while i < vectorEnd {
     let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
-    UnsafeMutableRawPointer(y + i).storeBytes(of: (-one).replacing(with: one, where: xv .>= zero), as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(y + i).storeBytes(
+      of: (-one).replacing(with: one, where: xv .>= zero), as: SIMD16<Float>.self)
     i += 16
   }
   while i < count {
@@ -173,18 +177,21 @@ public struct QuantizerSpec: Equatable, Sendable, Codable {
       let p = try take(["k_bit": 2])
       let k = p["k_bit"]!
       guard k >= 1, k <= 24, k == k.rounded() else {
-        throw BNNError.invalidParameter(owner: owner, parameter: "k_bit", reason: "must be a whole number in 1...24, got \(k)")
+        throw BNNError.invalidParameter(
+          owner: owner, parameter: "k_bit", reason: "must be a whole number in 1...24, got \(k)")
       }
       let m = mode ?? "activations"
       guard let dm = DoReFaQuantizer.Mode(rawValue: m) else {
-        throw BNNError.invalidParameter(owner: owner, parameter: "mode", reason: "must be activations or weights, got \(m)")
+        throw BNNError.invalidParameter(
+          owner: owner, parameter: "mode", reason: "must be activations or weights, got \(m)")
       }
       return DoReFaQuantizer(kBit: Int(k), mode: dm)
     case .noop:
       let p = try take(["precision": 32])
       let bits = p["precision"]!
       guard bits >= 1, bits <= 32, bits == bits.rounded() else {
-        throw BNNError.invalidParameter(owner: owner, parameter: "precision", reason: "must be a whole number in 1...32, got \(bits)")
+        throw BNNError.invalidParameter(
+          owner: owner, parameter: "precision", reason: "must be a whole number in 1...32, got \(bits)")
       }
       return NoOpQuantizer(precision: Int(bits))
     }
