@@ -24,7 +24,7 @@ struct BenchCommand: ParsableCommand {
   var steps = 100
   @Option(name: .long, help: "Untimed warm-up steps (default 5).")
   var warmup = 5
-  @Option(name: .long, help: "Data directory (default: Fashion-MNIST; random images if it is missing and --synthetic).")
+  @Option(name: .long, help: "Data directory (default: the config's, Fashion-MNIST).")
   var data: String?
   @Flag(name: .long, help: "Use random images instead of a data set.")
   var synthetic = false
@@ -84,24 +84,33 @@ struct BenchCommand: ParsableCommand {
       GEMMProfiler.enabled = false
       _ = stepsPerEpoch
       let imagesPerSecond = Double(steps * batchSize) / seconds
-      let gemmShare = Double(GEMMProfiler.nanoseconds) / 1e9 / seconds
+      let f32 = GEMMProfiler.float32
+      let i8 = GEMMProfiler.int8
+      let gemmShare = Double(f32.nanoseconds + i8.nanoseconds) / 1e9 / seconds
       let name = config.model
       if json {
         let row: [String: Any] = [
           "model": name, "batch_size": batchSize, "steps": steps, "threads": threads, "ranks": communicator.size,
           "isa": OneDNN.effectiveISA, "images_per_second": imagesPerSecond,
           "ms_per_step": seconds / Double(steps) * 1000,
-          "gemm_gflops_per_second": GEMMProfiler.gigaflopsPerSecond, "gemm_time_share": gemmShare,
+          "fp32_gemm_gflops_per_second": f32.rate, "int8_gemm_gops_per_second": i8.rate,
+          "fp32_gemm_time_share": Double(f32.nanoseconds) / 1e9 / seconds,
+          "int8_gemm_time_share": Double(i8.nanoseconds) / 1e9 / seconds, "gemm_time_share": gemmShare,
         ]
         let data = try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
       } else {
+        let perStep = seconds / Double(steps) * 1000
         print(
-          "\(name): \(String(format: "%.0f", imagesPerSecond)) images/s, \(String(format: "%.1f", seconds / Double(steps) * 1000)) ms/step (batch \(batchSize), \(steps) steps, \(threads) thread\(threads == 1 ? "" : "s"), oneDNN ISA \(OneDNN.effectiveISA))"
-        )
+          String(
+            format: "%@: %.0f images/s, %.1f ms/step (batch %d, %d steps, %d thread%@, oneDNN ISA %@)", name,
+            imagesPerSecond, perStep, batchSize, steps, threads, threads == 1 ? "" : "s", OneDNN.effectiveISA))
         print(
-          "GEMMs: \(String(format: "%.1f", GEMMProfiler.gigaflopsPerSecond)) GFLOP/s over \(GEMMProfiler.calls) calls, \(String(format: "%.0f", gemmShare * 100)) % of the step time"
-        )
+          String(
+            format:
+              "GEMMs: fp32 %.1f GFLOP/s over %d calls (%.0f %% of the step), exact int8 %.1f GOP/s over %d calls (%.0f %%)",
+            f32.rate, f32.calls, Double(f32.nanoseconds) / 1e9 / seconds * 100, i8.rate, i8.calls,
+            Double(i8.nanoseconds) / 1e9 / seconds * 100))
       }
     }
   }

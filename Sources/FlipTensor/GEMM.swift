@@ -31,13 +31,7 @@ public func gemm(
   switch precision {
   case .float32:
     let start = GEMMProfiler.enabled ? DispatchTime.now().uptimeNanoseconds : 0
-    defer {
-      if GEMMProfiler.enabled {
-        GEMMProfiler.nanoseconds += DispatchTime.now().uptimeNanoseconds - start
-        GEMMProfiler.flops += 2 * Double(m) * Double(n) * Double(k)
-        GEMMProfiler.calls += 1
-      }
-    }
+    defer { if GEMMProfiler.enabled { GEMMProfiler.record(&GEMMProfiler.float32, since: start, m: m, n: n, k: k) } }
     let status = dnnl_sgemm(
       transA.flag, transB.flag, dnnl_dim_t(m), dnnl_dim_t(n), dnnl_dim_t(k),
       alpha, a, dnnl_dim_t(lda), b, dnnl_dim_t(ldb), beta, c, dnnl_dim_t(ldc))
@@ -68,21 +62,33 @@ public func referenceGEMM(
   }
 }
 
-/// Opt-in accounting of the time and floating-point work of every `gemm` call (for `flip bench`:
-/// the GFLOP/s that a training step's GEMMs reach). Off by default; costs two clock reads a call.
+/// Opt-in accounting of the time and arithmetic of every GEMM call, per precision (for
+/// `flip bench`: the rate that a training step's GEMMs reach). Off by default; costs two clock
+/// reads a call.
 public enum GEMMProfiler {
+  public struct Totals: Sendable {
+    public var nanoseconds: UInt64 = 0
+    /// Multiply-adds counted as 2 operations.
+    public var operations: Double = 0
+    public var calls = 0
+    /// Giga-operations per second (GFLOP/s for fp32, GOP/s for int8).
+    public var rate: Double { nanoseconds == 0 ? 0 : operations / Double(nanoseconds) }
+  }
   nonisolated(unsafe) public static var enabled = false
-  nonisolated(unsafe) public static var nanoseconds: UInt64 = 0
-  nonisolated(unsafe) public static var flops: Double = 0
-  nonisolated(unsafe) public static var calls = 0
+  nonisolated(unsafe) public static var float32 = Totals()
+  nonisolated(unsafe) public static var int8 = Totals()
 
   public static func reset() {
-    nanoseconds = 0
-    flops = 0
-    calls = 0
+    float32 = Totals()
+    int8 = Totals()
   }
 
-  public static var gigaflopsPerSecond: Double { nanoseconds == 0 ? 0 : flops / Double(nanoseconds) }
+  @usableFromInline
+  static func record(_ totals: inout Totals, since start: UInt64, m: Int, n: Int, k: Int) {
+    totals.nanoseconds += DispatchTime.now().uptimeNanoseconds - start
+    totals.operations += 2 * Double(m) * Double(n) * Double(k)
+    totals.calls += 1
+  }
 }
 
 /// Exact integer GEMM for operands that take integer levels (±1 binary, {−1, 0, 1} ternary):
@@ -96,13 +102,7 @@ public func gemmInt8(
 ) throws {
   if m == 0 || n == 0 { return }
   let start = GEMMProfiler.enabled ? DispatchTime.now().uptimeNanoseconds : 0
-  defer {
-    if GEMMProfiler.enabled {
-      GEMMProfiler.nanoseconds += DispatchTime.now().uptimeNanoseconds - start
-      GEMMProfiler.flops += 2 * Double(m) * Double(n) * Double(k)
-      GEMMProfiler.calls += 1
-    }
-  }
+  defer { if GEMMProfiler.enabled { GEMMProfiler.record(&GEMMProfiler.int8, since: start, m: m, n: n, k: k) } }
   var zero: Int32 = 0
   let status = dnnl_gemm_s8s8s32(
     transA.flag, transB.flag, CChar(UInt8(ascii: "F")), dnnl_dim_t(m), dnnl_dim_t(n), dnnl_dim_t(k), 1,
