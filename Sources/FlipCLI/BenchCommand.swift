@@ -38,10 +38,8 @@ struct BenchCommand: ParsableCommand {
   }
 
   func run() throws {
-    try runReportingErrors {
+    try Runtime.run(verbose: compute.verbose) { communicator, logger in
       let config = try modelOptions.resolve(defaultPreset: .binarynetMLP)
-      let communicator = try Runtime.makeCommunicator()
-      let logger = Runtime.makeLogger(rank: communicator.rank, verbose: compute.verbose)
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       let splits: DataSplits
       if synthetic {

@@ -22,9 +22,7 @@ struct EvaluateCommand: ParsableCommand {
   }
 
   func run() throws {
-    try runReportingErrors {
-      let communicator = try Runtime.makeCommunicator()
-      let logger = Runtime.makeLogger(rank: communicator.rank, verbose: compute.verbose)
+    try Runtime.run(verbose: compute.verbose) { communicator, logger in
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       logger.info("\(Runtime.describeCompute(threads: threads, communicator: communicator))")
       var config = try RunConfig.load(path: runDirectory + "/config.yaml")
@@ -60,12 +58,15 @@ struct SummaryCommand: ParsableCommand {
   var inputShape: [Int] = []
 
   func run() throws {
-    try runReportingErrors {
+    do {
       let config = try modelOptions.resolve()
       let shape = !inputShape.isEmpty ? inputShape : (config.inputShape ?? [28, 28, 1])
       let model = try Sequential(specs: config.layers, inputShape: shape, seed: 0)
       let name = ModelPreset(rawValue: config.model)?.modelName ?? config.model.replacingOccurrences(of: "-", with: "_")
       print(ModelSummary(modelName: name, model: model).render(), terminator: "")
+    } catch {
+      Runtime.report(error, rank: 0)
+      throw ExitCode.failure
     }
   }
 }

@@ -1,3 +1,4 @@
+import ArgumentParser
 import FlipComm
 import FlipTensor
 import FlipTraining
@@ -27,17 +28,36 @@ enum Runtime {
       + "\(communicator.size) rank\(communicator.size == 1 ? "" : "s") (\(communicator is SingleProcessCommunicator ? "single process" : MPIRuntime.libraryVersion))"
   }
 
-  /// The communicator of this process. This build runs one process; started by `mpirun` with
-  /// more than one rank it refuses, rather than let N copies train alone and overwrite each
-  /// other's files.
+  /// The communicator of this process: MPI's world when started by `mpirun`, else one process.
   static func makeCommunicator() throws -> Communicator {
-    let env = ProcessInfo.processInfo.environment
-    if let size = env["OMPI_COMM_WORLD_SIZE"].flatMap(Int.init), size > 1 {
-      throw TrainingError.invalidArgument(
-        "started by mpirun with \(size) ranks, but this build of flip trains in one process; run it without mpirun (or with -np 1)"
-      )
+    MPIRuntime.launchedByMPI ? try MPICommunicator() : SingleProcessCommunicator()
+  }
+
+  /// Runs a command's `body` with this process's communicator and logger, then finalizes MPI.
+  /// Any error is printed once per failing rank as one line, and ends the whole job
+  /// (`MPI_Abort` when there are other ranks, so none is left waiting in a collective).
+  static func run(verbose: Bool, _ body: (Communicator, Logger) throws -> Void) throws {
+    let communicator: Communicator
+    do { communicator = try makeCommunicator() } catch {
+      report(error, rank: 0)
+      throw ExitCode.failure
     }
-    return SingleProcessCommunicator()
+    let logger = makeLogger(rank: communicator.rank, verbose: verbose)
+    do {
+      try body(communicator, logger)
+    } catch {
+      report(error, rank: communicator.rank)
+      if communicator.size > 1 { communicator.abort(code: 1) }
+      communicator.finalize()
+      throw ExitCode.failure
+    }
+    communicator.finalize()
+  }
+
+  static func report(_ error: Error, rank: Int) {
+    let who = rank == 0 ? "flip" : "flip[rank \(rank)]"
+    let text = (error as? ValidationError)?.message ?? "\(error)"
+    FileHandle.standardError.write(Data("\(who): error: \(text)\n".utf8))
   }
 }
 

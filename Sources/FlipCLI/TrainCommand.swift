@@ -36,6 +36,12 @@ struct TrainCommand: ParsableCommand {
   var logEvery: Int?
   @Flag(name: .long, help: "No progress bar or per-epoch lines on standard output.")
   var quiet = false
+  @Option(
+    name: .long,
+    help:
+      "Under mpirun: compare a checksum of the weights and optimizer state across ranks every N steps (0: only at the end; default 100)."
+  )
+  var checkEvery = 100
 
   func validate() throws {
     if let epochs, epochs <= 0 { throw ValidationError("--epochs must be positive, got \(epochs)") }
@@ -45,10 +51,11 @@ struct TrainCommand: ParsableCommand {
       throw ValidationError("--learning-rate must be positive, got \(learningRate)")
     }
     if let logEvery, logEvery < 0 { throw ValidationError("--log-every must be ≥ 0, got \(logEvery)") }
+    if checkEvery < 0 { throw ValidationError("--check-every must be ≥ 0, got \(checkEvery)") }
   }
 
   func run() throws {
-    try runReportingErrors {
+    try Runtime.run(verbose: compute.verbose) { communicator, logger in
       var config = try modelOptions.resolve()
       if let epochs { config.epochs = epochs }
       if let batchSize { config.batchSize = batchSize }
@@ -59,8 +66,6 @@ struct TrainCommand: ParsableCommand {
       guard config.epochs > 0 else { throw ValidationError("epochs must be positive, got \(config.epochs)") }
       guard config.batchSize > 0 else { throw ValidationError("batch_size must be positive, got \(config.batchSize)") }
 
-      let communicator = try Runtime.makeCommunicator()
-      let logger = Runtime.makeLogger(rank: communicator.rank, verbose: compute.verbose)
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       logger.info("\(Runtime.describeCompute(threads: threads, communicator: communicator))")
 
@@ -74,10 +79,18 @@ struct TrainCommand: ParsableCommand {
       let model = try Sequential(
         specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
       let optimizer = try config.optimizer.make()
+      var options = TrainingOptions(
+        epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps,
+        checkEverySteps: checkEvery)
+      let env = ProcessInfo.processInfo.environment
+      if let rank = env["FLIP_TEST_FAIL_RANK"].flatMap(Int.init),
+        let step = env["FLIP_TEST_FAIL_STEP"].flatMap(Int.init)
+      {
+        options.injectedFailure = (rank, step)
+      }
       let trainer = try Trainer(
         model: model, optimizer: optimizer, communicator: communicator, data: data,
-        options: TrainingOptions(
-          epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps),
+        options: options,
         logger: logger, progress: ProgressReporter(enabled: communicator.isRoot && !quiet))
       if communicator.isRoot {
         try RunDirectory.writeText(try config.yaml(), to: runDirectory + "/config.yaml")
@@ -157,21 +170,5 @@ enum RunDirectory {
 
   static func writeText(_ text: String, to path: String) throws {
     try ModelFile.writeAtomically(Data(text.utf8), to: path)
-  }
-}
-
-/// Runs `body`, turning Flip's typed errors into one clear line on standard error and exit 1.
-func runReportingErrors(_ body: () throws -> Void) throws {
-  do {
-    try body()
-  } catch let e as ValidationError {
-    throw e
-  } catch let e as CleanExit {
-    throw e
-  } catch let e as ExitCode {
-    throw e
-  } catch {
-    FileHandle.standardError.write(Data("flip: error: \(error)\n".utf8))
-    throw ExitCode.failure
   }
 }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Collective communication among the ranks of a data-parallel job.
 ///
 /// Every collective must be called by all ranks in the same order. On one process
@@ -16,8 +18,14 @@ public protocol Communicator: AnyObject {
   func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws
   /// Copies `count` floats from `root` to every rank.
   func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws
+  /// Every rank's `value`, in rank order (cross-rank checksums).
+  func allgather(_ value: UInt64) throws -> [UInt64]
   /// Waits until every rank has arrived.
   func barrier() throws
+  /// Ends the whole job at once with `code` (a failed rank must not leave the others waiting).
+  func abort(code: Int32) -> Never
+  /// Shuts the communication layer down; the last call on every normal exit path.
+  func finalize()
 }
 
 extension Communicator {
@@ -51,5 +59,8 @@ public final class SingleProcessCommunicator: Communicator {
   public func allreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {}
   public func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws {}
   public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {}
+  public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
   public func barrier() throws {}
+  public func abort(code: Int32) -> Never { exit(code) }
+  public func finalize() {}
 }

@@ -12,11 +12,18 @@ public struct TrainingOptions: Sendable {
   public var seed: UInt64
   /// A `"step"` row in metrics.jsonl every this many steps (0: none).
   public var logEverySteps: Int
-  public init(epochs: Int, batchSize: Int, seed: UInt64, logEverySteps: Int = 50) {
+  /// Compare a checksum of the weights and optimizer state across ranks every this many
+  /// steps (0: only at the end of training).
+  public var checkEverySteps: Int
+  /// Test hook: this rank fails at this step (global, 1-based), to test that a failing rank
+  /// ends the whole job. Set by the CLI from FLIP_TEST_FAIL_RANK / FLIP_TEST_FAIL_STEP.
+  public var injectedFailure: (rank: Int, step: Int)?
+  public init(epochs: Int, batchSize: Int, seed: UInt64, logEverySteps: Int = 50, checkEverySteps: Int = 100) {
     self.epochs = epochs
     self.batchSize = batchSize
     self.seed = seed
     self.logEverySteps = logEverySteps
+    self.checkEverySteps = checkEverySteps
   }
 }
 
@@ -103,12 +110,17 @@ public final class Trainer {
       results.append(r)
     }
     clock.epoch = options.epochs
+    try checkReplicas()
     return results
   }
 
   /// One optimizer step on global batch `stepInEpoch` of `order`; returns this rank's summed
   /// loss, correct count and sample count.
   public func step(order: [Int], stepInEpoch: Int) throws -> (loss: Double, correct: Double, count: Double) {
+    if let f = options.injectedFailure, f.rank == communicator.rank, f.step == clock.step + 1 {
+      throw TrainingError.invalidArgument(
+        "injected failure at step \(f.step) (FLIP_TEST_FAIL_RANK/FLIP_TEST_FAIL_STEP)")
+    }
     let shard = sampler.shard(step: stepInEpoch)
     let n = shard.count
     data.train.fill(order[shard], images: images.pointer, labels: labels)
@@ -148,6 +160,7 @@ public final class Trainer {
           flipCounts[i] += 1
         }
       }
+      if options.checkEverySteps > 0 && clock.step % options.checkEverySteps == 0 { try checkReplicas() }
       let elapsed = seconds(since: start)
       progress.step(s + 1, of: steps, seconds: elapsed, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2])
       if options.logEverySteps > 0 && clock.step % options.logEverySteps == 0, let metrics {
@@ -200,9 +213,39 @@ public final class Trainer {
     scale(state, by: 1 / Float(communicator.size))
   }
 
+  /// A 64-bit hash of everything that must be identical on every rank: the trainable
+  /// variables and the optimizer state (BatchNorm moving statistics are left out: with local
+  /// BatchNorm they differ per rank until averaged).
+  public func replicaChecksum() -> UInt64 {
+    var h = fnv1a64(model.store.values)
+    for s in optimizer.stateBuffers { h = fnv1a64(s.buffer, seed: h) }
+    return h ^ UInt64(optimizer.iterations)
+  }
+
+  /// Compares `replicaChecksum()` across ranks; a mismatch stops the job naming the ranks.
+  public func checkReplicas() throws {
+    guard communicator.size > 1 else { return }
+    let all = try communicator.allgather(replicaChecksum())
+    guard Set(all).count == 1 else {
+      let differing = all.indices.filter { all[$0] != all[0] }
+      throw TrainingError.replicasDiverged(step: clock.step, ranks: differing)
+    }
+  }
+
   private func seconds(since start: DispatchTime) -> Double {
     Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
   }
+}
+
+/// FNV-1a over the 64-bit words of `buffer` (a fast, order-sensitive fingerprint).
+func fnv1a64(_ buffer: FloatBuffer, seed: UInt64 = 0xCBF2_9CE4_8422_2325) -> UInt64 {
+  var h = seed
+  let words = buffer.count / 2
+  UnsafeRawPointer(buffer.pointer).withMemoryRebound(to: UInt64.self, capacity: words) { w in
+    for i in 0..<words { h = (h ^ w[i]) &* 0x0000_0100_0000_01B3 }
+  }
+  if buffer.count % 2 == 1 { h = (h ^ UInt64(buffer.pointer[buffer.count - 1].bitPattern)) &* 0x0000_0100_0000_01B3 }
+  return h
 }
 
 /// Multiplies every element of `buffer` by `factor`.

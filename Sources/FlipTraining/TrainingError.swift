@@ -9,6 +9,7 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
   case unwritable(path: String, reason: String)
   case modelFile(path: String, reason: String)
   case nonFinite(String)
+  case replicasDiverged(step: Int, ranks: [Int])
 
   public var description: String {
     switch self {
@@ -20,6 +21,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case .unwritable(let p, let r): return "\(p): cannot write: \(r)"
     case .modelFile(let p, let r): return "\(p): \(r)"
     case .nonFinite(let r): return "training diverged: \(r)"
+    case .replicasDiverged(let step, let ranks):
+      return
+        "the model replicas differ at step \(step): ranks \(ranks.map(String.init).joined(separator: ", ")) disagree with rank 0 (weights or optimizer state); the job stops rather than train inconsistent copies"
     }
   }
 }

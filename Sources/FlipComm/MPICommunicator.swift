@@ -1,0 +1,124 @@
+import CMPI
+import Foundation
+
+/// An MPI handle made usable across Swift's concurrency checks; MPI itself is used from one
+/// thread (`MPI_THREAD_FUNNELED`).
+struct MPIHandle<T>: @unchecked Sendable {
+  let value: T
+}
+
+/// The communicator of a job started by `mpirun`: Open MPI's `MPI_COMM_WORLD`.
+///
+/// MPI is initialized once, by the first `MPICommunicator`, and finalized by `finalize()`
+/// (called on every normal exit path by the CLI); `abort(code:)` ends every rank at once, so a
+/// rank that fails never leaves the others waiting in a collective. Errors are returned, not
+/// fatal (`MPI_ERRORS_RETURN`), and thrown as `CommunicationError` naming the call.
+public final class MPICommunicator: Communicator {
+  public let rank: Int
+  public let size: Int
+  public let localSize: Int
+  private let world: MPIHandle<MPI_Comm>
+  nonisolated(unsafe) private static var finalized = false
+
+  public init() throws {
+    var provided: Int32 = 0
+    var initialized: Int32 = 0
+    MPI_Initialized(&initialized)
+    if initialized == 0 {
+      let status = MPI_Init_thread(nil, nil, flip_mpi_thread_funneled(), &provided)
+      guard status == flip_mpi_success() else {
+        throw CommunicationError.mpi(function: "MPI_Init_thread", code: status, message: "could not start MPI")
+      }
+    }
+    let world = flip_mpi_comm_world()!
+    MPI_Comm_set_errhandler(world, flip_mpi_errors_return())
+    self.world = MPIHandle(value: world)
+    var r: Int32 = 0
+    var n: Int32 = 0
+    MPI_Comm_rank(world, &r)
+    MPI_Comm_size(world, &n)
+    rank = Int(r)
+    size = Int(n)
+    // Ranks on this node: the size of the shared-memory sub-communicator.
+    var node: MPI_Comm? = nil
+    var local: Int32 = 1
+    if MPI_Comm_split_type(world, Int32(MPI_COMM_TYPE_SHARED), r, flip_mpi_info_null(), &node)
+      == flip_mpi_success(), let node
+    {
+      MPI_Comm_size(node, &local)
+      var n2: MPI_Comm? = node
+      MPI_Comm_free(&n2)
+    }
+    localSize = Int(local)
+  }
+
+  /// The MPI library's error string for `code`.
+  static func message(_ code: Int32) -> String {
+    var chars = [CChar](repeating: 0, count: 1024)
+    var length: Int32 = 0
+    MPI_Error_string(code, &chars, &length)
+    return String(decoding: chars.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+  }
+
+  @inline(__always)
+  func check(_ status: Int32, _ function: String) throws {
+    if status != flip_mpi_success() {
+      throw CommunicationError.mpi(function: function, code: status, message: Self.message(status))
+    }
+  }
+
+  public func allreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+    try chunked(count) { offset, n in
+      try check(
+        MPI_Allreduce(flip_mpi_in_place(), buffer + offset, n, flip_mpi_float(), flip_mpi_sum(), world.value),
+        "MPI_Allreduce")
+    }
+  }
+
+  public func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws {
+    try chunked(count) { offset, n in
+      try check(
+        MPI_Allreduce(flip_mpi_in_place(), buffer + offset, n, flip_mpi_double(), flip_mpi_sum(), world.value),
+        "MPI_Allreduce")
+    }
+  }
+
+  public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {
+    try chunked(count) { offset, n in
+      try check(MPI_Bcast(buffer + offset, n, flip_mpi_float(), Int32(root), world.value), "MPI_Bcast")
+    }
+  }
+
+  public func allgather(_ value: UInt64) throws -> [UInt64] {
+    var mine = value
+    var all = [UInt64](repeating: 0, count: size)
+    try check(MPI_Allgather(&mine, 1, flip_mpi_uint64(), &all, 1, flip_mpi_uint64(), world.value), "MPI_Allgather")
+    return all
+  }
+
+  public func barrier() throws { try check(MPI_Barrier(world.value), "MPI_Barrier") }
+
+  /// Ends every rank of the job with `code` (MPI_Abort); never returns.
+  public func abort(code: Int32) -> Never {
+    MPI_Abort(world.value, code)
+    exit(code)
+  }
+
+  /// Finalizes MPI (once; later calls do nothing).
+  public func finalize() {
+    guard !Self.finalized else { return }
+    Self.finalized = true
+    MPI_Finalize()
+  }
+
+  /// MPI counts are 32-bit: split larger buffers into pieces of at most 2^28 elements.
+  private func chunked(_ count: Int, _ body: (Int, Int32) throws -> Void) throws {
+    let piece = 1 << 28
+    var offset = 0
+    while offset < count {
+      let n = min(piece, count - offset)
+      try body(offset, Int32(n))
+      offset += n
+    }
+  }
+}

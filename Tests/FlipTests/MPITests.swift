@@ -1,0 +1,124 @@
+import Foundation
+import Testing
+
+@testable import FlipTraining
+
+/// The built `flip` under `mpirun -np 2`, kept on loopback (serialized: each launches a job).
+@Suite("flip under mpirun", .serialized)
+struct MPITests {
+  static let mpirun = "/usr/bin/mpirun"
+
+  /// `mpirun -np N` on this machine only; `tcp` forces the transport that crosses hosts.
+  func launch(_ ranks: Int, _ arguments: [String], tcp: Bool = false, environment: [String: String] = [:]) throws
+    -> ProcessResult
+  {
+    var args = ["-np", String(ranks), "--oversubscribe", "--allow-run-as-root", "--mca", "oob_tcp_if_include", "lo"]
+    if tcp { args += ["--mca", "pml", "ob1", "--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo"] }
+    for (k, v) in environment { args += ["-x", "\(k)=\(v)"] }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Self.mpirun)
+    p.arguments = args + [flipExecutable] + arguments
+    let out = Pipe()
+    let err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return ProcessResult(
+      status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+      stderr: String(decoding: e, as: UTF8.self))
+  }
+
+  static let noBatchNorm = """
+    model: tiny-dense
+    layers:
+      - {type: Flatten}
+      - {type: QuantDense, units: 16, kernel_quantizer: ste_sign, kernel_constraint: weight_clip}
+      - {type: Activation, activation: relu}
+      - {type: Dense, units: 2}
+      - {type: Activation, activation: softmax}
+    optimizer: {type: adam, learning_rate: 0.01}
+    """
+
+  @Test func twoRanksTrainLikeOneProcess() throws {
+    let dir = temporaryDirectory("flip-mpi")
+    writeToyDataset(to: dir, train: 250, test: 64)
+    try Self.noBatchNorm.write(toFile: dir + "/tiny.yaml", atomically: true, encoding: .utf8)
+    let common = [
+      "train", "--config", dir + "/tiny.yaml", "--data", dir, "--epochs", "2", "--batch-size", "32", "--threads", "1",
+      "--check-every", "1",
+    ]
+    let single = try runFlip(common + ["--out", dir + "/one"])
+    #expect(single.status == 0, "\(single.stderr)")
+    let pair = try launch(2, common + ["--out", dir + "/two"], tcp: true)
+    #expect(pair.status == 0, "\(pair.stderr)")
+    // One rank prints progress; the others are quiet.
+    #expect(pair.stdout.components(separatedBy: "Epoch 2/2").count == 2)
+    #expect(pair.stderr.contains("2 ranks"))
+    let a = try readMetrics(dir + "/one/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+    let b = try readMetrics(dir + "/two/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+    #expect(a.count == 2 && b.count == 2)
+    for (x, y) in zip(a, b) {
+      // Same global batches, sums all-reduced: equal up to float summation order.
+      #expect(abs((x["loss"] as! Double) - (y["loss"] as! Double)) < 1e-4)
+      #expect(abs((x["test_loss"] as! Double) - (y["test_loss"] as! Double)) < 1e-3)
+      #expect(x["test_accuracy"] as! Double == y["test_accuracy"] as! Double)
+      #expect(x["step"] as! Int == y["step"] as! Int)
+    }
+    let (wa, _) = try ModelFile.read(path: dir + "/one/model.safetensors")
+    let (wb, _) = try ModelFile.read(path: dir + "/two/model.safetensors")
+    #expect(Set(wa.keys) == Set(wb.keys))
+    for (name, t) in wa {
+      let d = zip(t.values, wb[name]!.values).map { abs($0 - $1) }.max() ?? 0
+      #expect(d < 1e-3, "\(name) differs by \(d)")
+    }
+  }
+
+  @Test func batchNormModelLearnsOnTwoRanks() throws {
+    let dir = temporaryDirectory("flip-mpi")
+    writeToyDataset(to: dir, train: 256, test: 64, gzip: true)
+    try CLITests.tinyModel.write(toFile: dir + "/bn.yaml", atomically: true, encoding: .utf8)
+    let r = try launch(
+      2,
+      [
+        "train", "--config", dir + "/bn.yaml", "--data", dir, "--epochs", "3", "--batch-size", "32", "--out",
+        dir + "/run",
+      ])
+    #expect(r.status == 0, "\(r.stderr)")
+    let rows = try readMetrics(dir + "/run/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+    #expect(rows.count == 3)
+    #expect((rows.last!["test_accuracy"] as! Double) > 0.85)
+    let e = try runFlip(["evaluate", "--run", dir + "/run", "--threads", "1"])
+    #expect(e.status == 0)
+    #expect(e.stdout.contains(String(format: "test_accuracy: %.4f", rows.last!["test_accuracy"] as! Double)))
+  }
+
+  @Test func batchNotDivisibleByRanksIsAnError() throws {
+    let dir = temporaryDirectory("flip-mpi")
+    writeToyDataset(to: dir, train: 64, test: 16)
+    try CLITests.tinyModel.write(toFile: dir + "/bn.yaml", atomically: true, encoding: .utf8)
+    let r = try launch(
+      2, ["train", "--config", dir + "/bn.yaml", "--data", dir, "--batch-size", "33", "--out", dir + "/run"])
+    #expect(r.status != 0)
+    #expect(r.stderr.contains("global batch size 33 is not divisible by the number of ranks 2"), "\(r.stderr)")
+  }
+
+  @Test func aFailingRankEndsTheWholeJob() throws {
+    let dir = temporaryDirectory("flip-mpi")
+    writeToyDataset(to: dir, train: 256, test: 16)
+    try CLITests.tinyModel.write(toFile: dir + "/bn.yaml", atomically: true, encoding: .utf8)
+    let start = Date()
+    let r = try launch(
+      2,
+      [
+        "train", "--config", dir + "/bn.yaml", "--data", dir, "--epochs", "50", "--batch-size", "32", "--out",
+        dir + "/run",
+      ],
+      environment: ["FLIP_TEST_FAIL_RANK": "1", "FLIP_TEST_FAIL_STEP": "5"])
+    #expect(r.status != 0)
+    #expect(r.stderr.contains("flip[rank 1]: error: injected failure at step 5"), "\(r.stderr)")
+    #expect(Date().timeIntervalSince(start) < 30)
+  }
+}
