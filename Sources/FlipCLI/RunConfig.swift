@@ -291,6 +291,11 @@ public struct RunConfig: Equatable {
     case "cosine_decay":
       result = .cosineDecay(
         initial: try need("initial"), decaySteps: try needInt("decay_steps"), alpha: try s.double("alpha") ?? 0)
+    case "scaled":
+      guard let inner = try s.map("inner") else {
+        throw s.error("inner", "scaled needs the schedule it scales under 'inner'")
+      }
+      result = .scaled(factor: try need("factor"), inner: try parseSchedule(inner))
     case "linear_warmup":
       guard let then = try s.map("then") else {
         throw s.error("then", "linear_warmup needs the schedule that follows it under 'then'")
@@ -376,6 +381,7 @@ public struct RunConfig: Equatable {
     case .stepDecay(let b, let v): return ["schedule": "step_decay", "boundaries": b, "values": v]
     case .cosineDecay(let i, let steps, let alpha):
       return ["schedule": "cosine_decay", "initial": i, "decay_steps": steps, "alpha": alpha]
+    case .scaled(let factor, let inner): return ["schedule": "scaled", "factor": factor, "inner": emit(inner)]
     case .linearWarmup(let w, let start, let then):
       return ["schedule": "linear_warmup", "warmup_steps": w, "start": start, "then": emit(then)]
     }

@@ -38,6 +38,22 @@ struct TrainCommand: ParsableCommand {
   var quiet = false
   @Option(
     name: .long,
+    help: ArgumentHelp(
+      "Learning-rate scaling for large batches: none, or linear (lr × batch / --lr-reference-batch, Goyal et al. 2017).",
+      discussion: "The learning rate depends on the global batch only, never on the number of ranks."))
+  var lrScaling: LearningRateScaling = .none
+  @Option(name: .long, help: "The batch size the configured learning rate was tuned for (default 256).")
+  var lrReferenceBatch = 256
+  @Option(name: .long, help: "Linear warmup from the unscaled learning rate over this many epochs (default 0).")
+  var warmupEpochs = 0
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "Gradient accumulation: K micro-steps of batch/(ranks·K) samples per rank before one all-reduce and one update (default 1).",
+      discussion: "The global batch stays the batch of one update; BatchNorm statistics are those of each micro-step."))
+  var accumulate = 1
+  @Option(
+    name: .long,
     help:
       "Under mpirun: compare a checksum of the weights and optimizer state across ranks every N steps (0: only at the end; default 100)."
   )
@@ -51,6 +67,9 @@ struct TrainCommand: ParsableCommand {
       throw ValidationError("--learning-rate must be positive, got \(learningRate)")
     }
     if let logEvery, logEvery < 0 { throw ValidationError("--log-every must be ≥ 0, got \(logEvery)") }
+    if lrReferenceBatch <= 0 { throw ValidationError("--lr-reference-batch must be positive, got \(lrReferenceBatch)") }
+    if warmupEpochs < 0 { throw ValidationError("--warmup-epochs must be ≥ 0, got \(warmupEpochs)") }
+    if accumulate < 1 { throw ValidationError("--accumulate must be at least 1, got \(accumulate)") }
     if checkEvery < 0 { throw ValidationError("--check-every must be ≥ 0, got \(checkEvery)") }
   }
 
@@ -76,12 +95,28 @@ struct TrainCommand: ParsableCommand {
       logger.info(
         "data \(config.data): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes"
       )
+      let stepsPerEpoch = (data.train.count + config.batchSize - 1) / config.batchSize
+      let factor = lrScaling == .linear ? Double(config.batchSize) / Double(lrReferenceBatch) : 1
+      if factor != 1 || warmupEpochs > 0 {
+        config.optimizer = try config.optimizer.mappingLearningRates { h in
+          var schedule = factor == 1 ? h.schedule : .scaled(factor: factor, inner: h.schedule)
+          if warmupEpochs > 0 {
+            let warmup = warmupEpochs * (h.unit == .step ? stepsPerEpoch : 1)
+            schedule = .linearWarmup(warmup: warmup, start: h.schedule.value(at: 0), then: schedule)
+          }
+          return Hyperparameter(schedule, unit: h.unit)
+        }
+        logger.info(
+          "learning rate: \(lrScaling == .linear ? "linear scaling ×\(factor)" : "unscaled")\(warmupEpochs > 0 ? ", \(warmupEpochs) warmup epoch(s)" : "")"
+        )
+      }
       let model = try Sequential(
         specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
       let optimizer = try config.optimizer.make()
       var options = TrainingOptions(
         epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps,
         checkEverySteps: checkEvery)
+      options.accumulate = accumulate
       let env = ProcessInfo.processInfo.environment
       if let rank = env["FLIP_TEST_FAIL_RANK"].flatMap(Int.init),
         let step = env["FLIP_TEST_FAIL_STEP"].flatMap(Int.init)
@@ -117,7 +152,29 @@ struct TrainCommand: ParsableCommand {
   }
 }
 
+/// `--lr-scaling` values.
+enum LearningRateScaling: String, ExpressibleByArgument, CaseIterable {
+  case none, linear
+}
+
 extension OptimizerSpec {
+  /// The same optimizer with every learning rate passed through `transform` (Adam's and SGD's;
+  /// Bop has none). An optimizer without any learning rate is an error.
+  func mappingLearningRates(_ transform: (Hyperparameter) -> Hyperparameter) throws -> OptimizerSpec {
+    switch self {
+    case .adam(let lr, let b1, let b2, let eps):
+      return .adam(learningRate: transform(lr), beta1: b1, beta2: b2, epsilon: eps)
+    case .sgd(let lr, let m, let n): return .sgd(learningRate: transform(lr), momentum: m, nesterov: n)
+    case .bop:
+      throw ValidationError("--lr-scaling and --warmup-epochs need a learning rate; bop has gamma and threshold")
+    case .caseOptimizer(let cases, let fallback):
+      let mapped = cases.map { c -> (VariablePredicate, OptimizerSpec) in
+        (c.0, (try? c.1.mappingLearningRates(transform)) ?? c.1)
+      }
+      return .caseOptimizer(cases: mapped, default: try fallback?.mappingLearningRates(transform))
+    }
+  }
+
   /// The same optimizer with a constant learning rate (for --learning-rate).
   func withLearningRate(_ lr: Double) throws -> OptimizerSpec {
     switch self {

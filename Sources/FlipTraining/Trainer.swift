@@ -12,6 +12,10 @@ public struct TrainingOptions: Sendable {
   public var seed: UInt64
   /// A `"step"` row in metrics.jsonl every this many steps (0: none).
   public var logEverySteps: Int
+  /// Micro-steps per optimizer step: each rank runs `accumulate` forward/backward passes of
+  /// about B/(N·accumulate) samples, adding their gradients, before one all-reduce and one
+  /// update. BatchNorm statistics are those of each micro-batch.
+  public var accumulate = 1
   /// Compare a checksum of the weights and optimizer state across ranks every this many
   /// steps (0: only at the end of training).
   public var checkEverySteps: Int
@@ -86,12 +90,21 @@ public final class Trainer {
     sampler = try EpochSampler(
       datasetSize: data.train.count, globalBatch: options.batchSize, seed: options.seed,
       rank: communicator.rank, worldSize: communicator.size)
-    let perRank = (options.batchSize + communicator.size - 1) / communicator.size
-    localCapacity = perRank
-    model.allocate(maxBatch: perRank)
+    guard options.accumulate >= 1 else {
+      throw TrainingError.invalidArgument("accumulate must be at least 1, got \(options.accumulate)")
+    }
+    guard options.batchSize % (communicator.size * options.accumulate) == 0 else {
+      throw TrainingError.invalidArgument(
+        "global batch size \(options.batchSize) is not divisible by ranks × micro-steps = \(communicator.size) × \(options.accumulate); choose a multiple of \(communicator.size * options.accumulate)"
+      )
+    }
+    let perRank = options.batchSize / communicator.size
+    let perMicroStep = perRank / options.accumulate
+    localCapacity = perMicroStep
+    model.allocate(maxBatch: perMicroStep)
     loss = SparseCategoricalCrossentropy(classes: data.train.classes)
-    images = FloatBuffer(count: perRank * data.train.sampleSize)
-    labels = .allocate(capacity: perRank)
+    images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
+    labels = .allocate(capacity: perMicroStep)
     try optimizer.prepare(store: model.store)
     // Every rank starts from rank 0's parameters and state.
     try communicator.broadcast(model.store.values.pointer, count: model.store.values.count, root: 0)
@@ -123,11 +136,20 @@ public final class Trainer {
     }
     let shard = sampler.shard(step: stepInEpoch)
     let n = shard.count
-    data.train.fill(order[shard], images: images.pointer, labels: labels)
     let store = model.store
     store.zeroGradients()
     var r: (lossSum: Double, correct: Int) = (0, 0)
-    if n > 0 { r = try model.accumulateGradients(images.pointer, labels: labels, batch: n, loss: loss) }
+    // Micro-steps: the shard cut into `accumulate` nearly equal contiguous parts.
+    let k = options.accumulate
+    for micro in 0..<k {
+      let lo = shard.lowerBound + micro * n / k
+      let hi = shard.lowerBound + (micro + 1) * n / k
+      if hi == lo { continue }
+      data.train.fill(order[lo..<hi], images: images.pointer, labels: labels)
+      let m = try model.accumulateGradients(images.pointer, labels: labels, batch: hi - lo, loss: loss)
+      r.lossSum += m.lossSum
+      r.correct += m.correct
+    }
     try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
     // Mean over the global batch, optimizer update and weight_clip in one pass.
     optimizer.apply(store: store, clock: clock, gradientScale: 1 / Float(sampler.globalBatchSize(step: stepInEpoch)))

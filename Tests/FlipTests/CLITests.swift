@@ -82,4 +82,24 @@ struct CLITests {
     try fails(["train", "--model", "binarynet-mlp", "--data", dir, "--out", dir + "/r3"], mentioning: "truncated")
     try fails(["evaluate", "--run", dir + "/no-run"], mentioning: "config.yaml")
   }
+
+  @Test func linearScalingAndWarmupDriveTheLearningRate() throws {
+    let dir = temporaryDirectory()
+    try FileManager.default.createDirectory(atPath: dir + "/data", withIntermediateDirectories: true)
+    writeToyDataset(to: dir + "/data", train: 128, test: 32)
+    try Self.tinyModel.write(toFile: dir + "/tiny.yaml", atomically: true, encoding: .utf8)
+    let r = try runFlip([
+      "train", "--config", dir + "/tiny.yaml", "--data", dir + "/data", "--epochs", "3", "--batch-size", "64",
+      "--lr-scaling", "linear", "--lr-reference-batch", "32", "--warmup-epochs", "1", "--accumulate", "2",
+      "--out", dir + "/run", "--threads", "1",
+    ])
+    #expect(r.status == 0, "\(r.stderr)")
+    let rows = try readMetrics(dir + "/run/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+    // Epoch 1 starts the warmup at the configured 0.01; from epoch 2 on: 0.01 × 64/32.
+    #expect(abs((rows[0]["learning_rate"] as! Double) - 0.01) < 1e-12)
+    #expect(abs((rows[1]["learning_rate"] as! Double) - 0.02) < 1e-12)
+    #expect(abs((rows[2]["learning_rate"] as! Double) - 0.02) < 1e-12)
+    let saved = try String(contentsOfFile: dir + "/run/config.yaml", encoding: .utf8)
+    #expect(saved.contains("linear_warmup") && saved.contains("scaled"))
+  }
 }

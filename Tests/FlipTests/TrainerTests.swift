@@ -105,4 +105,38 @@ struct TrainerTests {
       Issue.record("expected an error")
     } catch { #expect("\(error)".contains("2 classes")) }
   }
+
+  @Test func accumulatedMicroStepsEqualOneStep() throws {
+    let dir = temporaryDirectory()
+    writeToyDataset(to: dir, train: 100, test: 20)
+    let data = try DataSplits.load(directory: dir)
+    // No BatchNorm: its batch statistics would differ between micro-batches and the batch.
+    var specs = [
+      LayerSpec(.flatten), LayerSpec(.quantDense), LayerSpec(.activation), LayerSpec(.dense), LayerSpec(.activation),
+    ]
+    specs[1].units = 12
+    specs[1].kernelQuantizer = QuantizerSpec("ste_sign")
+    specs[1].kernelConstraint = .weightClip(clipValue: 1)
+    specs[2].activation = .relu
+    specs[3].units = 2
+    specs[4].activation = .softmax
+    func train(accumulate: Int) throws -> [Float] {
+      let model = try Sequential(specs: specs, inputShape: [6, 6, 1], seed: 2)
+      var options = TrainingOptions(epochs: 2, batchSize: 32, seed: 1, logEverySteps: 0)
+      options.accumulate = accumulate
+      let trainer = try Trainer(
+        model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(),
+        communicator: SingleProcessCommunicator(), data: data, options: options, logger: Logger(label: "t"),
+        progress: ProgressReporter(enabled: false))
+      try trainer.fit()
+      return model.store.values.array
+    }
+    let one = try train(accumulate: 1)
+    let four = try train(accumulate: 4)
+    #expect(maxDifference(one, four) < 1e-4)
+    do {
+      _ = try train(accumulate: 3)
+      Issue.record("32 is not divisible by 3 micro-steps")
+    } catch { #expect("\(error)".contains("ranks × micro-steps = 1 × 3")) }
+  }
 }

@@ -17,6 +17,8 @@ public indirect enum Schedule: Equatable, Sendable {
   /// `v = start + (then(0) − start)·t/warmup` for `t < warmup`, then `then(t − warmup)`
   /// (Goyal et al. 2017; Keras 3's `warmup_steps`).
   case linearWarmup(warmup: Int, start: Double, then: Schedule)
+  /// `v = factor · inner(t)` (linear learning-rate scaling for large batches, Goyal et al.).
+  case scaled(factor: Double, inner: Schedule)
 
   public func value(at t: Int) -> Double {
     switch self {
@@ -35,6 +37,8 @@ public indirect enum Schedule: Equatable, Sendable {
     case .linearWarmup(let warmup, let start, let then):
       if t < warmup { return start + (then.value(at: 0) - start) * Double(t) / Double(warmup) }
       return then.value(at: t - warmup)
+    case .scaled(let factor, let inner):
+      return factor * inner.value(at: t)
     }
   }
 
@@ -60,6 +64,9 @@ public indirect enum Schedule: Equatable, Sendable {
     case .linearWarmup(let warmup, _, let then):
       if warmup <= 0 { throw bad("warmup_steps", "must be positive, got \(warmup)") }
       try then.validate(owner: owner)
+    case .scaled(let factor, let inner):
+      if !(factor > 0) { throw bad("factor", "must be positive, got \(factor)") }
+      try inner.validate(owner: owner)
     }
   }
 }
