@@ -86,6 +86,7 @@ struct BenchCommand: ParsableCommand {
       let i8 = GEMMProfiler.int8
       let gemmShare = Double(f32.nanoseconds + i8.nanoseconds) / 1e9 / seconds
       let name = config.model
+      guard communicator.isRoot else { return }
       if json {
         let row: [String: Any] = [
           "model": name, "batch_size": batchSize, "steps": steps, "threads": threads, "ranks": communicator.size,
