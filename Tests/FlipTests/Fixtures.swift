@@ -89,10 +89,12 @@ struct ProcessResult {
   var stderr: String
 }
 
-/// Runs the `flip` binary with `arguments` and waits for it.
-func runFlip(_ arguments: [String], environment: [String: String]? = nil) throws -> ProcessResult {
+/// Runs `executable` with `arguments` (and extra environment) and waits for it.
+func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws
+  -> ProcessResult
+{
   let p = Process()
-  p.executableURL = URL(fileURLWithPath: flipExecutable)
+  p.executableURL = URL(fileURLWithPath: executable)
   p.arguments = arguments
   if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
   let out = Pipe()
@@ -105,6 +107,11 @@ func runFlip(_ arguments: [String], environment: [String: String]? = nil) throws
   p.waitUntilExit()
   return ProcessResult(
     status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+/// Runs the `flip` binary with `arguments` and waits for it.
+func runFlip(_ arguments: [String], environment: [String: String]? = nil) throws -> ProcessResult {
+  try runProcess(flipExecutable, arguments, environment: environment)
 }
 
 /// The rows of a metrics.jsonl file.

@@ -15,20 +15,7 @@ struct MPITests {
     var args = ["-np", String(ranks), "--oversubscribe", "--allow-run-as-root", "--mca", "oob_tcp_if_include", "lo"]
     if tcp { args += ["--mca", "pml", "ob1", "--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo"] }
     for (k, v) in environment { args += ["-x", "\(k)=\(v)"] }
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: Self.mpirun)
-    p.arguments = args + [flipExecutable] + arguments
-    let out = Pipe()
-    let err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return ProcessResult(
-      status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-      stderr: String(decoding: e, as: UTF8.self))
+    return try runProcess(Self.mpirun, args + [flipExecutable] + arguments)
   }
 
   static let noBatchNorm = """
