@@ -72,12 +72,10 @@ struct FlipLogHandler: LogHandler {
     set { metadata[key] = newValue }
   }
 
-  func log(
-    level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String,
-    function: String, line: UInt
-  ) {
+  func log(event: LogEvent) {
     let who = rank == 0 ? "flip" : "flip[rank \(rank)]"
-    let tag = level >= .warning ? " \(level)" : ""
-    FileHandle.standardError.write(Data("\(who)\(tag): \(message)\n".utf8))
+    let tag = event.level >= .warning ? " \(event.level)" : ""
+    FileHandle.standardError.write(Data("\(who)\(tag): \(event.message)\n".utf8))
   }
+
 }

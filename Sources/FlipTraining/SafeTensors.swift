@@ -40,7 +40,7 @@ public enum SafeTensors {
     for name in names {
       tensors[name]!.values.withUnsafeBufferPointer { p in
         p.withMemoryRebound(to: UInt32.self) { words in
-          var le = words.map { $0.littleEndian }
+          let le = words.map { $0.littleEndian }
           le.withUnsafeBytes { out.append(contentsOf: $0) }
         }
       }
