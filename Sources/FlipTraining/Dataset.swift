@@ -1,3 +1,4 @@
+import FlipTensor
 import Foundation
 
 /// An image classification data set held in memory as bytes: `images` (N, H, W, C) and
@@ -35,14 +36,18 @@ public struct Dataset: Sendable {
     _ indices: ArraySlice<Int>, images x: UnsafeMutablePointer<Float>, labels y: UnsafeMutablePointer<Int32>
   ) {
     let size = sampleSize
+    let start = indices.startIndex
     images.withUnsafeBufferPointer { px in
-      var row = 0
-      for i in indices {
-        let src = px.baseAddress! + i * size
-        let dst = x + row * size
-        for j in 0..<size { dst[j] = Float(src[j]) / 127.5 - 1 }
-        y[row] = labels[i]
-        row += 1
+      labels.withUnsafeBufferPointer { lb in
+        Parallel.forRanges(count: indices.count, grain: 64) { rows in
+          for row in rows {
+            let i = indices[start + row]
+            let src = px.baseAddress! + i * size
+            let dst = x + row * size
+            for j in 0..<size { dst[j] = Float(src[j]) / 127.5 - 1 }
+            y[row] = lb[i]
+          }
+        }
       }
     }
   }

@@ -93,11 +93,14 @@ final class QuantizedKernel {
   let quantizedGradient: FloatBuffer?
   private var hasPrevious = false
   private(set) var lastFlipRatio: Double?
+  /// Changed values per chunk of 64 Ki (summed in chunk order).
+  private var flipCounts: [Int]
 
   init(quantizer: Quantizer?, rows: Int, channels: Int) {
     self.quantizer = quantizer
     self.rows = rows
     self.channels = channels
+    flipCounts = [Int](repeating: 0, count: max(1, Parallel.chunkCount(count: rows * channels, grain: 1 << 16)))
     buffers = quantizer == nil ? [] : [FloatBuffer(count: rows * channels), FloatBuffer(count: rows * channels)]
     quantizedGradient = quantizer == nil ? nil : FloatBuffer(count: rows * channels)
   }
@@ -112,19 +115,27 @@ final class QuantizedKernel {
     guard let q = quantizer else { return UnsafePointer(latent) }
     let old = buffers[active].pointer
     let new = buffers[1 - active].pointer
-    q.parallelForward(latent, new, count: count, channels: channels)
-    if training && hasPrevious {
+    let countFlips = training && hasPrevious
+    if q.isElementwise {
+      // Quantize a chunk and compare it with the previous kernel while it is in cache.
       let grain = 1 << 16
-      var changed = [Int](repeating: 0, count: Parallel.chunkCount(count: count, grain: grain))
-      changed.withUnsafeMutableBufferPointer { c in
+      let w = UnsafePointer(latent!)
+      flipCounts.withUnsafeMutableBufferPointer { c in
         Parallel.forRanges(count: count, grain: grain) { r in
+          q.forward(w + r.lowerBound, new + r.lowerBound, count: r.count, channels: 1)
           var n = 0
-          for i in r where old[i] != new[i] { n += 1 }
+          if countFlips { for i in r where old[i] != new[i] { n += 1 } }
           c[r.lowerBound / grain] = n
         }
       }
-      lastFlipRatio = Double(changed.reduce(0, +)) / Double(count)
+    } else {
+      q.forward(latent, new, count: count, channels: channels)
+      var n = 0
+      if countFlips { for i in 0..<count where old[i] != new[i] { n += 1 } }
+      for i in flipCounts.indices { flipCounts[i] = 0 }
+      flipCounts[0] = n
     }
+    if countFlips { lastFlipRatio = Double(flipCounts.reduce(0, +)) / Double(count) }
     if training { hasPrevious = true }
     active = 1 - active
     return UnsafePointer(new)

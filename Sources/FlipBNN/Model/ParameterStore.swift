@@ -126,7 +126,10 @@ public final class ParameterStore {
   }
 
   /// Sets every gradient to zero (the start of a step).
-  public func zeroGradients() { gradients.fill(0) }
+  public func zeroGradients() {
+    let g = gradients.pointer
+    Parallel.forEach(count: gradients.count) { r in (g + r.lowerBound).update(repeating: 0, count: r.count) }
+  }
 
   /// Applies each view's kernel constraint (after every optimizer step).
   public func applyConstraints() {
