@@ -46,6 +46,14 @@ struct TrainCommand: ParsableCommand {
   var lrReferenceBatch = 256
   @Option(name: .long, help: "Linear warmup from the unscaled learning rate over this many epochs (default 0).")
   var warmupEpochs = 0
+  @Flag(
+    name: .long,
+    help: ArgumentHelp(
+      "Sync BatchNorm: normalize with the statistics of the global batch (summed across ranks).",
+      discussion:
+        "By default each rank normalizes with its local batch and the moving statistics are averaged before every evaluation."
+    ))
+  var syncBn = false
   @Option(
     name: .long,
     help: ArgumentHelp(
@@ -117,6 +125,7 @@ struct TrainCommand: ParsableCommand {
         epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps,
         checkEverySteps: checkEvery)
       options.accumulate = accumulate
+      options.syncBatchNorm = syncBn
       let env = ProcessInfo.processInfo.environment
       if let rank = env["FLIP_TEST_FAIL_RANK"].flatMap(Int.init),
         let step = env["FLIP_TEST_FAIL_STEP"].flatMap(Int.init)

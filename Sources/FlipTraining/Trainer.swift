@@ -16,6 +16,9 @@ public struct TrainingOptions: Sendable {
   /// about B/(N·accumulate) samples, adding their gradients, before one all-reduce and one
   /// update. BatchNorm statistics are those of each micro-batch.
   public var accumulate = 1
+  /// Sync BatchNorm: normalize with the statistics of the global (micro-)batch, summed across
+  /// ranks, so N ranks × B/N match one process × B; off: each rank's local statistics.
+  public var syncBatchNorm = false
   /// Compare a checksum of the weights and optimizer state across ranks every this many
   /// steps (0: only at the end of training).
   public var checkEverySteps: Int
@@ -106,6 +109,11 @@ public final class Trainer {
     images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
     labels = .allocate(capacity: perMicroStep)
     try optimizer.prepare(store: model.store)
+    if options.syncBatchNorm && communicator.size > 1 {
+      for case let bn as BatchNormalization in model.layers {
+        bn.crossReplicaSum = { [unowned communicator] p, n in try communicator.allreduceSum(p, count: n) }
+      }
+    }
     // Every rank starts from rank 0's parameters and state.
     try communicator.broadcast(model.store.values.pointer, count: model.store.values.count, root: 0)
     try communicator.broadcast(model.store.state.pointer, count: model.store.state.count, root: 0)
@@ -144,7 +152,8 @@ public final class Trainer {
     for micro in 0..<k {
       let lo = shard.lowerBound + micro * n / k
       let hi = shard.lowerBound + (micro + 1) * n / k
-      if hi == lo { continue }
+      // An empty shard sits out, except under sync BatchNorm, whose collectives need every rank.
+      if hi == lo && !(options.syncBatchNorm && communicator.size > 1) { continue }
       data.train.fill(order[lo..<hi], images: images.pointer, labels: labels)
       let m = try model.accumulateGradients(images.pointer, labels: labels, batch: hi - lo, loss: loss)
       r.lossSum += m.lossSum

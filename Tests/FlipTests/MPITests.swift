@@ -63,6 +63,31 @@ struct MPITests {
     }
   }
 
+  @Test func syncBatchNormOnTwoRanksMatchesOneProcess() throws {
+    let dir = temporaryDirectory("flip-mpi")
+    writeToyDataset(to: dir, train: 250, test: 64)
+    try CLITests.tinyModel.write(toFile: dir + "/bn.yaml", atomically: true, encoding: .utf8)
+    let common = [
+      "train", "--config", dir + "/bn.yaml", "--data", dir, "--epochs", "2", "--batch-size", "32", "--threads", "1",
+    ]
+    let single = try runFlip(common + ["--out", dir + "/one"])
+    #expect(single.status == 0, "\(single.stderr)")
+    let synced = try launch(2, common + ["--out", dir + "/sync", "--sync-bn"])
+    #expect(synced.status == 0, "\(synced.stderr)")
+    let local = try launch(2, common + ["--out", dir + "/local"])
+    #expect(local.status == 0, "\(local.stderr)")
+    let (one, _) = try ModelFile.read(path: dir + "/one/model.safetensors")
+    let (sync, _) = try ModelFile.read(path: dir + "/sync/model.safetensors")
+    let (loc, _) = try ModelFile.read(path: dir + "/local/model.safetensors")
+    func maxDifference(_ a: [String: SafeTensors.Tensor], _ b: [String: SafeTensors.Tensor]) -> Float {
+      a.map { name, t in zip(t.values, b[name]!.values).map { abs($0 - $1) }.max() ?? 0 }.max() ?? 0
+    }
+    // Global batch statistics: the same model as one process, up to float summation order
+    // (moving statistics included); local statistics give a visibly different one.
+    #expect(maxDifference(one, sync) < 1e-3)
+    #expect(maxDifference(one, loc) > 1e-3)
+  }
+
   @Test func batchNormModelLearnsOnTwoRanks() throws {
     let dir = temporaryDirectory("flip-mpi")
     writeToyDataset(to: dir, train: 256, test: 64, gzip: true)

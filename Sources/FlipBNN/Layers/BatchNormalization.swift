@@ -51,9 +51,18 @@ public final class BatchNormalization: Layer {
   /// (blocks, C) and (blocks, C) per-block partial sums.
   private var partial = FloatBuffer(count: 0)
   private var partial2 = FloatBuffer(count: 0)
-  /// (C) per-channel totals in double precision; (C) backward's x̂ coefficient.
-  private let sums: UnsafeMutablePointer<Double>
-  private let sums2: UnsafeMutablePointer<Double>
+  /// (2C + 1) per-channel totals in double precision, laid out as [Σ (C), row count (1),
+  /// second sums (C)] so one collective can sum what sync BatchNorm needs; (C) backward's x̂
+  /// coefficient.
+  private let totals: UnsafeMutablePointer<Double>
+  private var sums: UnsafeMutablePointer<Double> { totals }
+  private var rowCount: UnsafeMutablePointer<Double> { totals + channels }
+  private var sums2: UnsafeMutablePointer<Double> { totals + channels + 1 }
+  /// Sync BatchNorm: sums `count` doubles over all data-parallel replicas (an all-reduce), so
+  /// batch statistics are those of the global batch; nil for per-replica statistics. Set by
+  /// the trainer, so this library never knows about MPI. Every replica must then run every
+  /// forward and backward, even on an empty shard.
+  public var crossReplicaSum: ((UnsafeMutablePointer<Double>, Int) throws -> Void)?
   private let normalizedCoefficient: FloatBuffer
 
   public init(
@@ -82,14 +91,12 @@ public final class BatchNormalization: Layer {
     meanGradient = FloatBuffer(count: c)
     meanGradientNormalized = FloatBuffer(count: c)
     blockRows = max(1, 16384 / c)
-    sums = .allocate(capacity: c)
-    sums2 = .allocate(capacity: c)
+    totals = .allocate(capacity: 2 * c + 1)
     normalizedCoefficient = FloatBuffer(count: c)
   }
 
   deinit {
-    sums.deallocate()
-    sums2.deallocate()
+    totals.deallocate()
   }
 
   public var parameterSpecs: [ParameterSpec] {
@@ -187,8 +194,11 @@ public final class BatchNormalization: Layer {
         for ch in 0..<c { a[ch] += xr[ch] }
       }
     }
-    for ch in 0..<c { m[ch] = Float(sums[ch] / Double(rows)) }
-    reduce(rows: rows, into: sums, nil) { r, a, _ in
+    rowCount.pointee = Double(rows)
+    try crossReplicaSum?(totals, c + 1)
+    let n = rowCount.pointee
+    for ch in 0..<c { m[ch] = Float(sums[ch] / n) }
+    reduce(rows: rows, into: sums2, nil) { r, a, _ in
       for row in r {
         let xr = x + row * c
         for ch in 0..<c {
@@ -197,11 +207,12 @@ public final class BatchNormalization: Layer {
         }
       }
     }
+    try crossReplicaSum?(sums2, c)
     let f = 1 - momentum
     for ch in 0..<c {
-      let variance = sums[ch] / Double(rows)
+      let variance = sums2[ch] / n
       s[ch] = Float(1 / (variance + Double(epsilon)).squareRoot())
-      let movingSample = besselCorrectedMovingVariance && rows > 1 ? sums[ch] / Double(rows - 1) : variance
+      let movingSample = besselCorrectedMovingVariance && n > 1 ? sums2[ch] / (n - 1) : variance
       movingMean[ch] = movingMean[ch] * momentum + m[ch] * f
       movingVariance[ch] = movingVariance[ch] * momentum + Float(movingSample) * f
     }
@@ -246,14 +257,19 @@ public final class BatchNormalization: Layer {
     if let dg = gammaGradient { for ch in 0..<c { dg[ch] += Float(s2[ch]) } }
     if let db = betaGradient { for ch in 0..<c { db[ch] += Float(s1[ch]) } }
     guard needInputGradient else { return nil }
+    // The parameter gradients above are this replica's share (the trainer all-reduces them);
+    // the input gradient needs the means over the global batch.
+    rowCount.pointee = Double(rows)
+    try crossReplicaSum?(totals, 2 * c + 1)
+    let n = rowCount.pointee
     // dx = k·(dy − a − x̂·b) with k = γ/√(σ²+ε), a = mean(dy), b = mean(dy·x̂).
     let k = meanGradient.pointer
     let a = meanGradientNormalized.pointer
     let bCoefficient = normalizedCoefficient.pointer
     for ch in 0..<c {
       k[ch] = (scale ? gamma![ch] : 1) * inverseStd[ch]
-      a[ch] = Float(s1[ch] / Double(rows))
-      bCoefficient[ch] = Float(s2[ch] / Double(rows))
+      a[ch] = Float(s1[ch] / n)
+      bCoefficient[ch] = Float(s2[ch] / n)
     }
     let out = dx.pointer
     let bc = bCoefficient
