@@ -27,6 +27,8 @@ static inline int flip_mpi_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
 // MPI_SUCCESS and MPI_MAX_LIBRARY_VERSION_STRING (a compile-time size).
 static inline int flip_mpi_success(void) { return MPI_SUCCESS; }
 static inline int flip_mpi_max_library_version_string(void) { return MPI_MAX_LIBRARY_VERSION_STRING; }
+// MPI_STATUSES_IGNORE: for MPI_Testall / MPI_Waitall.
+static inline MPI_Status *flip_mpi_statuses_ignore(void) { return MPI_STATUSES_IGNORE; }
 // MPI_INFO_NULL and MPI_ERRORS_RETURN: handles for MPI_Comm_split_type and error handling.
 static inline MPI_Info flip_mpi_info_null(void) { return MPI_INFO_NULL; }
 static inline MPI_Errhandler flip_mpi_errors_return(void) { return MPI_ERRORS_RETURN; }

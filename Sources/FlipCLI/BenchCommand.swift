@@ -28,6 +28,8 @@ struct BenchCommand: ParsableCommand {
   var data: String?
   @Flag(name: .long, help: "Use random images instead of a data set.")
   var synthetic = false
+  @Option(name: .long, help: "Under mpirun: gradient bucket size in MiB (0: one all-reduce after backward; default 4).")
+  var bucketMb: Double = 4
   @Flag(name: .long, help: "Print the result as one JSON object.")
   var json = false
 
@@ -56,9 +58,11 @@ struct BenchCommand: ParsableCommand {
       }
       let model = try Sequential(
         specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0)
+      var options = TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0)
+      options.bucketBytes = Int(bucketMb * 1_048_576)
       let trainer = try Trainer(
         model: model, optimizer: try config.optimizer.make(), communicator: communicator, data: splits,
-        options: TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0), logger: logger,
+        options: options, logger: logger,
         progress: ProgressReporter(enabled: false))
       let stepsPerEpoch = trainer.sampler.stepsPerEpoch
       // Full batches only: skip the epoch's last, partial batch.

@@ -46,6 +46,12 @@ struct TrainCommand: ParsableCommand {
   var lrReferenceBatch = 256
   @Option(name: .long, help: "Linear warmup from the unscaled learning rate over this many epochs (default 0).")
   var warmupEpochs = 0
+  @Option(
+    name: .long,
+    help:
+      "Under mpirun: all-reduce gradients in buckets of about this many MiB, each started as soon as backward has finished its layers, overlapping the rest of backward (0: one all-reduce after backward; default 4)."
+  )
+  var bucketMb: Double = 4
   @Flag(
     name: .long,
     help: ArgumentHelp(
@@ -77,6 +83,7 @@ struct TrainCommand: ParsableCommand {
     if let logEvery, logEvery < 0 { throw ValidationError("--log-every must be ≥ 0, got \(logEvery)") }
     if lrReferenceBatch <= 0 { throw ValidationError("--lr-reference-batch must be positive, got \(lrReferenceBatch)") }
     if warmupEpochs < 0 { throw ValidationError("--warmup-epochs must be ≥ 0, got \(warmupEpochs)") }
+    if !(bucketMb >= 0) { throw ValidationError("--bucket-mb must be ≥ 0, got \(bucketMb)") }
     if accumulate < 1 { throw ValidationError("--accumulate must be at least 1, got \(accumulate)") }
     if checkEvery < 0 { throw ValidationError("--check-every must be ≥ 0, got \(checkEvery)") }
   }
@@ -126,6 +133,7 @@ struct TrainCommand: ParsableCommand {
         checkEverySteps: checkEvery)
       options.accumulate = accumulate
       options.syncBatchNorm = syncBn
+      options.bucketBytes = Int(bucketMb * 1_048_576)
       let env = ProcessInfo.processInfo.environment
       if let rank = env["FLIP_TEST_FAIL_RANK"].flatMap(Int.init),
         let step = env["FLIP_TEST_FAIL_STEP"].flatMap(Int.init)

@@ -18,6 +18,13 @@ public protocol Communicator: AnyObject {
   func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws
   /// Copies `count` floats from `root` to every rank.
   func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws
+  /// Starts an in-place sum over all ranks of `count` floats without waiting for it; the
+  /// buffer must not be touched until `waitOutstanding()`.
+  func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
+  /// Lets the started reductions advance (Open MPI progresses them only inside MPI calls).
+  func progressOutstanding() throws
+  /// Waits for every started reduction.
+  func waitOutstanding() throws
   /// Every rank's `value`, in rank order (cross-rank checksums).
   func allgather(_ value: UInt64) throws -> [UInt64]
   /// Waits until every rank has arrived.
@@ -59,6 +66,9 @@ public final class SingleProcessCommunicator: Communicator {
   public func allreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {}
   public func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws {}
   public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {}
+  public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {}
+  public func progressOutstanding() throws {}
+  public func waitOutstanding() throws {}
   public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
   public func barrier() throws {}
   public func abort(code: Int32) -> Never { exit(code) }

@@ -18,6 +18,8 @@ public final class MPICommunicator: Communicator {
   public let size: Int
   public let localSize: Int
   private let world: MPIHandle<MPI_Comm>
+  /// Outstanding non-blocking reductions.
+  private var requests: [MPI_Request?] = []
   nonisolated(unsafe) private static var finalized = false
 
   public init() throws {
@@ -87,6 +89,29 @@ public final class MPICommunicator: Communicator {
     try chunked(count) { offset, n in
       try check(MPI_Bcast(buffer + offset, n, flip_mpi_float(), Int32(root), world.value), "MPI_Bcast")
     }
+  }
+
+  public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+    try chunked(count) { offset, n in
+      var request: MPI_Request? = flip_mpi_request_null()
+      try check(
+        MPI_Iallreduce(
+          flip_mpi_in_place(), buffer + offset, n, flip_mpi_float(), flip_mpi_sum(), world.value, &request),
+        "MPI_Iallreduce")
+      requests.append(request)
+    }
+  }
+
+  public func progressOutstanding() throws {
+    guard !requests.isEmpty else { return }
+    var done: Int32 = 0
+    try check(MPI_Testall(Int32(requests.count), &requests, &done, flip_mpi_statuses_ignore()), "MPI_Testall")
+  }
+
+  public func waitOutstanding() throws {
+    guard !requests.isEmpty else { return }
+    defer { requests.removeAll(keepingCapacity: true) }
+    try check(MPI_Waitall(Int32(requests.count), &requests, flip_mpi_statuses_ignore()), "MPI_Waitall")
   }
 
   public func allgather(_ value: UInt64) throws -> [UInt64] {

@@ -19,6 +19,9 @@ public struct TrainingOptions: Sendable {
   /// Sync BatchNorm: normalize with the statistics of the global (micro-)batch, summed across
   /// ranks, so N ranks × B/N match one process × B; off: each rank's local statistics.
   public var syncBatchNorm = false
+  /// Gradients are all-reduced in buckets of about this many bytes, each started as soon as
+  /// backward has finished its layers (0: one blocking all-reduce after backward).
+  public var bucketBytes = 4 << 20
   /// Compare a checksum of the weights and optimizer state across ranks every this many
   /// steps (0: only at the end of training).
   public var checkEverySteps: Int
@@ -66,6 +69,8 @@ public final class Trainer {
   private let images: FloatBuffer
   private let labels: UnsafeMutablePointer<Int32>
   private let localCapacity: Int
+  /// Contiguous ranges of the gradient buffer, in the order backward completes them.
+  let buckets: [GradientBucket]
 
   public init(
     model: Sequential, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
@@ -108,6 +113,7 @@ public final class Trainer {
     loss = SparseCategoricalCrossentropy(classes: data.train.classes)
     images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
     labels = .allocate(capacity: perMicroStep)
+    buckets = GradientBucket.plan(views: model.store.views, capBytes: options.bucketBytes)
     try optimizer.prepare(store: model.store)
     if options.syncBatchNorm && communicator.size > 1 {
       for case let bn as BatchNormalization in model.layers {
@@ -149,17 +155,29 @@ public final class Trainer {
     var r: (lossSum: Double, correct: Int) = (0, 0)
     // Micro-steps: the shard cut into `accumulate` nearly equal contiguous parts.
     let k = options.accumulate
+    let overlap = communicator.size > 1 && options.bucketBytes > 0
+    var started = 0
     for micro in 0..<k {
       let lo = shard.lowerBound + micro * n / k
       let hi = shard.lowerBound + (micro + 1) * n / k
       // An empty shard sits out, except under sync BatchNorm, whose collectives need every rank.
       if hi == lo && !(options.syncBatchNorm && communicator.size > 1) { continue }
       data.train.fill(order[lo..<hi], images: images.pointer, labels: labels)
-      let m = try model.accumulateGradients(images.pointer, labels: labels, batch: hi - lo, loss: loss)
+      // On the last micro-step, each bucket's all-reduce starts as soon as backward has
+      // finished its layers, and overlaps the backward of the layers below.
+      let last = micro == k - 1 && overlap
+      let m = try model.accumulateGradients(
+        images.pointer, labels: labels, batch: hi - lo, loss: loss,
+        afterLayer: last ? { layer in try self.startReadyBuckets(after: layer, started: &started) } : nil)
       r.lossSum += m.lossSum
       r.correct += m.correct
     }
-    try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
+    if overlap {
+      try startReadyBuckets(after: 0, started: &started)
+      try communicator.waitOutstanding()
+    } else {
+      try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
+    }
     // Mean over the global batch, optimizer update and weight_clip in one pass.
     optimizer.apply(store: store, clock: clock, gradientScale: 1 / Float(sampler.globalBatchSize(step: stepInEpoch)))
     clock.step += 1
@@ -244,6 +262,18 @@ public final class Trainer {
     scale(state, by: 1 / Float(communicator.size))
   }
 
+  /// Starts the all-reduce of every bucket whose layers are all at or above `layer` (their
+  /// gradients are final), then lets the started ones progress.
+  func startReadyBuckets(after layer: Int, started: inout Int) throws {
+    let g = model.store.gradients.pointer
+    while started < buckets.count && buckets[started].firstLayer >= layer {
+      let b = buckets[started]
+      try communicator.startAllreduceSum(g + b.range.lowerBound, count: b.range.count)
+      started += 1
+    }
+    try communicator.progressOutstanding()
+  }
+
   /// A 64-bit hash of everything that must be identical on every rank: the trainable
   /// variables and the optimizer state (BatchNorm moving statistics are left out: with local
   /// BatchNorm they differ per rank until averaged).
@@ -265,6 +295,37 @@ public final class Trainer {
 
   private func seconds(since start: DispatchTime) -> Double {
     Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+  }
+}
+
+/// A contiguous range of the gradient buffer that is all-reduced as one message.
+struct GradientBucket: Equatable {
+  /// Elements of the gradient buffer.
+  var range: Range<Int>
+  /// The lowest layer whose gradients it holds: it is ready once backward has passed it.
+  var firstLayer: Int
+
+  /// Groups the views from the last layer down (the order backward finishes them) into
+  /// buckets of at least `capBytes` where possible; a view is never split.
+  static func plan(views: [ParameterView], capBytes: Int) -> [GradientBucket] {
+    var buckets: [GradientBucket] = []
+    var current: GradientBucket?
+    for v in views.reversed() {
+      let r = v.offset..<(v.offset + v.count)
+      if var c = current {
+        c.range = r.lowerBound..<c.range.upperBound
+        c.firstLayer = min(c.firstLayer, v.layerIndex)
+        current = c
+      } else {
+        current = GradientBucket(range: r, firstLayer: v.layerIndex)
+      }
+      if let c = current, c.range.count * MemoryLayout<Float>.stride >= max(capBytes, 1) {
+        buckets.append(c)
+        current = nil
+      }
+    }
+    if let c = current { buckets.append(c) }
+    return buckets
   }
 }
 

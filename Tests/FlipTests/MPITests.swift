@@ -39,7 +39,8 @@ struct MPITests {
     ]
     let single = try runFlip(common + ["--out", dir + "/one"])
     #expect(single.status == 0, "\(single.stderr)")
-    let pair = try launch(2, common + ["--out", dir + "/two"], tcp: true)
+    // Tiny buckets: every layer's gradients all-reduced as its own message during backward.
+    let pair = try launch(2, common + ["--out", dir + "/two", "--bucket-mb", "0.0001"], tcp: true)
     #expect(pair.status == 0, "\(pair.stderr)")
     // One rank prints progress; the others are quiet.
     #expect(pair.stdout.components(separatedBy: "Epoch 2/2").count == 2)

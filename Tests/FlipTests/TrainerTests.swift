@@ -139,4 +139,28 @@ struct TrainerTests {
       Issue.record("32 is not divisible by 3 micro-steps")
     } catch { #expect("\(error)".contains("ranks × micro-steps = 1 × 3")) }
   }
+
+  @Test func gradientBucketsCoverTheBufferInBackwardOrder() throws {
+    let model = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
+    let views = model.store.views
+    for cap in [1, 1 << 20, 4 << 20, 1 << 30] {
+      let buckets = GradientBucket.plan(views: views, capBytes: cap)
+      // Contiguous from the end of the buffer down to 0, each ready after its lowest layer.
+      var upper = model.store.gradients.count
+      for b in buckets {
+        #expect(b.range.upperBound == upper)
+        upper = b.range.lowerBound
+        let inside = views.filter { b.range.contains($0.offset) }
+        #expect(b.firstLayer == inside.map(\.layerIndex).min())
+        #expect(inside.allSatisfy { $0.offset + $0.count <= b.range.upperBound })
+      }
+      #expect(upper == 0)
+      #expect(buckets.map(\.firstLayer) == buckets.map(\.firstLayer).sorted(by: >))
+    }
+    #expect(GradientBucket.plan(views: views, capBytes: 1).count == views.count)
+    #expect(GradientBucket.plan(views: views, capBytes: 1 << 30).count == 1)
+    // 4 MiB: each 1024×1024 kernel (4 MiB) closes a bucket; the first layer's 784×1024 kernel
+    // (3.1 MiB) and its BatchNorm make the last, smaller one.
+    #expect(GradientBucket.plan(views: views, capBytes: 4 << 20).count == 3)
+  }
 }

@@ -72,13 +72,14 @@ extension Sequential {
   /// One forward and backward pass on `batch` samples: accumulates the gradient of the summed
   /// loss into the store, and returns the summed loss and the count of correct predictions.
   public func accumulateGradients(
-    _ x: UnsafePointer<Float>, labels: UnsafePointer<Int32>, batch: Int, loss: SparseCategoricalCrossentropy
+    _ x: UnsafePointer<Float>, labels: UnsafePointer<Int32>, batch: Int, loss: SparseCategoricalCrossentropy,
+    afterLayer: ((Int) throws -> Void)? = nil
   ) throws -> (lossSum: Double, correct: Int) {
     loss.allocate(maxBatch: maxBatch)
     let top = endsInSoftmax ? layers.count - 1 : layers.count
     let out = try forward(x, batch: batch, training: true, through: top)
     let r = loss.evaluate(out, labels: labels, batch: batch, fromLogits: endsInSoftmax, withGradient: true)
-    try backward(r.gradient!, batch: batch, from: top)
+    try backward(r.gradient!, batch: batch, from: top, afterLayer: afterLayer)
     return (r.lossSum, r.correct)
   }
 

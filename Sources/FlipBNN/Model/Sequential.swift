@@ -72,12 +72,18 @@ public final class Sequential {
 
   /// Backward from the gradient `dy` of the output of layer `from − 1` down to the first layer;
   /// parameter gradients accumulate in the store. The input's gradient is not computed.
-  public func backward(_ dy: UnsafePointer<Float>, batch: Int, from: Int? = nil) throws {
+  /// `afterLayer(i)` runs as soon as layer `i`'s parameter gradients are final (so a
+  /// data-parallel trainer can start reducing them while the layers below are still working).
+  public func backward(
+    _ dy: UnsafePointer<Float>, batch: Int, from: Int? = nil, afterLayer: ((Int) throws -> Void)? = nil
+  ) throws {
     var d = dy
     let top = from ?? layers.count
     for index in stride(from: top - 1, through: 0, by: -1) {
       let need = index > 0
-      guard let next = try layers[index].backward(d, batch: batch, needInputGradient: need) else { break }
+      let next = try layers[index].backward(d, batch: batch, needInputGradient: need)
+      try afterLayer?(index)
+      guard let next else { break }
       d = next
     }
   }
