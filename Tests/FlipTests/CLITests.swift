@@ -75,7 +75,7 @@ struct CLITests {
     try fails(["train", "--config", dir + "/bad.yaml", "--data", dir], mentioning: "unknown quantizer 'ste_sgn'")
     // The preset outputs 10 classes; the toy data has 2.
     try fails(["train", "--model", "binarynet-mlp", "--data", dir, "--out", dir + "/r2"], mentioning: "2 classes")
-    FileManager.default.createFile(atPath: dir + "/afile", contents: Data())
+    _ = FileManager.default.createFile(atPath: dir + "/afile", contents: Data())
     try fails(
       ["train", "--model", "binarynet-mlp", "--data", dir, "--out", dir + "/afile"], mentioning: "not a directory")
     write(idxBytes(dimensions: [3, 6, 6], data: [1, 2, 3]), to: dir + "/t10k-images-idx3-ubyte")

@@ -20,7 +20,7 @@ func idxBytes(dimensions: [Int], data: [UInt8]) -> [UInt8] {
 
 /// Writes `bytes` to `path`, gzip-compressed (with the system's gzip) when `gzip`.
 func write(_ bytes: [UInt8], to path: String, gzip: Bool = false) {
-  FileManager.default.createFile(atPath: path, contents: Data(bytes))
+  _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
   if gzip {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/bin/gzip")

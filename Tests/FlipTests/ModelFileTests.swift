@@ -80,7 +80,7 @@ struct ModelFileTests {
     try ModelFile.save(model, to: path, metadata: ["model": "binarynet-mlp"])
     var data = FileManager.default.contents(atPath: path)!
     data[data.count - 5] ^= 0x40
-    FileManager.default.createFile(atPath: path, contents: data)
+    _ = FileManager.default.createFile(atPath: path, contents: data)
     do {
       _ = try ModelFile.read(path: path)
       Issue.record("expected an error")

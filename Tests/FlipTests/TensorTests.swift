@@ -261,7 +261,7 @@ struct TensorTests {
     #expect(xs != (0..<4).map { _ in z.next() })
     var s1 = SplitMix64(seed: 7, stream: 1)
     var s2 = SplitMix64(seed: 7, stream: 2)
-    var s1b = SplitMix64(seed: 7, stream: 1)
+    let s1b = SplitMix64(seed: 7, stream: 1)
     #expect(s1 == s1b)
     #expect(s1.next() != s2.next())
   }
