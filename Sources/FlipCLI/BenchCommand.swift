@@ -30,6 +30,8 @@ struct BenchCommand: ParsableCommand {
   var synthetic = false
   @Option(name: .long, help: "Under mpirun: gradient bucket size in MiB (0: one all-reduce after backward; default 4).")
   var bucketMb: Double = 4
+  @Flag(inversion: .prefixedNo, help: "Under mpirun: the sharded (ZeRO-1) optimizer step (default), or the all-reduce.")
+  var shardOptimizer = true
   @Flag(name: .long, help: "Print the result as one JSON object.")
   var json = false
 
@@ -60,6 +62,7 @@ struct BenchCommand: ParsableCommand {
         specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0)
       var options = TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0)
       options.bucketBytes = Int(bucketMb * 1_048_576)
+      options.shardOptimizer = shardOptimizer
       let trainer = try Trainer(
         model: model, optimizer: try config.optimizer.make(), communicator: communicator, data: splits,
         options: options, logger: logger,

@@ -53,6 +53,14 @@ struct TrainCommand: ParsableCommand {
   )
   var bucketMb: Double = 4
   @Flag(
+    inversion: .prefixedNo,
+    help: ArgumentHelp(
+      "Under mpirun: sharded optimizer step (ZeRO stage 1, the default): reduce-scatter the gradients, update 1/N of the variables per rank, all-gather them.",
+      discussion:
+        "The same bytes on the wire as the all-reduce and 1/N of the optimizer work per rank (measured 4–6 % faster than the all-reduce on 2 ranks). --no-shard-optimizer all-reduces the gradients in --bucket-mb buckets overlapping backward instead."
+    ))
+  var shardOptimizer = true
+  @Flag(
     name: .long,
     help: ArgumentHelp(
       "Sync BatchNorm: normalize with the statistics of the global batch (summed across ranks).",
@@ -133,6 +141,7 @@ struct TrainCommand: ParsableCommand {
         checkEverySteps: checkEvery)
       options.accumulate = accumulate
       options.syncBatchNorm = syncBn
+      options.shardOptimizer = shardOptimizer
       options.bucketBytes = Int(bucketMb * 1_048_576)
       let env = ProcessInfo.processInfo.environment
       if let rank = env["FLIP_TEST_FAIL_RANK"].flatMap(Int.init),

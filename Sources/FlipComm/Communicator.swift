@@ -25,6 +25,13 @@ public protocol Communicator: AnyObject {
   func progressOutstanding() throws
   /// Waits for every started reduction.
   func waitOutstanding() throws
+  /// Sums `buffer` over all ranks, split into consecutive blocks of `counts[r]` floats: on
+  /// return this rank's block (at offset Σ counts[..<rank]) holds the sum; the other blocks
+  /// are left as they were.
+  func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
+  /// The inverse: every rank's block of `buffer` (laid out as in `reduceScatterSum`) is copied
+  /// to every rank, in place.
+  func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
   /// Every rank's `value`, in rank order (cross-rank checksums).
   func allgather(_ value: UInt64) throws -> [UInt64]
   /// Waits until every rank has arrived.
@@ -69,6 +76,8 @@ public final class SingleProcessCommunicator: Communicator {
   public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {}
   public func progressOutstanding() throws {}
   public func waitOutstanding() throws {}
+  public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
+  public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
   public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
   public func barrier() throws {}
   public func abort(code: Int32) -> Never { exit(code) }

@@ -20,6 +20,8 @@ public final class MPICommunicator: Communicator {
   private let world: MPIHandle<MPI_Comm>
   /// Outstanding non-blocking reductions.
   private var requests: [MPI_Request?] = []
+  /// Receive buffer of reduce-scatter (this rank's block), grown as needed.
+  private var block: [Float] = []
   nonisolated(unsafe) private static var finalized = false
 
   public init() throws {
@@ -112,6 +114,31 @@ public final class MPICommunicator: Communicator {
     guard !requests.isEmpty else { return }
     defer { requests.removeAll(keepingCapacity: true) }
     try check(MPI_Waitall(Int32(requests.count), &requests, flip_mpi_statuses_ignore()), "MPI_Waitall")
+  }
+
+  public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+    precondition(counts.count == size, "one count per rank")
+    let mine = counts[rank]
+    let offset = counts[..<rank].reduce(0, +)
+    if block.count < mine { block = [Float](repeating: 0, count: mine) }
+    var recvcounts = counts.map { Int32($0) }
+    try block.withUnsafeMutableBufferPointer { b in
+      try check(
+        MPI_Reduce_scatter(buffer, b.baseAddress, &recvcounts, flip_mpi_float(), flip_mpi_sum(), world.value),
+        "MPI_Reduce_scatter")
+      (buffer + offset).update(from: b.baseAddress!, count: mine)
+    }
+  }
+
+  public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+    precondition(counts.count == size, "one count per rank")
+    var recvcounts = counts.map { Int32($0) }
+    var displacements = [Int32](repeating: 0, count: size)
+    for r in 1..<max(size, 1) { displacements[r] = displacements[r - 1] + recvcounts[r - 1] }
+    try check(
+      MPI_Allgatherv(
+        flip_mpi_in_place(), 0, flip_mpi_float(), buffer, &recvcounts, &displacements, flip_mpi_float(), world.value),
+      "MPI_Allgatherv")
   }
 
   public func allgather(_ value: UInt64) throws -> [UInt64] {

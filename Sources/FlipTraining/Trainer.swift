@@ -22,6 +22,10 @@ public struct TrainingOptions: Sendable {
   /// Gradients are all-reduced in buckets of about this many bytes, each started as soon as
   /// backward has finished its layers (0: one blocking all-reduce after backward).
   public var bucketBytes = 4 << 20
+  /// Sharded optimizer step (ZeRO stage 1): reduce-scatter the gradients, update this rank's
+  /// 1/N of the variables and optimizer state, all-gather the variables. The same bytes on the
+  /// wire as an all-reduce and 1/N of the optimizer work per rank.
+  public var shardOptimizer = true
   /// Compare a checksum of the weights and optimizer state across ranks every this many
   /// steps (0: only at the end of training).
   public var checkEverySteps: Int
@@ -71,6 +75,9 @@ public final class Trainer {
   private let localCapacity: Int
   /// Contiguous ranges of the gradient buffer, in the order backward completes them.
   let buckets: [GradientBucket]
+  /// The sharded step's split of the flat variables: elements per rank, and this rank's slice.
+  let shardCounts: [Int]
+  let shardSlice: Range<Int>
 
   public init(
     model: Sequential, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
@@ -114,6 +121,11 @@ public final class Trainer {
     images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
     labels = .allocate(capacity: perMicroStep)
     buckets = GradientBucket.plan(views: model.store.views, capBytes: options.bucketBytes)
+    let p = model.store.values.count
+    let ranks = communicator.size
+    shardCounts = (0..<ranks).map { r in p / ranks + (r < p % ranks ? 1 : 0) }
+    let shardStart = shardCounts[..<communicator.rank].reduce(0, +)
+    shardSlice = shardStart..<(shardStart + shardCounts[communicator.rank])
     try optimizer.prepare(store: model.store)
     if options.syncBatchNorm && communicator.size > 1 {
       for case let bn as BatchNormalization in model.layers {
@@ -155,7 +167,8 @@ public final class Trainer {
     var r: (lossSum: Double, correct: Int) = (0, 0)
     // Micro-steps: the shard cut into `accumulate` nearly equal contiguous parts.
     let k = options.accumulate
-    let overlap = communicator.size > 1 && options.bucketBytes > 0
+    let sharded = options.shardOptimizer && communicator.size > 1
+    let overlap = communicator.size > 1 && options.bucketBytes > 0 && !sharded
     var started = 0
     for micro in 0..<k {
       let lo = shard.lowerBound + micro * n / k
@@ -172,14 +185,23 @@ public final class Trainer {
       r.lossSum += m.lossSum
       r.correct += m.correct
     }
-    if overlap {
-      try startReadyBuckets(after: 0, started: &started)
-      try communicator.waitOutstanding()
+    let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
+    if sharded {
+      // ZeRO-1: each rank reduces, updates and then shares one contiguous slice of the flat
+      // variables (mean over the global batch, update and weight_clip in one pass).
+      try communicator.reduceScatterSum(store.gradients.pointer, counts: shardCounts)
+      optimizer.apply(store: store, clock: clock, gradientScale: scale, slice: shardSlice)
+      try communicator.allgather(store.values.pointer, counts: shardCounts)
     } else {
-      try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
+      if overlap {
+        try startReadyBuckets(after: 0, started: &started)
+        try communicator.waitOutstanding()
+      } else {
+        try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
+      }
+      // Mean over the global batch, optimizer update and weight_clip in one pass.
+      optimizer.apply(store: store, clock: clock, gradientScale: scale)
     }
-    // Mean over the global batch, optimizer update and weight_clip in one pass.
-    optimizer.apply(store: store, clock: clock, gradientScale: 1 / Float(sampler.globalBatchSize(step: stepInEpoch)))
     clock.step += 1
     return (r.lossSum, Double(r.correct), Double(n))
   }
@@ -275,11 +297,14 @@ public final class Trainer {
   }
 
   /// A 64-bit hash of everything that must be identical on every rank: the trainable
-  /// variables and the optimizer state (BatchNorm moving statistics are left out: with local
+  /// variables and (unless the optimizer step is sharded) the optimizer state (BatchNorm moving statistics are left out: with local
   /// BatchNorm they differ per rank until averaged).
   public func replicaChecksum() -> UInt64 {
     var h = fnv1a64(model.store.values)
-    for s in optimizer.stateBuffers { h = fnv1a64(s.buffer, seed: h) }
+    // Sharded, each rank's optimizer state is valid in its own slice only.
+    if !(options.shardOptimizer && communicator.size > 1) {
+      for s in optimizer.stateBuffers { h = fnv1a64(s.buffer, seed: h) }
+    }
     return h ^ UInt64(optimizer.iterations)
   }
 

@@ -40,11 +40,15 @@ struct MPITests {
     let single = try runFlip(common + ["--out", dir + "/one"])
     #expect(single.status == 0, "\(single.stderr)")
     // Tiny buckets: every layer's gradients all-reduced as its own message during backward.
-    let pair = try launch(2, common + ["--out", dir + "/two", "--bucket-mb", "0.0001"], tcp: true)
+    let pair = try launch(
+      2, common + ["--out", dir + "/two", "--no-shard-optimizer", "--bucket-mb", "0.0001"], tcp: true)
     #expect(pair.status == 0, "\(pair.stderr)")
     // One rank prints progress; the others are quiet.
     #expect(pair.stdout.components(separatedBy: "Epoch 2/2").count == 2)
     #expect(pair.stderr.contains("2 ranks"))
+    // The sharded (ZeRO-1) step, the default: reduce-scatter, update 1/N, all-gather.
+    let sharded = try launch(2, common + ["--out", dir + "/zero"])
+    #expect(sharded.status == 0, "\(sharded.stderr)")
     let a = try readMetrics(dir + "/one/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
     let b = try readMetrics(dir + "/two/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
     #expect(a.count == 2 && b.count == 2)
@@ -57,10 +61,13 @@ struct MPITests {
     }
     let (wa, _) = try ModelFile.read(path: dir + "/one/model.safetensors")
     let (wb, _) = try ModelFile.read(path: dir + "/two/model.safetensors")
+    let (wz, _) = try ModelFile.read(path: dir + "/zero/model.safetensors")
     #expect(Set(wa.keys) == Set(wb.keys))
     for (name, t) in wa {
       let d = zip(t.values, wb[name]!.values).map { abs($0 - $1) }.max() ?? 0
       #expect(d < 1e-3, "\(name) differs by \(d)")
+      let z = zip(t.values, wz[name]!.values).map { abs($0 - $1) }.max() ?? 0
+      #expect(z < 1e-3, "\(name) differs by \(z) with the sharded step")
     }
   }
 

@@ -336,4 +336,37 @@ struct OptimizerTests {
     let want = -0.01 - alpha * 0.19 / ((0.001999).squareRoot() + 1e-7)
     #expect(close(Double(store.values[0]), want, tol: 1e-6), "\(store.values[0]) vs \(want)")
   }
+
+  @Test func slicedUpdatesComposeToTheFullUpdate() throws {
+    // The sharded step: updating disjoint slices of the flat buffer equals one full update.
+    for spec in [
+      OptimizerSpec.adam(learningRate: 0.01),
+      .sgd(learningRate: .constant(0.1), momentum: .constant(0.9), nesterov: true),
+      .bop(gamma: .constant(0.5), threshold: .constant(1e-3)),
+    ] {
+      // A small BinaryNet: binary kernels (Bop's precision-1 variables) and BatchNorm betas.
+      var layers = ModelPreset.binarynetMLP.layers
+      for i in layers.indices where layers[i].kind == .quantDense { layers[i].units = layers[i].units == 10 ? 10 : 24 }
+      let model = try Sequential(specs: layers, inputShape: [4, 4, 1], seed: 1)
+      let store = model.store
+      let g = randomValues(store.gradients.count, seed: 3)
+      // One optimizer per slice, as each rank has its own: each updates only its slice.
+      func run(slices: [Range<Int>?]) throws -> [Float] {
+        let copy = try Sequential(specs: layers, inputShape: [4, 4, 1], seed: 1)
+        let optimizers = try slices.map { _ in try spec.make() }
+        for o in optimizers { try o.prepare(store: copy.store) }
+        for step in 0..<3 {
+          g.withUnsafeBufferPointer { copy.store.gradients.pointer.update(from: $0.baseAddress!, count: g.count) }
+          for (o, s) in zip(optimizers, slices) {
+            o.apply(store: copy.store, clock: TrainingClock(step: step), gradientScale: 0.5, slice: s)
+          }
+        }
+        return copy.store.values.array
+      }
+      let p = store.values.count
+      let full = try run(slices: [nil])
+      let thirds = try run(slices: [0..<(p / 3), (p / 3)..<(2 * p / 3 + 5), (2 * p / 3 + 5)..<p])
+      #expect(full == thirds, "\(spec)")
+    }
+  }
 }

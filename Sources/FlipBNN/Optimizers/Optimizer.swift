@@ -11,7 +11,10 @@ public protocol Optimizer: AnyObject {
   /// One update of the owned variables from `gradientScale · store.gradients` (the trainer
   /// passes 1/global batch to turn summed gradients into means). Each view's kernel constraint
   /// is applied right after its update, in the same pass over memory.
-  func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float)
+  ///
+  /// With `slice` (a range of the flat parameter buffer), only the elements inside it are
+  /// updated: the sharded (ZeRO-1) step, where each rank updates its 1/N of the variables.
+  func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slice: Range<Int>?)
   /// Current hyperparameter values by name (for logs and metrics).
   func hyperparameters(_ clock: TrainingClock) -> [String: Double]
   /// Optimizer state as named flat buffers (name suffix, buffer with the store's layout, views
@@ -22,7 +25,14 @@ public protocol Optimizer: AnyObject {
 
 extension Optimizer {
   /// One update from the gradients as they are.
-  public func apply(store: ParameterStore, clock: TrainingClock) { apply(store: store, clock: clock, gradientScale: 1) }
+  public func apply(store: ParameterStore, clock: TrainingClock) {
+    apply(store: store, clock: clock, gradientScale: 1, slice: nil)
+  }
+
+  /// One update of every owned variable from `gradientScale · store.gradients`.
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
+    apply(store: store, clock: clock, gradientScale: gradientScale, slice: nil)
+  }
 
   /// Prepares the optimizer for all trainable variables of `store`.
   public func prepare(store: ParameterStore) throws { try prepare(store: store, views: store.views) }
@@ -86,4 +96,18 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
       return CaseOptimizer(cases: try cases.map { ($0.0, try $0.1.make()) }, default: try fallback?.make())
     }
   }
+}
+
+/// Calls `body` with chunks (split over the compute threads) of the view's own element indices
+/// that fall inside `slice` of the flat buffer (all of them without a slice).
+@inlinable
+func forEachChunk(of view: ParameterView, within slice: Range<Int>?, _ body: (Range<Int>) -> Void) {
+  var lo = 0
+  var hi = view.count
+  if let slice {
+    lo = max(0, slice.lowerBound - view.offset)
+    hi = min(view.count, slice.upperBound - view.offset)
+  }
+  guard lo < hi else { return }
+  Parallel.forEach(count: hi - lo) { r in body((r.lowerBound + lo)..<(r.upperBound + lo)) }
 }
