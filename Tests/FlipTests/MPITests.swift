@@ -115,6 +115,22 @@ struct MPITests {
     #expect(e.stdout.contains(String(format: "test_accuracy: %.4f", rows.last!["test_accuracy"] as! Double)))
   }
 
+  @Test func runsWithTheRepositoryHostfile() throws {
+    let dir = temporaryDirectory("flip-mpi")
+    writeToyDataset(to: dir, train: 64, test: 16)
+    try CLITests.tinyModel.write(toFile: dir + "/bn.yaml", atomically: true, encoding: .utf8)
+    let hostfile = ConfigTests.root + "/hostfiles/localhost"
+    let r = try runProcess(
+      Self.mpirun,
+      [
+        "-np", "2", "--hostfile", hostfile, "--allow-run-as-root", "--mca", "oob_tcp_if_include", "lo", flipExecutable,
+        "train", "--config", dir + "/bn.yaml", "--data", dir, "--epochs", "1", "--batch-size", "16", "--out",
+        dir + "/run",
+      ])
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(r.stderr.contains("2 ranks"))
+  }
+
   @Test func batchNotDivisibleByRanksIsAnError() throws {
     let dir = temporaryDirectory("flip-mpi")
     writeToyDataset(to: dir, train: 64, test: 16)
