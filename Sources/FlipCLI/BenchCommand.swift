@@ -67,7 +67,6 @@ struct BenchCommand: ParsableCommand {
         model: model, optimizer: try config.optimizer.make(), communicator: communicator, data: splits,
         options: options, logger: logger,
         progress: ProgressReporter(enabled: false))
-      let stepsPerEpoch = trainer.sampler.stepsPerEpoch
       // Full batches only: skip the epoch's last, partial batch.
       let fullSteps = max(1, splits.train.count / batchSize)
       var order = trainer.sampler.permutation(epoch: 0)
@@ -87,7 +86,6 @@ struct BenchCommand: ParsableCommand {
       for _ in 0..<steps { try next() }
       let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
       GEMMProfiler.enabled = false
-      _ = stepsPerEpoch
       let imagesPerSecond = Double(steps * batchSize) / seconds
       let f32 = GEMMProfiler.float32
       let i8 = GEMMProfiler.int8

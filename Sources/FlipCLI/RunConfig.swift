@@ -300,14 +300,8 @@ public struct RunConfig: Equatable {
       guard let then = try s.map("then") else {
         throw s.error("then", "linear_warmup needs the schedule that follows it under 'then'")
       }
-      let inner: Schedule
-      if then.has("schedule") {
-        inner = try parseSchedule(then)
-      } else {
-        throw then.error("schedule", "needs a schedule name")
-      }
-      _ = try then.string("unit")
-      result = .linearWarmup(warmup: try needInt("warmup_steps"), start: try s.double("start") ?? 0, then: inner)
+      result = .linearWarmup(
+        warmup: try needInt("warmup_steps"), start: try s.double("start") ?? 0, then: try parseSchedule(then))
     default:
       throw s.error("schedule", BNNError.unknownSchedule(name).description)
     }

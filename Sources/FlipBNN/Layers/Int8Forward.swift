@@ -56,13 +56,7 @@ final class Int8Forward {
     _ x: UnsafePointer<Float>, rows: Int, kernel w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     into y: UnsafeMutablePointer<Float>
   ) throws {
-    let a = input!
-    let c = product!
-    convertToInt8(x, a, count: rows * reduction)
-    convertToInt8(w, kernel, count: reduction * outputs)
-    try gemmInt8(
-      .none, .none, m: rows, n: outputs, k: reduction, a: a, lda: reduction, b: kernel, ldb: outputs, c: c, ldc: outputs
-    )
-    convertToFloat(c, y, rows: rows, columns: outputs, bias: bias)
+    convertToInt8(x, inputBuffer, count: rows * reduction)
+    try runOnInputBuffer(rows: rows, kernel: w, bias: bias, into: y)
   }
 }

@@ -39,6 +39,8 @@ extension Layer {
 /// A layer whose kernel is quantized: it reports the fraction of kernel values that changed
 /// between consecutive training forwards (Larq's `flip_ratio` metric).
 public protocol FlipCounting: AnyObject {
+  /// Whether the kernel has a quantizer (only then is there a flip ratio).
+  var hasQuantizedKernel: Bool { get }
   /// Fraction of quantized kernel values that differ from the previous training forward's,
   /// or nil before the second training forward.
   var lastFlipRatio: Double? { get }

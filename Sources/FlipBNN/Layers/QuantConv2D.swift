@@ -90,7 +90,8 @@ public final class QuantConv2D: Layer, FlipCounting {
   deinit { quantizedInput8?.deallocate() }
 
   public var kernelQuantizer: Quantizer? { kernel.quantizer }
-  public var lastFlipRatio: Double? { kernel.quantizer == nil ? nil : kernel.lastFlipRatio }
+  public var hasQuantizedKernel: Bool { kernel.quantizer != nil }
+  public var lastFlipRatio: Double? { hasQuantizedKernel ? kernel.lastFlipRatio : nil }
 
   public var parameterSpecs: [ParameterSpec] {
     let g = geometry

@@ -63,7 +63,8 @@ public final class QuantDense: Layer, FlipCounting {
   }
 
   public var kernelQuantizer: Quantizer? { kernel.quantizer }
-  public var lastFlipRatio: Double? { kernel.quantizer == nil ? nil : kernel.lastFlipRatio }
+  public var hasQuantizedKernel: Bool { kernel.quantizer != nil }
+  public var lastFlipRatio: Double? { hasQuantizedKernel ? kernel.lastFlipRatio : nil }
 
   public var parameterSpecs: [ParameterSpec] {
     var specs = [

@@ -98,12 +98,6 @@ public final class Sequential {
 
   /// Names of the layers whose kernels report a flip ratio.
   public var flipCountingLayers: [String] {
-    layers.compactMap { layer in
-      guard let q = layer as? QuantDense, q.kernelQuantizer != nil else {
-        guard let c = layer as? QuantConv2D, c.kernelQuantizer != nil else { return nil }
-        return c.name
-      }
-      return q.name
-    }
+    layers.filter { ($0 as? FlipCounting)?.hasQuantizedKernel == true }.map(\.name)
   }
 }
