@@ -1,61 +1,123 @@
 import FlipBNN
 import Foundation
 
-/// `model.safetensors`: a trained model's variables in the safetensors layout.
+/// Flip's files in the safetensors layout — trained models (`model.safetensors`), training
+/// checkpoints (`ckpt-NNNNNN.safetensors`) and binary exports — written and read by one
+/// writer and one validating reader.
 ///
 /// Tensors are named by the store's views, `layers.<index>.<layer name>.<role>` (e.g.
 /// `layers.1.quant_dense.kernel`), in Keras's layouts (Dense `[in, out]`, Conv2D
-/// `[kh, kw, cin, cout]`); kernels are the latent (real-valued) weights. Metadata:
-/// `format` = `flip-model`, `format_version`, `model` (the preset or `custom`), `config` (the
-/// effective run config as YAML), `step`, `epoch`, and `payload_fnv1a64` (a checksum of the data).
+/// `[kh, kw, cin, cout]`); kernels are the latent (real-valued) weights. Checkpoints add the
+/// optimizer state as `optimizer.<state>.<variable>` (e.g. `optimizer.adam.m.layers.1.quant_dense.kernel`).
+/// Metadata: `format` (the kind), `format_version`, `model` (the preset or `custom`), `config`
+/// (the effective run config as YAML), `step`, `epoch`, and `payload_crc32` (zlib's CRC-32 of
+/// the data section, as Python's `zlib.crc32`).
 public enum ModelFile {
-  public static let format = "flip-model"
-  public static let formatVersion = "1"
+  public enum Kind: String, Sendable, CaseIterable {
+    case model = "flip-model"
+    case checkpoint = "flip-checkpoint"
+    case binaryExport = "flip-binary"
+  }
 
-  /// Writes the model to `path` atomically (a temporary file in the same directory, then rename).
-  public static func save(_ model: Sequential, to path: String, metadata extra: [String: String]) throws {
+  public static let formatVersion = "2"
+  /// Prefix of optimizer-state tensors in checkpoints.
+  public static let optimizerPrefix = "optimizer."
+
+  /// The model's variables (trainable and state) as tensors.
+  public static func tensors(of model: Sequential) -> [String: SafeTensors.Tensor] {
     var tensors: [String: SafeTensors.Tensor] = [:]
     for v in model.store.views + model.store.stateViews {
       let p = model.store.pointer(v)
       tensors[v.name] = SafeTensors.Tensor(shape: v.shape, values: Array(UnsafeBufferPointer(start: p, count: v.count)))
     }
+    return tensors
+  }
+
+  /// Writes the model to `path` atomically (a temporary file in the same directory, then rename).
+  public static func save(_ model: Sequential, to path: String, metadata extra: [String: String]) throws {
+    try write(tensors(of: model), metadata: extra, kind: .model, to: path)
+  }
+
+  /// Encodes `tensors` with Flip's metadata (kind, version, checksum).
+  public static func encode(_ tensors: [String: SafeTensors.Tensor], metadata extra: [String: String], kind: Kind)
+    throws -> Data
+  {
     var metadata = extra
-    metadata["format"] = format
+    metadata["format"] = kind.rawValue
     metadata["format_version"] = formatVersion
-    metadata["payload_fnv1a64"] = checksum(tensors)
-    let data = try SafeTensors.encode(tensors, metadata: metadata)
-    try writeAtomically(data, to: path)
+    return try SafeTensors.encode(tensors, metadata: metadata, checksumKey: "payload_crc32")
+  }
+
+  /// `encode`, then an atomic write to `path`.
+  public static func write(
+    _ tensors: [String: SafeTensors.Tensor], metadata: [String: String], kind: Kind, to path: String
+  ) throws {
+    try writeAtomically(try encode(tensors, metadata: metadata, kind: kind), to: path)
   }
 
   /// Reads and validates `path`; returns the tensors and metadata without touching a model.
   public static func read(path: String) throws -> (tensors: [String: SafeTensors.Tensor], metadata: [String: String]) {
-    guard FileManager.default.fileExists(atPath: path) else {
+    try decode(try readBytes(path: path), path: path)
+  }
+
+  /// The bytes of `path`, with clear errors for a missing or unreadable file or a directory.
+  public static func readBytes(path: String) throws -> Data {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
       throw TrainingError.fileNotFound(
         path: path, hint: "Train a model first (flip train --out DIR) or check the path.")
+    }
+    guard !isDirectory.boolValue else {
+      throw TrainingError.unreadable(path: path, reason: "it is a directory, not a Flip file")
     }
     guard let data = FileManager.default.contents(atPath: path) else {
       throw TrainingError.unreadable(path: path, reason: "permission denied or not a regular file")
     }
-    let (tensors, metadata) = try SafeTensors.decode(data, path: path)
-    guard metadata["format"] == format else {
+    return data
+  }
+
+  /// Validates a whole file's bytes: the safetensors layout, Flip's format and version, and
+  /// the payload checksum. Never crashes on hostile input; every failure names `path`.
+  public static func decode(_ data: Data, path: String) throws -> (
+    tensors: [String: SafeTensors.Tensor], metadata: [String: String]
+  ) {
+    let c = try SafeTensors.decodeContents(data, path: path)
+    let metadata = c.metadata
+    guard let format = metadata["format"], Kind(rawValue: format) != nil else {
       throw TrainingError.modelFile(
-        path: path, reason: "not a Flip model (metadata format is \(metadata["format"] ?? "missing"))")
+        path: path, reason: "not a Flip file (metadata format is \(metadata["format"] ?? "missing"))")
     }
-    guard metadata["format_version"] == formatVersion else {
+    switch metadata["format_version"] {
+    case formatVersion:
+      guard let expected = metadata["payload_crc32"] else {
+        throw TrainingError.modelFile(path: path, reason: "the metadata has no payload_crc32 checksum")
+      }
+      guard expected == c.payloadCRC32 else {
+        throw TrainingError.modelFile(
+          path: path,
+          reason: "payload checksum mismatch (crc32 \(c.payloadCRC32), expected \(expected)): the file is corrupt")
+      }
+    case "1":  // Flip's first model files: FNV-1a over names and bytes.
+      guard metadata["payload_fnv1a64"] == fnv1a64Checksum(c.tensors) else {
+        throw TrainingError.modelFile(path: path, reason: "payload checksum mismatch: the file is corrupt")
+      }
+    default:
       throw TrainingError.modelFile(
         path: path,
         reason:
-          "format version \(metadata["format_version"] ?? "missing") is not supported (this Flip reads \(formatVersion))"
+          "format version \(metadata["format_version"] ?? "missing") is not supported (this Flip reads 1 and \(formatVersion))"
       )
     }
-    guard metadata["payload_fnv1a64"] == checksum(tensors) else {
-      throw TrainingError.modelFile(path: path, reason: "payload checksum mismatch: the file is corrupt")
-    }
-    return (tensors, metadata)
+    return (c.tensors, metadata)
   }
 
-  /// Copies `tensors` into `model`, checking that names and shapes match exactly.
-  public static func load(_ tensors: [String: SafeTensors.Tensor], into model: Sequential, path: String) throws {
+  /// The kind of a decoded file.
+  public static func kind(_ metadata: [String: String]) -> Kind? { metadata["format"].flatMap(Kind.init) }
+
+  /// Copies the model tensors among `tensors` (optimizer state is skipped) into `model`,
+  /// checking that names, dtypes and shapes match exactly.
+  public static func load(_ all: [String: SafeTensors.Tensor], into model: Sequential, path: String) throws {
+    let tensors = all.filter { !$0.key.hasPrefix(optimizerPrefix) }
     let views = model.store.views + model.store.stateViews
     let expected = Set(views.map(\.name))
     let missing = expected.subtracting(tensors.keys).sorted()
@@ -68,6 +130,10 @@ public enum ModelFile {
     }
     for v in views {
       let t = tensors[v.name]!
+      guard t.dtype == .f32 else {
+        throw TrainingError.modelFile(
+          path: path, reason: "tensor \(v.name) has dtype \(t.dtype.rawValue), expected F32")
+      }
       guard t.shape == v.shape else {
         throw TrainingError.modelFile(
           path: path, reason: "tensor \(v.name) has shape \(t.shape), the model needs \(v.shape)")
@@ -76,43 +142,62 @@ public enum ModelFile {
     }
   }
 
-  /// FNV-1a (64-bit) over the tensors' names and bytes in name order, as hex.
-  static func checksum(_ tensors: [String: SafeTensors.Tensor]) -> String {
+  /// Format version 1's checksum: FNV-1a (64-bit) over the tensors' names and bytes in name order.
+  static func fnv1a64Checksum(_ tensors: [String: SafeTensors.Tensor]) -> String {
     var h: UInt64 = 0xCBF2_9CE4_8422_2325
     @inline(__always) func mix(_ b: UInt8) { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
     for name in tensors.keys.sorted() {
       for b in name.utf8 { mix(b) }
-      tensors[name]!.values.withUnsafeBytes { for b in $0 { mix(b) } }
+      let t = tensors[name]!
+      if t.dtype == .f32 {
+        t.values.withUnsafeBytes { for b in $0 { mix(b) } }
+      } else {
+        t.words.withUnsafeBytes { for b in $0 { mix(b) } }
+      }
     }
     return String(h, radix: 16)
   }
 
-  /// Writes to `path.tmp-<pid>`, fsyncs, renames into place, fsyncs the directory.
+  /// Writes to `path.tmp-<pid>` in the same directory, fsyncs it, renames it into place and
+  /// fsyncs the directory. On failure the temporary file is removed and `path` is untouched.
   public static func writeAtomically(_ data: Data, to path: String) throws {
     let directory = (path as NSString).deletingLastPathComponent
     let temporary = path + ".tmp-\(getpid())"
-    guard FileManager.default.createFile(atPath: temporary, contents: nil) else {
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else {
       throw TrainingError.unwritable(path: temporary, reason: String(cString: strerror(errno)))
     }
-    do {
-      let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
-      try handle.write(contentsOf: data)
-      try handle.synchronize()
-      try handle.close()
-      guard rename(temporary, path) == 0 else {
-        throw TrainingError.unwritable(path: path, reason: String(cString: strerror(errno)))
-      }
-    } catch let e as TrainingError {
-      unlink(temporary)
-      throw e
-    } catch {
-      unlink(temporary)
-      throw TrainingError.unwritable(path: path, reason: "\(error.localizedDescription)")
-    }
-    let fd = open(directory.isEmpty ? "." : directory, O_RDONLY)
-    if fd >= 0 {
-      fsync(fd)
+    func fail(_ what: String) -> TrainingError {
+      let reason = "\(what): \(String(cString: strerror(errno)))"
       close(fd)
+      unlink(temporary)
+      return TrainingError.unwritable(path: path, reason: reason)
+    }
+    let ok = data.withUnsafeBytes { raw -> Bool in
+      var at = 0
+      while at < raw.count {
+        let n = Foundation.write(fd, raw.baseAddress! + at, min(raw.count - at, 1 << 30))
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return false }
+        at += n
+      }
+      return true
+    }
+    guard ok else { throw fail("write failed") }
+    guard fsync(fd) == 0 else { throw fail("fsync failed") }
+    guard close(fd) == 0 else {
+      unlink(temporary)
+      throw TrainingError.unwritable(path: path, reason: "close failed: \(String(cString: strerror(errno)))")
+    }
+    guard rename(temporary, path) == 0 else {
+      let reason = String(cString: strerror(errno))
+      unlink(temporary)
+      throw TrainingError.unwritable(path: path, reason: "rename failed: \(reason)")
+    }
+    let dfd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_CLOEXEC)
+    if dfd >= 0 {
+      fsync(dfd)
+      close(dfd)
     }
   }
 }

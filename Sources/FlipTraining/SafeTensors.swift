@@ -1,51 +1,97 @@
+import CZlib
 import Foundation
 
 /// The safetensors layout (github.com/huggingface/safetensors): an 8-byte little-endian header
 /// length `n`, `n` bytes of JSON (`{"name": {"dtype", "shape", "data_offsets": [begin, end]},
 /// "__metadata__": {string: string}}`, padded with spaces to a multiple of 8), then the tensors'
-/// little-endian bytes, packed with no gaps. Flip writes F32 tensors in name order.
+/// little-endian bytes, packed with no gaps. Flip writes tensors in name order; it reads and
+/// writes the dtypes `F32` (floats) and `U32` (bit-packed binary kernels).
 public enum SafeTensors {
   /// Largest header Flip accepts: a hostile length must not cause a giant allocation.
   public static let maxHeaderBytes = 64 << 20
 
-  public struct Tensor: Equatable {
-    public var shape: [Int]
-    public var values: [Float]
-    public init(shape: [Int], values: [Float]) {
-      self.shape = shape
-      self.values = values
-    }
+  public enum DType: String, Sendable {
+    case f32 = "F32"
+    case u32 = "U32"
   }
 
-  /// Serializes `tensors` and `metadata` (a flat string map).
-  public static func encode(_ tensors: [String: Tensor], metadata: [String: String]) throws -> Data {
-    var header: [String: Any] = ["__metadata__": metadata]
-    var offset = 0
+  /// One tensor: `values` for F32, `words` for U32 (the other array is empty).
+  public struct Tensor: Equatable, Sendable {
+    public var dtype: DType
+    public var shape: [Int]
+    public var values: [Float]
+    public var words: [UInt32]
+    public init(shape: [Int], values: [Float]) {
+      dtype = .f32
+      self.shape = shape
+      self.values = values
+      words = []
+    }
+    public init(shape: [Int], words: [UInt32]) {
+      dtype = .u32
+      self.shape = shape
+      self.words = words
+      values = []
+    }
+    /// Elements (both dtypes are 4 bytes wide).
+    public var count: Int { dtype == .f32 ? values.count : words.count }
+  }
+
+  /// Serializes `tensors` and `metadata` (a flat string map). With `checksumKey`, the CRC-32
+  /// (zlib's, as Python's `zlib.crc32`) of the data section is added to the metadata under
+  /// that key as 8 hex digits.
+  public static func encode(_ tensors: [String: Tensor], metadata: [String: String], checksumKey: String? = nil) throws
+    -> Data
+  {
     let names = tensors.keys.sorted()
+    var header: [String: Any] = [:]
+    var offset = 0
     for name in names {
       let t = tensors[name]!
-      guard t.shape.reduce(1, *) == t.values.count else {
-        throw TrainingError.invalidArgument("tensor \(name): shape \(t.shape) does not hold \(t.values.count) values")
+      guard t.shape.reduce(1, *) == t.count else {
+        throw TrainingError.invalidArgument("tensor \(name): shape \(t.shape) does not hold \(t.count) values")
       }
-      let bytes = t.values.count * 4
-      header[name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + bytes]]
+      let bytes = t.count * 4
+      header[name] = ["dtype": t.dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + bytes]]
       offset += bytes
     }
+    var payload = Data(count: offset)
+    payload.withUnsafeMutableBytes { dst in
+      var at = 0
+      for name in names {
+        let t = tensors[name]!
+        let n = t.count * 4
+        let target = UnsafeMutableRawBufferPointer(rebasing: dst[at..<(at + n)])
+        if t.dtype == .f32 {
+          t.values.withUnsafeBytes { target.copyMemory(from: $0) }
+        } else {
+          t.words.withUnsafeBytes { target.copyMemory(from: $0) }
+        }
+        #if _endian(big)
+          let w = target.bindMemory(to: UInt32.self)
+          for i in w.indices { w[i] = w[i].littleEndian }
+        #endif
+        at += n
+      }
+    }
+    var meta = metadata
+    if let checksumKey { meta[checksumKey] = crc32Hex(payload) }
+    header["__metadata__"] = meta
     var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
     while json.count % 8 != 0 { json.append(0x20) }
     var out = Data(capacity: 8 + json.count + offset)
     var n = UInt64(json.count).littleEndian
     withUnsafeBytes(of: &n) { out.append(contentsOf: $0) }
     out.append(json)
-    for name in names {
-      tensors[name]!.values.withUnsafeBufferPointer { p in
-        p.withMemoryRebound(to: UInt32.self) { words in
-          let le = words.map { $0.littleEndian }
-          le.withUnsafeBytes { out.append(contentsOf: $0) }
-        }
-      }
-    }
+    out.append(payload)
     return out
+  }
+
+  /// The result of `decode`: tensors, metadata, and the CRC-32 of the data section.
+  public struct Contents: Sendable {
+    public var tensors: [String: Tensor]
+    public var metadata: [String: String]
+    public var payloadCRC32: String
   }
 
   /// Parses and validates a whole file: header bounds, JSON, dtypes, shapes, offsets inside
@@ -53,18 +99,24 @@ public enum SafeTensors {
   public static func decode(_ data: Data, path: String) throws -> (
     tensors: [String: Tensor], metadata: [String: String]
   ) {
+    let c = try decodeContents(data, path: path)
+    return (c.tensors, c.metadata)
+  }
+
+  /// `decode`, also returning the data section's CRC-32.
+  public static func decodeContents(_ data: Data, path: String) throws -> Contents {
     func bad(_ why: String) -> TrainingError { .modelFile(path: path, reason: "not a valid safetensors file: \(why)") }
     guard data.count >= 8 else { throw bad("\(data.count) bytes is too short for the 8-byte header length") }
-    let bytes = [UInt8](data)
     var length: UInt64 = 0
-    for i in 0..<8 { length |= UInt64(bytes[i]) << (8 * UInt64(i)) }
+    for i in 0..<8 { length |= UInt64(data[data.startIndex + i]) << (8 * UInt64(i)) }
     guard length <= UInt64(maxHeaderBytes) else {
       throw bad("header length \(length) exceeds the limit of \(maxHeaderBytes) bytes")
     }
-    guard 8 + Int(length) <= bytes.count else {
-      throw bad("header length \(length) runs past the end of the file (\(bytes.count) bytes)")
+    guard 8 + Int(length) <= data.count else {
+      throw bad("header length \(length) runs past the end of the file (\(data.count) bytes)")
     }
-    let headerData = Data(bytes[8..<(8 + Int(length))])
+    let dataStart = 8 + Int(length)
+    let headerData = data.subdata(in: (data.startIndex + 8)..<(data.startIndex + dataStart))
     guard let object = try? JSONSerialization.jsonObject(with: headerData), let header = object as? [String: Any] else {
       throw bad("the header is not a JSON object")
     }
@@ -76,18 +128,25 @@ public enum SafeTensors {
         metadata[k] = s
       }
     }
-    let dataStart = 8 + Int(length)
-    let dataSize = bytes.count - dataStart
-    var ranges: [(Int, Int, String)] = []
-    var tensors: [String: Tensor] = [:]
+    let dataSize = data.count - dataStart
+    struct Entry {
+      var name: String
+      var dtype: DType
+      var shape: [Int]
+      var range: Range<Int>
+    }
+    var entries: [Entry] = []
     for (name, entry) in header where name != "__metadata__" {
       guard let e = entry as? [String: Any] else { throw bad("entry \(name) is not an object") }
-      guard let dtype = e["dtype"] as? String else { throw bad("tensor \(name) has no dtype") }
-      guard dtype == "F32" else { throw bad("tensor \(name) has dtype \(dtype); Flip reads F32") }
+      guard let dtypeName = e["dtype"] as? String else { throw bad("tensor \(name) has no dtype") }
+      guard let dtype = DType(rawValue: dtypeName) else {
+        throw bad("tensor \(name) has dtype \(dtypeName); Flip reads F32 and U32")
+      }
       guard let shapeAny = e["shape"] as? [Any], let offsetsAny = e["data_offsets"] as? [Any], offsetsAny.count == 2
       else {
         throw bad("tensor \(name) needs a shape and two data_offsets")
       }
+      guard shapeAny.count <= 8 else { throw bad("tensor \(name) has \(shapeAny.count) dimensions (at most 8)") }
       let shape = try shapeAny.map { v -> Int in
         guard let n = v as? Int, n >= 0, n < (1 << 40) else { throw bad("tensor \(name) has a bad shape \(shapeAny)") }
         return n
@@ -108,27 +167,57 @@ public enum SafeTensors {
       guard offsets[1] - offsets[0] == count * 4 else {
         throw bad("tensor \(name) has \(offsets[1] - offsets[0]) bytes but shape \(shape) needs \(count * 4)")
       }
-      ranges.append((offsets[0], offsets[1], name))
-      var values = [Float](repeating: 0, count: count)
-      values.withUnsafeMutableBytes { dst in
-        bytes.withUnsafeBytes { src in
-          dst.copyMemory(
-            from: UnsafeRawBufferPointer(rebasing: src[(dataStart + offsets[0])..<(dataStart + offsets[1])]))
-        }
-      }
-      #if _endian(big)
-        values = values.map { Float(bitPattern: UInt32(littleEndian: $0.bitPattern)) }
-      #endif
-      tensors[name] = Tensor(shape: shape, values: values)
+      entries.append(Entry(name: name, dtype: dtype, shape: shape, range: offsets[0]..<offsets[1]))
     }
-    ranges.sort { $0.0 < $1.0 }
+    // Offsets must tile the data section exactly: sorted, no overlap, no gap, nothing after.
+    entries.sort { ($0.range.lowerBound, $0.range.upperBound) < ($1.range.lowerBound, $1.range.upperBound) }
     var end = 0
-    for (lo, hi, name) in ranges {
-      if lo < end { throw bad("tensor \(name) overlaps the tensor before it") }
-      if lo > end { throw bad("a gap of \(lo - end) bytes before tensor \(name)") }
-      end = hi
+    for e in entries {
+      if e.range.lowerBound < end { throw bad("tensor \(e.name) overlaps the tensor before it") }
+      if e.range.lowerBound > end { throw bad("a gap of \(e.range.lowerBound - end) bytes before tensor \(e.name)") }
+      end = e.range.upperBound
     }
     if end != dataSize { throw bad("\(dataSize - end) bytes after the last tensor") }
-    return (tensors, metadata)
+    var tensors: [String: Tensor] = [:]
+    var crc = ""
+    data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+      let payload = UnsafeRawBufferPointer(rebasing: raw[dataStart...])
+      crc = crc32Hex(payload)
+      for e in entries {
+        let src = UnsafeRawBufferPointer(rebasing: payload[e.range])
+        let n = e.range.count / 4
+        switch e.dtype {
+        case .f32:
+          var values = [Float](repeating: 0, count: n)
+          values.withUnsafeMutableBytes { $0.copyMemory(from: src) }
+          #if _endian(big)
+            values = values.map { Float(bitPattern: UInt32(littleEndian: $0.bitPattern)) }
+          #endif
+          tensors[e.name] = Tensor(shape: e.shape, values: values)
+        case .u32:
+          var words = [UInt32](repeating: 0, count: n)
+          words.withUnsafeMutableBytes { $0.copyMemory(from: src) }
+          #if _endian(big)
+            words = words.map { UInt32(littleEndian: $0) }
+          #endif
+          tensors[e.name] = Tensor(shape: e.shape, words: words)
+        }
+      }
+    }
+    return Contents(tensors: tensors, metadata: metadata, payloadCRC32: crc)
+  }
+
+  /// zlib's CRC-32 of `bytes` as 8 lowercase hex digits (Python: `f"{zlib.crc32(b):08x}"`).
+  public static func crc32Hex(_ bytes: UnsafeRawBufferPointer) -> String {
+    var crc = CZlib.crc32_z(0, nil, 0)
+    if let base = bytes.baseAddress, bytes.count > 0 {
+      crc = CZlib.crc32_z(crc, base.assumingMemoryBound(to: UInt8.self), bytes.count)
+    }
+    let hex = String(crc, radix: 16)
+    return String(repeating: "0", count: max(0, 8 - hex.count)) + hex
+  }
+
+  public static func crc32Hex(_ data: Data) -> String {
+    data.withUnsafeBytes { crc32Hex($0) }
   }
 }
