@@ -23,6 +23,8 @@ let package = Package(
     .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
     .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
     .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+    // Stop requests from signals (async-signal-safe handlers, polled at step boundaries).
+    .target(name: "CSignals"),
 
     // Tensor core: buffers, GEMM and convolution through oneDNN, im2col.
     .target(name: "FlipTensor", dependencies: ["CDNNL"], swiftSettings: optimize),
@@ -34,7 +36,7 @@ let package = Package(
     .target(
       name: "FlipTraining",
       dependencies: [
-        "FlipBNN", "FlipComm", "CZlib",
+        "FlipBNN", "FlipComm", "CZlib", "CSignals",
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: optimize),
@@ -42,7 +44,7 @@ let package = Package(
     .target(
       name: "FlipCLI",
       dependencies: [
-        "FlipTraining",
+        "FlipTraining", "CSignals",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Yams", package: "Yams"),

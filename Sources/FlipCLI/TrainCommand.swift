@@ -1,8 +1,10 @@
 import ArgumentParser
+import CSignals
 import FlipBNN
 import FlipComm
 import FlipTraining
 import Foundation
+import Logging
 
 struct TrainCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -10,9 +12,17 @@ struct TrainCommand: ParsableCommand {
     abstract: "Train a model on an MNIST-style data set, evaluating on its test set after every epoch.",
     discussion: """
       The run directory (--out) receives metrics.jsonl (one JSON row per epoch and every \
-      --log-every steps), config.yaml (the effective config, every layer written out) and \
-      model.safetensors (the trained variables). --batch-size is the GLOBAL batch: under mpirun \
-      each of N ranks takes batch/N samples of it.
+      --log-every steps), config.yaml (the effective config, every layer written out), \
+      checkpoints ckpt-<step>.safetensors (every epoch by default) and model.safetensors (the \
+      trained variables). --batch-size is the GLOBAL batch: under mpirun each of N ranks takes \
+      batch/N samples of it.
+
+      Stopping and resuming: SIGUSR1 (which mpirun forwards to every rank; SLURM sends it with \
+      --signal=B:USR1@60), or SIGTERM/SIGINT delivered to a rank, stops all ranks at the next \
+      step boundary; rank 0 writes a checkpoint and every rank exits 0. A second SIGINT exits at \
+      once. `flip train --resume DIR` continues from the newest valid checkpoint in DIR, on any \
+      number of ranks that divides the global batch, with the run's own settings (only \
+      --epochs, --data and the compute, logging and checkpoint options may be given).
       """)
 
   @OptionGroup var modelOptions: ModelOptions
@@ -61,25 +71,48 @@ struct TrainCommand: ParsableCommand {
     ))
   var shardOptimizer = true
   @Flag(
-    name: .long,
+    name: .customLong("sync-bn"), inversion: .prefixedNo,
     help: ArgumentHelp(
       "Sync BatchNorm: normalize with the statistics of the global batch (summed across ranks).",
       discussion:
         "By default each rank normalizes with its local batch and the moving statistics are averaged before every evaluation."
     ))
-  var syncBn = false
+  var syncBn: Bool?
   @Option(
     name: .long,
     help: ArgumentHelp(
       "Gradient accumulation: K micro-steps of batch/(ranks·K) samples per rank before one all-reduce and one update (default 1).",
       discussion: "The global batch stays the batch of one update; BatchNorm statistics are those of each micro-step."))
-  var accumulate = 1
+  var accumulate: Int?
   @Option(
     name: .long,
     help:
       "Under mpirun: compare a checksum of the weights and optimizer state across ranks every N steps (0: only at the end; default 100)."
   )
   var checkEvery = 100
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "Continue the run in this directory from its newest valid checkpoint.",
+      discussion:
+        "A corrupt newest checkpoint is reported and the one before it is used. The model, optimizer, batch, seed and data order come from the checkpoint."
+    ))
+  var resume: String?
+  @Option(
+    name: .long, help: "Write a checkpoint every N optimizer steps (default 0: only by epoch; --resume: the run's).")
+  var checkpointEvery: Int?
+  @Option(
+    name: .long,
+    help: "Write a checkpoint at the end of every N epochs (default 1; 0: none by epoch; --resume: the run's).")
+  var checkpointEveryEpochs: Int?
+  @Option(name: .long, help: "Keep the newest K checkpoints, deleting older ones (default 3; --resume: the run's).")
+  var keepCheckpoints: Int?
+  @Option(
+    name: .long,
+    help:
+      "When a checkpoint cannot be written (disk full, permissions): stop (every rank stops with an error; earlier checkpoints stay intact; the default) or continue (warn and train on)."
+  )
+  var onCheckpointError: CheckpointErrorPolicy?
 
   func validate() throws {
     if let epochs, epochs <= 0 { throw ValidationError("--epochs must be positive, got \(epochs)") }
@@ -92,90 +125,254 @@ struct TrainCommand: ParsableCommand {
     if lrReferenceBatch <= 0 { throw ValidationError("--lr-reference-batch must be positive, got \(lrReferenceBatch)") }
     if warmupEpochs < 0 { throw ValidationError("--warmup-epochs must be ≥ 0, got \(warmupEpochs)") }
     if !(bucketMb >= 0) { throw ValidationError("--bucket-mb must be ≥ 0, got \(bucketMb)") }
-    if accumulate < 1 { throw ValidationError("--accumulate must be at least 1, got \(accumulate)") }
+    if let accumulate, accumulate < 1 { throw ValidationError("--accumulate must be at least 1, got \(accumulate)") }
     if checkEvery < 0 { throw ValidationError("--check-every must be ≥ 0, got \(checkEvery)") }
+    if let checkpointEvery, checkpointEvery < 0 {
+      throw ValidationError("--checkpoint-every must be ≥ 0, got \(checkpointEvery)")
+    }
+    if let checkpointEveryEpochs, checkpointEveryEpochs < 0 {
+      throw ValidationError("--checkpoint-every-epochs must be ≥ 0, got \(checkpointEveryEpochs)")
+    }
+    if let keepCheckpoints, keepCheckpoints < 1 {
+      throw ValidationError("--keep-checkpoints must be at least 1, got \(keepCheckpoints)")
+    }
+    if resume != nil {
+      // The run's settings come from its checkpoint; flags that would change them are errors.
+      var fixed: [String] = []
+      if modelOptions.model != nil { fixed.append("--model") }
+      if modelOptions.config != nil { fixed.append("--config") }
+      if batchSize != nil { fixed.append("--batch-size") }
+      if seed != nil { fixed.append("--seed") }
+      if learningRate != nil { fixed.append("--learning-rate") }
+      if lrScaling != .none { fixed.append("--lr-scaling") }
+      if warmupEpochs != 0 { fixed.append("--warmup-epochs") }
+      if accumulate != nil { fixed.append("--accumulate") }
+      if syncBn != nil { fixed.append("--sync-bn") }
+      if out != nil { fixed.append("--out") }
+      if overwrite { fixed.append("--overwrite") }
+      if !fixed.isEmpty {
+        throw ValidationError(
+          "\(fixed.joined(separator: ", ")) cannot be given with --resume: the run's settings come from its checkpoint (only --epochs, --data and compute, logging and checkpoint options may change)"
+        )
+      }
+    }
   }
 
   func run() throws {
     try Runtime.run(verbose: compute.verbose) { communicator, logger in
-      var config = try modelOptions.resolve()
-      if let epochs { config.epochs = epochs }
-      if let batchSize { config.batchSize = batchSize }
-      if let seed { config.seed = UInt64(seed) }
-      if let data { config.data = data }
-      if let logEvery { config.logEverySteps = logEvery }
-      if let learningRate { config.optimizer = try config.optimizer.withLearningRate(learningRate) }
-      guard config.epochs > 0 else { throw ValidationError("epochs must be positive, got \(config.epochs)") }
-      guard config.batchSize > 0 else { throw ValidationError("batch_size must be positive, got \(config.batchSize)") }
-
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       logger.info("\(Runtime.describeCompute(threads: threads, communicator: communicator))")
-
-      let runDirectory = out ?? "runs/\(config.model)"
-      if communicator.isRoot { try RunDirectory.prepare(runDirectory, overwrite: overwrite) }
-
-      let data = try DataSplits.load(directory: config.data)
-      logger.info(
-        "data \(config.data): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes"
-      )
-      let stepsPerEpoch = (data.train.count + config.batchSize - 1) / config.batchSize
-      let factor = lrScaling == .linear ? Double(config.batchSize) / Double(lrReferenceBatch) : 1
-      if factor != 1 || warmupEpochs > 0 {
-        config.optimizer = try config.optimizer.mappingLearningRates { h in
-          var schedule = factor == 1 ? h.schedule : .scaled(factor: factor, inner: h.schedule)
-          if warmupEpochs > 0 {
-            let warmup = warmupEpochs * (h.unit == .step ? stepsPerEpoch : 1)
-            schedule = .linearWarmup(warmup: warmup, start: h.schedule.value(at: 0), then: schedule)
-          }
-          return Hyperparameter(schedule, unit: h.unit)
-        }
-        logger.info(
-          "learning rate: \(lrScaling == .linear ? "linear scaling ×\(factor)" : "unscaled")\(warmupEpochs > 0 ? ", \(warmupEpochs) warmup epoch(s)" : "")"
-        )
-      }
-      let model = try Sequential(
-        specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
-      let optimizer = try config.optimizer.make()
-      var options = TrainingOptions(
-        epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps,
-        checkEverySteps: checkEvery)
-      options.accumulate = accumulate
-      options.syncBatchNorm = syncBn
-      options.shardOptimizer = shardOptimizer
-      options.bucketBytes = Int(bucketMb * 1_048_576)
-      let env = ProcessInfo.processInfo.environment
-      if let rank = env["FLIP_TEST_FAIL_RANK"].flatMap(Int.init),
-        let step = env["FLIP_TEST_FAIL_STEP"].flatMap(Int.init)
-      {
-        options.injectedFailure = (rank, step)
-      }
-      let trainer = try Trainer(
-        model: model, optimizer: optimizer, communicator: communicator, data: data,
-        options: options,
-        logger: logger, progress: ProgressReporter(enabled: communicator.isRoot && !quiet))
-      if communicator.isRoot {
-        try RunDirectory.writeText(try config.yaml(), to: runDirectory + "/config.yaml")
-        trainer.metrics = try MetricsLog(path: runDirectory + "/metrics.jsonl")
-      }
-      logger.info(
-        "model \(config.model): \(model.store.parameterCount) trainable parameters; \(trainer.sampler.stepsPerEpoch) steps per epoch of global batch \(config.batchSize)"
-      )
-      let results = try trainer.fit()
-      if communicator.isRoot {
-        try ModelFile.save(
-          model, to: runDirectory + "/model.safetensors",
-          metadata: [
-            "model": config.model, "config": try config.yaml(), "step": String(trainer.clock.step),
-            "epoch": String(config.epochs),
-          ])
-        if let last = results.last {
-          logger.info(
-            "done: test accuracy \(String(format: "%.4f", last.testAccuracy)), test loss \(String(format: "%.4f", last.testLoss)); run directory \(runDirectory)"
-          )
-        }
+      if let resume {
+        try resumeRun(resume, communicator: communicator, logger: logger)
+      } else {
+        try newRun(communicator: communicator, logger: logger)
       }
     }
   }
+
+  /// A run from scratch: the config from --model/--config and the flags.
+  func newRun(communicator: Communicator, logger: Logger) throws {
+    var config = try modelOptions.resolve()
+    if let epochs { config.epochs = epochs }
+    if let batchSize { config.batchSize = batchSize }
+    if let seed { config.seed = UInt64(seed) }
+    if let data { config.data = data }
+    if let logEvery { config.logEverySteps = logEvery }
+    if let learningRate { config.optimizer = try config.optimizer.withLearningRate(learningRate) }
+    guard config.epochs > 0 else { throw ValidationError("epochs must be positive, got \(config.epochs)") }
+    guard config.batchSize > 0 else { throw ValidationError("batch_size must be positive, got \(config.batchSize)") }
+
+    let runDirectory = out ?? "runs/\(config.model)"
+    if communicator.isRoot { try RunDirectory.prepare(runDirectory, overwrite: overwrite) }
+
+    let data = try DataSplits.load(directory: config.data)
+    logger.info(
+      "data \(config.data): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes"
+    )
+    let stepsPerEpoch = (data.train.count + config.batchSize - 1) / config.batchSize
+    let factor = lrScaling == .linear ? Double(config.batchSize) / Double(lrReferenceBatch) : 1
+    if factor != 1 || warmupEpochs > 0 {
+      config.optimizer = try config.optimizer.mappingLearningRates { h in
+        var schedule = factor == 1 ? h.schedule : .scaled(factor: factor, inner: h.schedule)
+        if warmupEpochs > 0 {
+          let warmup = warmupEpochs * (h.unit == .step ? stepsPerEpoch : 1)
+          schedule = .linearWarmup(warmup: warmup, start: h.schedule.value(at: 0), then: schedule)
+        }
+        return Hyperparameter(schedule, unit: h.unit)
+      }
+      logger.info(
+        "learning rate: \(lrScaling == .linear ? "linear scaling ×\(factor)" : "unscaled")\(warmupEpochs > 0 ? ", \(warmupEpochs) warmup epoch(s)" : "")"
+      )
+    }
+    var options = TrainingOptions(
+      epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps,
+      checkEverySteps: checkEvery)
+    options.accumulate = accumulate ?? 1
+    options.syncBatchNorm = syncBn ?? false
+    let trainer = try makeTrainer(
+      config: config, options: options, data: data, runDirectory: runDirectory, communicator: communicator,
+      logger: logger)
+    if communicator.isRoot {
+      try RunDirectory.writeText(try config.yaml(), to: runDirectory + "/config.yaml")
+      trainer.metrics = try MetricsLog(path: runDirectory + "/metrics.jsonl")
+    }
+    try train(trainer, config: config, runDirectory: runDirectory, communicator: communicator, logger: logger)
+  }
+
+  /// Continues the run in `directory` from its newest valid checkpoint, which rank 0 reads and
+  /// broadcasts, on however many ranks this job has.
+  func resumeRun(_ directory: String, communicator: Communicator, logger: Logger) throws {
+    var path = Data()
+    var bytes = Data()
+    var failure: Error?
+    if communicator.isRoot {
+      do {
+        let found = try CheckpointFiles.newestValid(directory, logger: logger)
+        path = Data(found.path.utf8)
+        bytes = found.data
+      } catch { failure = error }
+    }
+    path = try communicator.broadcast(path, root: 0)
+    bytes = try communicator.broadcast(bytes, root: 0)
+    if let failure { throw failure }
+    guard !bytes.isEmpty else {
+      throw TrainingError.invalidArgument("rank 0 found no valid checkpoint in \(directory)")
+    }
+    let file = String(decoding: path, as: UTF8.self)
+    let (tensors, metadata) = try ModelFile.decode(bytes, path: file)
+    guard let yaml = metadata["config"] else {
+      throw TrainingError.modelFile(path: file, reason: "the metadata has no config")
+    }
+    var config = try RunConfig.parse(yaml: yaml, file: file + " (config)")
+    if let epochs { config.epochs = epochs }
+    if let data { config.data = data }
+    if let logEvery { config.logEverySteps = logEvery }
+    let training =
+      (metadata["training"].flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: Any]) ?? [:]
+    var options = TrainingOptions(
+      epochs: config.epochs, batchSize: config.batchSize, seed: config.seed, logEverySteps: config.logEverySteps,
+      checkEverySteps: checkEvery)
+    options.accumulate = training["accumulate"] as? Int ?? 1
+    options.syncBatchNorm = training["sync_batch_norm"] as? Bool ?? false
+    let data = try DataSplits.load(directory: config.data)
+    let saved =
+      (metadata["checkpointing"].flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: Any])
+      ?? [:]
+    let trainer = try makeTrainer(
+      config: config, options: options, data: data, runDirectory: directory, communicator: communicator,
+      logger: logger, savedPolicy: saved)
+    try trainer.restore(tensors: tensors, metadata: metadata, path: file)
+    let savedRanks = metadata["world_size"] ?? "?"
+    logger.info(
+      "resuming from \(file): step \(trainer.position.step), epoch \(trainer.position.epoch + 1) at batch \(trainer.position.stepInEpoch) of \(trainer.sampler.stepsPerEpoch)\(savedRanks != String(communicator.size) ? " (saved on \(savedRanks) ranks, continuing on \(communicator.size))" : "")"
+    )
+    guard trainer.position.epoch < config.epochs else {
+      logger.info(
+        "the run has already trained \(trainer.position.epoch) of \(config.epochs) epochs; pass a larger --epochs to continue it"
+      )
+      return
+    }
+    if communicator.isRoot {
+      let metricsPath = directory + "/metrics.jsonl"
+      try MetricsLog.truncate(path: metricsPath, afterStep: trainer.position.step)
+      trainer.metrics = try MetricsLog(path: metricsPath, append: true)
+    }
+    try train(trainer, config: config, runDirectory: directory, communicator: communicator, logger: logger)
+  }
+
+  func makeTrainer(
+    config: RunConfig, options base: TrainingOptions, data: DataSplits, runDirectory: String,
+    communicator: Communicator, logger: Logger, savedPolicy saved: [String: Any] = [:]
+  ) throws -> Trainer {
+    let model = try Sequential(
+      specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
+    let optimizer = try config.optimizer.make()
+    var options = base
+    options.shardOptimizer = shardOptimizer
+    options.bucketBytes = Int(bucketMb * 1_048_576)
+    if let faults = ProcessInfo.processInfo.environment["FLIP_TEST_FAULT"] {
+      options.injectedFaults = try faults.split(separator: ",").map { text in
+        guard let f = InjectedFault(String(text)) else {
+          throw ValidationError(
+            "FLIP_TEST_FAULT must be action:rank:step[,...] (action: fail, kill, usr1, term, int), got \(faults)")
+        }
+        return f
+      }
+    }
+    let trainer = try Trainer(
+      model: model, optimizer: optimizer, communicator: communicator, data: data, options: options,
+      logger: logger, progress: ProgressReporter(enabled: communicator.isRoot && !quiet))
+    var policy = CheckpointPolicy(directory: runDirectory)
+    // Flags, else (resuming) the run's own policy, else the defaults.
+    policy.everySteps = checkpointEvery ?? saved["every_steps"] as? Int ?? 0
+    policy.everyEpochs = checkpointEveryEpochs ?? saved["every_epochs"] as? Int ?? 1
+    policy.keep = max(1, keepCheckpoints ?? saved["keep"] as? Int ?? 3)
+    let onError = onCheckpointError ?? (saved["on_error"] as? String).flatMap(CheckpointErrorPolicy.init) ?? .stop
+    policy.continueOnError = onError == .continue
+    let checkpointing: [String: Any] = [
+      "every_steps": policy.everySteps, "every_epochs": policy.everyEpochs, "keep": policy.keep,
+      "on_error": onError.rawValue,
+    ]
+    policy.metadata = [
+      "model": config.model, "config": try config.yaml(),
+      "checkpointing": String(
+        decoding: try JSONSerialization.data(withJSONObject: checkpointing, options: [.sortedKeys]), as: UTF8.self),
+    ]
+    trainer.checkpointPolicy = policy
+    logger.info(
+      "model \(config.model): \(model.store.parameterCount) trainable parameters; \(trainer.sampler.stepsPerEpoch) steps per epoch of global batch \(config.batchSize)"
+    )
+    return trainer
+  }
+
+  /// Trains with stop signals caught, then writes the model (or says how to resume).
+  func train(_ trainer: Trainer, config: RunConfig, runDirectory: String, communicator: Communicator, logger: Logger)
+    throws
+  {
+    flip_signals_install()
+    let results = try trainer.fit()
+    flip_signals_uninstall()
+    if let stop = trainer.stopRequest {
+      let cause =
+        stop.localSignal != 0
+        ? "signal \(signalName(stop.localSignal))"
+        : "a stop request on \(stop.ranks) other rank\(stop.ranks == 1 ? "" : "s")"
+      let relaunch =
+        communicator.size > 1
+        ? "mpirun -np \(communicator.size) flip train --resume \(runDirectory)" : "flip train --resume \(runDirectory)"
+      logger.info(
+        "stopped at step \(stop.step) (\(cause)); checkpoint \(trainer.checkpointWrites.last?.path ?? "none"). Continue with: \(relaunch)"
+      )
+      return
+    }
+    if communicator.isRoot {
+      try ModelFile.save(
+        trainer.model, to: runDirectory + "/model.safetensors",
+        metadata: [
+          "model": config.model, "config": try config.yaml(), "step": String(trainer.clock.step),
+          "epoch": String(config.epochs),
+        ])
+      if let last = results.last {
+        logger.info(
+          "done: test accuracy \(String(format: "%.4f", last.testAccuracy)), test loss \(String(format: "%.4f", last.testLoss)); run directory \(runDirectory)"
+        )
+      }
+    }
+  }
+}
+
+func signalName(_ s: Int32) -> String {
+  switch s {
+  case SIGUSR1: return "SIGUSR1"
+  case SIGTERM: return "SIGTERM"
+  case SIGINT: return "SIGINT"
+  default: return "\(s)"
+  }
+}
+
+/// `--on-checkpoint-error` values.
+enum CheckpointErrorPolicy: String, ExpressibleByArgument, CaseIterable {
+  case stop, `continue`
 }
 
 /// `--lr-scaling` values.
@@ -232,13 +429,19 @@ enum RunDirectory {
       guard isDirectory.boolValue else {
         throw TrainingError.unwritable(path: path, reason: "it is a file, not a directory")
       }
-      let existing = runFiles.filter { fm.fileExists(atPath: path + "/" + $0) }
+      let checkpoints = (try? CheckpointFiles.list(path)) ?? []
+      let existing =
+        runFiles.filter { fm.fileExists(atPath: path + "/" + $0) }
+        + checkpoints.map { ($0.path as NSString).lastPathComponent }
       if !existing.isEmpty && !overwrite {
         throw TrainingError.unwritable(
           path: path,
           reason:
-            "it already holds a run (\(existing.joined(separator: ", "))); choose another --out or pass --overwrite")
+            "it already holds a run (\(existing.prefix(4).joined(separator: ", "))\(existing.count > 4 ? ", ..." : "")); continue it with --resume \(path), choose another --out, or pass --overwrite"
+        )
       }
+      // A fresh run must not leave an older run's checkpoints behind for --resume to pick up.
+      for c in checkpoints { try? fm.removeItem(atPath: c.path) }
     } else {
       do { try fm.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
         throw TrainingError.unwritable(path: path, reason: "cannot create the directory: \(error.localizedDescription)")

@@ -18,6 +18,8 @@ public protocol Communicator: AnyObject {
   func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws
   /// Copies `count` floats from `root` to every rank.
   func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws
+  /// Copies `count` bytes from `root` to every rank.
+  func broadcast(bytes buffer: UnsafeMutableRawPointer, count: Int, root: Int) throws
   /// Starts an in-place sum over all ranks of `count` floats without waiting for it; the
   /// buffer must not be touched until `waitOutstanding()`.
   func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
@@ -50,6 +52,19 @@ extension Communicator {
     let n = values.count
     try values.withUnsafeMutableBufferPointer { try allreduceSum($0.baseAddress!, count: n) }
   }
+
+  /// `root`'s `data` on every rank (its length first, then its bytes); the argument is ignored
+  /// on the other ranks.
+  public func broadcast(_ data: Data, root: Int) throws -> Data {
+    guard size > 1 else { return data }
+    var length = UInt64(rank == root ? data.count : 0)
+    try withUnsafeMutableBytes(of: &length) { try broadcast(bytes: $0.baseAddress!, count: 8, root: root) }
+    var out = rank == root ? data : Data(count: Int(length))
+    if length > 0 {
+      try out.withUnsafeMutableBytes { try broadcast(bytes: $0.baseAddress!, count: Int(length), root: root) }
+    }
+    return out
+  }
 }
 
 /// Errors of the communication layer.
@@ -73,6 +88,7 @@ public final class SingleProcessCommunicator: Communicator {
   public func allreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {}
   public func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws {}
   public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {}
+  public func broadcast(bytes buffer: UnsafeMutableRawPointer, count: Int, root: Int) throws {}
   public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {}
   public func progressOutstanding() throws {}
   public func waitOutstanding() throws {}

@@ -93,6 +93,12 @@ public final class MPICommunicator: Communicator {
     }
   }
 
+  public func broadcast(bytes buffer: UnsafeMutableRawPointer, count: Int, root: Int) throws {
+    try chunked(count) { offset, n in
+      try check(MPI_Bcast(buffer + offset, n, flip_mpi_byte(), Int32(root), world.value), "MPI_Bcast")
+    }
+  }
+
   public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
     try chunked(count) { offset, n in
       var request: MPI_Request? = flip_mpi_request_null()

@@ -40,3 +40,20 @@ public final class MetricsLog {
     return v
   }
 }
+
+extension MetricsLog {
+  /// Drops the rows of steps after `step` (written by a run that was killed after its last
+  /// checkpoint) so a resumed run's rows follow on without duplicates.
+  public static func truncate(path: String, afterStep step: Int) throws {
+    guard let data = FileManager.default.contents(atPath: path) else { return }
+    var kept = Data()
+    for line in data.split(separator: 0x0A, omittingEmptySubsequences: true) {
+      let row = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any]
+      if let s = row?["step"] as? Int, s > step { continue }
+      guard row != nil else { continue }  // a line cut short by the kill
+      kept.append(Data(line))
+      kept.append(0x0A)
+    }
+    try ModelFile.writeAtomically(kept, to: path)
+  }
+}

@@ -1,3 +1,4 @@
+import CSignals
 import FlipBNN
 import FlipComm
 import FlipTensor
@@ -29,9 +30,9 @@ public struct TrainingOptions: Sendable {
   /// Compare a checksum of the weights and optimizer state across ranks every this many
   /// steps (0: only at the end of training).
   public var checkEverySteps: Int
-  /// Test hook: this rank fails at this step (global, 1-based), to test that a failing rank
-  /// ends the whole job. Set by the CLI from FLIP_TEST_FAIL_RANK / FLIP_TEST_FAIL_STEP.
-  public var injectedFailure: (rank: Int, step: Int)?
+  /// Test hooks: faults a rank injects into itself at the start of a step (set by the CLI
+  /// from FLIP_TEST_FAULT), to test failure, kill and signal handling.
+  public var injectedFaults: [InjectedFault] = []
   public init(epochs: Int, batchSize: Int, seed: UInt64, logEverySteps: Int = 50, checkEverySteps: Int = 100) {
     self.epochs = epochs
     self.batchSize = batchSize
@@ -39,6 +40,63 @@ public struct TrainingOptions: Sendable {
     self.logEverySteps = logEverySteps
     self.checkEverySteps = checkEverySteps
   }
+}
+
+/// A fault a test makes a rank inject into itself at the start of a (global, 1-based) step.
+public struct InjectedFault: Sendable, Equatable {
+  public enum Action: Sendable, Equatable {
+    /// Throw an error (the job must end non-zero at once).
+    case fail
+    /// SIGKILL itself (nothing can be cleaned up; the last checkpoint must be valid).
+    case kill
+    /// Raise this signal (a stop request).
+    case signal(Int32)
+  }
+  public var action: Action
+  public var rank: Int
+  public var step: Int
+  public init(action: Action, rank: Int, step: Int) {
+    self.action = action
+    self.rank = rank
+    self.step = step
+  }
+
+  /// Parses `action:rank:step` (action: fail, kill, usr1, term, int), e.g. `kill:0:5`.
+  public init?(_ text: String) {
+    let parts = text.split(separator: ":").map(String.init)
+    guard parts.count == 3, let rank = Int(parts[1]), let step = Int(parts[2]), rank >= 0, step >= 1 else { return nil }
+    switch parts[0].lowercased() {
+    case "fail": action = .fail
+    case "kill": action = .kill
+    case "usr1": action = .signal(SIGUSR1)
+    case "term": action = .signal(SIGTERM)
+    case "int": action = .signal(SIGINT)
+    default: return nil
+    }
+    self.rank = rank
+    self.step = step
+  }
+}
+
+/// A stop that all ranks agreed on at a step boundary.
+public struct StopRequest: Sendable, Equatable {
+  /// The step after which training stopped.
+  public var step: Int
+  /// How many ranks had received a stop signal.
+  public var ranks: Int
+  /// The signal this rank received (0 if the request came from another rank).
+  public var localSignal: Int32
+}
+
+/// One written checkpoint.
+public struct CheckpointWrite: Sendable {
+  public var path: String
+  public var step: Int
+  public var bytes: Int
+  /// Wall time of the whole collective save (statistics, gather, encode, write, fsync).
+  public var seconds: Double
+  /// Of which rank 0's encoding and writing of the file.
+  public var writeSeconds: Double
 }
 
 /// The figures of one finished epoch.
@@ -66,7 +124,15 @@ public final class Trainer {
   public let logger: Logger
   public var metrics: MetricsLog?
   public var progress: ProgressReporter
-  public private(set) var clock = TrainingClock()
+  public internal(set) var clock = TrainingClock()
+  /// Where training stands (restored from a checkpoint by `restore`).
+  public internal(set) var position = TrainingPosition()
+  /// Set when training stopped early on a stop request agreed by all ranks.
+  public private(set) var stopRequest: StopRequest?
+  /// Checkpoints: when to write them (nil: never).
+  public var checkpointPolicy: CheckpointPolicy?
+  /// The checkpoints this trainer wrote, oldest first.
+  public internal(set) var checkpointWrites: [CheckpointWrite] = []
 
   private let loss: SparseCategoricalCrossentropy
   /// (b, H, W, C) this rank's images of the current batch, and (b) labels; b = local batch.
@@ -139,16 +205,26 @@ public final class Trainer {
 
   deinit { labels.deallocate() }
 
-  /// Trains for `options.epochs` epochs, evaluating on the test set after each.
+  /// Trains for `options.epochs` epochs, evaluating on the test set after each. Continues from `position` (a restored checkpoint) and stops early, with a checkpoint,
+  /// when any rank receives a stop signal (`stopRequest` says so).
   @discardableResult
   public func fit() throws -> [EpochResult] {
     var results: [EpochResult] = []
-    for epoch in clock.epoch..<options.epochs {
-      clock.epoch = epoch
-      let r = try trainEpoch(epoch)
+    position.flipSums =
+      position.flipSums.isEmpty ? Array(repeating: 0, count: model.flipCountingLayers.count) : position.flipSums
+    position.flipCounts =
+      position.flipCounts.isEmpty ? Array(repeating: 0, count: model.flipCountingLayers.count) : position.flipCounts
+    while position.epoch < options.epochs {
+      clock.epoch = position.epoch
+      guard let r = try trainEpoch(position.epoch) else { break }
       results.append(r)
     }
-    clock.epoch = options.epochs
+    if stopRequest == nil {
+      clock.epoch = position.epoch
+      if let policy = checkpointPolicy, checkpointWrites.last?.step != clock.step {
+        try saveCheckpoint(policy)
+      }
+    }
     try checkReplicas()
     return results
   }
@@ -156,9 +232,12 @@ public final class Trainer {
   /// One optimizer step on global batch `stepInEpoch` of `order`; returns this rank's summed
   /// loss, correct count and sample count.
   public func step(order: [Int], stepInEpoch: Int) throws -> (loss: Double, correct: Double, count: Double) {
-    if let f = options.injectedFailure, f.rank == communicator.rank, f.step == clock.step + 1 {
-      throw TrainingError.invalidArgument(
-        "injected failure at step \(f.step) (FLIP_TEST_FAIL_RANK/FLIP_TEST_FAIL_STEP)")
+    for f in options.injectedFaults where f.rank == communicator.rank && f.step == clock.step + 1 {
+      switch f.action {
+      case .fail: throw TrainingError.invalidArgument("injected failure at step \(f.step) (FLIP_TEST_FAULT)")
+      case .kill: kill(getpid(), SIGKILL)
+      case .signal(let s): raise(s)
+      }
     }
     let shard = sampler.shard(step: stepInEpoch)
     let n = shard.count
@@ -176,6 +255,10 @@ public final class Trainer {
       // An empty shard sits out, except under sync BatchNorm, whose collectives need every rank.
       if hi == lo && !(options.syncBatchNorm && communicator.size > 1) { continue }
       data.train.fill(order[lo..<hi], images: images.pointer, labels: labels)
+      // Dropout masks depend on (seed, step, micro-step, rank) only: resumed runs repeat them.
+      model.reseedStochasticLayers(
+        stream: (UInt64(clock.step) &* UInt64(k) &+ UInt64(micro)) &* UInt64(communicator.size)
+          &+ UInt64(communicator.rank))
       // On the last micro-step, each bucket's all-reduce starts as soon as backward has
       // finished its layers, and overlaps the backward of the layers below.
       let last = micro == k - 1 && overlap
@@ -206,19 +289,23 @@ public final class Trainer {
     return (r.lossSum, Double(r.correct), Double(n))
   }
 
-  func trainEpoch(_ epoch: Int) throws -> EpochResult {
+  /// Trains the rest of `epoch` (from `position.stepInEpoch`), evaluates, and writes the
+  /// checkpoints the policy asks for. Returns nil when a stop request ended it early.
+  func trainEpoch(_ epoch: Int) throws -> EpochResult? {
     let steps = sampler.stepsPerEpoch
     let order = sampler.permutation(epoch: epoch)
     progress.epochStarted(epoch + 1, of: options.epochs)
     let flipLayers = model.flipCountingLayers
-    var flipSums = [Double](repeating: 0, count: flipLayers.count)
-    var flipCounts = [Int](repeating: 0, count: flipLayers.count)
-    var totals = [0.0, 0.0, 0.0]  // loss sum, correct, samples (global)
+    var totals = position.epochTotals.map(Double.init(bitPattern:))  // loss sum, correct, samples (global)
+    var flipSums = position.flipSums.map(Double.init(bitPattern:))
+    let samplesBefore = totals[2]
     let learningRate = optimizer.hyperparameters(clock)["learning_rate"]
     let start = DispatchTime.now()
-    for s in 0..<steps {
+    for s in position.stepInEpoch..<steps {
       let local = try step(order: order, stepInEpoch: s)
-      var stepTotals = [local.loss, local.correct, local.count]
+      // The stop flag rides on the step's metrics all-reduce: every rank sees every request.
+      let signal = flip_signals_stop_requested()
+      var stepTotals = [local.loss, local.correct, local.count, signal != 0 ? 1 : 0]
       try communicator.allreduceSum(&stepTotals)
       guard stepTotals[0].isFinite else {
         throw TrainingError.nonFinite(
@@ -228,9 +315,13 @@ public final class Trainer {
       for (name, ratio) in model.flipRatios {
         if let i = flipLayers.firstIndex(of: name) {
           flipSums[i] += ratio
-          flipCounts[i] += 1
+          position.flipCounts[i] += 1
         }
       }
+      position.step = clock.step
+      position.stepInEpoch = s + 1
+      position.epochTotals = totals.map(\.bitPattern)
+      position.flipSums = flipSums.map(\.bitPattern)
       if options.checkEverySteps > 0 && clock.step % options.checkEverySteps == 0 { try checkReplicas() }
       let elapsed = seconds(since: start)
       progress.step(s + 1, of: steps, seconds: elapsed, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2])
@@ -240,18 +331,27 @@ public final class Trainer {
           "accuracy": totals[1] / totals[2], "seconds": elapsed,
         ])
       }
+      if stepTotals[3] > 0 {
+        stopRequest = StopRequest(step: clock.step, ranks: Int(stepTotals[3]), localSignal: signal)
+        progress.epochFinished(steps: s + 1, seconds: elapsed, summary: "stopped at step \(clock.step)")
+        if let policy = checkpointPolicy { try saveCheckpoint(policy) }
+        return nil
+      }
+      if let policy = checkpointPolicy, policy.everySteps > 0, clock.step % policy.everySteps == 0, s + 1 < steps {
+        try saveCheckpoint(policy)
+      }
     }
     let trainSeconds = seconds(since: start)
     try synchronizeBatchNormStatistics()
     let (testLoss, testAccuracy) = try evaluate(data.test)
     var flipRatio: [String: Double] = [:]
-    for (i, name) in flipLayers.enumerated() where flipCounts[i] > 0 {
-      flipRatio[name] = flipSums[i] / Double(flipCounts[i])
+    for (i, name) in flipLayers.enumerated() where position.flipCounts[i] > 0 {
+      flipRatio[name] = flipSums[i] / Double(position.flipCounts[i])
     }
     let result = EpochResult(
       epoch: epoch + 1, step: clock.step, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2],
       testLoss: testLoss, testAccuracy: testAccuracy, learningRate: learningRate, flipRatio: flipRatio,
-      imagesPerSecond: totals[2] / trainSeconds, seconds: seconds(since: start))
+      imagesPerSecond: (totals[2] - samplesBefore) / trainSeconds, seconds: seconds(since: start))
     progress.epochFinished(
       steps: steps, seconds: trainSeconds,
       summary: String(
@@ -265,6 +365,18 @@ public final class Trainer {
       ]
       row["learning_rate"] = learningRate ?? NSNull()
       try metrics.write(row)
+    }
+    // The next epoch starts: a checkpoint from here continues with its first batch.
+    position.epoch = epoch + 1
+    position.stepInEpoch = 0
+    position.epochTotals = [0, 0, 0]
+    position.flipSums = Array(repeating: 0, count: flipLayers.count)
+    position.flipCounts = Array(repeating: 0, count: flipLayers.count)
+    clock.epoch = epoch + 1
+    if let policy = checkpointPolicy {
+      let byEpoch = policy.everyEpochs > 0 && (epoch + 1) % policy.everyEpochs == 0
+      let byStep = policy.everySteps > 0 && clock.step % policy.everySteps == 0
+      if byEpoch || byStep { try saveCheckpoint(policy) }
     }
     return result
   }

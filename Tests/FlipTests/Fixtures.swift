@@ -121,3 +121,12 @@ func readMetrics(_ path: String) throws -> [[String: Any]] {
     try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
   }
 }
+
+/// Unblocks the stop signals on the calling thread. Test threads run with signals blocked and
+/// a spawned process inherits that mask: `mpirun` could then never see the SIGUSR1 a test sends.
+func unblockStopSignalsForChildren() {
+  var set = sigset_t()
+  sigemptyset(&set)
+  for s in [SIGUSR1, SIGTERM, SIGINT] { sigaddset(&set, s) }
+  pthread_sigmask(SIG_UNBLOCK, &set, nil)
+}

@@ -152,7 +152,7 @@ struct MPITests {
         "train", "--config", dir + "/bn.yaml", "--data", dir, "--epochs", "50", "--batch-size", "32", "--out",
         dir + "/run",
       ],
-      environment: ["FLIP_TEST_FAIL_RANK": "1", "FLIP_TEST_FAIL_STEP": "5"])
+      environment: ["FLIP_TEST_FAULT": "fail:1:5"])
     #expect(r.status != 0)
     #expect(r.stderr.contains("flip[rank 1]: error: injected failure at step 5"), "\(r.stderr)")
     #expect(Date().timeIntervalSince(start) < 30)

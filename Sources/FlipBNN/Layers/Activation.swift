@@ -110,14 +110,17 @@ public func softmaxRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Flo
 
 /// `Dropout(rate)`: in training, keeps each value with probability `1 − rate` and scales kept
 /// values by `1/(1 − rate)` (inverted dropout, as Keras); the identity in inference. Masks come
-/// from Flip's seeded generator, so runs repeat exactly.
-public final class Dropout: Layer {
+/// from Flip's seeded generator, so runs repeat exactly. The trainer reseeds it for every
+/// micro-step of every rank (`reseed(stream:)`), so masks depend on (seed, step, rank) only and
+/// a resumed run draws the same masks as an uninterrupted one.
+public final class Dropout: Layer, StochasticLayer {
   public var name = "dropout"
   public let typeName = "dropout"
   public let rate: Float
   public let inputShape: [Int]
   public var outputShape: [Int] { inputShape }
   public var random: SplitMix64
+  public let seed: UInt64
   private var maxBatch = 0
   private var trainedLast = false
   /// (B, ...) mask of 0 or 1/(1 − rate); output; input gradient.
@@ -131,8 +134,11 @@ public final class Dropout: Layer {
     }
     self.rate = rate
     self.inputShape = inputShape
+    self.seed = seed
     random = SplitMix64(seed: seed)
   }
+
+  public func reseed(stream: UInt64) { random = SplitMix64(seed: seed, stream: stream) }
 
   public var parameterSpecs: [ParameterSpec] { [] }
   public func bind(store: ParameterStore, views: [ParameterView]) {}

@@ -186,3 +186,9 @@ func addBias(_ m: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: Un
     for c in 0..<columns { row[c] += bias[c] }
   }
 }
+
+/// A layer that draws random numbers in training (Dropout): its generator is reset from its
+/// seed and a stream number, so draws depend on where in training they happen, not on history.
+public protocol StochasticLayer: Layer {
+  func reseed(stream: UInt64)
+}

@@ -100,4 +100,10 @@ public final class Sequential {
   public var flipCountingLayers: [String] {
     layers.filter { ($0 as? FlipCounting)?.hasQuantizedKernel == true }.map(\.name)
   }
+
+  /// Resets every stochastic layer's generator to `stream` (the trainer passes a number made
+  /// of the step, micro-step and rank).
+  public func reseedStochasticLayers(stream: UInt64) {
+    for case let layer as StochasticLayer in layers { layer.reseed(stream: stream) }
+  }
 }

@@ -203,7 +203,10 @@ public final class CaseOptimizer: Optimizer {
   public let name = "case"
   public let cases: [(VariablePredicate, Optimizer)]
   public let defaultOptimizer: Optimizer?
-  public var iterations = 0
+  /// Steps taken; setting it (a restored checkpoint) sets every routed optimizer's count too.
+  public var iterations = 0 {
+    didSet { for o in active where o.iterations != iterations { o.iterations = iterations } }
+  }
   private var active: [Optimizer] = []
 
   public init(cases: [(VariablePredicate, Optimizer)], default: Optimizer?) {

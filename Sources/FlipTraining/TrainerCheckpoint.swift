@@ -1,0 +1,169 @@
+import FlipBNN
+import FlipComm
+import Foundation
+
+/// Checkpoints of a `Trainer`: the collective save (rank 0 writes) and the restore.
+///
+/// A checkpoint holds the model's tensors (latent weights, BatchNorm parameters and moving
+/// statistics), the optimizer state as `optimizer.<state>.<variable>` tensors, and metadata:
+/// `position` (step, epoch, batch within the epoch, the epoch's running metrics),
+/// `optimizer` (name and step count), `training` (global batch, seed, micro-steps, sync BN,
+/// epochs), `data_order`, `rng` and `schedule` (all JSON strings), `world_size`, and the
+/// policy's metadata (model name, config YAML).
+extension Trainer {
+  /// Saves a checkpoint of the current state: every rank calls it at the same step. BatchNorm
+  /// moving statistics are averaged across ranks first (so all ranks hold the model that is
+  /// saved), a sharded optimizer state is gathered, and rank 0 writes the file atomically and
+  /// prunes old ones. A failed write throws on every rank, unless the policy says to continue.
+  public func saveCheckpoint(_ policy: CheckpointPolicy) throws {
+    let start = DispatchTime.now()
+    try synchronizeBatchNormStatistics()
+    if options.shardOptimizer && communicator.size > 1 {
+      for s in optimizer.stateBuffers { try communicator.allgather(s.buffer.pointer, counts: shardCounts) }
+    }
+    let path = policy.directory + "/" + CheckpointFiles.name(step: clock.step)
+    var failure: Error?
+    var bytes = 0
+    var writeSeconds = 0.0
+    if communicator.isRoot {
+      let writeStart = DispatchTime.now()
+      do {
+        let data = try ModelFile.encode(checkpointTensors(), metadata: checkpointMetadata(policy), kind: .checkpoint)
+        bytes = data.count
+        try ModelFile.writeAtomically(data, to: path)
+        try CheckpointFiles.prune(policy.directory, keep: policy.keep)
+      } catch {
+        failure = error
+      }
+      writeSeconds = Double(DispatchTime.now().uptimeNanoseconds - writeStart.uptimeNanoseconds) / 1e9
+    }
+    // Every rank learns whether rank 0's write worked, so all of them decide the same way.
+    var status = [failure == nil ? 0.0 : 1.0]
+    try communicator.allreduceSum(&status)
+    if status[0] > 0 {
+      let message =
+        "checkpoint at step \(clock.step) was not written (\(failure.map { "\($0)" } ?? "rank 0 failed to write it")); earlier checkpoints in \(policy.directory) are intact"
+      guard policy.continueOnError else {
+        throw TrainingError.unwritable(
+          path: path,
+          reason: "\(message). Free space or fix permissions, then resume with flip train --resume \(policy.directory)")
+      }
+      logger.warning("\(message); training continues (--on-checkpoint-error continue)")
+      return
+    }
+    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+    checkpointWrites.append(
+      CheckpointWrite(path: path, step: clock.step, bytes: bytes, seconds: seconds, writeSeconds: writeSeconds))
+    logger.debug(
+      "checkpoint \(path): \(bytes) bytes in \(String(format: "%.3f", seconds)) s (write \(String(format: "%.3f", writeSeconds)) s)"
+    )
+  }
+
+  /// The tensors of a checkpoint: the model's, then the optimizer state of each variable.
+  func checkpointTensors() -> [String: SafeTensors.Tensor] {
+    var tensors = ModelFile.tensors(of: model)
+    for s in optimizer.stateBuffers {
+      for v in s.views {
+        tensors[ModelFile.optimizerPrefix + s.name + "." + v.name] = SafeTensors.Tensor(
+          shape: v.shape, values: Array(UnsafeBufferPointer(start: s.buffer.pointer + v.offset, count: v.count)))
+      }
+    }
+    return tensors
+  }
+
+  func checkpointMetadata(_ policy: CheckpointPolicy) throws -> [String: String] {
+    func json(_ object: Any) throws -> String {
+      String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+    }
+    var m = policy.metadata
+    m["step"] = String(clock.step)
+    m["epoch"] = String(position.epoch)
+    m["world_size"] = String(communicator.size)
+    m["position"] = String(decoding: try JSONEncoder.sorted.encode(position), as: UTF8.self)
+    m["optimizer"] = try json(["name": optimizer.name, "iterations": optimizer.iterations])
+    m["training"] = try json([
+      "global_batch": options.batchSize, "seed": String(options.seed), "accumulate": options.accumulate,
+      "sync_batch_norm": options.syncBatchNorm, "epochs": options.epochs,
+      "train_samples": data.train.count, "test_samples": data.test.count,
+    ])
+    m["data_order"] = try json([
+      "sampler": "permutation of the training set seeded by (seed, epoch); global batch i is positions [i·B, (i+1)·B)",
+      "seed": String(options.seed), "epoch": position.epoch, "next_batch": position.stepInEpoch,
+    ])
+    m["rng"] = try json([
+      "generator": "splitmix64", "seed": String(options.seed),
+      "dropout": "reseeded from (seed, step, micro-step, rank) at every micro-step; no state to carry",
+    ])
+    m["schedule"] = try json([
+      "step": clock.step, "epoch": clock.epoch,
+      "values": optimizer.hyperparameters(clock).mapValues { $0.isFinite ? $0 : 0 },
+    ])
+    return m
+  }
+
+  /// Restores a checkpoint's state (read and validated by `ModelFile.decode`): model tensors,
+  /// optimizer state and step count, clock and position. Every name and shape must match the
+  /// model and optimizer; the global batch and data set must be the run's.
+  public func restore(tensors: [String: SafeTensors.Tensor], metadata: [String: String], path: String) throws {
+    func bad(_ why: String) -> TrainingError { .modelFile(path: path, reason: why) }
+    guard ModelFile.kind(metadata) == .checkpoint else {
+      throw bad(
+        "not a training checkpoint (format \(metadata["format"] ?? "missing")); --resume needs ckpt-*.safetensors")
+    }
+    guard let positionText = metadata["position"],
+      let position = try? JSONDecoder().decode(TrainingPosition.self, from: Data(positionText.utf8))
+    else { throw bad("the metadata has no readable position") }
+    guard let optimizerText = metadata["optimizer"],
+      let info = try? JSONSerialization.jsonObject(with: Data(optimizerText.utf8)) as? [String: Any],
+      let name = info["name"] as? String, let iterations = info["iterations"] as? Int, iterations >= 0
+    else { throw bad("the metadata has no readable optimizer state") }
+    guard name == optimizer.name else {
+      throw bad("its optimizer is \(name) but this run's is \(optimizer.name)")
+    }
+    if let trainingText = metadata["training"],
+      let training = try? JSONSerialization.jsonObject(with: Data(trainingText.utf8)) as? [String: Any]
+    {
+      if let b = training["global_batch"] as? Int, b != options.batchSize {
+        throw bad("it was trained with global batch \(b), this run uses \(options.batchSize)")
+      }
+      if let n = training["train_samples"] as? Int, n != data.train.count {
+        throw bad("it was trained on \(n) training images, the data set has \(data.train.count)")
+      }
+    }
+    let flipLayers = model.flipCountingLayers.count
+    guard position.step >= 0, position.epoch >= 0, position.stepInEpoch >= 0,
+      position.stepInEpoch <= sampler.stepsPerEpoch, position.epochTotals.count == 3,
+      position.flipSums.count == position.flipCounts.count,
+      position.flipSums.isEmpty || position.flipSums.count == flipLayers
+    else { throw bad("its position \(positionText) does not fit this run (\(sampler.stepsPerEpoch) steps per epoch)") }
+    try ModelFile.load(tensors, into: model, path: path)
+    // Optimizer state: exactly the tensors this optimizer has, by name and shape.
+    var expected = Set<String>()
+    for s in optimizer.stateBuffers {
+      for v in s.views {
+        let key = ModelFile.optimizerPrefix + s.name + "." + v.name
+        expected.insert(key)
+        guard let t = tensors[key] else { throw bad("optimizer state \(key) is missing") }
+        guard t.dtype == .f32, t.shape == v.shape else {
+          throw bad("optimizer state \(key) has shape \(t.shape) \(t.dtype.rawValue), expected \(v.shape) F32")
+        }
+        t.values.withUnsafeBufferPointer { (s.buffer.pointer + v.offset).update(from: $0.baseAddress!, count: v.count) }
+      }
+    }
+    let extra = tensors.keys.filter { $0.hasPrefix(ModelFile.optimizerPrefix) && !expected.contains($0) }.sorted()
+    guard extra.isEmpty else { throw bad("unexpected optimizer state: \(extra.joined(separator: ", "))") }
+    optimizer.iterations = iterations
+    self.position = position
+    clock = TrainingClock(step: position.step, epoch: position.epoch)
+    checkpointWrites = []
+  }
+}
+
+extension JSONEncoder {
+  /// An encoder with sorted keys (stable files).
+  static var sorted: JSONEncoder {
+    let e = JSONEncoder()
+    e.outputFormatting = [.sortedKeys]
+    return e
+  }
+}

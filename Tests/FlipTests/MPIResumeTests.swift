@@ -1,0 +1,89 @@
+import Foundation
+import Testing
+
+@testable import FlipTraining
+
+/// Checkpoints, resuming and stop signals under `mpirun` (part of the serialized MPI suite).
+extension MPITests {
+  func resumeArguments(_ dir: String, out: String) -> [String] {
+    [
+      "train", "--config", dir + "/m.yaml", "--data", dir, "--epochs", "3", "--batch-size", "32", "--threads", "1",
+      "--checkpoint-every", "3", "--out", out, "--quiet",
+    ]
+  }
+
+  @Test func twoRanksKilledAndResumedAreBitIdentical() throws {
+    let dir = try ResumeTests.setUp()
+    let whole = try launch(2, resumeArguments(dir, out: dir + "/whole"))
+    #expect(whole.status == 0, "\(whole.stderr)")
+    // Rank 1 is SIGKILLed mid-epoch: the job ends non-zero within seconds.
+    let start = Date()
+    let killed = try launch(2, resumeArguments(dir, out: dir + "/run"), environment: ["FLIP_TEST_FAULT": "kill:1:11"])
+    #expect(killed.status != 0)
+    #expect(Date().timeIntervalSince(start) < 30)
+    _ = try ModelFile.read(path: dir + "/run/ckpt-000009.safetensors")
+    let resumed = try launch(2, ["train", "--resume", dir + "/run", "--threads", "1", "--quiet"])
+    #expect(resumed.status == 0, "\(resumed.stderr)")
+    #expect(resumed.stderr.contains("resuming from \(dir)/run/ckpt-000009.safetensors"), "\(resumed.stderr)")
+    try ResumeTests.expectBitIdentical(dir + "/whole/ckpt-000024.safetensors", dir + "/run/ckpt-000024.safetensors")
+    try ResumeTests.expectBitIdentical(dir + "/whole/model.safetensors", dir + "/run/model.safetensors")
+  }
+
+  @Test func resumesOnADifferentNumberOfRanks() throws {
+    let dir = try ResumeTests.setUp()
+    let killed = try launch(2, resumeArguments(dir, out: dir + "/run"), environment: ["FLIP_TEST_FAULT": "kill:0:11"])
+    #expect(killed.status != 0)
+    // Saved on 2 ranks, continued on 1: the same global batches, re-sharded.
+    let one = try runFlip(["train", "--resume", dir + "/run", "--threads", "1", "--quiet"])
+    #expect(one.status == 0, "\(one.stderr)")
+    #expect(one.stderr.contains("saved on 2 ranks, continuing on 1"), "\(one.stderr)")
+    // Saved on 1, continued on 2 (via a single-process run killed at an epoch boundary).
+    let single = try ResumeTests.train(dir, out: dir + "/single", environment: ["FLIP_TEST_FAULT": "kill:0:17"])
+    #expect(single.status != 0)
+    let two = try launch(2, ["train", "--resume", dir + "/single", "--threads", "1", "--quiet"])
+    #expect(two.status == 0, "\(two.stderr)")
+    for run in ["run", "single"] {
+      let rows = try readMetrics(dir + "/\(run)/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+      #expect(rows.map { $0["epoch"] as! Int } == [1, 2, 3])
+      #expect((rows.last?["test_accuracy"] as? Double ?? 0) >= 0.9, "\(run): \(rows.last ?? [:])")
+    }
+  }
+
+  @Test func aStopSignalOnOneRankStopsAllRanksAtTheSameStep() throws {
+    let dir = try ResumeTests.setUp()
+    let r = try launch(2, resumeArguments(dir, out: dir + "/run"), environment: ["FLIP_TEST_FAULT": "usr1:1:5"])
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(r.stderr.contains("stopped at step 5 (signal SIGUSR1)") == false, "rank 0 did not get the signal")
+    #expect(r.stderr.contains("stopped at step 5 (a stop request on 1 other rank)"), "\(r.stderr)")
+    #expect(r.stderr.contains("Continue with: mpirun -np 2 flip train --resume \(dir)/run"), "\(r.stderr)")
+    #expect(try CheckpointFiles.list(dir + "/run").map(\.step).last == 5)
+  }
+
+  @Test func sigusr1ToMpirunStopsTheJobWithACheckpoint() throws {
+    let dir = try ResumeTests.setUp()
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Self.mpirun)
+    p.arguments =
+      ["-np", "2", "--oversubscribe", "--allow-run-as-root", "--mca", "oob_tcp_if_include", "lo", flipExecutable]
+      + [
+        "train", "--config", dir + "/m.yaml", "--data", dir, "--epochs", "100000", "--batch-size", "32", "--threads",
+        "1", "--out", dir + "/run", "--quiet",
+      ]
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    unblockStopSignalsForChildren()
+    try p.run()
+    let deadline = Date().addingTimeInterval(60)
+    while (try? CheckpointFiles.list(dir + "/run"))?.isEmpty ?? true, Date() < deadline { usleep(20_000) }
+    // mpirun forwards SIGUSR1 to every rank.
+    kill(p.processIdentifier, SIGUSR1)
+    let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    #expect(p.terminationStatus == 0, "\(text)")
+    #expect(text.contains("(signal SIGUSR1)"), "\(text)")
+    let newest = try CheckpointFiles.list(dir + "/run").last!
+    let (_, metadata) = try ModelFile.read(path: newest.path)
+    #expect(metadata["world_size"] == "2")
+  }
+}
