@@ -16,11 +16,15 @@ import Foundation
 /// Kernels with other quantizers are stored as F32 quantized values (the quantizer's forward;
 /// `quantized_kernels` names their quantizers), with `magnitude_aware_sign`'s per-output-channel
 /// scales in metadata `kernel_scales` (JSON), so the tensor names stay exactly the model's.
-/// Kernels without a quantizer, biases and BatchNormalization tensors are F32 as they are.
+/// A loaded export reproduces the model because its quantizer maps those values to
+/// themselves; where it does not (`dorefa_quantizer` weights with `k_bit` ≥ 4), the kernel
+/// keeps its latent weights and `latent_kernels` names its quantizer. Kernels without a
+/// quantizer, biases and BatchNormalization tensors are F32 as they are.
 public enum BinaryExport {
   public static let binaryKernelsKey = "binary_kernels"
   public static let quantizedKernelsKey = "quantized_kernels"
   public static let kernelScalesKey = "kernel_scales"
+  public static let latentKernelsKey = "latent_kernels"
 
   /// An entry of `binary_kernels`: how a packed tensor maps back to its Keras kernel.
   public struct PackedKernel: Codable, Equatable, Sendable {
@@ -104,8 +108,8 @@ public enum BinaryExport {
   }
 
   /// The model's tensors for a binary export (see the type's documentation) and `metadata`
-  /// with `binary_kernels`, `quantized_kernels` and `kernel_scales` added. Kernels are read
-  /// from the model's current latent weights.
+  /// with `binary_kernels`, `quantized_kernels`, `kernel_scales` and `latent_kernels` added.
+  /// Kernels are read from the model's current latent weights.
   public static func export(model: Sequential, metadata: [String: String]) throws -> (
     tensors: [String: SafeTensors.Tensor], metadata: [String: String]
   ) {
@@ -113,20 +117,26 @@ public enum BinaryExport {
     var packed: [String: PackedKernel] = [:]
     var quantized: [String: String] = [:]
     var scales: [String: [Float]] = [:]
+    var latentKept: [String: String] = [:]
     for (index, layer) in model.layers.enumerated() where layer is QuantDense || layer is QuantConv2D {
       // A fresh quantizer: the layer's own keeps statistics of its last forward for backward.
       guard let quantizer = try model.specs[index].kernelQuantizer?.make(),
         let view = model.store.views(ofLayer: index).first(where: { $0.role == .kernel })
       else { continue }
-      let latent = tensors[view.name]!.values
-      var q = [Float](repeating: 0, count: latent.count)
-      q.withUnsafeMutableBufferPointer { y in
-        quantizer.forward(latent, y.baseAddress!, count: latent.count, channels: view.shape.last!)
+      func quantize(_ x: [Float]) -> [Float] {
+        var y = [Float](repeating: 0, count: x.count)
+        y.withUnsafeMutableBufferPointer {
+          quantizer.forward(x, $0.baseAddress!, count: x.count, channels: view.shape.last!)
+        }
+        return y
       }
+      let q = quantize(tensors[view.name]!.values)
       if packs(quantizer) {
         tensors[view.name] = pack(q, kerasShape: view.shape)
         packed[view.name] = PackedKernel(
           kerasShape: view.shape, axisLength: view.shape[view.shape.count - 2], quantizer: quantizer.name)
+      } else if quantize(q) != q {
+        latentKept[view.name] = quantizer.name
       } else {
         tensors[view.name] = SafeTensors.Tensor(shape: view.shape, values: q)
         quantized[view.name] = quantizer.name
@@ -137,6 +147,7 @@ public enum BinaryExport {
     out[binaryKernelsKey] = try json(packed)
     if !quantized.isEmpty { out[quantizedKernelsKey] = try json(quantized) }
     if !scales.isEmpty { out[kernelScalesKey] = try json(scales) }
+    if !latentKept.isEmpty { out[latentKernelsKey] = try json(latentKept) }
     return (tensors, out)
   }
 

@@ -110,6 +110,24 @@ struct BinaryExportTests {
     let (b, bm) = try BinaryExport.export(model: tern, metadata: [:])
     #expect(b["layers.0.quant_dense.kernel"]?.values == [1, -1, -1, 0, 1, -1])
     #expect(bm[BinaryExport.kernelScalesKey] == nil)
+    // dorefa weights, q = 2·round(n·u)/n − 1 with u = tanh(x)/(2·tanh 1) + 1/2: 2 bits map their
+    // levels {−1, −1/3, 1/3, 1} to themselves; 4 bits do not (q(0.6): 15u = 12.79 → 11/15, but
+    // q(11/15): 15u = 13.66 → 13/15), so a 4-bit kernel keeps its latent weights.
+    func dorefa(_ bits: Double) throws -> Sequential {
+      var s = LayerSpec(.quantDense)
+      s.units = 2
+      s.kernelQuantizer = QuantizerSpec("dorefa_quantizer", parameters: ["k_bit": bits], mode: "weights")
+      let m = try Sequential(specs: [s], inputShape: [3], seed: 0)
+      setKernel(m, layer: 0, [1, -1, 0.8, 0.1, -0.3, 0.6])
+      return m
+    }
+    let (d2, d2m) = try BinaryExport.export(model: try dorefa(2), metadata: [:])
+    #expect(allClose(d2["layers.0.quant_dense.kernel"]!.values, [1, -1, 1, 1.0 / 3, -1.0 / 3, 1], tol: 1e-6))
+    #expect(d2m[BinaryExport.latentKernelsKey] == nil)
+    let (d4, d4m) = try BinaryExport.export(model: try dorefa(4), metadata: [:])
+    #expect(d4["layers.0.quant_dense.kernel"]?.values == [1, -1, 0.8, 0.1, -0.3, 0.6])
+    #expect(d4m[BinaryExport.latentKernelsKey] == #"{"layers.0.quant_dense.kernel":"dorefa_quantizer"}"#)
+    #expect(d4m[BinaryExport.quantizedKernelsKey] == nil)
     // No quantizer: the latent kernel as it is.
     var plain = LayerSpec(.dense)
     plain.units = 2
@@ -144,10 +162,12 @@ struct BinaryExportTests {
     bn.momentum = 0.9
     var softmax = LayerSpec(.activation)
     softmax.activation = .softmax
+    var dorefa4 = dense(5, "ste_sign", "dorefa_quantizer", bias: false)
+    dorefa4.kernelQuantizer = QuantizerSpec("dorefa_quantizer", parameters: ["k_bit": 4], mode: "weights")
     return [
       conv(8, nil, "ste_sign"), bn, conv(40, "ste_sign", "swish_sign"), bn, LayerSpec(.flatten),
       dense(35, "ste_sign", "approx_sign", bias: false), bn, dense(6, "ste_sign", "magnitude_aware_sign", bias: true),
-      dense(3, "ste_sign", "ste_tern", bias: true), bn, softmax,
+      dorefa4, dense(3, "ste_sign", "ste_tern", bias: true), bn, softmax,
     ]
   }()
 
@@ -169,6 +189,10 @@ struct BinaryExportTests {
     let (read, readMetadata) = try ModelFile.read(path: path)
     #expect(ModelFile.kind(readMetadata) == .binaryExport)
     #expect(read.values.filter { $0.dtype == .u32 }.count == 3)
+    #expect(
+      readMetadata[BinaryExport.quantizedKernelsKey]
+        == #"{"layers.7.quant_dense_1.kernel":"magnitude_aware_sign","layers.9.quant_dense_3.kernel":"ste_tern"}"#)
+    #expect(readMetadata[BinaryExport.latentKernelsKey] == #"{"layers.8.quant_dense_2.kernel":"dorefa_quantizer"}"#)
     let fresh = try Sequential(specs: Self.mixedSpecs, inputShape: [5, 5, 2], seed: 99)
     try ModelFile.load(read, into: fresh, path: path, metadata: readMetadata)
     fresh.allocate(maxBatch: batch)
