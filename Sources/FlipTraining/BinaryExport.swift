@@ -131,6 +131,7 @@ public enum BinaryExport {
         return y
       }
       let q = quantize(tensors[view.name]!.values)
+      let scale = (quantizer as? MagnitudeAwareSign)?.scale
       if packs(quantizer) {
         tensors[view.name] = pack(q, kerasShape: view.shape)
         packed[view.name] = PackedKernel(
@@ -140,7 +141,7 @@ public enum BinaryExport {
       } else {
         tensors[view.name] = SafeTensors.Tensor(shape: view.shape, values: q)
         quantized[view.name] = quantizer.name
-        if let m = quantizer as? MagnitudeAwareSign { scales[view.name] = m.scale }
+        if let scale { scales[view.name] = scale }
       }
     }
     var out = metadata
