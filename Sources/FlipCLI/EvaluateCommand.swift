@@ -7,10 +7,15 @@ import Foundation
 struct EvaluateCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "evaluate",
-    abstract: "Evaluate a trained model (a run directory's config.yaml and model.safetensors) on the test set.")
+    abstract:
+      "Evaluate a trained model on the test set: a run directory (config.yaml and model.safetensors) or one Flip file.")
 
   @Option(name: [.customLong("run")], help: "A run directory written by flip train.")
-  var runDirectory: String
+  var runDirectory: String?
+  @Option(
+    name: .long,
+    help: "A model, checkpoint or binary-export file; the model is rebuilt from the config in its metadata.")
+  var checkpoint: String?
   @Option(name: .long, help: "Data directory (default: the one the run was trained on).")
   var data: String?
   @Option(name: .long, help: "Evaluation batch size (default 1000).")
@@ -18,6 +23,9 @@ struct EvaluateCommand: ParsableCommand {
   @OptionGroup var compute: ComputeOptions
 
   func validate() throws {
+    if (runDirectory == nil) == (checkpoint == nil) {
+      throw ValidationError("name exactly one model: --run DIR or --checkpoint FILE")
+    }
     if batchSize <= 0 { throw ValidationError("--batch-size must be positive, got \(batchSize)") }
   }
 
@@ -25,7 +33,18 @@ struct EvaluateCommand: ParsableCommand {
     try Runtime.run(verbose: compute.verbose) { communicator, logger in
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       logger.info("\(Runtime.describeCompute(threads: threads, communicator: communicator))")
-      var config = try RunConfig.load(path: runDirectory + "/config.yaml")
+      var config: RunConfig
+      let path: String
+      let tensors: [String: SafeTensors.Tensor]
+      let metadata: [String: String]
+      if let runDirectory {
+        config = try RunConfig.load(path: runDirectory + "/config.yaml")
+        path = runDirectory + "/model.safetensors"
+        (tensors, metadata) = try ModelFile.read(path: path)
+      } else {
+        let file = try FlipFile(path: checkpoint!)
+        (config, path, tensors, metadata) = (file.config, file.path, file.tensors, file.metadata)
+      }
       if let data { config.data = data }
       let splits = try DataSplits.load(directory: config.data)
       let model = try Sequential(
@@ -34,9 +53,7 @@ struct EvaluateCommand: ParsableCommand {
         throw TrainingError.datasetMismatch(
           "the model expects inputs of shape \(model.inputShape) but the images are \(splits.test.sampleShape)")
       }
-      let path = runDirectory + "/model.safetensors"
-      let (tensors, _) = try ModelFile.read(path: path)
-      try ModelFile.load(tensors, into: model, path: path)
+      try ModelFile.load(tensors, into: model, path: path, metadata: metadata)
       let (loss, accuracy) = try evaluateModel(model, on: splits.test, communicator: communicator, batch: batchSize)
       if communicator.isRoot {
         print(

@@ -12,10 +12,15 @@ public struct FlipCommand: ParsableCommand {
         flip summary --model larq-cnn
         flip train --model binarynet-mlp --epochs 10 --batch-size 512 --seed 0 --out runs/mlp
         flip evaluate --run runs/mlp
+        flip checkpoint inspect runs/mlp/model.safetensors
+        flip checkpoint export --binary runs/mlp/model.safetensors runs/mlp/model-binary.safetensors
+        flip evaluate --checkpoint runs/mlp/model-binary.safetensors
         flip train --config configs/binarynet-mlp.yaml --out runs/custom
         flip bench --model larq-cnn --steps 60
       """,
-    subcommands: [TrainCommand.self, EvaluateCommand.self, SummaryCommand.self, BenchCommand.self])
+    subcommands: [
+      TrainCommand.self, EvaluateCommand.self, SummaryCommand.self, BenchCommand.self, CheckpointCommand.self,
+    ])
   public init() {}
 }
 

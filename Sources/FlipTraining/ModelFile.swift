@@ -115,10 +115,30 @@ public enum ModelFile {
   public static func kind(_ metadata: [String: String]) -> Kind? { metadata["format"].flatMap(Kind.init) }
 
   /// Copies the model tensors among `tensors` (optimizer state is skipped) into `model`,
-  /// checking that names, dtypes and shapes match exactly.
-  public static func load(_ all: [String: SafeTensors.Tensor], into model: Sequential, path: String) throws {
-    let tensors = all.filter { !$0.key.hasPrefix(optimizerPrefix) }
+  /// checking that names, dtypes and shapes match exactly. Bit-packed U32 kernels of a binary
+  /// export are unpacked to ±1 when `metadata`'s `binary_kernels` lists them. Nothing is
+  /// copied unless every tensor checks out.
+  public static func load(
+    _ all: [String: SafeTensors.Tensor], into model: Sequential, path: String, metadata: [String: String] = [:]
+  ) throws {
     let views = model.store.views + model.store.stateViews
+    let packed = try BinaryExport.packedKernels(in: metadata, path: path)
+    let values = try self.values(for: views, from: all, packedKernels: packed, path: path)
+    for (v, x) in zip(views, values) {
+      x.withUnsafeBufferPointer { model.store.pointer(v).update(from: $0.baseAddress!, count: v.count) }
+    }
+  }
+
+  /// Each view's values from `all` (optimizer state aside): the names must match the views
+  /// exactly (all missing and unexpected names in one error), each tensor must be F32 of the
+  /// view's shape, or a U32 kernel packed as `BinaryExport` packs it. With `packedKernels`,
+  /// a U32 tensor must be listed there and agree with the view; with nil, the view's shape
+  /// alone says how to unpack it.
+  static func values(
+    for views: [ParameterView], from all: [String: SafeTensors.Tensor],
+    packedKernels: [String: BinaryExport.PackedKernel]?, path: String
+  ) throws -> [[Float]] {
+    let tensors = all.filter { !$0.key.hasPrefix(optimizerPrefix) }
     let expected = Set(views.map(\.name))
     let missing = expected.subtracting(tensors.keys).sorted()
     let extra = Set(tensors.keys).subtracting(expected).sorted()
@@ -128,18 +148,52 @@ public enum ModelFile {
       if !extra.isEmpty { parts.append("unexpected tensors: \(extra.joined(separator: ", "))") }
       throw TrainingError.modelFile(path: path, reason: "does not match the model (\(parts.joined(separator: "; ")))")
     }
+    var mismatches: [String] = []
+    var result: [[Float]] = []
     for v in views {
       let t = tensors[v.name]!
-      guard t.dtype == .f32 else {
-        throw TrainingError.modelFile(
-          path: path, reason: "tensor \(v.name) has dtype \(t.dtype.rawValue), expected F32")
+      switch t.dtype {
+      case .f32:
+        if t.shape == v.shape {
+          result.append(t.values)
+        } else {
+          mismatches.append("tensor \(v.name) has shape \(t.shape), the model needs \(v.shape)")
+        }
+      case .u32:
+        guard v.role == .kernel else {
+          throw TrainingError.modelFile(
+            path: path, reason: "tensor \(v.name) has dtype U32; only kernels can be bit-packed, expected F32")
+        }
+        if let packedKernels {
+          guard let entry = packedKernels[v.name] else {
+            throw TrainingError.modelFile(
+              path: path,
+              reason:
+                "tensor \(v.name) is U32 (bit-packed) but the metadata's \(BinaryExport.binaryKernelsKey) does not list it"
+            )
+          }
+          let length = v.shape[v.shape.count - 2]
+          guard entry.kerasShape == v.shape, entry.axisLength == length else {
+            mismatches.append(
+              "packed kernel \(v.name) unpacks to shape \(entry.kerasShape) (packed axis \(entry.axisLength)), the model needs \(v.shape) (packed axis \(length))"
+            )
+            continue
+          }
+        }
+        result.append(try BinaryExport.unpack(t, kerasShape: v.shape, name: v.name, path: path))
       }
-      guard t.shape == v.shape else {
-        throw TrainingError.modelFile(
-          path: path, reason: "tensor \(v.name) has shape \(t.shape), the model needs \(v.shape)")
-      }
-      t.values.withUnsafeBufferPointer { model.store.pointer(v).update(from: $0.baseAddress!, count: v.count) }
     }
+    for name in (packedKernels ?? [:]).keys.sorted() where tensors[name]?.dtype != .u32 {
+      throw TrainingError.modelFile(
+        path: path,
+        reason:
+          "the metadata's \(BinaryExport.binaryKernelsKey) lists \(name), but the file has no U32 tensor of that name")
+    }
+    if !mismatches.isEmpty {
+      throw TrainingError.modelFile(
+        path: path, reason: "does not match the model: \(mismatches.joined(separator: "; "))")
+    }
+    return result
   }
 
   /// Format version 1's checksum: FNV-1a (64-bit) over the tensors' names and bytes in name order.

@@ -12,8 +12,9 @@ import FlipTensor
 public protocol Quantizer: AnyObject {
   /// Larq's string name, e.g. `ste_sign`.
   var name: String { get }
-  /// Bits of the output levels (1 for sign quantizers; 32 for identity).
-  var precision: Int { get }
+  /// Bits of the output levels (1 for sign quantizers; 32 for identity); nil for a real-valued
+  /// map such as `hard_tanh` (Larq's summary prints `-` for such an input, counts 32 bits).
+  var precision: Int? { get }
   func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int)
   func backward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
@@ -113,6 +114,7 @@ public enum QuantizerKind: String, CaseIterable, Sendable {
   case steTern = "ste_tern"
   case dorefa = "dorefa_quantizer"
   case noop = "noop"
+  case hardTanh = "hard_tanh"
 }
 
 /// A quantizer as written in a config: a Larq name and its keyword arguments.
@@ -194,6 +196,9 @@ public struct QuantizerSpec: Equatable, Sendable, Codable {
           owner: owner, parameter: "precision", reason: "must be a whole number in 1...32, got \(bits)")
       }
       return NoOpQuantizer(precision: Int(bits))
+    case .hardTanh:
+      _ = try take([:])
+      return HardTanh()
     }
   }
 }

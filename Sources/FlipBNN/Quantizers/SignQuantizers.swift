@@ -7,7 +7,7 @@ import Foundation
 public final class SteSign: Quantizer {
   public var hasIntegerLevels: Bool { true }
   public let name = "ste_sign"
-  public let precision = 1
+  public let precision: Int? = 1
   public let clipValue: Float?
   public init(clipValue: Float? = 1) { self.clipValue = clipValue }
 
@@ -28,7 +28,7 @@ public final class SteSign: Quantizer {
 public final class ApproxSign: Quantizer {
   public var hasIntegerLevels: Bool { true }
   public let name = "approx_sign"
-  public let precision = 1
+  public let precision: Int? = 1
   public init() {}
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
@@ -49,7 +49,7 @@ public final class ApproxSign: Quantizer {
 public final class SwishSign: Quantizer {
   public var hasIntegerLevels: Bool { true }
   public let name = "swish_sign"
-  public let precision = 1
+  public let precision: Int? = 1
   public let beta: Float
   public init(beta: Float = 5) { self.beta = beta }
 
@@ -76,7 +76,7 @@ public final class SwishSign: Quantizer {
 /// `stop_gradient` does).
 public final class MagnitudeAwareSign: Quantizer {
   public let name = "magnitude_aware_sign"
-  public let precision = 1
+  public let precision: Int? = 1
   public let clipValue: Float?
   /// (C) the per-channel scale of the last forward.
   public private(set) var scale: [Float] = []
@@ -115,7 +115,7 @@ public final class MagnitudeAwareSign: Quantizer {
 public final class SteHeaviside: Quantizer {
   public var hasIntegerLevels: Bool { true }
   public let name = "ste_heaviside"
-  public let precision = 1
+  public let precision: Int? = 1
   public let clipValue: Float?
   public init(clipValue: Float? = 1) { self.clipValue = clipValue }
 

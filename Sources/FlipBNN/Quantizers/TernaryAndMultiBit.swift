@@ -9,7 +9,7 @@ import Foundation
 public final class SteTern: Quantizer {
   public var hasIntegerLevels: Bool { true }
   public let name = "ste_tern"
-  public let precision = 2
+  public let precision: Int? = 2
   public let thresholdValue: Float
   public let ternaryWeightNetworks: Bool
   public let clipValue: Float?
@@ -65,7 +65,7 @@ public final class DoReFaQuantizer: Quantizer {
   public let name = "dorefa_quantizer"
   public let kBit: Int
   public let mode: Mode
-  public var precision: Int { kBit }
+  public var precision: Int? { kBit }
   public var isElementwise: Bool { mode == .activations }
 
   public init(kBit: Int = 2, mode: Mode = .activations) {
@@ -122,7 +122,7 @@ public final class DoReFaQuantizer: Quantizer {
 /// `NoOp(precision=1)` kernels are the binary weights that Bop trains directly.
 public final class NoOpQuantizer: Quantizer {
   public let name = "noop"
-  public let precision: Int
+  public let precision: Int?
   public init(precision: Int) { self.precision = precision }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {

@@ -1,0 +1,20 @@
+import FlipBNN
+
+/// Initializes `model` from another model's tensors — the second step of Larq's two-step
+/// training, where a binary model starts from its pretrained real-valued variant
+/// (`[LayerSpec].realValued()`, same tensor names).
+///
+/// Copies every trainable variable and BatchNormalization state tensor by name, then clips
+/// each kernel to its layer's constraint (`weight_clip`), as training would after a step.
+/// Optimizer state (`optimizer.*`) is ignored; bit-packed U32 kernels of a binary export are
+/// unpacked to ±1. All missing and unexpected names are one error, as are all shape
+/// mismatches; each names `path`. On error the model is unchanged.
+public func initialize(_ model: Sequential, from tensors: [String: SafeTensors.Tensor], path: String) throws {
+  let views = model.store.views + model.store.stateViews
+  let values = try ModelFile.values(for: views, from: tensors, packedKernels: nil, path: path)
+  for (v, x) in zip(views, values) {
+    let p = model.store.pointer(v)
+    x.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: v.count) }
+    v.constraint?.apply(p, count: v.count)
+  }
+}
