@@ -90,6 +90,22 @@ struct TrainCommand: ParsableCommand {
       "Under mpirun: compare a checksum of the weights and optimizer state across ranks every N steps (0: only at the end; default 100)."
   )
   var checkEvery = 100
+  @Flag(
+    name: .long,
+    help: ArgumentHelp(
+      "Train the same architecture real-valued: hard_tanh in place of every input quantizer, no kernel quantizer.",
+      discussion:
+        "Larq's guide: pretrain real-valued, then start the BNN from it with --init-from. Tensor names stay the same; the model is named <model>-real."
+    ))
+  var realValued = false
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "Start from the weights of a Flip model, checkpoint or export (e.g. a --real-valued run's model.safetensors).",
+      discussion:
+        "Every variable and BatchNorm statistic is copied by name, kernels clipped to their weight_clip; missing or extra tensors are an error listing them. The optimizer starts fresh."
+    ))
+  var initFrom: String?
   @Option(
     name: .long,
     help: ArgumentHelp(
@@ -150,6 +166,8 @@ struct TrainCommand: ParsableCommand {
       if syncBn != nil { fixed.append("--sync-bn") }
       if out != nil { fixed.append("--out") }
       if overwrite { fixed.append("--overwrite") }
+      if realValued { fixed.append("--real-valued") }
+      if initFrom != nil { fixed.append("--init-from") }
       if !fixed.isEmpty {
         throw ValidationError(
           "\(fixed.joined(separator: ", ")) cannot be given with --resume: the run's settings come from its checkpoint (only --epochs, --data and compute, logging and checkpoint options may change)"
@@ -181,6 +199,10 @@ struct TrainCommand: ParsableCommand {
     if let learningRate { config.optimizer = try config.optimizer.withLearningRate(learningRate) }
     guard config.epochs > 0 else { throw ValidationError("epochs must be positive, got \(config.epochs)") }
     guard config.batchSize > 0 else { throw ValidationError("batch_size must be positive, got \(config.batchSize)") }
+    if realValued {
+      config.layers = config.layers.realValued()
+      config.model += "-real"
+    }
 
     let runDirectory = out ?? "runs/\(config.model)"
     if communicator.isRoot { try RunDirectory.prepare(runDirectory, overwrite: overwrite) }
@@ -189,6 +211,7 @@ struct TrainCommand: ParsableCommand {
     logger.info(
       "data \(config.data): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes"
     )
+    config.inputShape = config.inputShape ?? data.train.sampleShape
     let stepsPerEpoch = (data.train.count + config.batchSize - 1) / config.batchSize
     let factor = lrScaling == .linear ? Double(config.batchSize) / Double(lrReferenceBatch) : 1
     if factor != 1 || warmupEpochs > 0 {
@@ -286,6 +309,12 @@ struct TrainCommand: ParsableCommand {
   ) throws -> Trainer {
     let model = try Sequential(
       specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
+    if let initFrom, communicator.isRoot {
+      // Rank 0 reads the file; the trainer broadcasts its variables to the other ranks.
+      let (tensors, metadata) = try ModelFile.read(path: initFrom)
+      try initialize(model, from: tensors, path: initFrom)
+      logger.info("initialized from \(initFrom) (\(metadata["model"] ?? "?"), step \(metadata["step"] ?? "?"))")
+    }
     let optimizer = try config.optimizer.make()
     var options = base
     options.shardOptimizer = shardOptimizer

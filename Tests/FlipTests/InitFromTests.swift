@@ -99,3 +99,41 @@ struct InitFromTests {
     #expect(Self.get(target, "layers.1.quant_dense.kernel").allSatisfy { $0 == 0.5 || $0 == -0.5 })
   }
 }
+
+/// `flip train --real-valued` then `--init-from`: Larq's two-step training through the CLI.
+@Suite("init-from on the command line", .serialized)
+struct InitFromCLITests {
+  @Test func realValuedPretrainingThenBinaryRun() throws {
+    let dir = try ResumeTests.setUp()
+    let common = ["train", "--data", dir, "--epochs", "1", "--batch-size", "32", "--threads", "1", "--quiet"]
+    let real = try runFlip(common + ["--config", CLITestsConfig.path(dir), "--real-valued", "--out", dir + "/real"])
+    #expect(real.status == 0, "\(real.stderr)")
+    let yaml = try String(contentsOfFile: dir + "/real/config.yaml", encoding: .utf8)
+    #expect(yaml.contains("hard_tanh") && !yaml.contains("ste_sign"))
+    #expect(yaml.contains("model: tiny-real"))
+    let binary = try runFlip(
+      common + [
+        "--config", CLITestsConfig.path(dir), "--init-from", dir + "/real/model.safetensors", "--out", dir + "/bnn",
+      ])
+    #expect(binary.status == 0, "\(binary.stderr)")
+    #expect(binary.stderr.contains("initialized from \(dir)/real/model.safetensors (tiny-real"), "\(binary.stderr)")
+    // A model of another architecture: one error listing what does not match.
+    let other = try runFlip(
+      common + ["--config", dir + "/m.yaml", "--init-from", dir + "/real/model.safetensors", "--out", dir + "/other"])
+    #expect(other.status != 0)
+    #expect(other.stderr.contains("does not match the model"), "\(other.stderr)")
+    let resumeConflict = try runFlip([
+      "train", "--resume", dir + "/bnn", "--init-from", dir + "/real/model.safetensors",
+    ])
+    #expect(resumeConflict.stderr.contains("--init-from cannot be given with --resume"), "\(resumeConflict.stderr)")
+  }
+}
+
+/// The CLI tests' tiny BatchNorm model written into a directory.
+enum CLITestsConfig {
+  static func path(_ dir: String) throws -> String {
+    let path = dir + "/tiny.yaml"
+    try CLITests.tinyModel.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+  }
+}
