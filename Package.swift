@@ -52,6 +52,8 @@ let package = Package(
       swiftSettings: optimize),
     // The `flip` executable: only calls into FlipCLI.
     .executableTarget(name: "flip", dependencies: ["FlipCLI"]),
+    // The file reader's fuzz target: replays inputs; scripts/fuzz.sh builds it with libFuzzer.
+    .executableTarget(name: "flip-fuzz", dependencies: ["FlipTraining"]),
     .testTarget(
       name: "FlipTests",
       dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm"]),

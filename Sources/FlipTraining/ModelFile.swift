@@ -11,7 +11,8 @@ import Foundation
 /// optimizer state as `optimizer.<state>.<variable>` (e.g. `optimizer.adam.m.layers.1.quant_dense.kernel`).
 /// Metadata: `format` (the kind), `format_version`, `model` (the preset or `custom`), `config`
 /// (the effective run config as YAML), `step`, `epoch`, and `payload_crc32` (zlib's CRC-32 of
-/// the data section, as Python's `zlib.crc32`).
+/// the data section, as Python's `zlib.crc32`) and `header_crc32` (of the metadata and the tensor
+/// index; see `headerChecksum`).
 public enum ModelFile {
   public enum Kind: String, Sendable, CaseIterable {
     case model = "flip-model"
@@ -45,6 +46,10 @@ public enum ModelFile {
     var metadata = extra
     metadata["format"] = kind.rawValue
     metadata["format_version"] = formatVersion
+    metadata[headerChecksumKey] = nil
+    metadata["payload_crc32"] = nil
+    metadata[headerChecksumKey] = headerChecksum(
+      metadata: metadata, tensors: tensors, offsets: SafeTensors.layout(tensors))
     return try SafeTensors.encode(tensors, metadata: metadata, checksumKey: "payload_crc32")
   }
 
@@ -97,6 +102,17 @@ public enum ModelFile {
           path: path,
           reason: "payload checksum mismatch (crc32 \(c.payloadCRC32), expected \(expected)): the file is corrupt")
       }
+      var covered = metadata
+      covered[headerChecksumKey] = nil
+      covered["payload_crc32"] = nil
+      let header = headerChecksum(metadata: covered, tensors: c.tensors, offsets: c.offsets)
+      guard metadata[headerChecksumKey] == header else {
+        throw TrainingError.modelFile(
+          path: path,
+          reason:
+            "header checksum mismatch (crc32 \(header), expected \(metadata[headerChecksumKey] ?? "none")): the metadata or tensor index is corrupt"
+        )
+      }
     case "1":  // Flip's first model files: FNV-1a over names and bytes.
       guard metadata["payload_fnv1a64"] == fnv1a64Checksum(c.tensors) else {
         throw TrainingError.modelFile(path: path, reason: "payload checksum mismatch: the file is corrupt")
@@ -109,6 +125,26 @@ public enum ModelFile {
       )
     }
     return (c.tensors, metadata)
+  }
+
+  /// Metadata key of the header checksum: zlib's CRC-32 of the metadata (without the two
+  /// checksums) and the tensor index, in the canonical text form of `headerChecksum`.
+  public static let headerChecksumKey = "header_crc32"
+
+  /// CRC-32 of `key=value` lines of the metadata in key order, then `name dtype [shape]
+  /// begin end` lines of the tensors in name order: a flipped byte anywhere in the header that
+  /// still parses (a digit of a step, a shape, an offset) is caught.
+  static func headerChecksum(
+    metadata: [String: String], tensors: [String: SafeTensors.Tensor], offsets: [String: Range<Int>]
+  ) -> String {
+    var text = ""
+    for key in metadata.keys.sorted() { text += "\(key)=\(metadata[key]!)\n" }
+    for name in tensors.keys.sorted() {
+      let t = tensors[name]!
+      let r = offsets[name] ?? 0..<0
+      text += "\(name) \(t.dtype.rawValue) \(t.shape) \(r.lowerBound) \(r.upperBound)\n"
+    }
+    return SafeTensors.crc32Hex(Data(text.utf8))
   }
 
   /// The kind of a decoded file.

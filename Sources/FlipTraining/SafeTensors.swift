@@ -87,11 +87,25 @@ public enum SafeTensors {
     return out
   }
 
-  /// The result of `decode`: tensors, metadata, and the CRC-32 of the data section.
+  /// The result of `decode`: tensors, metadata, each tensor's byte range in the data section,
+  /// and the CRC-32 of the data section.
   public struct Contents: Sendable {
     public var tensors: [String: Tensor]
     public var metadata: [String: String]
+    public var offsets: [String: Range<Int>]
     public var payloadCRC32: String
+  }
+
+  /// Byte ranges of `tensors` in the data section as `encode` lays them out (name order, packed).
+  public static func layout(_ tensors: [String: Tensor]) -> [String: Range<Int>] {
+    var offsets: [String: Range<Int>] = [:]
+    var at = 0
+    for name in tensors.keys.sorted() {
+      let n = tensors[name]!.count * 4
+      offsets[name] = at..<(at + n)
+      at += n
+    }
+    return offsets
   }
 
   /// Parses and validates a whole file: header bounds, JSON, dtypes, shapes, offsets inside
@@ -204,7 +218,9 @@ public enum SafeTensors {
         }
       }
     }
-    return Contents(tensors: tensors, metadata: metadata, payloadCRC32: crc)
+    var offsets: [String: Range<Int>] = [:]
+    for e in entries { offsets[e.name] = e.range }
+    return Contents(tensors: tensors, metadata: metadata, offsets: offsets, payloadCRC32: crc)
   }
 
   /// zlib's CRC-32 of `bytes` as 8 lowercase hex digits (Python: `f"{zlib.crc32(b):08x}"`).
