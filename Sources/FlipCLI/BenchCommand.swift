@@ -82,10 +82,20 @@ struct BenchCommand: ParsableCommand {
       for _ in 0..<warmup { try next() }
       GEMMProfiler.reset()
       GEMMProfiler.enabled = true
+      trainer.timing = StepTiming()
+      try communicator.barrier()
       let start = DispatchTime.now().uptimeNanoseconds
       for _ in 0..<steps { try next() }
       let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
       GEMMProfiler.enabled = false
+      // The step's time split, averaged over the ranks (ms per step), and the same
+      // communication run alone, for the fraction of it that the step hides.
+      let t = trainer.timing
+      var split = [t.data, t.compute, t.communication, t.optimizer].map { Double($0) / 1e6 / Double(steps) }
+      split.append(try communicationAlone(trainer, communicator: communicator))
+      try communicator.allreduceSum(&split)
+      split = split.map { $0 / Double(communicator.size) }
+      let hidden = communicator.size > 1 && split[4] > 0 ? 1 - split[2] / split[4] : 0
       let imagesPerSecond = Double(steps * batchSize) / seconds
       let f32 = GEMMProfiler.float32
       let i8 = GEMMProfiler.int8
@@ -100,6 +110,9 @@ struct BenchCommand: ParsableCommand {
           "fp32_gemm_gflops_per_second": f32.rate, "int8_gemm_gops_per_second": i8.rate,
           "fp32_gemm_time_share": Double(f32.nanoseconds) / 1e9 / seconds,
           "int8_gemm_time_share": Double(i8.nanoseconds) / 1e9 / seconds, "gemm_time_share": gemmShare,
+          "data_ms": split[0], "compute_ms": split[1], "communication_wait_ms": split[2], "optimizer_ms": split[3],
+          "communication_alone_ms": split[4], "hidden_fraction": hidden,
+          "sharded_optimizer": shardOptimizer && communicator.size > 1, "bucket_mb": bucketMb,
         ]
         let data = try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
@@ -115,7 +128,36 @@ struct BenchCommand: ParsableCommand {
               "GEMMs: fp32 %.1f GFLOP/s over %d calls (%.0f %% of the step), exact int8 %.1f GOP/s over %d calls (%.0f %%)",
             f32.rate, f32.calls, Double(f32.nanoseconds) / 1e9 / seconds * 100, i8.rate, i8.calls,
             Double(i8.nanoseconds) / 1e9 / seconds * 100))
+        print(
+          String(
+            format:
+              "per step: data %.2f ms, compute %.2f ms, communication wait %.2f ms, optimizer %.2f ms; the same communication alone %.2f ms (hidden: %.0f %%)",
+            split[0], split[1], split[2], split[3], split[4], hidden * 100))
       }
     }
   }
+}
+
+/// Milliseconds per step of the step's communication pattern run alone, back to back (the
+/// reduce-scatter and all-gather of the sharded step, or the bucketed / single all-reduce).
+func communicationAlone(_ trainer: Trainer, communicator: Communicator, repeats: Int = 20) throws -> Double {
+  guard communicator.size > 1 else { return 0 }
+  let g = trainer.model.store.gradients
+  let sharded = trainer.options.shardOptimizer
+  try communicator.barrier()
+  let start = DispatchTime.now().uptimeNanoseconds
+  for _ in 0..<repeats {
+    if sharded {
+      try communicator.reduceScatterSum(g.pointer, counts: trainer.shardCounts)
+      try communicator.allgather(g.pointer, counts: trainer.shardCounts)
+    } else if trainer.options.bucketBytes > 0 {
+      for b in trainer.buckets {
+        try communicator.startAllreduceSum(g.pointer + b.range.lowerBound, count: b.range.count)
+      }
+      try communicator.waitOutstanding()
+    } else {
+      try communicator.allreduceSum(g.pointer, count: g.count)
+    }
+  }
+  return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6 / Double(repeats)
 }

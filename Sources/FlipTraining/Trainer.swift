@@ -99,6 +99,21 @@ public struct CheckpointWrite: Sendable {
   public var writeSeconds: Double
 }
 
+/// Where the time of `Trainer.step` goes, summed over steps (nanoseconds).
+public struct StepTiming: Sendable {
+  /// Filling the batch: gathering images and labels by the sampler's order.
+  public var data: UInt64 = 0
+  /// Forward and backward (including the bucketed all-reduces' progress calls in backward).
+  public var compute: UInt64 = 0
+  /// Waiting in communication that nothing overlaps: the reduce-scatter and all-gather of the
+  /// sharded step, the wait for outstanding bucket all-reduces, a blocking all-reduce.
+  public var communication: UInt64 = 0
+  /// The optimizer update with its constraint.
+  public var optimizer: UInt64 = 0
+  public var steps = 0
+  public init() {}
+}
+
 /// The figures of one finished epoch.
 public struct EpochResult: Sendable {
   public var epoch: Int
@@ -131,6 +146,8 @@ public final class Trainer {
   public private(set) var stopRequest: StopRequest?
   /// Checkpoints: when to write them (nil: never).
   public var checkpointPolicy: CheckpointPolicy?
+  /// Time split of the steps since the last reset (see `StepTiming`).
+  public var timing = StepTiming()
   /// The checkpoints this trainer wrote, oldest first.
   public internal(set) var checkpointWrites: [CheckpointWrite] = []
 
@@ -140,9 +157,9 @@ public final class Trainer {
   private let labels: UnsafeMutablePointer<Int32>
   private let localCapacity: Int
   /// Contiguous ranges of the gradient buffer, in the order backward completes them.
-  let buckets: [GradientBucket]
+  public let buckets: [GradientBucket]
   /// The sharded step's split of the flat variables: elements per rank, and this rank's slice.
-  let shardCounts: [Int]
+  public let shardCounts: [Int]
   let shardSlice: Range<Int>
 
   public init(
@@ -249,12 +266,19 @@ public final class Trainer {
     let sharded = options.shardOptimizer && communicator.size > 1
     let overlap = communicator.size > 1 && options.bucketBytes > 0 && !sharded
     var started = 0
+    var mark = DispatchTime.now().uptimeNanoseconds
+    func lap(_ phase: WritableKeyPath<StepTiming, UInt64>) {
+      let now = DispatchTime.now().uptimeNanoseconds
+      timing[keyPath: phase] += now - mark
+      mark = now
+    }
     for micro in 0..<k {
       let lo = shard.lowerBound + micro * n / k
       let hi = shard.lowerBound + (micro + 1) * n / k
       // An empty shard sits out, except under sync BatchNorm, whose collectives need every rank.
       if hi == lo && !(options.syncBatchNorm && communicator.size > 1) { continue }
       data.train.fill(order[lo..<hi], images: images.pointer, labels: labels)
+      lap(\.data)
       // Dropout masks depend on (seed, step, micro-step, rank) only: resumed runs repeat them.
       model.reseedStochasticLayers(
         stream: (UInt64(clock.step) &* UInt64(k) &+ UInt64(micro)) &* UInt64(communicator.size)
@@ -267,14 +291,18 @@ public final class Trainer {
         afterLayer: last ? { layer in try self.startReadyBuckets(after: layer, started: &started) } : nil)
       r.lossSum += m.lossSum
       r.correct += m.correct
+      lap(\.compute)
     }
     let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
     if sharded {
       // ZeRO-1: each rank reduces, updates and then shares one contiguous slice of the flat
       // variables (mean over the global batch, update and weight_clip in one pass).
       try communicator.reduceScatterSum(store.gradients.pointer, counts: shardCounts)
+      lap(\.communication)
       optimizer.apply(store: store, clock: clock, gradientScale: scale, slice: shardSlice)
+      lap(\.optimizer)
       try communicator.allgather(store.values.pointer, counts: shardCounts)
+      lap(\.communication)
     } else {
       if overlap {
         try startReadyBuckets(after: 0, started: &started)
@@ -282,9 +310,12 @@ public final class Trainer {
       } else {
         try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
       }
+      lap(\.communication)
       // Mean over the global batch, optimizer update and weight_clip in one pass.
       optimizer.apply(store: store, clock: clock, gradientScale: scale)
+      lap(\.optimizer)
     }
+    timing.steps += 1
     clock.step += 1
     return (r.lossSum, Double(r.correct), Double(n))
   }
@@ -436,11 +467,11 @@ public final class Trainer {
 }
 
 /// A contiguous range of the gradient buffer that is all-reduced as one message.
-struct GradientBucket: Equatable {
+public struct GradientBucket: Equatable, Sendable {
   /// Elements of the gradient buffer.
-  var range: Range<Int>
+  public var range: Range<Int>
   /// The lowest layer whose gradients it holds: it is ready once backward has passed it.
-  var firstLayer: Int
+  public var firstLayer: Int
 
   /// Groups the views from the last layer down (the order backward finishes them) into
   /// buckets of at least `capBytes` where possible; a view is never split.

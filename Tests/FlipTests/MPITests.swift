@@ -157,4 +157,26 @@ struct MPITests {
     #expect(r.stderr.contains("flip[rank 1]: error: injected failure at step 5"), "\(r.stderr)")
     #expect(Date().timeIntervalSince(start) < 30)
   }
+
+  @Test func benchReportsTheStepTimeSplit() throws {
+    let dir = temporaryDirectory("flip-mpi")
+    writeToyDataset(to: dir, train: 256, test: 16)
+    try CLITests.tinyModel.write(toFile: dir + "/bn.yaml", atomically: true, encoding: .utf8)
+    let args = [
+      "bench", "--config", dir + "/bn.yaml", "--data", dir, "--batch-size", "64", "--steps", "6", "--warmup", "1",
+      "--threads", "1", "--json",
+    ]
+    for (ranks, extra) in [(1, [String]()), (2, []), (2, ["--no-shard-optimizer"])] {
+      let r = ranks == 1 ? try runFlip(args + extra) : try launch(ranks, args + extra)
+      #expect(r.status == 0, "\(r.stderr)")
+      let row = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+      let parts = ["data_ms", "compute_ms", "communication_wait_ms", "optimizer_ms"].map { row[$0] as? Double ?? -1 }
+      #expect(parts.allSatisfy { $0 >= 0 }, "\(row)")
+      // The parts are the step: together they cannot exceed it (timer overhead aside).
+      #expect(parts.reduce(0, +) <= (row["ms_per_step"] as! Double) * 1.05, "\(row)")
+      let alone = row["communication_alone_ms"] as! Double
+      #expect(ranks == 1 ? alone == 0 : alone > 0, "\(row)")
+      #expect((row["hidden_fraction"] as! Double) <= 1)
+    }
+  }
 }
