@@ -10,8 +10,9 @@
 #
 # Each row is `flip bench --json` (release build, Fashion-MNIST batches, 5 warm-up steps)
 # with the step's time split per rank: data, compute (forward + backward), communication wait
-# (not hidden), optimizer; the same communication run alone; the hidden fraction
-# 1 − wait / alone. Efficiency = images/s ÷ (N × images/s of 1 rank × 1 thread).
+# (not hidden), optimizer, and waiting for the slowest rank (a barrier after backward, so it is
+# not counted as communication); the same communication run alone; the hidden fraction
+# 1 − communication wait / alone. Efficiency = images/s ÷ (N × images/s of 1 rank × 1 thread).
 # All traffic stays on loopback. matplotlib comes from PyPI into .build/plot-venv if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ scripts/setup.sh >/dev/null
 swift build -c release >/dev/null
 flip=.build/release/flip
 csv="$out/scaling.csv"
-echo "model,scaling,transport,step,ranks,threads_per_rank,oversubscribed,global_batch,images_per_second,efficiency,data_ms,compute_ms,communication_wait_ms,optimizer_ms,communication_alone_ms,hidden_fraction" >"$csv"
+echo "model,scaling,transport,step,ranks,threads_per_rank,oversubscribed,global_batch,images_per_second,efficiency,data_ms,compute_ms,communication_wait_ms,optimizer_ms,imbalance_wait_ms,communication_alone_ms,hidden_fraction" >"$csv"
 
 mpi=(mpirun --allow-run-as-root --oversubscribe --mca oob_tcp_if_include lo)
 tcp=(--mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include lo)
@@ -39,9 +40,10 @@ row() {
   ips=$(field "$9" images_per_second)
   eff=$(python3 -c "print(f'{$ips / ($5 * $8):.3f}')")
   over=$([ $(($5 * $6)) -gt "$cores" ] && echo yes || echo no)
-  printf '%s,%s,%s,%s,%s,%s,%s,%s,%.0f,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n' "$1" "$2" "$3" "$4" "$5" "$6" "$over" "$7" \
-    "$ips" "$eff" "$(field "$9" data_ms)" "$(field "$9" compute_ms)" "$(field "$9" communication_wait_ms)" \
-    "$(field "$9" optimizer_ms)" "$(field "$9" communication_alone_ms)" "$(field "$9" hidden_fraction)" | tee -a "$csv"
+  printf '%s,%s,%s,%s,%s,%s,%s,%s,%.0f,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n' "$1" "$2" "$3" "$4" "$5" "$6" "$over" \
+    "$7" "$ips" "$eff" "$(field "$9" data_ms)" "$(field "$9" compute_ms)" "$(field "$9" communication_wait_ms)" \
+    "$(field "$9" optimizer_ms)" "$(field "$9" imbalance_wait_ms)" "$(field "$9" communication_alone_ms)" \
+    "$(field "$9" hidden_fraction)" | tee -a "$csv"
 }
 
 for model in $models; do

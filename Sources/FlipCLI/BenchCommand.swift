@@ -63,6 +63,7 @@ struct BenchCommand: ParsableCommand {
       var options = TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0)
       options.bucketBytes = Int(bucketMb * 1_048_576)
       options.shardOptimizer = shardOptimizer
+      options.measureImbalance = true
       let trainer = try Trainer(
         model: model, optimizer: try config.optimizer.make(), communicator: communicator, data: splits,
         options: options, logger: logger,
@@ -91,8 +92,10 @@ struct BenchCommand: ParsableCommand {
       // The step's time split, averaged over the ranks (ms per step), and the same
       // communication run alone, for the fraction of it that the step hides.
       let t = trainer.timing
-      var split = [t.data, t.compute, t.communication, t.optimizer].map { Double($0) / 1e6 / Double(steps) }
-      split.append(try communicationAlone(trainer, communicator: communicator))
+      var split = [t.data, t.compute, t.communication, t.optimizer, t.imbalance].map {
+        Double($0) / 1e6 / Double(steps)
+      }
+      split.insert(try communicationAlone(trainer, communicator: communicator), at: 4)
       try communicator.allreduceSum(&split)
       split = split.map { $0 / Double(communicator.size) }
       let hidden = communicator.size > 1 && split[4] > 0 ? 1 - split[2] / split[4] : 0
@@ -111,7 +114,7 @@ struct BenchCommand: ParsableCommand {
           "fp32_gemm_time_share": Double(f32.nanoseconds) / 1e9 / seconds,
           "int8_gemm_time_share": Double(i8.nanoseconds) / 1e9 / seconds, "gemm_time_share": gemmShare,
           "data_ms": split[0], "compute_ms": split[1], "communication_wait_ms": split[2], "optimizer_ms": split[3],
-          "communication_alone_ms": split[4], "hidden_fraction": hidden,
+          "communication_alone_ms": split[4], "hidden_fraction": hidden, "imbalance_wait_ms": split[5],
           "sharded_optimizer": shardOptimizer && communicator.size > 1, "bucket_mb": bucketMb,
         ]
         let data = try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
@@ -131,8 +134,8 @@ struct BenchCommand: ParsableCommand {
         print(
           String(
             format:
-              "per step: data %.2f ms, compute %.2f ms, communication wait %.2f ms, optimizer %.2f ms; the same communication alone %.2f ms (hidden: %.0f %%)",
-            split[0], split[1], split[2], split[3], split[4], hidden * 100))
+              "per step: data %.2f ms, compute %.2f ms, waiting for the slowest rank %.2f ms, communication wait %.2f ms, optimizer %.2f ms; the same communication alone %.2f ms (hidden: %.0f %%)",
+            split[0], split[1], split[5], split[2], split[3], split[4], hidden * 100))
       }
     }
   }
@@ -148,8 +151,11 @@ func communicationAlone(_ trainer: Trainer, communicator: Communicator, repeats:
   let start = DispatchTime.now().uptimeNanoseconds
   for _ in 0..<repeats {
     if sharded {
-      try communicator.reduceScatterSum(g.pointer, counts: trainer.shardCounts)
-      try communicator.allgather(g.pointer, counts: trainer.shardCounts)
+      for (b, c) in zip(trainer.shards.buckets, trainer.shards.counts) {
+        try communicator.startReduceScatterSum(g.pointer + b.range.lowerBound, counts: c)
+      }
+      try communicator.waitOutstanding()
+      try trainer.shards.allgather(g, communicator: communicator)
     } else if trainer.options.bucketBytes > 0 {
       for b in trainer.buckets {
         try communicator.startAllreduceSum(g.pointer + b.range.lowerBound, count: b.range.count)

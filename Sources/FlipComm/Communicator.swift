@@ -31,6 +31,9 @@ public protocol Communicator: AnyObject {
   /// return this rank's block (at offset Σ counts[..<rank]) holds the sum; the other blocks
   /// are left as they were.
   func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
+  /// `reduceScatterSum` started without waiting: `buffer` must not be touched, and this rank's
+  /// block holds the sum only after `waitOutstanding()`.
+  func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
   /// The inverse: every rank's block of `buffer` (laid out as in `reduceScatterSum`) is copied
   /// to every rank, in place.
   func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
@@ -93,6 +96,7 @@ public final class SingleProcessCommunicator: Communicator {
   public func progressOutstanding() throws {}
   public func waitOutstanding() throws {}
   public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
+  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
   public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
   public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
   public func barrier() throws {}

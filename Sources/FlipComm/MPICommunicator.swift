@@ -22,6 +22,11 @@ public final class MPICommunicator: Communicator {
   private var requests: [MPI_Request?] = []
   /// Receive buffer of reduce-scatter (this rank's block), grown as needed.
   private var block: [Float] = []
+  /// Receive buffers of started reduce-scatters (reused by position), and where each result
+  /// goes once the reduction is complete.
+  private var scratch: [UnsafeMutablePointer<Float>] = []
+  private var scratchCapacity: [Int] = []
+  private var pendingCopies: [(from: Int, to: UnsafeMutablePointer<Float>, count: Int)] = []
   nonisolated(unsafe) private static var finalized = false
 
   public init() throws {
@@ -118,8 +123,38 @@ public final class MPICommunicator: Communicator {
 
   public func waitOutstanding() throws {
     guard !requests.isEmpty else { return }
-    defer { requests.removeAll(keepingCapacity: true) }
+    defer {
+      requests.removeAll(keepingCapacity: true)
+      pendingCopies.removeAll(keepingCapacity: true)
+    }
     try check(MPI_Waitall(Int32(requests.count), &requests, flip_mpi_statuses_ignore()), "MPI_Waitall")
+    for c in pendingCopies { c.to.update(from: scratch[c.from], count: c.count) }
+  }
+
+  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+    precondition(counts.count == size, "one count per rank")
+    guard counts.allSatisfy({ $0 <= Int(Int32.max) }) else {
+      // Larger than one MPI call takes: reduce it now.
+      return try reduceScatterSum(buffer, counts: counts)
+    }
+    let mine = counts[rank]
+    let index = pendingCopies.count
+    if index == scratch.count {
+      scratch.append(.allocate(capacity: max(mine, 1)))
+      scratchCapacity.append(max(mine, 1))
+    } else if scratchCapacity[index] < mine {
+      scratch[index].deallocate()
+      scratch[index] = .allocate(capacity: mine)
+      scratchCapacity[index] = mine
+    }
+    var recvcounts = counts.map { Int32($0) }
+    var request: MPI_Request? = flip_mpi_request_null()
+    try check(
+      MPI_Ireduce_scatter(
+        buffer, scratch[index], &recvcounts, flip_mpi_float(), flip_mpi_sum(), world.value, &request),
+      "MPI_Ireduce_scatter")
+    requests.append(request)
+    pendingCopies.append((index, buffer + counts[..<rank].reduce(0, +), mine))
   }
 
   public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {

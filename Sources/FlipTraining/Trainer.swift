@@ -33,6 +33,9 @@ public struct TrainingOptions: Sendable {
   /// Test hooks: faults a rank injects into itself at the start of a step (set by the CLI
   /// from FLIP_TEST_FAULT), to test failure, kill and signal handling.
   public var injectedFaults: [InjectedFault] = []
+  /// Benchmarks: a barrier after backward, so `timing` tells waiting for a slower rank
+  /// (`imbalance`) from communicating (`communication`). Costs one barrier per step.
+  public var measureImbalance = false
   public init(epochs: Int, batchSize: Int, seed: UInt64, logEverySteps: Int = 50, checkEverySteps: Int = 100) {
     self.epochs = epochs
     self.batchSize = batchSize
@@ -110,6 +113,9 @@ public struct StepTiming: Sendable {
   public var communication: UInt64 = 0
   /// The optimizer update with its constraint.
   public var optimizer: UInt64 = 0
+  /// With `TrainingOptions.measureImbalance`: waiting in a barrier after backward for the
+  /// slowest rank (otherwise this waiting is part of `communication`).
+  public var imbalance: UInt64 = 0
   public var steps = 0
   public init() {}
 }
@@ -158,9 +164,8 @@ public final class Trainer {
   private let localCapacity: Int
   /// Contiguous ranges of the gradient buffer, in the order backward completes them.
   public let buckets: [GradientBucket]
-  /// The sharded step's split of the flat variables: elements per rank, and this rank's slice.
-  public let shardCounts: [Int]
-  let shardSlice: Range<Int>
+  /// The sharded step's split of the flat variables: each bucket cut into one part per rank.
+  public let shards: ShardLayout
 
   public init(
     model: Sequential, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
@@ -204,11 +209,11 @@ public final class Trainer {
     images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
     labels = .allocate(capacity: perMicroStep)
     buckets = GradientBucket.plan(views: model.store.views, capBytes: options.bucketBytes)
-    let p = model.store.values.count
-    let ranks = communicator.size
-    shardCounts = (0..<ranks).map { r in p / ranks + (r < p % ranks ? 1 : 0) }
-    let shardStart = shardCounts[..<communicator.rank].reduce(0, +)
-    shardSlice = shardStart..<(shardStart + shardCounts[communicator.rank])
+    // Sharded, the buckets are reduce-scattered as backward completes them; without buckets,
+    // the whole buffer is one part per rank, reduced after backward.
+    shards = ShardLayout(
+      buckets: options.bucketBytes > 0 ? buckets : GradientBucket.plan(views: model.store.views, capBytes: .max),
+      ranks: communicator.size, rank: communicator.rank)
     try optimizer.prepare(store: model.store)
     if options.syncBatchNorm && communicator.size > 1 {
       for case let bn as BatchNormalization in model.layers {
@@ -264,7 +269,7 @@ public final class Trainer {
     // Micro-steps: the shard cut into `accumulate` nearly equal contiguous parts.
     let k = options.accumulate
     let sharded = options.shardOptimizer && communicator.size > 1
-    let overlap = communicator.size > 1 && options.bucketBytes > 0 && !sharded
+    let overlap = communicator.size > 1 && options.bucketBytes > 0
     var started = 0
     var mark = DispatchTime.now().uptimeNanoseconds
     func lap(_ phase: WritableKeyPath<StepTiming, UInt64>) {
@@ -288,24 +293,30 @@ public final class Trainer {
       let last = micro == k - 1 && overlap
       let m = try model.accumulateGradients(
         images.pointer, labels: labels, batch: hi - lo, loss: loss,
-        afterLayer: last ? { layer in try self.startReadyBuckets(after: layer, started: &started) } : nil)
+        afterLayer: last
+          ? { layer in try self.startReadyBuckets(after: layer, started: &started, sharded: sharded) } : nil)
       r.lossSum += m.lossSum
       r.correct += m.correct
       lap(\.compute)
     }
     let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
+    if options.measureImbalance && communicator.size > 1 {
+      try communicator.barrier()
+      lap(\.imbalance)
+    }
     if sharded {
-      // ZeRO-1: each rank reduces, updates and then shares one contiguous slice of the flat
-      // variables (mean over the global batch, update and weight_clip in one pass).
-      try communicator.reduceScatterSum(store.gradients.pointer, counts: shardCounts)
+      // ZeRO-1: each rank reduces, updates and then shares its part of every bucket of the
+      // flat variables (mean over the global batch, update and weight_clip in one pass).
+      try startReadyBuckets(after: 0, started: &started, sharded: true)
+      try communicator.waitOutstanding()
       lap(\.communication)
-      optimizer.apply(store: store, clock: clock, gradientScale: scale, slice: shardSlice)
+      optimizer.apply(store: store, clock: clock, gradientScale: scale, slices: shards.mine)
       lap(\.optimizer)
-      try communicator.allgather(store.values.pointer, counts: shardCounts)
+      try shards.allgather(store.values, communicator: communicator)
       lap(\.communication)
     } else {
       if overlap {
-        try startReadyBuckets(after: 0, started: &started)
+        try startReadyBuckets(after: 0, started: &started, sharded: false)
         try communicator.waitOutstanding()
       } else {
         try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
@@ -427,13 +438,18 @@ public final class Trainer {
     scale(state, by: 1 / Float(communicator.size))
   }
 
-  /// Starts the all-reduce of every bucket whose layers are all at or above `layer` (their
-  /// gradients are final), then lets the started ones progress.
-  func startReadyBuckets(after layer: Int, started: inout Int) throws {
+  /// Starts the all-reduce (or, `sharded`, the reduce-scatter) of every bucket whose layers
+  /// are all at or above `layer` (their gradients are final), then lets the started ones progress.
+  func startReadyBuckets(after layer: Int, started: inout Int, sharded: Bool) throws {
     let g = model.store.gradients.pointer
-    while started < buckets.count && buckets[started].firstLayer >= layer {
-      let b = buckets[started]
-      try communicator.startAllreduceSum(g + b.range.lowerBound, count: b.range.count)
+    let list = sharded ? shards.buckets : buckets
+    while started < list.count && list[started].firstLayer >= layer {
+      let b = list[started]
+      if sharded {
+        try communicator.startReduceScatterSum(g + b.range.lowerBound, counts: shards.counts[started])
+      } else {
+        try communicator.startAllreduceSum(g + b.range.lowerBound, count: b.range.count)
+      }
       started += 1
     }
     try communicator.progressOutstanding()
@@ -463,6 +479,39 @@ public final class Trainer {
 
   private func seconds(since start: DispatchTime) -> Double {
     Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+  }
+}
+
+/// The sharded (ZeRO-1) step's split of the flat buffers: every bucket's range cut into one
+/// nearly equal contiguous part per rank, rank r owning part r of each. Reduce-scatters and
+/// all-gathers then work bucket by bucket, so the reductions can start during backward.
+public struct ShardLayout: Sendable, Equatable {
+  public let buckets: [GradientBucket]
+  /// Per bucket, the elements of each rank's part.
+  public let counts: [[Int]]
+  /// This rank's parts, as ranges of the flat buffer.
+  public let mine: [Range<Int>]
+
+  public init(buckets: [GradientBucket], ranks: Int, rank: Int) {
+    self.buckets = buckets
+    var counts: [[Int]] = []
+    var mine: [Range<Int>] = []
+    for b in buckets {
+      let n = b.range.count
+      let c = (0..<ranks).map { r in n / ranks + (r < n % ranks ? 1 : 0) }
+      let start = b.range.lowerBound + c[..<rank].reduce(0, +)
+      counts.append(c)
+      mine.append(start..<(start + c[rank]))
+    }
+    self.counts = counts
+    self.mine = mine
+  }
+
+  /// Copies every rank's parts of `buffer` to every rank (bucket by bucket, in place).
+  public func allgather(_ buffer: FloatBuffer, communicator: Communicator) throws {
+    for (b, c) in zip(buckets, counts) {
+      try communicator.allgather(buffer.pointer + b.range.lowerBound, counts: c)
+    }
   }
 }
 

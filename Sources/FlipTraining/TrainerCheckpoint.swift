@@ -19,7 +19,7 @@ extension Trainer {
     let start = DispatchTime.now()
     try synchronizeBatchNormStatistics()
     if options.shardOptimizer && communicator.size > 1 {
-      for s in optimizer.stateBuffers { try communicator.allgather(s.buffer.pointer, counts: shardCounts) }
+      for s in optimizer.stateBuffers { try shards.allgather(s.buffer, communicator: communicator) }
     }
     let path = policy.directory + "/" + CheckpointFiles.name(step: clock.step)
     var failure: Error?

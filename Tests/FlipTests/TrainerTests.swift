@@ -163,4 +163,26 @@ struct TrainerTests {
     // (3.1 MiB) and its BatchNorm make the last, smaller one.
     #expect(GradientBucket.plan(views: views, capBytes: 4 << 20).count == 3)
   }
+
+  @Test func shardLayoutGivesEachRankOnePartOfEveryBucket() throws {
+    let model = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
+    let buckets = GradientBucket.plan(views: model.store.views, capBytes: 4 << 20)
+    for ranks in [1, 2, 3] {
+      let layouts = (0..<ranks).map { ShardLayout(buckets: buckets, ranks: ranks, rank: $0) }
+      for (i, b) in buckets.enumerated() {
+        // The parts tile the bucket in rank order, sizes differing by at most one.
+        var at = b.range.lowerBound
+        for r in 0..<ranks {
+          #expect(layouts[r].mine[i].lowerBound == at)
+          #expect(layouts[r].mine[i].count == layouts[0].counts[i][r])
+          at = layouts[r].mine[i].upperBound
+        }
+        #expect(at == b.range.upperBound)
+        #expect(layouts[0].counts[i].max()! - layouts[0].counts[i].min()! <= 1)
+      }
+      // Every element of the flat buffer is owned by exactly one rank.
+      let owned = layouts.flatMap(\.mine).reduce(0) { $0 + $1.count }
+      #expect(owned == model.store.values.count)
+    }
+  }
 }

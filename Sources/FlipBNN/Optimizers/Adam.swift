@@ -50,7 +50,7 @@ public final class Adam: Optimizer {
     [("adam.m", m, views), ("adam.v", v, views)]
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slice: Range<Int>?) {
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
     let b1 = beta1.value(clock)
     let b2 = beta2.value(clock)
     let t = Double(iterations + 1)
@@ -64,7 +64,7 @@ public final class Adam: Optimizer {
       let mp = m.pointer + view.offset
       let vp = v.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
-      forEachChunk(of: view, within: slice) { range in
+      forEachChunk(of: view, within: slices) { range in
         for i in range {
           let gi = g[i] * gradientScale
           let mi = mp[i] + (gi - mp[i]) * oneMinusB1
@@ -113,7 +113,7 @@ public final class SGD: Optimizer {
     [("sgd.momentum", velocity, views)]
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slice: Range<Int>?) {
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
     let lr = Float(learningRate.value(clock))
     let mu = Float(momentum.value(clock))
     for view in views {
@@ -121,7 +121,7 @@ public final class SGD: Optimizer {
       let g = store.gradients.pointer + view.offset
       let b = velocity.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
-      forEachChunk(of: view, within: slice) { range in
+      forEachChunk(of: view, within: slices) { range in
         for i in range {
           let gi = g[i] * gradientScale
           var wi = w[i]
@@ -174,7 +174,7 @@ public final class Bop: Optimizer {
     [("bop.m", m, views)]
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slice: Range<Int>?) {
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
     let g = Float(gamma.value(clock))
     let tau = Float(threshold.value(clock))
     for view in views {
@@ -182,7 +182,7 @@ public final class Bop: Optimizer {
       let grad = store.gradients.pointer + view.offset
       let mp = m.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
-      forEachChunk(of: view, within: slice) { range in
+      forEachChunk(of: view, within: slices) { range in
         for i in range {
           let mi = mp[i] + g * (grad[i] * gradientScale - mp[i])
           mp[i] = mi
@@ -237,8 +237,8 @@ public final class CaseOptimizer: Optimizer {
     }
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slice: Range<Int>?) {
-    for o in active { o.apply(store: store, clock: clock, gradientScale: gradientScale, slice: slice) }
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+    for o in active { o.apply(store: store, clock: clock, gradientScale: gradientScale, slices: slices) }
     iterations += 1
   }
 

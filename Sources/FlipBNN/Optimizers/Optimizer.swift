@@ -12,9 +12,9 @@ public protocol Optimizer: AnyObject {
   /// passes 1/global batch to turn summed gradients into means). Each view's kernel constraint
   /// is applied right after its update, in the same pass over memory.
   ///
-  /// With `slice` (a range of the flat parameter buffer), only the elements inside it are
+  /// With `slices` (ranges of the flat parameter buffer), only the elements inside them are
   /// updated: the sharded (ZeRO-1) step, where each rank updates its 1/N of the variables.
-  func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slice: Range<Int>?)
+  func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?)
   /// Current hyperparameter values by name (for logs and metrics).
   func hyperparameters(_ clock: TrainingClock) -> [String: Double]
   /// Optimizer state as named flat buffers (name suffix, buffer with the store's layout, views
@@ -26,12 +26,17 @@ public protocol Optimizer: AnyObject {
 extension Optimizer {
   /// One update from the gradients as they are.
   public func apply(store: ParameterStore, clock: TrainingClock) {
-    apply(store: store, clock: clock, gradientScale: 1, slice: nil)
+    apply(store: store, clock: clock, gradientScale: 1, slices: nil)
   }
 
   /// One update of every owned variable from `gradientScale · store.gradients`.
   public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
-    apply(store: store, clock: clock, gradientScale: gradientScale, slice: nil)
+    apply(store: store, clock: clock, gradientScale: gradientScale, slices: nil)
+  }
+
+  /// One update of the owned variables inside one range of the flat buffer.
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slice: Range<Int>) {
+    apply(store: store, clock: clock, gradientScale: gradientScale, slices: [slice])
   }
 
   /// Prepares the optimizer for all trainable variables of `store`.
@@ -99,15 +104,17 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
 }
 
 /// Calls `body` with chunks (split over the compute threads) of the view's own element indices
-/// that fall inside `slice` of the flat buffer (all of them without a slice).
+/// that fall inside `slices` of the flat buffer (all of them without slices).
 @inlinable
-func forEachChunk(of view: ParameterView, within slice: Range<Int>?, _ body: (Range<Int>) -> Void) {
-  var lo = 0
-  var hi = view.count
-  if let slice {
-    lo = max(0, slice.lowerBound - view.offset)
-    hi = min(view.count, slice.upperBound - view.offset)
+func forEachChunk(of view: ParameterView, within slices: [Range<Int>]?, _ body: (Range<Int>) -> Void) {
+  guard let slices else {
+    if view.count > 0 { Parallel.forEach(count: view.count) { r in body(r) } }
+    return
   }
-  guard lo < hi else { return }
-  Parallel.forEach(count: hi - lo) { r in body((r.lowerBound + lo)..<(r.upperBound + lo)) }
+  for slice in slices {
+    let lo = max(0, slice.lowerBound - view.offset)
+    let hi = min(view.count, slice.upperBound - view.offset)
+    guard lo < hi else { continue }
+    Parallel.forEach(count: hi - lo) { r in body((r.lowerBound + lo)..<(r.upperBound + lo)) }
+  }
 }
