@@ -137,14 +137,51 @@ public enum ModelFile {
   static func headerChecksum(
     metadata: [String: String], tensors: [String: SafeTensors.Tensor], offsets: [String: Range<Int>]
   ) -> String {
+    headerChecksum(
+      metadata: metadata,
+      index: tensors.keys.sorted().map { ($0, tensors[$0]!.dtype, tensors[$0]!.shape, offsets[$0] ?? 0..<0) })
+  }
+
+  static func headerChecksum(
+    metadata: [String: String], index: [(name: String, dtype: SafeTensors.DType, shape: [Int], range: Range<Int>)]
+  ) -> String {
     var text = ""
     for key in metadata.keys.sorted() { text += "\(key)=\(metadata[key]!)\n" }
-    for name in tensors.keys.sorted() {
-      let t = tensors[name]!
-      let r = offsets[name] ?? 0..<0
-      text += "\(name) \(t.dtype.rawValue) \(t.shape) \(r.lowerBound) \(r.upperBound)\n"
-    }
+    for t in index { text += "\(t.name) \(t.dtype.rawValue) \(t.shape) \(t.range.lowerBound) \(t.range.upperBound)\n" }
     return SafeTensors.crc32Hex(Data(text.utf8))
+  }
+
+  /// Writes a Flip file straight from tensors in memory (a checkpoint from the model's and
+  /// the optimizer's buffers): checksums computed in place, header and tensors written with
+  /// no intermediate copy, atomically as `writeAtomically`. Returns the file's size.
+  @discardableResult
+  public static func write(
+    _ unsorted: [SafeTensors.TensorRef], metadata extra: [String: String], kind: Kind, to path: String,
+    parallel: Bool = true
+  ) throws -> Int {
+    let refs = unsorted.sorted { $0.name < $1.name }
+    var metadata = extra
+    metadata["format"] = kind.rawValue
+    metadata["format_version"] = formatVersion
+    metadata[headerChecksumKey] = nil
+    metadata["payload_crc32"] = nil
+    var at = 0
+    let index = refs.map { t -> (String, SafeTensors.DType, [Int], Range<Int>) in
+      defer { at += t.bytes.count }
+      return (t.name, t.dtype, t.shape, at..<(at + t.bytes.count))
+    }
+    metadata[headerChecksumKey] = headerChecksum(metadata: metadata, index: index)
+    metadata["payload_crc32"] = SafeTensors.crc32Hex(refs, parallel: parallel)
+    let header = try SafeTensors.header(refs, metadata: metadata)
+    #if _endian(big)
+      // Memory is not the file's byte order: go through the converting encoder.
+      var tensors: [String: SafeTensors.Tensor] = [:]
+      for t in refs { tensors[t.name] = .init(shape: t.shape, values: Array(t.bytes.bindMemory(to: Float.self))) }
+      try writeAtomically(try encode(tensors, metadata: extra, kind: kind), to: path)
+    #else
+      try header.withUnsafeBytes { h in try writeAtomically(pieces: [h] + refs.map(\.bytes), to: path) }
+    #endif
+    return header.count + at
   }
 
   /// The kind of a decoded file.
@@ -251,6 +288,11 @@ public enum ModelFile {
   /// Writes to `path.tmp-<pid>` in the same directory, fsyncs it, renames it into place and
   /// fsyncs the directory. On failure the temporary file is removed and `path` is untouched.
   public static func writeAtomically(_ data: Data, to path: String) throws {
+    try data.withUnsafeBytes { try writeAtomically(pieces: [$0], to: path) }
+  }
+
+  /// `writeAtomically` of the concatenation of `pieces`.
+  public static func writeAtomically(pieces: [UnsafeRawBufferPointer], to path: String) throws {
     let directory = (path as NSString).deletingLastPathComponent
     let temporary = path + ".tmp-\(getpid())"
     let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -263,7 +305,7 @@ public enum ModelFile {
       unlink(temporary)
       return TrainingError.unwritable(path: path, reason: reason)
     }
-    let ok = data.withUnsafeBytes { raw -> Bool in
+    let ok = pieces.allSatisfy { raw -> Bool in
       var at = 0
       while at < raw.count {
         let n = Foundation.write(fd, raw.baseAddress! + at, min(raw.count - at, 1 << 30))

@@ -1,4 +1,5 @@
 import CZlib
+import FlipTensor
 import Foundation
 
 /// The safetensors layout (github.com/huggingface/safetensors): an 8-byte little-endian header
@@ -221,6 +222,72 @@ public enum SafeTensors {
     var offsets: [String: Range<Int>] = [:]
     for e in entries { offsets[e.name] = e.range }
     return Contents(tensors: tensors, metadata: metadata, offsets: offsets, payloadCRC32: crc)
+  }
+
+  /// A tensor's bytes in place (F32 or U32 elements, little-endian memory), for writing a
+  /// file straight from a model's buffers without copying them first.
+  public struct TensorRef: @unchecked Sendable {
+    public var name: String
+    public var dtype: DType
+    public var shape: [Int]
+    public var bytes: UnsafeRawBufferPointer
+    public init(name: String, dtype: DType = .f32, shape: [Int], bytes: UnsafeRawBufferPointer) {
+      self.name = name
+      self.dtype = dtype
+      self.shape = shape
+      self.bytes = bytes
+    }
+  }
+
+  /// The 8-byte length and the padded JSON header for `refs` (sorted by name, packed in that
+  /// order) and `metadata`.
+  public static func header(_ refs: [TensorRef], metadata: [String: String]) throws -> Data {
+    var header: [String: Any] = ["__metadata__": metadata]
+    var offset = 0
+    for t in refs {
+      guard t.shape.reduce(1, *) * 4 == t.bytes.count else {
+        throw TrainingError.invalidArgument(
+          "tensor \(t.name): shape \(t.shape) does not hold \(t.bytes.count / 4) values")
+      }
+      header[t.name] = ["dtype": t.dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + t.bytes.count]]
+      offset += t.bytes.count
+    }
+    var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+    while json.count % 8 != 0 { json.append(0x20) }
+    var out = Data(capacity: 8 + json.count)
+    var n = UInt64(json.count).littleEndian
+    withUnsafeBytes(of: &n) { out.append(contentsOf: $0) }
+    out.append(json)
+    return out
+  }
+
+  /// CRC-32 of the concatenated bytes of `refs`, computed in 1 MiB pieces on the compute
+  /// threads and combined (`crc32_combine`): the same value as one pass.
+  public static func crc32Hex(_ refs: [TensorRef], parallel: Bool = true) -> String {
+    let piece = 1 << 20
+    var pieces: [(UnsafeRawBufferPointer)] = []
+    for t in refs {
+      var at = 0
+      while at < t.bytes.count {
+        let n = min(piece, t.bytes.count - at)
+        pieces.append(UnsafeRawBufferPointer(rebasing: t.bytes[at..<(at + n)]))
+        at += n
+      }
+    }
+    var crcs = [UInt](repeating: 0, count: pieces.count)
+    crcs.withUnsafeMutableBufferPointer { out in
+      func crc(_ r: Range<Int>) {
+        for i in r {
+          out[i] = CZlib.crc32_z(0, pieces[i].baseAddress!.assumingMemoryBound(to: UInt8.self), pieces[i].count)
+        }
+      }
+      // Off the training thread (a background writer), stay on one core.
+      if parallel { Parallel.forRanges(count: pieces.count, grain: 1, crc) } else { crc(0..<pieces.count) }
+    }
+    var crc = CZlib.crc32_z(0, nil, 0)
+    for (c, p) in zip(crcs, pieces) { crc = CZlib.crc32_combine(crc, c, off_t(p.count)) }
+    let hex = String(crc, radix: 16)
+    return String(repeating: "0", count: max(0, 8 - hex.count)) + hex
   }
 
   /// zlib's CRC-32 of `bytes` as 8 lowercase hex digits (Python: `f"{zlib.crc32(b):08x}"`).

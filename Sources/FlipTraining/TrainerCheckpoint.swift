@@ -13,62 +13,83 @@ import Foundation
 extension Trainer {
   /// Saves a checkpoint of the current state: every rank calls it at the same step. BatchNorm
   /// moving statistics are averaged across ranks first (so all ranks hold the model that is
-  /// saved), a sharded optimizer state is gathered, and rank 0 writes the file atomically and
-  /// prunes old ones. A failed write throws on every rank, unless the policy says to continue.
-  public func saveCheckpoint(_ policy: CheckpointPolicy) throws {
+  /// saved) and a sharded optimizer state is gathered. Rank 0 copies the tensors and writes
+  /// the file in the background (atomically, then prunes old ones) while training goes on;
+  /// with `wait`, the write is finished before returning. A failed write — this one when
+  /// waiting, else an earlier one — throws on every rank, unless the policy says to continue.
+  public func saveCheckpoint(_ policy: CheckpointPolicy, wait: Bool = false) throws {
     let start = DispatchTime.now()
     try synchronizeBatchNormStatistics()
     if options.shardOptimizer && communicator.size > 1 {
       for s in optimizer.stateBuffers { try shards.allgather(s.buffer, communicator: communicator) }
     }
     let path = policy.directory + "/" + CheckpointFiles.name(step: clock.step)
-    var failure: Error?
+    var failure: CheckpointWriter.Failure?
     var bytes = 0
-    var writeSeconds = 0.0
+    var copySeconds = 0.0
     if communicator.isRoot {
-      let writeStart = DispatchTime.now()
+      let writer = checkpointWriter ?? CheckpointWriter(logger: logger)
+      checkpointWriter = writer
+      failure = writer.wait()
       do {
-        let data = try ModelFile.encode(checkpointTensors(), metadata: checkpointMetadata(policy), kind: .checkpoint)
-        bytes = data.count
-        try ModelFile.writeAtomically(data, to: path)
-        try CheckpointFiles.prune(policy.directory, keep: policy.keep)
+        (bytes, copySeconds) = writer.submit(
+          checkpointRefs(), metadata: try checkpointMetadata(policy), step: clock.step, path: path,
+          directory: policy.directory, keep: policy.keep)
+        if wait, let f = writer.wait() { failure = f }
       } catch {
-        failure = error
+        failure = CheckpointWriter.Failure(step: clock.step, path: path, error: error)
       }
-      writeSeconds = Double(DispatchTime.now().uptimeNanoseconds - writeStart.uptimeNanoseconds) / 1e9
     }
-    // Every rank learns whether rank 0's write worked, so all of them decide the same way.
-    var status = [failure == nil ? 0.0 : 1.0]
-    try communicator.allreduceSum(&status)
-    if status[0] > 0 {
-      let message =
-        "checkpoint at step \(clock.step) was not written (\(failure.map { "\($0)" } ?? "rank 0 failed to write it")); earlier checkpoints in \(policy.directory) are intact"
-      guard policy.continueOnError else {
-        throw TrainingError.unwritable(
-          path: path,
-          reason: "\(message). Free space or fix permissions, then resume with flip train --resume \(policy.directory)")
-      }
-      logger.warning("\(message); training continues (--on-checkpoint-error continue)")
-      return
-    }
+    try settleCheckpointFailure(failure, policy: policy)
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
     checkpointWrites.append(
-      CheckpointWrite(path: path, step: clock.step, bytes: bytes, seconds: seconds, writeSeconds: writeSeconds))
+      CheckpointWrite(path: path, step: clock.step, bytes: bytes, seconds: seconds, copySeconds: copySeconds))
     logger.debug(
-      "checkpoint \(path): \(bytes) bytes in \(String(format: "%.3f", seconds)) s (write \(String(format: "%.3f", writeSeconds)) s)"
+      "checkpoint \(path): training paused \(String(format: "%.3f", seconds)) s (copy \(String(format: "%.3f", copySeconds)) s)\(wait ? ", written" : ", writing in the background")"
     )
   }
 
-  /// The tensors of a checkpoint: the model's, then the optimizer state of each variable.
-  func checkpointTensors() -> [String: SafeTensors.Tensor] {
-    var tensors = ModelFile.tensors(of: model)
+  /// Waits for rank 0's write in flight and settles its outcome on every rank (collective).
+  public func flushCheckpoints(_ policy: CheckpointPolicy) throws {
+    try settleCheckpointFailure(communicator.isRoot ? checkpointWriter?.wait() : nil, policy: policy)
+  }
+
+  /// Every rank learns whether rank 0's write failed (collective), and all decide the same.
+  func settleCheckpointFailure(_ failure: CheckpointWriter.Failure?, policy: CheckpointPolicy) throws {
+    var status = [failure.map { Double($0.step + 1) } ?? 0]
+    try communicator.allreduceSum(&status)
+    if status[0] > 0 { try checkpointFailed(step: Int(status[0]) - 1, failure, policy: policy) }
+  }
+
+  /// The reaction to a failed write (rank 0 knows why; the others only that it failed).
+  func checkpointFailed(step: Int, _ failure: CheckpointWriter.Failure?, policy: CheckpointPolicy) throws {
+    let path = failure?.path ?? policy.directory + "/" + CheckpointFiles.name(step: step)
+    let message =
+      "checkpoint at step \(step) was not written (\(failure.map { "\($0.error)" } ?? "rank 0 failed to write it")); earlier checkpoints in \(policy.directory) are intact"
+    guard policy.continueOnError else {
+      throw TrainingError.unwritable(
+        path: path,
+        reason: "\(message). Free space or fix permissions, then resume with flip train --resume \(policy.directory)")
+    }
+    logger.warning("\(message); training continues (--on-checkpoint-error continue)")
+  }
+
+  /// The tensors of a checkpoint in place: the model's, then the optimizer state of each
+  /// variable (written straight from these buffers).
+  func checkpointRefs() -> [SafeTensors.TensorRef] {
+    func ref(_ name: String, _ shape: [Int], _ p: UnsafeMutablePointer<Float>, _ n: Int) -> SafeTensors.TensorRef {
+      SafeTensors.TensorRef(name: name, shape: shape, bytes: UnsafeRawBufferPointer(start: p, count: n * 4))
+    }
+    var refs = (model.store.views + model.store.stateViews).map { v in
+      ref(v.name, v.shape, model.store.pointer(v), v.count)
+    }
     for s in optimizer.stateBuffers {
       for v in s.views {
-        tensors[ModelFile.optimizerPrefix + s.name + "." + v.name] = SafeTensors.Tensor(
-          shape: v.shape, values: Array(UnsafeBufferPointer(start: s.buffer.pointer + v.offset, count: v.count)))
+        refs.append(
+          ref(ModelFile.optimizerPrefix + s.name + "." + v.name, v.shape, s.buffer.pointer + v.offset, v.count))
       }
     }
-    return tensors
+    return refs
   }
 
   func checkpointMetadata(_ policy: CheckpointPolicy) throws -> [String: String] {

@@ -126,4 +126,30 @@ struct FileMutationTests {
         && mismatch.contains("unexpected tensors: layers.2.batch_normalization"), "\(mismatch)")
     _ = model
   }
+
+  @Test func streamingWriterWritesTheEncodersBytes() throws {
+    let (_, model) = try Self.original()
+    let dir = temporaryDirectory("flip-stream")
+    // Several MiB, so the checksum is combined from pieces computed in parallel.
+    let big = (0..<(3 << 20)).map { Float($0 % 977) - 400 }
+    var tensors = ModelFile.tensors(of: model)
+    tensors["optimizer.adam.m.big"] = .init(shape: [3, 1 << 20], values: big)
+    let metadata = ["model": "stream", "step": "7"]
+    try ModelFile.write(tensors, metadata: metadata, kind: .checkpoint, to: dir + "/a.safetensors")
+    var keep: [[Float]] = []
+    var refs: [SafeTensors.TensorRef] = []
+    for (name, t) in tensors {
+      keep.append(t.values)
+      let p = UnsafeMutablePointer<Float>.allocate(capacity: t.values.count)
+      p.update(from: t.values, count: t.values.count)
+      refs.append(.init(name: name, shape: t.shape, bytes: UnsafeRawBufferPointer(start: p, count: t.values.count * 4)))
+    }
+    defer { for r in refs { r.bytes.baseAddress!.deallocate() } }
+    let size = try ModelFile.write(refs, metadata: metadata, kind: .checkpoint, to: dir + "/b.safetensors")
+    let a = try Data(contentsOf: URL(fileURLWithPath: dir + "/a.safetensors"))
+    let b = try Data(contentsOf: URL(fileURLWithPath: dir + "/b.safetensors"))
+    #expect(a == b)
+    #expect(size == b.count)
+    _ = try ModelFile.read(path: dir + "/b.safetensors")
+  }
 }
