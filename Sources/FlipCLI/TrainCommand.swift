@@ -307,6 +307,7 @@ struct TrainCommand: ParsableCommand {
     config: RunConfig, options base: TrainingOptions, data: DataSplits, runDirectory: String,
     communicator: Communicator, logger: Logger, savedPolicy saved: [String: Any] = [:]
   ) throws -> Trainer {
+    try checkSameSettingsOnEveryRank(config: config, options: base, communicator: communicator)
     let model = try Sequential(
       specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
     if let initFrom, communicator.isRoot {
@@ -387,6 +388,26 @@ struct TrainCommand: ParsableCommand {
         )
       }
     }
+  }
+}
+
+/// Every rank must train the same run: compares a hash of the effective config and training
+/// options across ranks before the first collective that depends on them (an MPMD launch
+/// such as `mpirun -np 1 flip train --seed 0 : -np 1 flip train --seed 1` would otherwise
+/// train inconsistent replicas or hang).
+func checkSameSettingsOnEveryRank(config: RunConfig, options: TrainingOptions, communicator: Communicator) throws {
+  guard communicator.size > 1 else { return }
+  let text =
+    try config.yaml()
+    + "\nbatch=\(options.batchSize) seed=\(options.seed) epochs=\(options.epochs) accumulate=\(options.accumulate) sync_bn=\(options.syncBatchNorm)"
+  var h: UInt64 = 0xCBF2_9CE4_8422_2325
+  for b in text.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+  let all = try communicator.allgather(h)
+  let differing = all.indices.filter { all[$0] != all[0] }
+  guard differing.isEmpty else {
+    throw TrainingError.invalidArgument(
+      "ranks \(differing.map(String.init).joined(separator: ", ")) were started with other settings than rank 0 (config or flags differ: hash \(String(all[differing[0]], radix: 16)) vs \(String(all[0], radix: 16))); start every rank with the same flags and config file"
+    )
   }
 }
 

@@ -179,4 +179,28 @@ struct MPITests {
       #expect((row["hidden_fraction"] as! Double) <= 1)
     }
   }
+
+  @Test func ranksWithDifferentSettingsAreAnError() throws {
+    let dir = temporaryDirectory("flip-mpi")
+    writeToyDataset(to: dir, train: 64, test: 16)
+    let common = ["train", "--config", "", "--data", dir, "--epochs", "1", "--batch-size", "32", "--out", dir + "/run"]
+    try Self.noBatchNorm.write(toFile: dir + "/tiny.yaml", atomically: true, encoding: .utf8)
+    var args = common
+    args[2] = dir + "/tiny.yaml"
+    // MPMD: one rank with seed 0, the other with seed 1.
+    let r = try runProcess(
+      Self.mpirun,
+      ["--oversubscribe", "--allow-run-as-root", "--mca", "oob_tcp_if_include", "lo", "-np", "1", flipExecutable]
+        + args + ["--seed", "0", ":", "-np", "1", flipExecutable] + args + ["--seed", "1"])
+    #expect(r.status != 0)
+    #expect(r.stderr.contains("ranks 1 were started with other settings than rank 0"), "\(r.stderr)")
+  }
+
+  @Test func aMissingHostfileIsAnError() throws {
+    let r = try runProcess(
+      Self.mpirun,
+      ["--allow-run-as-root", "--hostfile", "/nonexistent/hosts", "-np", "2", flipExecutable, "summary"])
+    #expect(r.status != 0)
+    #expect((r.stderr + r.stdout).contains("/nonexistent/hosts"), "\(r.stderr)")
+  }
 }
