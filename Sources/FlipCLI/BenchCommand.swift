@@ -32,6 +32,12 @@ struct BenchCommand: ParsableCommand {
   var bucketMb: Double = 4
   @Flag(inversion: .prefixedNo, help: "Under mpirun: the sharded (ZeRO-1) optimizer step (default), or the all-reduce.")
   var shardOptimizer = true
+  @Option(
+    name: .long,
+    help:
+      "Under mpirun: how started reductions progress during backward: testall (MPI_Testall between layers, the default) or thread (a progress thread, MPI_THREAD_MULTIPLE; an experiment)."
+  )
+  var mpiProgress: MPIProgress = .testall
   @Flag(name: .long, help: "Print the result as one JSON object.")
   var json = false
 
@@ -42,7 +48,7 @@ struct BenchCommand: ParsableCommand {
   }
 
   func run() throws {
-    try Runtime.run(verbose: compute.verbose) { communicator, logger in
+    try Runtime.run(verbose: compute.verbose, progressThread: mpiProgress == .thread) { communicator, logger in
       let config = try modelOptions.resolve(defaultPreset: .binarynetMLP)
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       let splits: DataSplits
@@ -116,6 +122,7 @@ struct BenchCommand: ParsableCommand {
           "data_ms": split[0], "compute_ms": split[1], "communication_wait_ms": split[2], "optimizer_ms": split[3],
           "communication_alone_ms": split[4], "hidden_fraction": hidden, "imbalance_wait_ms": split[5],
           "sharded_optimizer": shardOptimizer && communicator.size > 1, "bucket_mb": bucketMb,
+          "mpi_progress": mpiProgress.rawValue,
         ]
         let data = try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
@@ -166,4 +173,9 @@ func communicationAlone(_ trainer: Trainer, communicator: Communicator, repeats:
     }
   }
   return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6 / Double(repeats)
+}
+
+/// `--mpi-progress` values.
+enum MPIProgress: String, ExpressibleByArgument, CaseIterable {
+  case testall, thread
 }

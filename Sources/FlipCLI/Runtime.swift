@@ -29,16 +29,16 @@ enum Runtime {
   }
 
   /// The communicator of this process: MPI's world when started by `mpirun`, else one process.
-  static func makeCommunicator() throws -> Communicator {
-    MPIRuntime.launchedByMPI ? try MPICommunicator() : SingleProcessCommunicator()
+  static func makeCommunicator(progressThread: Bool = false) throws -> Communicator {
+    MPIRuntime.launchedByMPI ? try MPICommunicator(progressThread: progressThread) : SingleProcessCommunicator()
   }
 
   /// Runs a command's `body` with this process's communicator and logger, then finalizes MPI.
   /// Any error is printed once per failing rank as one line, and ends the whole job
   /// (`MPI_Abort` when there are other ranks, so none is left waiting in a collective).
-  static func run(verbose: Bool, _ body: (Communicator, Logger) throws -> Void) throws {
+  static func run(verbose: Bool, progressThread: Bool = false, _ body: (Communicator, Logger) throws -> Void) throws {
     let communicator: Communicator
-    do { communicator = try makeCommunicator() } catch {
+    do { communicator = try makeCommunicator(progressThread: progressThread) } catch {
       report(error, rank: 0)
       throw ExitCode.failure
     }

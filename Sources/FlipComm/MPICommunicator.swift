@@ -28,20 +28,31 @@ public final class MPICommunicator: Communicator {
   private var scratchCapacity: [Int] = []
   private var pendingCopies: [(from: Int, to: UnsafeMutablePointer<Float>, count: Int)] = []
   nonisolated(unsafe) private static var finalized = false
+  /// With a progress thread: it pokes Open MPI's progress engine while reductions are
+  /// outstanding, instead of `MPI_Testall` calls between layers (an experiment; see README).
+  private let progress: ProgressThread?
 
-  public init() throws {
+  /// `progressThread`: drive outstanding reductions from a thread of their own (needs
+  /// `MPI_THREAD_MULTIPLE`) rather than from `progressOutstanding()` calls.
+  public init(progressThread: Bool = false) throws {
     var provided: Int32 = 0
     var initialized: Int32 = 0
     MPI_Initialized(&initialized)
     if initialized == 0 {
-      let status = MPI_Init_thread(nil, nil, flip_mpi_thread_funneled(), &provided)
+      let level = progressThread ? flip_mpi_thread_multiple() : flip_mpi_thread_funneled()
+      let status = MPI_Init_thread(nil, nil, level, &provided)
       guard status == flip_mpi_success() else {
         throw CommunicationError.mpi(function: "MPI_Init_thread", code: status, message: "could not start MPI")
+      }
+      if progressThread && provided < flip_mpi_thread_multiple() {
+        throw CommunicationError.mpi(
+          function: "MPI_Init_thread", code: provided, message: "this MPI does not support MPI_THREAD_MULTIPLE")
       }
     }
     let world = flip_mpi_comm_world()!
     MPI_Comm_set_errhandler(world, flip_mpi_errors_return())
     self.world = MPIHandle(value: world)
+    progress = progressThread ? ProgressThread(world: MPIHandle(value: world)) : nil
     var r: Int32 = 0
     var n: Int32 = 0
     MPI_Comm_rank(world, &r)
@@ -113,10 +124,11 @@ public final class MPICommunicator: Communicator {
         "MPI_Iallreduce")
       requests.append(request)
     }
+    progress?.resume()
   }
 
   public func progressOutstanding() throws {
-    guard !requests.isEmpty else { return }
+    guard !requests.isEmpty, progress == nil else { return }
     var done: Int32 = 0
     try check(MPI_Testall(Int32(requests.count), &requests, &done, flip_mpi_statuses_ignore()), "MPI_Testall")
   }
@@ -128,6 +140,7 @@ public final class MPICommunicator: Communicator {
       pendingCopies.removeAll(keepingCapacity: true)
     }
     try check(MPI_Waitall(Int32(requests.count), &requests, flip_mpi_statuses_ignore()), "MPI_Waitall")
+    progress?.pause()
     for c in pendingCopies { c.to.update(from: scratch[c.from], count: c.count) }
   }
 
@@ -154,6 +167,7 @@ public final class MPICommunicator: Communicator {
         buffer, scratch[index], &recvcounts, flip_mpi_float(), flip_mpi_sum(), world.value, &request),
       "MPI_Ireduce_scatter")
     requests.append(request)
+    progress?.resume()
     pendingCopies.append((index, buffer + counts[..<rank].reduce(0, +), mine))
   }
 
@@ -212,6 +226,45 @@ public final class MPICommunicator: Communicator {
       let n = min(piece, count - offset)
       try body(offset, Int32(n))
       offset += n
+    }
+  }
+}
+
+/// A thread that enters Open MPI's progress engine (`MPI_Iprobe`) every 50 µs while it is
+/// resumed, so started reductions advance while the main thread computes.
+final class ProgressThread: @unchecked Sendable {
+  private let condition = NSCondition()
+  private var active = false
+  private let world: MPIHandle<MPI_Comm>
+
+  init(world: MPIHandle<MPI_Comm>) {
+    self.world = world
+    let thread = Thread { self.run() }
+    thread.name = "flip-mpi-progress"
+    thread.start()
+  }
+
+  func resume() {
+    condition.lock()
+    active = true
+    condition.signal()
+    condition.unlock()
+  }
+
+  func pause() {
+    condition.lock()
+    active = false
+    condition.unlock()
+  }
+
+  private func run() {
+    var flag: Int32 = 0
+    while true {
+      condition.lock()
+      while !active { condition.wait() }
+      condition.unlock()
+      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, world.value, &flag, flip_mpi_status_ignore())
+      usleep(50)
     }
   }
 }

@@ -166,7 +166,10 @@ struct MPITests {
       "bench", "--config", dir + "/bn.yaml", "--data", dir, "--batch-size", "64", "--steps", "6", "--warmup", "1",
       "--threads", "1", "--json",
     ]
-    for (ranks, extra) in [(1, [String]()), (2, []), (2, ["--no-shard-optimizer"])] {
+    let thread = ["--mpi-progress", "thread"]
+    for (ranks, extra) in [
+      (1, [String]()), (2, []), (2, ["--no-shard-optimizer"]), (2, thread + ["--no-shard-optimizer"]),
+    ] {
       let r = ranks == 1 ? try runFlip(args + extra) : try launch(ranks, args + extra)
       #expect(r.status == 0, "\(r.stderr)")
       let row = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
