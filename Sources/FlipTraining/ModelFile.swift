@@ -39,18 +39,35 @@ public enum ModelFile {
     try write(tensors(of: model), metadata: extra, kind: .model, to: path)
   }
 
-  /// Encodes `tensors` with Flip's metadata (kind, version, checksum).
+  /// Encodes `tensors` with Flip's metadata (kind, version, checksums).
   public static func encode(_ tensors: [String: SafeTensors.Tensor], metadata extra: [String: String], kind: Kind)
     throws -> Data
+  {
+    try SafeTensors.withPacked(tensors) { refs, payload in
+      var out = try SafeTensors.header(refs, metadata: stamp(refs, metadata: extra, kind: kind, parallel: true))
+      out.append(payload)
+      return out
+    }
+  }
+
+  /// `extra` plus Flip's keys for the tensors `refs` (in file order): the kind, the format
+  /// version, and the header and payload checksums.
+  static func stamp(_ refs: [SafeTensors.TensorRef], metadata extra: [String: String], kind: Kind, parallel: Bool)
+    -> [String: String]
   {
     var metadata = extra
     metadata["format"] = kind.rawValue
     metadata["format_version"] = formatVersion
     metadata[headerChecksumKey] = nil
     metadata["payload_crc32"] = nil
-    metadata[headerChecksumKey] = headerChecksum(
-      metadata: metadata, tensors: tensors, offsets: SafeTensors.layout(tensors))
-    return try SafeTensors.encode(tensors, metadata: metadata, checksumKey: "payload_crc32")
+    var at = 0
+    let index = refs.map { t -> (String, SafeTensors.DType, [Int], Range<Int>) in
+      defer { at += t.bytes.count }
+      return (t.name, t.dtype, t.shape, at..<(at + t.bytes.count))
+    }
+    metadata[headerChecksumKey] = headerChecksum(metadata: metadata, index: index)
+    metadata["payload_crc32"] = SafeTensors.crc32Hex(refs, parallel: parallel)
+    return metadata
   }
 
   /// `encode`, then an atomic write to `path`.
@@ -105,7 +122,9 @@ public enum ModelFile {
       var covered = metadata
       covered[headerChecksumKey] = nil
       covered["payload_crc32"] = nil
-      let header = headerChecksum(metadata: covered, tensors: c.tensors, offsets: c.offsets)
+      let header = headerChecksum(
+        metadata: covered,
+        index: c.tensors.keys.sorted().map { ($0, c.tensors[$0]!.dtype, c.tensors[$0]!.shape, c.offsets[$0]!) })
       guard metadata[headerChecksumKey] == header else {
         throw TrainingError.modelFile(
           path: path,
@@ -135,14 +154,6 @@ public enum ModelFile {
   /// begin end` lines of the tensors in name order: a flipped byte anywhere in the header that
   /// still parses (a digit of a step, a shape, an offset) is caught.
   static func headerChecksum(
-    metadata: [String: String], tensors: [String: SafeTensors.Tensor], offsets: [String: Range<Int>]
-  ) -> String {
-    headerChecksum(
-      metadata: metadata,
-      index: tensors.keys.sorted().map { ($0, tensors[$0]!.dtype, tensors[$0]!.shape, offsets[$0] ?? 0..<0) })
-  }
-
-  static func headerChecksum(
     metadata: [String: String], index: [(name: String, dtype: SafeTensors.DType, shape: [Int], range: Range<Int>)]
   ) -> String {
     var text = ""
@@ -160,19 +171,7 @@ public enum ModelFile {
     parallel: Bool = true
   ) throws -> Int {
     let refs = unsorted.sorted { $0.name < $1.name }
-    var metadata = extra
-    metadata["format"] = kind.rawValue
-    metadata["format_version"] = formatVersion
-    metadata[headerChecksumKey] = nil
-    metadata["payload_crc32"] = nil
-    var at = 0
-    let index = refs.map { t -> (String, SafeTensors.DType, [Int], Range<Int>) in
-      defer { at += t.bytes.count }
-      return (t.name, t.dtype, t.shape, at..<(at + t.bytes.count))
-    }
-    metadata[headerChecksumKey] = headerChecksum(metadata: metadata, index: index)
-    metadata["payload_crc32"] = SafeTensors.crc32Hex(refs, parallel: parallel)
-    let header = try SafeTensors.header(refs, metadata: metadata)
+    let header = try SafeTensors.header(refs, metadata: stamp(refs, metadata: extra, kind: kind, parallel: parallel))
     #if _endian(big)
       // Memory is not the file's byte order: go through the converting encoder.
       var tensors: [String: SafeTensors.Tensor] = [:]
@@ -181,7 +180,7 @@ public enum ModelFile {
     #else
       try header.withUnsafeBytes { h in try writeAtomically(pieces: [h] + refs.map(\.bytes), to: path) }
     #endif
-    return header.count + at
+    return header.count + refs.reduce(0) { $0 + $1.bytes.count }
   }
 
   /// The kind of a decoded file.

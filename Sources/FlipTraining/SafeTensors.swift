@@ -38,25 +38,28 @@ public enum SafeTensors {
     public var count: Int { dtype == .f32 ? values.count : words.count }
   }
 
-  /// Serializes `tensors` and `metadata` (a flat string map). With `checksumKey`, the CRC-32
-  /// (zlib's, as Python's `zlib.crc32`) of the data section is added to the metadata under
-  /// that key as 8 hex digits.
-  public static func encode(_ tensors: [String: Tensor], metadata: [String: String], checksumKey: String? = nil) throws
-    -> Data
-  {
+  /// Serializes `tensors` and `metadata` (a flat string map).
+  public static func encode(_ tensors: [String: Tensor], metadata: [String: String]) throws -> Data {
+    try withPacked(tensors) { refs, payload in
+      var out = try header(refs, metadata: metadata)
+      out.append(payload)
+      return out
+    }
+  }
+
+  /// Packs `tensors` in name order into one little-endian data section and calls `body` with
+  /// it and a reference to each tensor's bytes inside it (in the same order).
+  public static func withPacked<R>(_ tensors: [String: Tensor], _ body: ([TensorRef], Data) throws -> R) throws -> R {
     let names = tensors.keys.sorted()
-    var header: [String: Any] = [:]
-    var offset = 0
+    var size = 0
     for name in names {
       let t = tensors[name]!
       guard t.shape.reduce(1, *) == t.count else {
         throw TrainingError.invalidArgument("tensor \(name): shape \(t.shape) does not hold \(t.count) values")
       }
-      let bytes = t.count * 4
-      header[name] = ["dtype": t.dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + bytes]]
-      offset += bytes
+      size += t.count * 4
     }
-    var payload = Data(count: offset)
+    var payload = Data(count: size)
     payload.withUnsafeMutableBytes { dst in
       var at = 0
       for name in names {
@@ -75,17 +78,17 @@ public enum SafeTensors {
         at += n
       }
     }
-    var meta = metadata
-    if let checksumKey { meta[checksumKey] = crc32Hex(payload) }
-    header["__metadata__"] = meta
-    var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
-    while json.count % 8 != 0 { json.append(0x20) }
-    var out = Data(capacity: 8 + json.count + offset)
-    var n = UInt64(json.count).littleEndian
-    withUnsafeBytes(of: &n) { out.append(contentsOf: $0) }
-    out.append(json)
-    out.append(payload)
-    return out
+    return try payload.withUnsafeBytes { raw in
+      var at = 0
+      let refs = names.map { name -> TensorRef in
+        let t = tensors[name]!
+        defer { at += t.count * 4 }
+        return TensorRef(
+          name: name, dtype: t.dtype, shape: t.shape,
+          bytes: UnsafeRawBufferPointer(rebasing: raw[at..<(at + t.count * 4)]))
+      }
+      return try body(refs, payload)
+    }
   }
 
   /// The result of `decode`: tensors, metadata, each tensor's byte range in the data section,
@@ -95,18 +98,6 @@ public enum SafeTensors {
     public var metadata: [String: String]
     public var offsets: [String: Range<Int>]
     public var payloadCRC32: String
-  }
-
-  /// Byte ranges of `tensors` in the data section as `encode` lays them out (name order, packed).
-  public static func layout(_ tensors: [String: Tensor]) -> [String: Range<Int>] {
-    var offsets: [String: Range<Int>] = [:]
-    var at = 0
-    for name in tensors.keys.sorted() {
-      let n = tensors[name]!.count * 4
-      offsets[name] = at..<(at + n)
-      at += n
-    }
-    return offsets
   }
 
   /// Parses and validates a whole file: header bounds, JSON, dtypes, shapes, offsets inside
