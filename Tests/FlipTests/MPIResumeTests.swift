@@ -61,27 +61,11 @@ extension MPITests {
 
   @Test func sigusr1ToMpirunStopsTheJobWithACheckpoint() throws {
     let dir = try ResumeTests.setUp()
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: Self.mpirun)
-    p.arguments =
-      ["-np", "2", "--oversubscribe", "--allow-run-as-root", "--mca", "oob_tcp_if_include", "lo", flipExecutable]
-      + [
-        "train", "--config", dir + "/m.yaml", "--data", dir, "--epochs", "100000", "--batch-size", "32", "--threads",
-        "1", "--out", dir + "/run", "--quiet",
-      ]
-    let err = Pipe()
-    p.standardError = err
-    p.standardOutput = FileHandle.nullDevice
-    unblockStopSignalsForChildren()
-    try p.run()
-    let deadline = Date().addingTimeInterval(60)
-    while (try? CheckpointFiles.list(dir + "/run"))?.isEmpty ?? true, Date() < deadline { usleep(20_000) }
     // mpirun forwards SIGUSR1 to every rank.
-    kill(p.processIdentifier, SIGUSR1)
-    let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    #expect(p.terminationStatus == 0, "\(text)")
-    #expect(text.contains("(signal SIGUSR1)"), "\(text)")
+    let launcher = ["-np", "2", "--oversubscribe", "--allow-run-as-root", "--mca", "oob_tcp_if_include", "lo"]
+    let r = try ResumeTests.signalLongRun(Self.mpirun, launcher + [flipExecutable], dir: dir, signal: SIGUSR1)
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(r.stderr.contains("(signal SIGUSR1)"), "\(r.stderr)")
     let newest = try CheckpointFiles.list(dir + "/run").last!
     let (_, metadata) = try ModelFile.read(path: newest.path)
     #expect(metadata["world_size"] == "2")

@@ -58,6 +58,32 @@ struct ResumeTests {
     #expect(mx["optimizer"] == my["optimizer"], sourceLocation: sourceLocation)
   }
 
+  /// Starts a run of 100,000 epochs (`executable`: `flip`, or `mpirun` with `launcher`
+  /// arguments before `flip`), sends `signal` to that process once the first checkpoint
+  /// exists, and waits for it to end.
+  static func signalLongRun(_ executable: String, _ launcher: [String], dir: String, signal: Int32) throws
+    -> ProcessResult
+  {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments =
+      launcher + [
+        "train", "--config", dir + "/m.yaml", "--data", dir, "--epochs", "100000", "--batch-size", "32", "--threads",
+        "1", "--out", dir + "/run", "--quiet",
+      ]
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    unblockStopSignalsForChildren()
+    try p.run()
+    let deadline = Date().addingTimeInterval(60)
+    while (try? CheckpointFiles.list(dir + "/run"))?.isEmpty ?? true, Date() < deadline { usleep(20_000) }
+    kill(p.processIdentifier, signal)
+    let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return ProcessResult(status: p.terminationStatus, stdout: "", stderr: text)
+  }
+
   static func epochRows(_ path: String) throws -> [String] {
     try readMetrics(path).filter { $0["kind"] as? String == "epoch" }.map { row in
       var r = row
@@ -186,23 +212,9 @@ struct ResumeTests {
 
   @Test func externalSigterm() throws {
     let dir = try Self.setUp()
-    // A long run, stopped from outside once its first checkpoint exists.
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: flipExecutable)
-    p.arguments = [
-      "train", "--config", dir + "/m.yaml", "--data", dir, "--epochs", "100000", "--batch-size", "32", "--threads",
-      "1", "--out", dir + "/run", "--quiet",
-    ]
-    let err = Pipe()
-    p.standardError = err
-    try p.run()
-    let deadline = Date().addingTimeInterval(60)
-    while (try? CheckpointFiles.list(dir + "/run"))?.isEmpty ?? true, Date() < deadline { usleep(20_000) }
-    kill(p.processIdentifier, SIGTERM)
-    let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    #expect(p.terminationStatus == 0, "\(text)")
-    #expect(text.contains("(signal SIGTERM)"), "\(text)")
+    let r = try Self.signalLongRun(flipExecutable, [], dir: dir, signal: SIGTERM)
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(r.stderr.contains("(signal SIGTERM)"), "\(r.stderr)")
     let stop = try CheckpointFiles.list(dir + "/run").last!
     _ = try ModelFile.read(path: stop.path)
   }
