@@ -49,4 +49,14 @@ static inline int flip_parallel(flip_parallel_body body, void *context, int thre
   gomp_parallel(flip_parallel_trampoline, &call, (unsigned)threads, 0);
   return 0;
 }
+// Execution-argument indices (macros in dnnl_types.h) and DNNL_MEMORY_NONE, for Swift.
+static inline int flip_dnnl_arg_src(void) { return DNNL_ARG_SRC; }
+static inline int flip_dnnl_arg_weights(void) { return DNNL_ARG_WEIGHTS; }
+static inline int flip_dnnl_arg_dst(void) { return DNNL_ARG_DST; }
+static inline int flip_dnnl_arg_diff_src(void) { return DNNL_ARG_DIFF_SRC; }
+static inline int flip_dnnl_arg_diff_weights(void) { return DNNL_ARG_DIFF_WEIGHTS; }
+static inline int flip_dnnl_arg_diff_dst(void) { return DNNL_ARG_DIFF_DST; }
+static inline int flip_dnnl_arg_from(void) { return DNNL_ARG_FROM; }
+static inline int flip_dnnl_arg_to(void) { return DNNL_ARG_TO; }
+static inline void *flip_dnnl_memory_none(void) { return DNNL_MEMORY_NONE; }
 #endif

@@ -38,6 +38,10 @@ struct BenchCommand: ParsableCommand {
       "Under mpirun: how started reductions progress during backward: testall (MPI_Testall between layers, the default) or thread (a progress thread, MPI_THREAD_MULTIPLE; an experiment)."
   )
   var mpiProgress: MPIProgress = .testall
+  @Flag(
+    name: .long,
+    help: "Run convolutions as im2col + GEMM instead of oneDNN's convolution primitives (to compare them).")
+  var im2col = false
   @Flag(name: .long, help: "Print the result as one JSON object.")
   var json = false
 
@@ -66,6 +70,7 @@ struct BenchCommand: ParsableCommand {
       }
       let model = try Sequential(
         specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0)
+      if im2col { for case let conv as QuantConv2D in model.layers { conv.usePrimitives = false } }
       var options = TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0)
       options.bucketBytes = Int(bucketMb * 1_048_576)
       options.shardOptimizer = shardOptimizer

@@ -67,6 +67,59 @@ struct FastPathTests {
     #expect(try outputs(int8: true) == outputs(int8: false))
   }
 
+  /// oneDNN's convolution primitives against im2col + GEMM: forward, input gradient and
+  /// kernel gradient (accumulated over two passes), for float, binary and unquantized layers.
+  @Test(arguments: [
+    ("binary, exact int8", Padding.valid, (1, 1), true, true),
+    ("binary, same, stride 2", .same, (2, 2), true, true),
+    ("float input, binary kernel", .valid, (1, 1), false, true),
+    ("no quantizers, same", .same, (1, 2), false, false),
+  ])
+  func convolutionPrimitivesEqualIm2col(
+    label: String, padding: Padding, strides: (Int, Int), binaryInput: Bool, binaryKernel: Bool
+  ) throws {
+    func run(primitives: Bool) throws -> (y: [Float], dx: [Float], gradients: [Float]) {
+      let layer = try QuantConv2D(
+        filters: 7, kernelSize: (3, 3), strides: strides, padding: padding, inputShape: [9, 8, 5],
+        inputQuantizer: binaryInput ? SteSign() : nil, kernelQuantizer: binaryKernel ? SteSign() : nil, useBias: true)
+      #expect(layer.usePrimitives)
+      layer.usePrimitives = primitives
+      var random = SplitMix64(seed: 3)
+      let store = ParameterStore(layerNames: ["c"], specs: [layer.parameterSpecs], random: &random)
+      layer.bind(store: store, views: store.views(ofLayer: 0))
+      layer.allocate(maxBatch: 4)
+      var y: [Float] = []
+      var dx: [Float] = []
+      for (pass, batch) in [4, 3].enumerated() {
+        let x = randomValues(batch * 360, seed: UInt64(10 + pass))
+        let out = try layer.forward(x, batch: batch, training: true)
+        y += Array(UnsafeBufferPointer(start: out, count: batch * layer.outputSize))
+        let dy = randomValues(batch * layer.outputSize, seed: UInt64(20 + pass))
+        let d = try layer.backward(dy, batch: batch, needInputGradient: true)!
+        dx += Array(UnsafeBufferPointer(start: d, count: batch * 360))
+      }
+      return (y, dx, store.gradients.array)
+    }
+    let a = try run(primitives: true)
+    let b = try run(primitives: false)
+    if binaryInput && binaryKernel {
+      #expect(a.y == b.y, "\(label): binary outputs are exact integers")
+    } else {
+      #expect(allClose(a.y, b.y, tol: 1e-5), "\(label): forward differs by \(maxDifference(a.y, b.y))")
+    }
+    #expect(allClose(a.dx, b.dx, tol: 1e-5), "\(label): input gradient differs by \(maxDifference(a.dx, b.dx))")
+    #expect(
+      allClose(a.gradients, b.gradients, tol: 1e-4),
+      "\(label): kernel gradient differs by \(maxDifference(a.gradients, b.gradients))")
+  }
+
+  @Test func nonzeroPadValuesKeepIm2col() throws {
+    let layer = try QuantConv2D(
+      filters: 2, kernelSize: (3, 3), padding: .same, padValue: 1, inputShape: [5, 5, 1], inputQuantizer: SteSign(),
+      kernelQuantizer: SteSign())
+    #expect(!layer.usePrimitives)
+  }
+
   @Test func quantizersWithoutIntegerLevelsKeepFloat() throws {
     let magnitude = try QuantDense(
       units: 4, inputShape: [8], inputQuantizer: SteSign(), kernelQuantizer: MagnitudeAwareSign())

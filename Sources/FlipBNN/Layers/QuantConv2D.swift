@@ -10,6 +10,9 @@ import FlipTensor
 ///
 /// backward: `dq_k(W) = colsᵀ·dy`, `dW += q̃_k'(W) ⊙ dq_k(W)`, `db += Σ dy`,
 /// `dx = q̃_in'(x) ⊙ col2im(dy · q_k(W)ᵀ)`.
+///
+/// With zero padding (`valid`, or `pad_values` 0) the three convolutions run on oneDNN's
+/// convolution primitives instead of im2col + GEMM (faster, measured; no columns at all).
 public final class QuantConv2D: Layer, FlipCounting {
   public var name: String
   public let typeName: String
@@ -27,6 +30,15 @@ public final class QuantConv2D: Layer, FlipCounting {
   /// by default where exact; tests turn it off to compare with the fp32 path.
   public var exactInt8Forward: Bool
   private let int8Forward: Int8Forward?
+  /// Whether the convolutions run on oneDNN's primitives (zero padding only). On by default
+  /// where possible; tests turn it off to compare with im2col + GEMM.
+  public var usePrimitives: Bool
+  /// oneDNN's primitives by batch size (a training batch, the epoch's last, an evaluation batch).
+  private var primitives: [Int: ConvolutionPrimitives] = [:]
+  /// (P, F) int8 kernel, (R, F) int32 products, and (P, F) a kernel-gradient scratch.
+  private var kernel8: UnsafeMutablePointer<Int8>?
+  private var product32: UnsafeMutablePointer<Int32>?
+  private var kernelGradientScratch: FloatBuffer?
   var bias: UnsafeMutablePointer<Float>?
   var biasGradient: UnsafeMutablePointer<Float>?
 
@@ -85,9 +97,32 @@ public final class QuantConv2D: Layer, FlipCounting {
       && (padding == .valid || (padValue == padValue.rounded() && abs(padValue) <= 127))
     exactInt8Forward = exact
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
+    usePrimitives = padding == .valid || padValue == 0
   }
 
-  deinit { quantizedInput8?.deallocate() }
+  deinit {
+    quantizedInput8?.deallocate()
+    kernel8?.deallocate()
+    product32?.deallocate()
+  }
+
+  /// (R, P) im2col columns for `batch`, allocated on first use (the primitives need none).
+  func columns(batch: Int) -> UnsafeMutablePointer<Float> {
+    let n = max(batch, maxBatch) * geometry.outputPixels * geometry.patchSize
+    if columns.count < n { columns = FloatBuffer(count: n) }
+    return columns.pointer
+  }
+
+  /// The primitives for `batch` (created once per batch size; oneDNN compiles them).
+  func primitives(batch: Int) throws -> ConvolutionPrimitives {
+    let int8 = exactInt8Forward && int8Forward != nil
+    let key = 2 * batch + (int8 ? 1 : 0)
+    if let p = primitives[key] { return p }
+    if primitives.count >= 4 { primitives.removeAll() }
+    let p = try ConvolutionPrimitives(batch: batch, geometry: geometry, filters: filters, int8Forward: int8)
+    primitives[key] = p
+    return p
+  }
 
   public var kernelQuantizer: Quantizer? { kernel.quantizer }
   public var hasQuantizedKernel: Bool { kernel.quantizer != nil }
@@ -117,7 +152,6 @@ public final class QuantConv2D: Layer, FlipCounting {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
     let rows = maxBatch * geometry.outputPixels
-    columns = FloatBuffer(count: rows * geometry.patchSize)
     y = FloatBuffer(count: rows * filters)
     dx = FloatBuffer(count: maxBatch * inputSize)
     if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
@@ -125,6 +159,12 @@ public final class QuantConv2D: Layer, FlipCounting {
     if int8Forward != nil {
       quantizedInput8?.deallocate()
       quantizedInput8 = .allocate(capacity: maxBatch * inputSize)
+      product32?.deallocate()
+      product32 = .allocate(capacity: rows * filters)
+      if kernel8 == nil { kernel8 = .allocate(capacity: geometry.patchSize * filters) }
+    }
+    if kernelGradientScratch == nil && kernel.quantizedGradient == nil {
+      kernelGradientScratch = FloatBuffer(count: geometry.patchSize * filters)
     }
   }
 
@@ -139,13 +179,24 @@ public final class QuantConv2D: Layer, FlipCounting {
     columnSource = source
     let w = kernel.forward(training: training)
     let rows = batch * g.outputPixels
-    if exactInt8Forward, let int8 = int8Forward, let x8 = quantizedInput8 {
+    columnsReady = false
+    if usePrimitives {
+      let p = try primitives(batch: batch)
+      if p.int8Forward, let x8 = quantizedInput8, let w8 = kernel8, let c = product32 {
+        convertToInt8(source, x8, count: batch * inputSize)
+        convertToInt8(w, w8, count: g.patchSize * filters)
+        try p.forward(src: x8, kernel: w8, dst: c)
+        convertToFloat(c, y.pointer, rows: rows, columns: filters, bias: bias.map { UnsafePointer($0) })
+      } else {
+        try p.forward(src: source, kernel: w, dst: y.pointer)
+        if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
+      }
+    } else if exactInt8Forward, let int8 = int8Forward, let x8 = quantizedInput8 {
       convertToInt8(source, x8, count: batch * inputSize)
       im2col(UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer)
       try int8.runOnInputBuffer(rows: rows, kernel: w, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
-      columnsReady = false
     } else {
-      im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns.pointer)
+      im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch))
       columnsReady = true
       try gemm(
         .none, .none, m: rows, n: filters, k: g.patchSize, a: columns.pointer, lda: g.patchSize, b: w,
@@ -159,8 +210,27 @@ public final class QuantConv2D: Layer, FlipCounting {
   {
     let g = geometry
     let rows = batch * g.outputPixels
+    if usePrimitives {
+      let p = try primitives(batch: batch)
+      let (target, beta) = kernel.gemmGradientTarget
+      if beta == 0 {
+        try p.backwardWeights(src: columnSource, diffDst: dy, diffKernel: target)
+      } else if let scratch = kernelGradientScratch {
+        // No quantizer: the gradient accumulates into the variable's.
+        try p.backwardWeights(src: columnSource, diffDst: dy, diffKernel: scratch.pointer)
+        let s = scratch.pointer
+        Parallel.forEach(count: scratch.count) { r in for i in r { target[i] += s[i] } }
+      }
+      kernel.finishBackward()
+      if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
+      guard needInputGradient else { return nil }
+      let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
+      try p.backwardData(diffDst: dy, kernel: w, diffSrc: dx.pointer)
+      quantizerGradient(inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels)
+      return UnsafePointer(dx.pointer)
+    }
     if !columnsReady {
-      im2col(columnSource, batch: batch, geometry: g, padValue: padValue, into: columns.pointer)
+      im2col(columnSource, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch))
       columnsReady = true
     }
     let (target, beta) = kernel.gemmGradientTarget

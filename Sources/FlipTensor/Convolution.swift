@@ -1,0 +1,234 @@
+import CDNNL
+
+// Legend: B batch, H/W input height/width, C input channels, KH/KW kernel, F filters,
+// OH/OW output height/width. Activations NHWC, kernels HWIO (Keras's [KH, KW, C, F]).
+
+/// oneDNN's convolution primitives for one layer shape and batch size: forward (fp32, or exact
+/// int8 with int32 results), backward data and backward weights, all fp32 NHWC activations and
+/// HWIO kernels. Kernels are reordered every call into the layout the primitive picked
+/// (`format_tag_any`: with a plain HWIO layout oneDNN falls back to slow reference kernels),
+/// and kernel gradients back to HWIO. Zero padding only (oneDNN pads with zeros).
+///
+/// Measured on binary layers of larq-cnn (1 thread): forward 1.3–1.7× faster than im2col +
+/// GEMM, backward data 1.2× (no col2im), backward weights as fast without needing the columns.
+public final class ConvolutionPrimitives {
+  public let batch: Int
+  public let geometry: ConvGeometry
+  public let filters: Int
+  public let int8Forward: Bool
+
+  private var forwardStep: Step
+  private var backwardDataStep: Step
+  private var backwardWeightsStep: Step
+
+  public init(batch: Int, geometry g: ConvGeometry, filters: Int, int8Forward: Bool) throws {
+    self.batch = batch
+    self.geometry = g
+    self.filters = filters
+    self.int8Forward = int8Forward
+    let engine = try Self.engine()
+    let src: [Int64] = [Int64(batch), Int64(g.channels), Int64(g.inputHeight), Int64(g.inputWidth)]
+    let wei: [Int64] = [Int64(filters), Int64(g.channels), Int64(g.kernelHeight), Int64(g.kernelWidth)]
+    let dst: [Int64] = [Int64(batch), Int64(filters), Int64(g.outputHeight), Int64(g.outputWidth)]
+    let strides: [Int64] = [Int64(g.strideHeight), Int64(g.strideWidth)]
+    let padBottom = max((g.outputHeight - 1) * g.strideHeight + g.kernelHeight - g.inputHeight - g.padTop, 0)
+    let padRight = max((g.outputWidth - 1) * g.strideWidth + g.kernelWidth - g.inputWidth - g.padLeft, 0)
+    let padL: [Int64] = [Int64(g.padTop), Int64(g.padLeft)]
+    let padR: [Int64] = [Int64(padBottom), Int64(padRight)]
+    func md(_ dims: [Int64], _ type: dnnl_data_type_t, _ tag: dnnl_format_tag_t) throws -> dnnl_memory_desc_t {
+      var m = dnnl_memory_desc_t()
+      try OneDNN.check(dnnl_memory_desc_init_by_tag(&m, 4, dims, type, tag), "dnnl_memory_desc_init_by_tag")
+      return m
+    }
+    var srcF = try md(src, dnnl_f32, dnnl_nhwc)
+    var dstF = try md(dst, dnnl_f32, dnnl_nhwc)
+    var weiAnyF = try md(wei, dnnl_f32, dnnl_format_tag_any)
+    let weiUserF = try md(wei, dnnl_f32, dnnl_hwio)
+    // The fp32 forward: the primitive itself, or only the hint backward needs.
+    var desc = dnnl_convolution_desc_t()
+    try OneDNN.check(
+      dnnl_convolution_forward_desc_init(
+        &desc, dnnl_forward_training, dnnl_convolution_direct, &srcF, &weiAnyF, nil, &dstF, strides, padL, padR),
+      "dnnl_convolution_forward_desc_init")
+    var hint: dnnl_primitive_desc_t?
+    try OneDNN.check(dnnl_primitive_desc_create(&hint, &desc, nil, engine, nil), "dnnl_primitive_desc_create")
+    defer { dnnl_primitive_desc_destroy(hint) }
+    if int8Forward {
+      var src8 = try md(src, dnnl_s8, dnnl_nhwc)
+      var dst32 = try md(dst, dnnl_s32, dnnl_nhwc)
+      var weiAny8 = try md(wei, dnnl_s8, dnnl_format_tag_any)
+      var desc8 = dnnl_convolution_desc_t()
+      try OneDNN.check(
+        dnnl_convolution_forward_desc_init(
+          &desc8, dnnl_forward_inference, dnnl_convolution_direct, &src8, &weiAny8, nil, &dst32, strides, padL, padR),
+        "dnnl_convolution_forward_desc_init (int8)")
+      var pd: dnnl_primitive_desc_t?
+      try OneDNN.check(dnnl_primitive_desc_create(&pd, &desc8, nil, engine, nil), "dnnl_primitive_desc_create (int8)")
+      defer { dnnl_primitive_desc_destroy(pd) }
+      forwardStep = try Step(
+        pd: pd!, engine: engine, kernel: (try md(wei, dnnl_s8, dnnl_hwio), dnnl_query_weights_md, toUser: false),
+        plain: [(flip_dnnl_arg_src(), src8), (flip_dnnl_arg_dst(), dst32)], kernelArg: flip_dnnl_arg_weights())
+    } else {
+      forwardStep = try Step(
+        pd: hint!, engine: engine, kernel: (weiUserF, dnnl_query_weights_md, toUser: false),
+        plain: [(flip_dnnl_arg_src(), srcF), (flip_dnnl_arg_dst(), dstF)], kernelArg: flip_dnnl_arg_weights())
+    }
+    var dataDesc = dnnl_convolution_desc_t()
+    try OneDNN.check(
+      dnnl_convolution_backward_data_desc_init(
+        &dataDesc, dnnl_convolution_direct, &srcF, &weiAnyF, &dstF, strides, padL, padR),
+      "dnnl_convolution_backward_data_desc_init")
+    var dataPD: dnnl_primitive_desc_t?
+    try OneDNN.check(dnnl_primitive_desc_create(&dataPD, &dataDesc, nil, engine, hint), "dnnl_primitive_desc_create")
+    defer { dnnl_primitive_desc_destroy(dataPD) }
+    backwardDataStep = try Step(
+      pd: dataPD!, engine: engine, kernel: (weiUserF, dnnl_query_weights_md, toUser: false),
+      plain: [(flip_dnnl_arg_diff_dst(), dstF), (flip_dnnl_arg_diff_src(), srcF)], kernelArg: flip_dnnl_arg_weights())
+    var weightsDesc = dnnl_convolution_desc_t()
+    try OneDNN.check(
+      dnnl_convolution_backward_weights_desc_init(
+        &weightsDesc, dnnl_convolution_direct, &srcF, &weiAnyF, nil, &dstF, strides, padL, padR),
+      "dnnl_convolution_backward_weights_desc_init")
+    var weightsPD: dnnl_primitive_desc_t?
+    try OneDNN.check(
+      dnnl_primitive_desc_create(&weightsPD, &weightsDesc, nil, engine, hint), "dnnl_primitive_desc_create")
+    defer { dnnl_primitive_desc_destroy(weightsPD) }
+    backwardWeightsStep = try Step(
+      pd: weightsPD!, engine: engine, kernel: (weiUserF, dnnl_query_diff_weights_md, toUser: true),
+      plain: [(flip_dnnl_arg_src(), srcF), (flip_dnnl_arg_diff_dst(), dstF)], kernelArg: flip_dnnl_arg_diff_weights())
+  }
+
+  /// `dst (B, OH, OW, F) = conv(src (B, H, W, C), kernel (KH, KW, C, F))`: fp32 in and out, or
+  /// (int8 forward) int8 src and kernel with int32 dst.
+  public func forward(src: UnsafeRawPointer, kernel: UnsafeRawPointer, dst: UnsafeMutableRawPointer) throws {
+    try forwardStep.run(
+      plain: [UnsafeMutableRawPointer(mutating: src), dst], kernel: UnsafeMutableRawPointer(mutating: kernel))
+  }
+
+  /// `diffSrc (B, H, W, C)` = the gradient of the input for `diffDst` through fp32 `kernel`.
+  public func backwardData(
+    diffDst: UnsafePointer<Float>, kernel: UnsafePointer<Float>, diffSrc: UnsafeMutablePointer<Float>
+  ) throws {
+    try backwardDataStep.run(
+      plain: [UnsafeMutableRawPointer(mutating: diffDst), UnsafeMutableRawPointer(diffSrc)],
+      kernel: UnsafeMutableRawPointer(mutating: kernel))
+  }
+
+  /// `diffKernel (KH, KW, C, F)` = the gradient of the kernel (overwritten, not accumulated).
+  public func backwardWeights(
+    src: UnsafePointer<Float>, diffDst: UnsafePointer<Float>, diffKernel: UnsafeMutablePointer<Float>
+  ) throws {
+    try backwardWeightsStep.run(
+      plain: [UnsafeMutableRawPointer(mutating: src), UnsafeMutableRawPointer(mutating: diffDst)],
+      kernel: UnsafeMutableRawPointer(diffKernel))
+  }
+
+  nonisolated(unsafe) private static var sharedEngine: dnnl_engine_t?
+  nonisolated(unsafe) private static var sharedStream: dnnl_stream_t?
+
+  static func engine() throws -> dnnl_engine_t {
+    if let e = sharedEngine { return e }
+    var e: dnnl_engine_t?
+    try OneDNN.check(dnnl_engine_create(&e, dnnl_cpu, 0), "dnnl_engine_create")
+    var s: dnnl_stream_t?
+    try OneDNN.check(dnnl_stream_create(&s, e, dnnl_stream_default_flags.rawValue), "dnnl_stream_create")
+    sharedEngine = e
+    sharedStream = s
+    return e!
+  }
+
+  /// One primitive with its plain (NHWC) arguments, and its kernel argument in the layout
+  /// the primitive chose, reordered from or (`toUser`) to the HWIO user layout.
+  final class Step {
+    let primitive: dnnl_primitive_t
+    let plainArgs: [Int32]
+    let plainMemory: [dnnl_memory_t]
+    let kernelArg: Int32
+    /// The user-layout kernel, and (when the primitive's layout differs) its own copy and the reorder.
+    let userKernel: dnnl_memory_t
+    let primitiveKernel: dnnl_memory_t?
+    let reorder: dnnl_primitive_t?
+    let toUser: Bool
+    var kernelBuffer: UnsafeMutableRawPointer?
+
+    init(
+      pd: dnnl_primitive_desc_t, engine: dnnl_engine_t,
+      kernel: (user: dnnl_memory_desc_t, query: dnnl_query_t, toUser: Bool),
+      plain: [(Int32, dnnl_memory_desc_t)], kernelArg: Int32
+    ) throws {
+      var p: dnnl_primitive_t?
+      try OneDNN.check(dnnl_primitive_create(&p, pd), "dnnl_primitive_create")
+      primitive = p!
+      plainArgs = plain.map(\.0)
+      plainMemory = try plain.map { arg in
+        var m: dnnl_memory_t?
+        var d = arg.1
+        try OneDNN.check(dnnl_memory_create(&m, &d, engine, flip_dnnl_memory_none()), "dnnl_memory_create")
+        return m!
+      }
+      self.kernelArg = kernelArg
+      toUser = kernel.toUser
+      var user = kernel.user
+      var um: dnnl_memory_t?
+      try OneDNN.check(dnnl_memory_create(&um, &user, engine, flip_dnnl_memory_none()), "dnnl_memory_create")
+      userKernel = um!
+      let chosen = dnnl_primitive_desc_query_md(pd, kernel.query, 0)!
+      if dnnl_memory_desc_equal(chosen, &user) != 0 {
+        primitiveKernel = nil
+        reorder = nil
+      } else {
+        let size = dnnl_memory_desc_get_size(chosen)
+        kernelBuffer = .allocate(byteCount: max(size, 64), alignment: 64)
+        var km: dnnl_memory_t?
+        try OneDNN.check(dnnl_memory_create(&km, chosen, engine, kernelBuffer), "dnnl_memory_create")
+        primitiveKernel = km
+        var rpd: dnnl_primitive_desc_t?
+        if kernel.toUser {
+          try OneDNN.check(
+            dnnl_reorder_primitive_desc_create(&rpd, chosen, engine, &user, engine, nil),
+            "dnnl_reorder_primitive_desc_create")
+        } else {
+          try OneDNN.check(
+            dnnl_reorder_primitive_desc_create(&rpd, &user, engine, chosen, engine, nil),
+            "dnnl_reorder_primitive_desc_create")
+        }
+        defer { dnnl_primitive_desc_destroy(rpd) }
+        var r: dnnl_primitive_t?
+        try OneDNN.check(dnnl_primitive_create(&r, rpd), "dnnl_primitive_create (reorder)")
+        reorder = r
+      }
+    }
+
+    deinit {
+      dnnl_primitive_destroy(primitive)
+      if let reorder { dnnl_primitive_destroy(reorder) }
+      for m in plainMemory { dnnl_memory_destroy(m) }
+      dnnl_memory_destroy(userKernel)
+      if let primitiveKernel { dnnl_memory_destroy(primitiveKernel) }
+      kernelBuffer?.deallocate()
+    }
+
+    func run(plain: [UnsafeMutableRawPointer], kernel: UnsafeMutableRawPointer) throws {
+      let stream = ConvolutionPrimitives.sharedStream
+      for (m, p) in zip(plainMemory, plain) {
+        try OneDNN.check(dnnl_memory_set_data_handle(m, p), "dnnl_memory_set_data_handle")
+      }
+      try OneDNN.check(dnnl_memory_set_data_handle(userKernel, kernel), "dnnl_memory_set_data_handle")
+      let kernelMemory = primitiveKernel ?? userKernel
+      func reorderKernel() throws {
+        guard let reorder, let primitiveKernel else { return }
+        var args = [
+          dnnl_exec_arg_t(arg: flip_dnnl_arg_from(), memory: toUser ? primitiveKernel : userKernel),
+          dnnl_exec_arg_t(arg: flip_dnnl_arg_to(), memory: toUser ? userKernel : primitiveKernel),
+        ]
+        try OneDNN.check(dnnl_primitive_execute(reorder, stream, 2, &args), "dnnl_primitive_execute (reorder)")
+      }
+      if !toUser { try reorderKernel() }
+      var args = zip(plainArgs, plainMemory).map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1) }
+      args.append(dnnl_exec_arg_t(arg: kernelArg, memory: kernelMemory))
+      try OneDNN.check(dnnl_primitive_execute(primitive, stream, Int32(args.count), &args), "dnnl_primitive_execute")
+      if toUser { try reorderKernel() }
+      try OneDNN.check(dnnl_stream_wait(stream), "dnnl_stream_wait")
+    }
+  }
+}
