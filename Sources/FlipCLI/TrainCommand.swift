@@ -287,17 +287,17 @@ struct TrainCommand: ParsableCommand {
     try trainer.restore(tensors: tensors, metadata: metadata, path: file)
     let savedRanks = metadata["world_size"] ?? "?"
     logger.info(
-      "resuming from \(file): step \(trainer.position.step), epoch \(trainer.position.epoch + 1) at batch \(trainer.position.stepInEpoch) of \(trainer.sampler.stepsPerEpoch)\(savedRanks != String(communicator.size) ? " (saved on \(savedRanks) ranks, continuing on \(communicator.size))" : "")"
+      "resuming from \(file): step \(trainer.clock.step), epoch \(trainer.clock.epoch + 1) at batch \(trainer.position.stepInEpoch) of \(trainer.sampler.stepsPerEpoch)\(savedRanks != String(communicator.size) ? " (saved on \(savedRanks) ranks, continuing on \(communicator.size))" : "")"
     )
-    guard trainer.position.epoch < config.epochs else {
+    guard trainer.clock.epoch < config.epochs else {
       logger.info(
-        "the run has already trained \(trainer.position.epoch) of \(config.epochs) epochs; pass a larger --epochs to continue it"
+        "the run has already trained \(trainer.clock.epoch) of \(config.epochs) epochs; pass a larger --epochs to continue it"
       )
       return
     }
     if communicator.isRoot {
       let metricsPath = directory + "/metrics.jsonl"
-      try MetricsLog.truncate(path: metricsPath, afterStep: trainer.position.step)
+      try MetricsLog.truncate(path: metricsPath, afterStep: trainer.clock.step)
       trainer.metrics = try MetricsLog(path: metricsPath, append: true)
     }
     try train(trainer, config: config, runDirectory: directory, communicator: communicator, logger: logger)

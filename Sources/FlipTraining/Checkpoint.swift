@@ -3,7 +3,8 @@ import Logging
 
 /// Where a run stands besides its tensors: what continuing it bit-for-bit needs. Stored in a
 /// checkpoint's metadata as JSON (`position`); doubles as their bit patterns, so the epoch's
-/// running metrics continue exactly too.
+/// running metrics continue exactly too. While training, step and epoch live in the
+/// trainer's clock and are copied in when a checkpoint is written.
 public struct TrainingPosition: Codable, Equatable, Sendable {
   /// Optimizer steps taken.
   public var step = 0

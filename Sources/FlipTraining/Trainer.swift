@@ -223,6 +223,9 @@ public final class Trainer {
         bn.crossReplicaSum = { [unowned communicator] p, n in try communicator.allreduceSum(p, count: n) }
       }
     }
+    let flipLayers = model.flipCountingLayers.count
+    position.flipSums = Array(repeating: 0, count: flipLayers)
+    position.flipCounts = Array(repeating: 0, count: flipLayers)
     // Every rank starts from rank 0's parameters and state.
     try communicator.broadcast(model.store.values.pointer, count: model.store.values.count, root: 0)
     try communicator.broadcast(model.store.state.pointer, count: model.store.state.count, root: 0)
@@ -235,17 +238,11 @@ public final class Trainer {
   @discardableResult
   public func fit() throws -> [EpochResult] {
     var results: [EpochResult] = []
-    position.flipSums =
-      position.flipSums.isEmpty ? Array(repeating: 0, count: model.flipCountingLayers.count) : position.flipSums
-    position.flipCounts =
-      position.flipCounts.isEmpty ? Array(repeating: 0, count: model.flipCountingLayers.count) : position.flipCounts
-    while position.epoch < options.epochs {
-      clock.epoch = position.epoch
-      guard let r = try trainEpoch(position.epoch) else { break }
+    while clock.epoch < options.epochs {
+      guard let r = try trainEpoch(clock.epoch) else { break }
       results.append(r)
     }
     if stopRequest == nil {
-      clock.epoch = position.epoch
       if let policy = checkpointPolicy {
         if checkpointWrites.last?.step != clock.step { try saveCheckpoint(policy, wait: true) }
         try flushCheckpoints(policy)
@@ -374,7 +371,6 @@ public final class Trainer {
           position.flipCounts[i] += 1
         }
       }
-      position.step = clock.step
       position.stepInEpoch = s + 1
       position.epochTotals = totals.map(\.bitPattern)
       position.flipSums = flipSums.map(\.bitPattern)
@@ -423,7 +419,6 @@ public final class Trainer {
       try metrics.write(row)
     }
     // The next epoch starts: a checkpoint from here continues with its first batch.
-    position.epoch = epoch + 1
     position.stepInEpoch = 0
     position.epochTotals = [0, 0, 0]
     position.flipSums = Array(repeating: 0, count: flipLayers.count)

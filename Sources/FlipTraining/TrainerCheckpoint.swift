@@ -98,8 +98,11 @@ extension Trainer {
     }
     var m = policy.metadata
     m["step"] = String(clock.step)
-    m["epoch"] = String(position.epoch)
+    m["epoch"] = String(clock.epoch)
     m["world_size"] = String(communicator.size)
+    var position = position
+    position.step = clock.step
+    position.epoch = clock.epoch
     m["position"] = String(decoding: try JSONEncoder.sorted.encode(position), as: UTF8.self)
     m["optimizer"] = try json(["name": optimizer.name, "iterations": optimizer.iterations])
     m["training"] = try json([
@@ -109,7 +112,7 @@ extension Trainer {
     ])
     m["data_order"] = try json([
       "sampler": "permutation of the training set seeded by (seed, epoch); global batch i is positions [i·B, (i+1)·B)",
-      "seed": String(options.seed), "epoch": position.epoch, "next_batch": position.stepInEpoch,
+      "seed": String(options.seed), "epoch": clock.epoch, "next_batch": position.stepInEpoch,
     ])
     m["rng"] = try json([
       "generator": "splitmix64", "seed": String(options.seed),
@@ -155,7 +158,7 @@ extension Trainer {
     guard position.step >= 0, position.epoch >= 0, position.stepInEpoch >= 0,
       position.stepInEpoch <= sampler.stepsPerEpoch, position.epochTotals.count == 3,
       position.flipSums.count == position.flipCounts.count,
-      position.flipSums.isEmpty || position.flipSums.count == flipLayers
+      position.flipSums.count == flipLayers
     else { throw bad("its position \(positionText) does not fit this run (\(sampler.stepsPerEpoch) steps per epoch)") }
     try ModelFile.load(tensors, into: model, path: path)
     // Optimizer state: exactly the tensors this optimizer has, by name and shape.
