@@ -26,10 +26,8 @@ struct FastPathTests {
       units: 48, inputShape: [300], inputQuantizer: SteSign(), kernelQuantizer: SteSign(), useBias: true)
     #expect(layer.exactInt8Forward)
     layer.exactInt8Forward = int8
-    var random = SplitMix64(seed: 9)
-    let store = ParameterStore(layerNames: ["d"], specs: [layer.parameterSpecs], random: &random)
+    let store = bindStandalone(layer, seed: 9)
     store.values.pointer[store.views[1].offset + 2] = 0.25  // a bias
-    layer.bind(store: store, views: store.views(ofLayer: 0))
     layer.allocate(maxBatch: 16)
     let x = randomValues(16 * 300, seed: 4)
     let y = try layer.forward(x, batch: 16, training: true)
@@ -51,9 +49,7 @@ struct FastPathTests {
         inputQuantizer: SteSign(), kernelQuantizer: SteSign(), useBias: false)
       #expect(layer.exactInt8Forward)
       layer.exactInt8Forward = int8
-      var random = SplitMix64(seed: 1)
-      let store = ParameterStore(layerNames: ["c"], specs: [layer.parameterSpecs], random: &random)
-      layer.bind(store: store, views: store.views(ofLayer: 0))
+      let store = bindStandalone(layer, seed: 1)
       layer.allocate(maxBatch: 3)
       let x = randomValues(3 * 360, seed: 2)
       let y = try layer.forward(x, batch: 3, training: true)
@@ -84,9 +80,7 @@ struct FastPathTests {
         inputQuantizer: binaryInput ? SteSign() : nil, kernelQuantizer: binaryKernel ? SteSign() : nil, useBias: true)
       #expect(layer.usePrimitives)
       layer.usePrimitives = primitives
-      var random = SplitMix64(seed: 3)
-      let store = ParameterStore(layerNames: ["c"], specs: [layer.parameterSpecs], random: &random)
-      layer.bind(store: store, views: store.views(ofLayer: 0))
+      let store = bindStandalone(layer, seed: 3)
       layer.allocate(maxBatch: 4)
       var y: [Float] = []
       var dx: [Float] = []
