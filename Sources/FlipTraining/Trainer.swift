@@ -117,7 +117,6 @@ public struct StepTiming: Sendable {
   /// With `TrainingOptions.measureImbalance`: waiting in a barrier after backward for the
   /// slowest rank (otherwise this waiting is part of `communication`).
   public var imbalance: UInt64 = 0
-  public var steps = 0
   public init() {}
 }
 
@@ -331,7 +330,6 @@ public final class Trainer {
       optimizer.apply(store: store, clock: clock, gradientScale: scale)
       lap(\.optimizer)
     }
-    timing.steps += 1
     clock.step += 1
     return (r.lossSum, Double(r.correct), Double(n))
   }
