@@ -34,9 +34,16 @@ public enum ModelFile {
     return tensors
   }
 
+  /// The model's variables (trainable and state) in place, for writing without a copy.
+  public static func refs(of model: Sequential) -> [SafeTensors.TensorRef] {
+    (model.store.views + model.store.stateViews).map { v in
+      SafeTensors.TensorRef(name: v.name, shape: v.shape, floats: model.store.pointer(v), count: v.count)
+    }
+  }
+
   /// Writes the model to `path` atomically (a temporary file in the same directory, then rename).
   public static func save(_ model: Sequential, to path: String, metadata extra: [String: String]) throws {
-    try write(tensors(of: model), metadata: extra, kind: .model, to: path)
+    try write(refs(of: model), metadata: extra, kind: .model, to: path)
   }
 
   /// Encodes `tensors` with Flip's metadata (kind, version, checksums).

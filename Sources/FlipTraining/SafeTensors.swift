@@ -228,6 +228,10 @@ public enum SafeTensors {
       self.shape = shape
       self.bytes = bytes
     }
+    /// `count` floats at `floats`, an F32 tensor of `shape`.
+    public init(name: String, shape: [Int], floats: UnsafePointer<Float>, count: Int) {
+      self.init(name: name, shape: shape, bytes: UnsafeRawBufferPointer(start: floats, count: count * 4))
+    }
   }
 
   /// The 8-byte length and the padded JSON header for `refs` (sorted by name, packed in that

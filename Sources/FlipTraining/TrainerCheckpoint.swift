@@ -77,16 +77,14 @@ extension Trainer {
   /// The tensors of a checkpoint in place: the model's, then the optimizer state of each
   /// variable (written straight from these buffers).
   func checkpointRefs() -> [SafeTensors.TensorRef] {
-    func ref(_ name: String, _ shape: [Int], _ p: UnsafeMutablePointer<Float>, _ n: Int) -> SafeTensors.TensorRef {
-      SafeTensors.TensorRef(name: name, shape: shape, bytes: UnsafeRawBufferPointer(start: p, count: n * 4))
-    }
-    var refs = (model.store.views + model.store.stateViews).map { v in
-      ref(v.name, v.shape, model.store.pointer(v), v.count)
-    }
+    var refs = ModelFile.refs(of: model)
     for s in optimizer.stateBuffers {
       for v in s.views {
         refs.append(
-          ref(ModelFile.optimizerPrefix + s.name + "." + v.name, v.shape, s.buffer.pointer + v.offset, v.count))
+          SafeTensors.TensorRef(
+            name: ModelFile.optimizerPrefix + s.name + "." + v.name, shape: v.shape,
+            floats: s.buffer.pointer + v.offset,
+            count: v.count))
       }
     }
     return refs
