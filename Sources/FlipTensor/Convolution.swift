@@ -96,13 +96,18 @@ public final class ConvolutionPrimitives {
     backwardWeightsStep = try Step(
       pd: weightsPD!, engine: engine, kernel: (weiUserF, dnnl_query_diff_weights_md, toUser: true),
       plain: [(flip_dnnl_arg_src(), srcF), (flip_dnnl_arg_diff_dst(), dstF)], kernelArg: flip_dnnl_arg_diff_weights())
+    // Last, so that nothing else can throw once the stream exists (deinit destroys it).
+    var s: dnnl_stream_t?
+    try OneDNN.check(dnnl_stream_create(&s, engine, dnnl_stream_default_flags.rawValue), "dnnl_stream_create")
+    stream = s!
   }
 
   /// `dst (B, OH, OW, F) = conv(src (B, H, W, C), kernel (KH, KW, C, F))`: fp32 in and out, or
   /// (int8 forward) int8 src and kernel with int32 dst.
   public func forward(src: UnsafeRawPointer, kernel: UnsafeRawPointer, dst: UnsafeMutableRawPointer) throws {
     try forwardStep.run(
-      plain: [UnsafeMutableRawPointer(mutating: src), dst], kernel: UnsafeMutableRawPointer(mutating: kernel))
+      plain: [UnsafeMutableRawPointer(mutating: src), dst], kernel: UnsafeMutableRawPointer(mutating: kernel),
+      on: stream)
   }
 
   /// `diffSrc (B, H, W, C)` = the gradient of the input for `diffDst` through fp32 `kernel`.
@@ -111,7 +116,7 @@ public final class ConvolutionPrimitives {
   ) throws {
     try backwardDataStep.run(
       plain: [UnsafeMutableRawPointer(mutating: diffDst), UnsafeMutableRawPointer(diffSrc)],
-      kernel: UnsafeMutableRawPointer(mutating: kernel))
+      kernel: UnsafeMutableRawPointer(mutating: kernel), on: stream)
   }
 
   /// `diffKernel (KH, KW, C, F)` = the gradient of the kernel (overwritten, not accumulated).
@@ -120,22 +125,29 @@ public final class ConvolutionPrimitives {
   ) throws {
     try backwardWeightsStep.run(
       plain: [UnsafeMutableRawPointer(mutating: src), UnsafeMutableRawPointer(mutating: diffDst)],
-      kernel: UnsafeMutableRawPointer(diffKernel))
+      kernel: UnsafeMutableRawPointer(diffKernel), on: stream)
   }
 
-  nonisolated(unsafe) private static var sharedEngine: dnnl_engine_t?
-  nonisolated(unsafe) private static var sharedStream: dnnl_stream_t?
+  /// The stream this instance's primitives run on (its own: layers of different threads,
+  /// such as concurrent tests, never share one).
+  private let stream: dnnl_stream_t
 
-  static func engine() throws -> dnnl_engine_t {
-    if let e = sharedEngine { return e }
+  deinit { dnnl_stream_destroy(stream) }
+
+  /// The process's one CPU engine, created on first use. A `static let` is initialized
+  /// exactly once even when threads race to it (an earlier lazily set `static var` let two
+  /// threads each create an engine and run primitives of one on the stream of the other,
+  /// which oneDNN rejects as invalid arguments).
+  private static let sharedEngine: Result<dnnl_engine_t, TensorError> = {
     var e: dnnl_engine_t?
-    try OneDNN.check(dnnl_engine_create(&e, dnnl_cpu, 0), "dnnl_engine_create")
-    var s: dnnl_stream_t?
-    try OneDNN.check(dnnl_stream_create(&s, e, dnnl_stream_default_flags.rawValue), "dnnl_stream_create")
-    sharedEngine = e
-    sharedStream = s
-    return e!
-  }
+    let status = dnnl_engine_create(&e, dnnl_cpu, 0)
+    guard status == dnnl_success, let e else {
+      return .failure(.onednn(function: "dnnl_engine_create", status: Int(status.rawValue)))
+    }
+    return .success(e)
+  }()
+
+  static func engine() throws -> dnnl_engine_t { try sharedEngine.get() }
 
   /// One primitive with its plain (NHWC) arguments, and its kernel argument in the layout
   /// the primitive chose, reordered from or (`toUser`) to the HWIO user layout.
@@ -208,8 +220,7 @@ public final class ConvolutionPrimitives {
       kernelBuffer?.deallocate()
     }
 
-    func run(plain: [UnsafeMutableRawPointer], kernel: UnsafeMutableRawPointer) throws {
-      let stream = ConvolutionPrimitives.sharedStream
+    func run(plain: [UnsafeMutableRawPointer], kernel: UnsafeMutableRawPointer, on stream: dnnl_stream_t) throws {
       for (m, p) in zip(plainMemory, plain) {
         try OneDNN.check(dnnl_memory_set_data_handle(m, p), "dnnl_memory_set_data_handle")
       }

@@ -1,3 +1,4 @@
+import Dispatch
 import FlipTensor
 import Testing
 
@@ -105,6 +106,38 @@ struct FastPathTests {
     #expect(
       allClose(a.gradients, b.gradients, tol: 1e-4),
       "\(label): kernel gradient differs by \(maxDifference(a.gradients, b.gradients))")
+  }
+
+  /// Layers on different threads run their convolution primitives at the same time (as
+  /// Swift Testing runs tests): each must get the result it gets alone. CI once failed with
+  /// "invalid arguments" when two threads raced to create oneDNN's engine and stream.
+  @Test func convolutionPrimitivesRunConcurrentlyOnSeveralThreads() throws {
+    func run() throws -> [Float] {
+      let layer = try QuantConv2D(
+        filters: 4, kernelSize: (3, 2), strides: (2, 2), padding: .valid, inputShape: [6, 5, 2], useBias: false)
+      #expect(layer.usePrimitives)
+      let store = bindStandalone(layer, seed: 3)
+      layer.allocate(maxBatch: 2)
+      let x = randomValues(2 * 60, seed: 7)
+      let y = try layer.forward(x, batch: 2, training: true)
+      let out = Array(UnsafeBufferPointer(start: y, count: 2 * layer.outputSize))
+      let dy = randomValues(2 * layer.outputSize, seed: 8)
+      let dx = try layer.backward(dy, batch: 2, needInputGradient: true)!
+      return out + Array(UnsafeBufferPointer(start: dx, count: 2 * 60)) + store.gradients.array
+    }
+    // Concurrent first: in a process where no convolution has run yet, the threads race to
+    // the engine's creation.
+    let threads = 8
+    let results = UnsafeMutableBufferPointer<Result<[Float], any Error>?>.allocate(capacity: threads)
+    defer { results.deallocate() }
+    results.initialize(repeating: nil)
+    DispatchQueue.concurrentPerform(iterations: threads) { i in
+      results[i] = Result { try (0..<5).map { _ in try run() }.last! }
+    }
+    let alone = try run()
+    for i in 0..<threads {
+      #expect(try results[i]!.get() == alone, "thread \(i)")
+    }
   }
 
   @Test func nonzeroPadValuesKeepIm2col() throws {
