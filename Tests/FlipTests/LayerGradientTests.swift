@@ -279,6 +279,65 @@ struct LayerGradientTests {
     for o in 0..<3 { #expect(close(a.parameters[bv.offset + o], r[o] + r[3 + o], tol: 1e-6)) }
   }
 
+  /// `ste_sign` with its pseudo-gradient computed the long way (no straight-through bound), to
+  /// compare the layers' pass-through path with the masked one.
+  final class MaskedSteSign: Quantizer {
+    let base = SteSign()
+    var name: String { base.name }
+    var precision: Int? { base.precision }
+    var hasIntegerLevels: Bool { true }
+    func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
+      base.forward(x, y, count: count, channels: channels)
+    }
+    func backward(
+      _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, count: Int,
+      channels: Int
+    ) { base.backward(x, dy, dx, count: count, channels: channels) }
+  }
+
+  @Test(
+    "a kernel within ste_sign's clip skips the mask: same gradients as the masked path; one weight outside masks",
+    arguments: ["dense", "conv primitives", "conv im2col"])
+  func straightThroughKernelGradient(kind: String) throws {
+    func make(_ q: Quantizer) throws -> Layer {
+      if kind == "dense" { return try QuantDense(units: 5, inputShape: [20], kernelQuantizer: q) }
+      let layer = try QuantConv2D(filters: 3, kernelSize: (3, 3), inputShape: [5, 4, 2], kernelQuantizer: q)
+      layer.usePrimitives = kind == "conv primitives"
+      return layer
+    }
+    func gradients(_ q: Quantizer, latent: (UnsafeMutablePointer<Float>, Int) -> Void) throws -> [Float] {
+      let layer = try make(q)
+      let store = bindStandalone(layer, seed: 5)
+      latent(store.pointer(store.views[0]), store.views[0].count)
+      layer.allocate(maxBatch: 3)
+      let x = randomValues(3 * layer.inputSize, seed: 6)
+      for pass in 0..<2 {  // the second pass accumulates
+        _ = try layer.forward(x, batch: 3, training: true)
+        let dy = randomValues(3 * layer.outputSize, seed: UInt64(7 + pass))
+        _ = try layer.backward(dy, batch: 3, needInputGradient: false)
+      }
+      return store.gradients.array
+    }
+    // Inside the clip, ±1 inclusive.
+    let inside: (UnsafeMutablePointer<Float>, Int) -> Void = { w, n in
+      for i in 0..<n { w[i] = Float(i % 9) / 4 - 1 }
+    }
+    let fast = try gradients(SteSign(), latent: inside)
+    let masked = try gradients(MaskedSteSign(), latent: inside)
+    #expect(fast.contains { $0 != 0 })
+    #expect(allClose(fast, masked, tol: 1e-6), "differs by \(maxDifference(fast, masked))")
+    // One weight just outside: its gradient is 0, the rest as before.
+    let outside: (UnsafeMutablePointer<Float>, Int) -> Void = { w, n in
+      inside(w, n)
+      w[2] = 1.0001
+    }
+    let clipped = try gradients(SteSign(), latent: outside)
+    #expect(clipped[2] == 0 && fast[2] != 0)
+    var expected = fast
+    expected[2] = 0
+    #expect(allClose(clipped, expected, tol: 1e-6))
+  }
+
   // MARK: QuantConv2D / Conv2D
 
   @Test(

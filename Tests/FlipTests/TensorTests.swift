@@ -312,4 +312,48 @@ struct TensorTests {
     g.shuffle(&single)
     #expect(single == [9])
   }
+
+  // MARK: Elementwise passes
+
+  @Test("convertToInt8 is exact for every level in ±127 and −0, in vector body and tail")
+  func convertToInt8Exact() {
+    // 255 levels, −0, and a length that leaves a scalar tail after the 16-lane body.
+    var x = (-127...127).map(Float.init) + [-0.0]
+    x += x.reversed().prefix(13)
+    var y = [Int8](repeating: 99, count: x.count)
+    convertToInt8(x, &y, count: x.count)
+    #expect(y == x.map { Int8($0) })
+  }
+
+  @Test("countDifferences counts unequal positions, NaN included, in vector body and tail")
+  func countDifferencesCounts() {
+    let n = 16 * 5 + 7
+    let a = (0..<n).map { Float($0 % 3) - 1 }
+    var b = a
+    for i in [0, 15, 16, 40, 79, 80, 86] { b[i] = -b[i] + 0.5 }
+    #expect(countDifferences(a, b, count: n) == 7)
+    #expect(countDifferences(a, a, count: n) == 0)
+    var c = a
+    c[3] = .nan
+    c[83] = .nan
+    #expect(countDifferences(c, c, count: n) == 2, "NaN != NaN")
+    #expect(countDifferences([0.0], [-0.0], count: 1) == 0, "0 == −0")
+  }
+
+  @Test("allMagnitudes(atMost:) is inclusive and false for a NaN, in vector body and tail")
+  func allMagnitudesBound() {
+    let n = 16 * 3 + 5
+    var x = (0..<n).map { Float($0 % 5) / 4 - 0.5 }  // within [−0.5, 0.5]
+    x[10] = 1
+    x[n - 1] = -1
+    #expect(allMagnitudes(x, count: n, atMost: 1))
+    #expect(!allMagnitudes(x, count: n, atMost: 0.99))
+    for i in [7, n - 2] {
+      var y = x
+      y[i] = -1.0001
+      #expect(!allMagnitudes(y, count: n, atMost: 1), "element \(i) outside")
+      y[i] = .nan
+      #expect(!allMagnitudes(y, count: n, atMost: .infinity), "NaN at \(i)")
+    }
+  }
 }

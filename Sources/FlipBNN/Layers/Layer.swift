@@ -83,6 +83,12 @@ func quantizerGradient(
 ///
 /// The quantized kernel is double-buffered: each forward writes the inactive copy and counts
 /// where it differs from the active one (Larq's `flip_ratio`), then makes it active.
+///
+/// When the kernel quantizer's pseudo-gradient is a clipped straight-through estimator and
+/// every latent weight lies within its bound (as `weight_clip` keeps them for `ste_sign`),
+/// the pseudo-gradient is the identity: backward then accumulates the GEMM's result straight
+/// into the latent's gradient, with no scratch copy and no mask pass. Every rank runs this
+/// work on the whole kernel each step, so it costs the same however many ranks share the batch.
 final class QuantizedKernel {
   let quantizer: Quantizer?
   let rows: Int, channels: Int
@@ -97,15 +103,23 @@ final class QuantizedKernel {
   private(set) var lastFlipRatio: Double?
   /// Changed values per chunk of 64 Ki (summed in chunk order).
   private var flipCounts: [Int]
+  /// Per chunk of 64 Ki: whether every latent weight lies within the straight-through bound.
+  private var chunkWithinBound: [Bool]
+  /// Whether the pseudo-gradient at the latent weights of the last forward is the identity.
+  private(set) var gradientPassesThrough = false
 
   init(quantizer: Quantizer?, rows: Int, channels: Int) {
     self.quantizer = quantizer
     self.rows = rows
     self.channels = channels
-    flipCounts = [Int](repeating: 0, count: max(1, Parallel.chunkCount(count: rows * channels, grain: 1 << 16)))
+    let chunks = max(1, Parallel.chunkCount(count: rows * channels, grain: Self.grain))
+    flipCounts = [Int](repeating: 0, count: chunks)
+    chunkWithinBound = [Bool](repeating: false, count: chunks)
     buffers = quantizer == nil ? [] : [FloatBuffer(count: rows * channels), FloatBuffer(count: rows * channels)]
     quantizedGradient = quantizer == nil ? nil : FloatBuffer(count: rows * channels)
   }
+
+  static let grain = 1 << 16
 
   var count: Int { rows * channels }
 
@@ -115,27 +129,31 @@ final class QuantizedKernel {
   /// The weights the forward GEMM uses: `q(latent)`, recomputed every forward.
   func forward(training: Bool) -> UnsafePointer<Float> {
     guard let q = quantizer else { return UnsafePointer(latent) }
-    let old = buffers[active].pointer
+    let old = UnsafePointer(buffers[active].pointer)
     let new = buffers[1 - active].pointer
     let countFlips = training && hasPrevious
+    let bound = q.straightThroughBound
+    let w = UnsafePointer(latent!)
     if q.isElementwise {
-      // Quantize a chunk and compare it with the previous kernel while it is in cache.
-      let grain = 1 << 16
-      let w = UnsafePointer(latent!)
+      // Quantize a chunk, then compare it with the previous kernel and check the latent
+      // weights against the bound while both are in cache.
+      let grain = Self.grain
       flipCounts.withUnsafeMutableBufferPointer { c in
-        Parallel.forRanges(count: count, grain: grain) { r in
-          q.forward(w + r.lowerBound, new + r.lowerBound, count: r.count, channels: 1)
-          var n = 0
-          if countFlips { for i in r where old[i] != new[i] { n += 1 } }
-          c[r.lowerBound / grain] = n
+        chunkWithinBound.withUnsafeMutableBufferPointer { inside in
+          Parallel.forRanges(count: count, grain: grain) { r in
+            let lo = r.lowerBound
+            q.forward(w + lo, new + lo, count: r.count, channels: 1)
+            c[lo / grain] = countFlips ? countDifferences(old + lo, new + lo, count: r.count) : 0
+            inside[lo / grain] = bound.map { allMagnitudes(w + lo, count: r.count, atMost: $0) } ?? false
+          }
         }
       }
+      gradientPassesThrough = bound != nil && !chunkWithinBound.contains(false)
     } else {
       q.forward(latent, new, count: count, channels: channels)
-      var n = 0
-      if countFlips { for i in 0..<count where old[i] != new[i] { n += 1 } }
       for i in flipCounts.indices { flipCounts[i] = 0 }
-      flipCounts[0] = n
+      flipCounts[0] = countFlips ? countDifferences(old, new, count: count) : 0
+      gradientPassesThrough = bound.map { allMagnitudes(w, count: count, atMost: $0) } ?? false
     }
     if countFlips { lastFlipRatio = Double(flipCounts.reduce(0, +)) / Double(count) }
     if training { hasPrevious = true }
@@ -143,26 +161,33 @@ final class QuantizedKernel {
     return UnsafePointer(new)
   }
 
-  /// Where the GEMM writes the gradient of the quantized kernel, and whether it accumulates.
+  /// Where a GEMM writes the gradient of the quantized kernel, and with which beta: straight
+  /// into the latent's gradient (accumulating) when there is no quantizer or its
+  /// pseudo-gradient is the identity, else into scratch for `finishBackward`.
   var gemmGradientTarget: (UnsafeMutablePointer<Float>, beta: Float) {
-    if let g = quantizedGradient { return (g.pointer, 0) }
+    if let g = quantizedGradient, !gradientPassesThrough { return (g.pointer, 0) }
     return (gradient, 1)
   }
 
-  /// After the GEMM: pseudo-gradient through the quantizer, accumulated into the latent's gradient.
-  func finishBackward() {
-    guard let q = quantizer, let g = quantizedGradient else { return }
+  /// After the kernel's gradient was written to `source`: the pseudo-gradient through the
+  /// quantizer and the accumulation into the latent's gradient (nothing when `source` is
+  /// the latent's gradient itself, which `gemmGradientTarget` accumulated into).
+  func finishBackward(from source: UnsafeMutablePointer<Float>) {
     let dst = gradient!
-    let src = g.pointer
+    guard source != dst else { return }
     let w = UnsafePointer(latent!)
+    guard let q = quantizer, !gradientPassesThrough else {
+      Parallel.forEach(count: count) { r in for i in r { dst[i] += source[i] } }
+      return
+    }
     if q.isElementwise {
       Parallel.forEach(count: count) { r in
-        q.backward(w + r.lowerBound, src + r.lowerBound, src + r.lowerBound, count: r.count, channels: 1)
-        for i in r { dst[i] += src[i] }
+        q.backward(w + r.lowerBound, source + r.lowerBound, source + r.lowerBound, count: r.count, channels: 1)
+        for i in r { dst[i] += source[i] }
       }
     } else {
-      q.backward(w, src, src, count: count, channels: channels)
-      Parallel.forEach(count: count) { r in for i in r { dst[i] += src[i] } }
+      q.backward(w, source, source, count: count, channels: channels)
+      Parallel.forEach(count: count) { r in for i in r { dst[i] += source[i] } }
     }
   }
 }

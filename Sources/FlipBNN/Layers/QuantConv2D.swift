@@ -212,16 +212,10 @@ public final class QuantConv2D: Layer, FlipCounting {
     let rows = batch * g.outputPixels
     if usePrimitives {
       let p = try primitives(batch: batch)
-      let (target, beta) = kernel.gemmGradientTarget
-      if beta == 0 {
-        try p.backwardWeights(src: columnSource, diffDst: dy, diffKernel: target)
-      } else if let scratch = kernelGradientScratch {
-        // No quantizer: the gradient accumulates into the variable's.
-        try p.backwardWeights(src: columnSource, diffDst: dy, diffKernel: scratch.pointer)
-        let s = scratch.pointer
-        Parallel.forEach(count: scratch.count) { r in for i in r { target[i] += s[i] } }
-      }
-      kernel.finishBackward()
+      // The primitive overwrites its output: it writes to scratch, then accumulates.
+      let scratch = (kernel.quantizedGradient ?? kernelGradientScratch)!.pointer
+      try p.backwardWeights(src: columnSource, diffDst: dy, diffKernel: scratch)
+      kernel.finishBackward(from: scratch)
       if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
       guard needInputGradient else { return nil }
       let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
@@ -237,7 +231,7 @@ public final class QuantConv2D: Layer, FlipCounting {
     try gemm(
       .transposed, .none, m: g.patchSize, n: filters, k: rows, a: columns.pointer, lda: g.patchSize,
       b: dy, ldb: filters, beta: beta, c: target, ldc: filters)
-    kernel.finishBackward()
+    kernel.finishBackward(from: target)
     if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
     guard needInputGradient else { return nil }
     // The columns are no longer needed: reuse them for the gradient of the columns.

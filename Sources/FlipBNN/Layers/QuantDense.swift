@@ -120,7 +120,7 @@ public final class QuantDense: Layer, FlipCounting {
     try gemm(
       .transposed, .none, m: i, n: units, k: batch, a: gemmInput, lda: i, b: dy, ldb: units, beta: beta, c: target,
       ldc: units)
-    kernel.finishBackward()
+    kernel.finishBackward(from: target)
     if let db = biasGradient { accumulateColumnSums(dy, rows: batch, columns: units, into: db) }
     guard needInputGradient else { return nil }
     let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)

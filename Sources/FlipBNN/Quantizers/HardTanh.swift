@@ -8,6 +8,7 @@ public final class HardTanh: Quantizer {
   public let name = "hard_tanh"
   public let precision: Int? = nil
   public init() {}
+  public var straightThroughBound: Float? { 1 }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
     for i in 0..<count { y[i] = min(max(x[i], -1), 1) }

@@ -25,11 +25,16 @@ public protocol Quantizer: AnyObject {
   /// Whether every output is a small integer (±1, {0, 1}, {−1, 0, 1}), so a GEMM between two
   /// such tensors is exact in int8.
   var hasIntegerLevels: Bool { get }
+  /// The bound when the pseudo-gradient is the clipped straight-through estimator
+  /// `dx = dy · 1[|x| ≤ bound]` (`.infinity` when it passes everything); nil for any other
+  /// pseudo-gradient. Where every `|x|` is within it, backward is the identity and can be skipped.
+  var straightThroughBound: Float? { get }
 }
 
 extension Quantizer {
   public var isElementwise: Bool { true }
   public var hasIntegerLevels: Bool { false }
+  public var straightThroughBound: Float? { nil }
 
   /// `forward`, split over the compute threads when the quantizer is elementwise.
   public func parallelForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {

@@ -10,6 +10,7 @@ public final class SteSign: Quantizer {
   public let precision: Int? = 1
   public let clipValue: Float?
   public init(clipValue: Float? = 1) { self.clipValue = clipValue }
+  public var straightThroughBound: Float? { clipValue ?? .infinity }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
     signForward(x, y, count: count)
@@ -118,6 +119,7 @@ public final class SteHeaviside: Quantizer {
   public let precision: Int? = 1
   public let clipValue: Float?
   public init(clipValue: Float? = 1) { self.clipValue = clipValue }
+  public var straightThroughBound: Float? { clipValue ?? .infinity }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
     for i in 0..<count { y[i] = x[i] > 0 ? 1 : 0 }

@@ -23,6 +23,7 @@ public final class SteTern: Quantizer {
     self.clipValue = clipValue
     self.threshold = thresholdValue
   }
+  public var straightThroughBound: Float? { clipValue ?? .infinity }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
     if ternaryWeightNetworks {
@@ -124,6 +125,7 @@ public final class NoOpQuantizer: Quantizer {
   public let name = "noop"
   public let precision: Int?
   public init(precision: Int) { self.precision = precision }
+  public var straightThroughBound: Float? { .infinity }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
     y.update(from: x, count: count)
