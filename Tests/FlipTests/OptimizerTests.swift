@@ -76,6 +76,41 @@ struct OptimizerTests {
     #expect(expected[0][3] == 0)
   }
 
+  @Test("Adam's 16-lane body and scalar tail both compute Keras's float update exactly, with weight_clip")
+  func adamVectorBodyEqualsTheFormula() throws {
+    let n = 16 * 4 + 9
+    let store = makeStore([
+      ParameterSpec(role: .kernel, shape: [n], precision: 1, constraint: .weightClip(clipValue: 1), initializer: .zeros)
+    ])
+    var w0 = randomValues(n, seed: 11, in: -1...1)
+    // Pushed past +1 in the vector body and past −1 in the tail.
+    w0[5] = 0.99
+    w0[n - 2] = -0.99
+    for i in 0..<n { store.values[i] = w0[i] }
+    let adam = Adam(learningRate: .constant(0.05))
+    try adam.prepare(store: store)
+    var w = w0
+    var m = [Float](repeating: 0, count: n)
+    var v = m
+    for step in 0..<3 {
+      var g = randomValues(n, seed: UInt64(20 + step), in: -4...4)
+      g[5] = -3
+      g[n - 2] = 3
+      setGradients(store, g)
+      adam.apply(store: store, clock: TrainingClock(step: step), gradientScale: 0.25)
+      let t = Double(step + 1)
+      let alpha = Float(0.05 * (1 - pow(0.999, t)).squareRoot() / (1 - pow(0.9, t)))
+      for i in 0..<n {
+        let gi = g[i] * 0.25
+        m[i] = m[i] + (gi - m[i]) * Float(1 - 0.9)
+        v[i] = v[i] + (gi * gi - v[i]) * Float(1 - 0.999)
+        w[i] = min(max(w[i] - (m[i] * alpha) / (v[i].squareRoot() + Float(1e-7)), -1), 1)
+      }
+      #expect(store.values.array == w, "step \(step + 1)")
+    }
+    #expect(w[5] == 1 && w[n - 2] == -1, "the clip was exercised")
+  }
+
   @Test("Adam defaults and hyperparameters follow the schedule's clock")
   func adamDefaults() throws {
     let adam = Adam()

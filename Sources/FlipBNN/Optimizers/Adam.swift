@@ -65,7 +65,33 @@ public final class Adam: Optimizer {
       let vp = v.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
       forEachChunk(of: view, within: slices) { range in
-        for i in range {
+        // 16 lanes at a time (explicit SIMD: the compiler does not vectorize the scalar loop
+        // over four pointers that may alias), then the same arithmetic on the tail: every
+        // operation is elementwise IEEE, so both give the same bits.
+        var i = range.lowerBound
+        let vectorEnd = range.lowerBound + (range.count & ~15)
+        let scale16 = SIMD16<Float>(repeating: gradientScale)
+        let b1v = SIMD16<Float>(repeating: oneMinusB1)
+        let b2v = SIMD16<Float>(repeating: oneMinusB2)
+        let alphaV = SIMD16<Float>(repeating: alpha)
+        let epsV = SIMD16<Float>(repeating: eps)
+        let loV = SIMD16<Float>(repeating: lo)
+        let hiV = SIMD16<Float>(repeating: hi)
+        while i < vectorEnd {
+          let gi = load16(g + i) * scale16
+          let m0 = load16(mp + i)
+          let v0 = load16(vp + i)
+          let mi = m0 + (gi - m0) * b1v
+          let vi = v0 + (gi * gi - v0) * b2v
+          store16(mi, mp + i)
+          store16(vi, vp + i)
+          let wi = load16(w + i) - (mi * alphaV) / (vi.squareRoot() + epsV)
+          // max then min, as the scalar min(max(w, lo), hi).
+          let above = wi.replacing(with: loV, where: loV .> wi)
+          store16(above.replacing(with: hiV, where: hiV .< above), w + i)
+          i += 16
+        }
+        while i < range.upperBound {
           let gi = g[i] * gradientScale
           let mi = mp[i] + (gi - mp[i]) * oneMinusB1
           let vi = vp[i] + (gi * gi - vp[i]) * oneMinusB2
@@ -73,11 +99,22 @@ public final class Adam: Optimizer {
           vp[i] = vi
           let wi = w[i] - (mi * alpha) / (vi.squareRoot() + eps)
           w[i] = min(max(wi, lo), hi)
+          i += 1
         }
       }
     }
     iterations += 1
   }
+}
+
+@inline(__always)
+func load16(_ p: UnsafeMutablePointer<Float>) -> SIMD16<Float> {
+  UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+}
+
+@inline(__always)
+func store16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
+  UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
 }
 
 /// SGD as Keras 2.15: without momentum `w ← w − lr·g`; with momentum `μ`:
