@@ -112,27 +112,31 @@ public func gemmInt8(
   }
 }
 
-/// Converts `count` floats that hold small integers (quantizer levels, within ±127) to int8.
+/// Converts `count` floats that hold small integers (quantizer levels, within ±127) to int8,
+/// split over the compute threads.
+public func convertToInt8(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Int8>, count: Int) {
+  Parallel.forEach(count: count) { r in convertToInt8Serially(x + r.lowerBound, y + r.lowerBound, count: r.count) }
+}
+
+/// `convertToInt8` on the calling thread (for a chunk of a pass that is already split).
 ///
 /// Vectorized with the float-to-int rounding trick: adding 1.5 · 2²³ puts an integer's value
 /// in the low bits of the sum's bit pattern. Exact for integers (−0 gives 0); other values
 /// round to nearest.
-public func convertToInt8(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Int8>, count: Int) {
-  Parallel.forEach(count: count) { r in
-    let magic = SIMD16<Float>(repeating: 12_582_912)
-    let bias = SIMD16<Int32>(repeating: 0x4B40_0000)
-    var i = r.lowerBound
-    let vectorEnd = r.lowerBound + (r.count & ~15)
-    while i < vectorEnd {
-      let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
-      let levels = unsafeBitCast(xv + magic, to: SIMD16<Int32>.self) &- bias
-      UnsafeMutableRawPointer(y + i).storeBytes(of: SIMD16<Int8>(truncatingIfNeeded: levels), as: SIMD16<Int8>.self)
-      i += 16
-    }
-    while i < r.upperBound {
-      y[i] = x[i].isFinite ? Int8(truncatingIfNeeded: Int32(x[i].rounded(.toNearestOrEven))) : 0
-      i += 1
-    }
+public func convertToInt8Serially(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Int8>, count: Int) {
+  let magic = SIMD16<Float>(repeating: 12_582_912)
+  let bias = SIMD16<Int32>(repeating: 0x4B40_0000)
+  var i = 0
+  let vectorEnd = count & ~15
+  while i < vectorEnd {
+    let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
+    let levels = unsafeBitCast(xv + magic, to: SIMD16<Int32>.self) &- bias
+    UnsafeMutableRawPointer(y + i).storeBytes(of: SIMD16<Int8>(truncatingIfNeeded: levels), as: SIMD16<Int8>.self)
+    i += 16
+  }
+  while i < count {
+    y[i] = x[i].isFinite ? Int8(truncatingIfNeeded: Int32(x[i].rounded(.toNearestOrEven))) : 0
+    i += 1
   }
 }
 

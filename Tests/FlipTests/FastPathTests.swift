@@ -140,6 +140,37 @@ struct FastPathTests {
     }
   }
 
+  /// The fused kernel pass (sign, change count, bound check, int8 copy) over several 64 Ki
+  /// chunks: flip_ratio counts exactly the weights whose sign changed, and one weight past
+  /// the clip turns the pass-through gradient off.
+  @Test func flipRatioCountsChangedSignsAcrossChunks() throws {
+    let layer = try QuantDense(
+      units: 250, inputShape: [300], inputQuantizer: SteSign(), kernelQuantizer: SteSign(), useBias: false)
+    let store = bindStandalone(layer, seed: 2)
+    layer.allocate(maxBatch: 2)
+    let x = randomValues(600, seed: 3)
+    let w = store.pointer(store.views[0])
+    let n = 300 * 250
+    _ = try layer.forward(x, batch: 2, training: true)
+    #expect(layer.lastFlipRatio == nil, "no previous kernel yet")
+    #expect(layer.kernel.gradientPassesThrough)
+    let flipped = [0, 15, 16, 65_535, 65_536, n - 1]
+    for i in flipped { w[i] = w[i] >= 0 ? -0.5 : 0.5 }
+    w[70_000] = w[70_000] >= 0 ? 0.25 : -0.25  // a new value with the same sign
+    _ = try layer.forward(x, batch: 2, training: true)
+    #expect(layer.lastFlipRatio == Double(flipped.count) / Double(n))
+    #expect(layer.kernel.gradientPassesThrough)
+    w[40_000] = -1.5
+    _ = try layer.forward(x, batch: 2, training: true)
+    #expect(!layer.kernel.gradientPassesThrough)
+    // The int8 copy made in the same pass gives the float GEMM's outputs.
+    w[40_000] = -0.5
+    layer.exactInt8Forward = false
+    let float = copyOut(try layer.forward(x, batch: 2, training: true), 500)
+    layer.exactInt8Forward = true
+    #expect(copyOut(try layer.forward(x, batch: 2, training: true), 500) == float)
+  }
+
   @Test func nonzeroPadValuesKeepIm2col() throws {
     let layer = try QuantConv2D(
       filters: 2, kernelSize: (3, 3), padding: .same, padValue: 1, inputShape: [5, 5, 1], inputQuantizer: SteSign(),

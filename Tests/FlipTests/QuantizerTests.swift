@@ -347,4 +347,36 @@ struct QuantizerTests {
       #expect(text.contains("clip_value") && text.contains("-1"), "\(text)")
     }
   }
+
+  @Test("ste_sign's fused kernel pass equals forward + counting changes + the bound check")
+  func steSignFusedKernelChunk() {
+    let n = 16 * 3 + 11
+    var x = randomValues(n, seed: 31, in: -1.2...1.2)
+    x[0] = 0
+    x[1] = -0.0
+    x[17] = 1
+    x[n - 1] = -1
+    let previous = (0..<n).map { i in i % 4 == 0 ? Float(1) : -1 }
+    let sign = SteSign()
+    for clip: Float? in [1, 1.5, nil] {
+      let q = SteSign(clipValue: clip)
+      for inside in [false, true] {
+        let xs = inside ? x.map { min(max($0, -1), 1) } : x
+        var y = [Float](repeating: 9, count: n)
+        let fused = q.forwardKernelChunk(xs, &y, previous: previous, count: n)
+        var want = [Float](repeating: 0, count: n)
+        sign.forward(xs, &want, count: n, channels: 1)
+        #expect(y == want)
+        #expect(fused.changed == zip(previous, want).filter { $0 != $1 }.count)
+        #expect(
+          fused.withinBound == xs.allSatisfy { abs($0) <= (clip ?? .infinity) }, "clip \(String(describing: clip))")
+        #expect(q.forwardKernelChunk(xs, &y, previous: nil, count: n).changed == 0)
+      }
+    }
+    // The tail alone decides: an element past the bound in the last, scalar, part.
+    var tail = [Float](repeating: 0.5, count: n)
+    tail[n - 1] = 1.01
+    var y = [Float](repeating: 0, count: n)
+    #expect(!sign.forwardKernelChunk(tail, &y, previous: nil, count: n).withinBound)
+  }
 }

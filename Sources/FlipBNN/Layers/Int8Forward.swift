@@ -10,21 +10,18 @@ import FlipTensor
 final class Int8Forward {
   let reduction: Int, outputs: Int
   private var capacity = 0
-  /// (R, K) input, (K, N) kernel, (R, N) product.
+  /// (R, K) input, (R, N) product.
   private var input: UnsafeMutablePointer<Int8>?
-  private let kernel: UnsafeMutablePointer<Int8>
   private var product: UnsafeMutablePointer<Int32>?
 
   init(reduction: Int, outputs: Int) {
     self.reduction = reduction
     self.outputs = outputs
-    kernel = .allocate(capacity: reduction * outputs)
   }
 
   deinit {
     input?.deallocate()
     product?.deallocate()
-    kernel.deallocate()
   }
 
   func allocate(rows: Int) {
@@ -39,24 +36,23 @@ final class Int8Forward {
   /// (R, K) the int8 input, for callers that fill it themselves (im2col of int8 data).
   var inputBuffer: UnsafeMutablePointer<Int8> { input! }
 
-  /// `y (R, N) = inputBuffer (R, K) · w (K, N) (+ bias)` where w holds integer levels.
+  /// `y (R, N) = inputBuffer (R, K) · w8 (K, N) (+ bias)`.
   func runOnInputBuffer(
-    rows: Int, kernel w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>
+    rows: Int, kernel w8: UnsafePointer<Int8>, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>
   ) throws {
     let c = product!
-    convertToInt8(w, kernel, count: reduction * outputs)
     try gemmInt8(
-      .none, .none, m: rows, n: outputs, k: reduction, a: input!, lda: reduction, b: kernel, ldb: outputs, c: c,
+      .none, .none, m: rows, n: outputs, k: reduction, a: input!, lda: reduction, b: w8, ldb: outputs, c: c,
       ldc: outputs)
     convertToFloat(c, y, rows: rows, columns: outputs, bias: bias)
   }
 
-  /// `y (R, N) = x (R, K) · w (K, N) (+ bias)` where x and w hold integer levels.
+  /// `y (R, N) = x (R, K) · w8 (K, N) (+ bias)` where x holds integer levels.
   func run(
-    _ x: UnsafePointer<Float>, rows: Int, kernel w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    _ x: UnsafePointer<Float>, rows: Int, kernel w8: UnsafePointer<Int8>, bias: UnsafePointer<Float>?,
     into y: UnsafeMutablePointer<Float>
   ) throws {
     convertToInt8(x, inputBuffer, count: rows * reduction)
-    try runOnInputBuffer(rows: rows, kernel: w, bias: bias, into: y)
+    try runOnInputBuffer(rows: rows, kernel: w8, bias: bias, into: y)
   }
 }

@@ -121,6 +121,18 @@ final class QuantizedKernel {
 
   static let grain = 1 << 16
 
+  /// The quantized kernel as int8, written by every forward once `makeInt8Copy()` was called
+  /// (for layers whose forward GEMM runs in exact int8).
+  private(set) var int8: UnsafeMutablePointer<Int8>?
+
+  /// From now on, each forward also writes `int8` (the quantizer must take integer levels).
+  func makeInt8Copy() {
+    precondition(quantizer?.hasIntegerLevels == true, "an int8 kernel needs integer levels")
+    if int8 == nil { int8 = .allocate(capacity: max(count, 1)) }
+  }
+
+  deinit { int8?.deallocate() }
+
   var count: Int { rows * channels }
 
   /// The quantized kernel of the last forward (nil without a quantizer).
@@ -135,22 +147,23 @@ final class QuantizedKernel {
     let bound = q.straightThroughBound
     let w = UnsafePointer(latent!)
     if q.isElementwise {
-      // Quantize a chunk, then compare it with the previous kernel and check the latent
-      // weights against the bound while both are in cache.
+      // Quantize a chunk, compare it with the previous kernel, check the latent weights
+      // against the bound, and make the int8 copy, while the chunk is in cache.
       let grain = Self.grain
       flipCounts.withUnsafeMutableBufferPointer { c in
         chunkWithinBound.withUnsafeMutableBufferPointer { inside in
           Parallel.forRanges(count: count, grain: grain) { r in
             let lo = r.lowerBound
-            q.forward(w + lo, new + lo, count: r.count, channels: 1)
-            c[lo / grain] = countFlips ? countDifferences(old + lo, new + lo, count: r.count) : 0
-            inside[lo / grain] = bound.map { allMagnitudes(w + lo, count: r.count, atMost: $0) } ?? false
+            (c[lo / grain], inside[lo / grain]) = q.forwardKernelChunk(
+              w + lo, new + lo, previous: countFlips ? old + lo : nil, count: r.count)
+            if let k8 = int8 { convertToInt8Serially(new + lo, k8 + lo, count: r.count) }
           }
         }
       }
       gradientPassesThrough = bound != nil && !chunkWithinBound.contains(false)
     } else {
       q.forward(latent, new, count: count, channels: channels)
+      if let k8 = int8 { convertToInt8(new, k8, count: count) }
       for i in flipCounts.indices { flipCounts[i] = 0 }
       flipCounts[0] = countFlips ? countDifferences(old, new, count: count) : 0
       gradientPassesThrough = bound.map { allMagnitudes(w, count: count, atMost: $0) } ?? false

@@ -35,8 +35,7 @@ public final class QuantConv2D: Layer, FlipCounting {
   public var usePrimitives: Bool
   /// oneDNN's primitives by batch size (a training batch, the epoch's last, an evaluation batch).
   private var primitives: [Int: ConvolutionPrimitives] = [:]
-  /// (P, F) int8 kernel, (R, F) int32 products, and (P, F) a kernel-gradient scratch.
-  private var kernel8: UnsafeMutablePointer<Int8>?
+  /// (R, F) int32 products, and (P, F) a kernel-gradient scratch.
   private var product32: UnsafeMutablePointer<Int32>?
   private var kernelGradientScratch: FloatBuffer?
   var bias: UnsafeMutablePointer<Float>?
@@ -97,12 +96,12 @@ public final class QuantConv2D: Layer, FlipCounting {
       && (padding == .valid || (padValue == padValue.rounded() && abs(padValue) <= 127))
     exactInt8Forward = exact
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
+    if exact { kernel.makeInt8Copy() }
     usePrimitives = padding == .valid || padValue == 0
   }
 
   deinit {
     quantizedInput8?.deallocate()
-    kernel8?.deallocate()
     product32?.deallocate()
   }
 
@@ -161,7 +160,6 @@ public final class QuantConv2D: Layer, FlipCounting {
       quantizedInput8 = .allocate(capacity: maxBatch * inputSize)
       product32?.deallocate()
       product32 = .allocate(capacity: rows * filters)
-      if kernel8 == nil { kernel8 = .allocate(capacity: geometry.patchSize * filters) }
     }
     if kernelGradientScratch == nil && kernel.quantizedGradient == nil {
       kernelGradientScratch = FloatBuffer(count: geometry.patchSize * filters)
@@ -182,9 +180,8 @@ public final class QuantConv2D: Layer, FlipCounting {
     columnsReady = false
     if usePrimitives {
       let p = try primitives(batch: batch)
-      if p.int8Forward, let x8 = quantizedInput8, let w8 = kernel8, let c = product32 {
+      if p.int8Forward, let x8 = quantizedInput8, let w8 = kernel.int8, let c = product32 {
         convertToInt8(source, x8, count: batch * inputSize)
-        convertToInt8(w, w8, count: g.patchSize * filters)
         try p.forward(src: x8, kernel: w8, dst: c)
         convertToFloat(c, y.pointer, rows: rows, columns: filters, bias: bias.map { UnsafePointer($0) })
       } else {
@@ -194,7 +191,8 @@ public final class QuantConv2D: Layer, FlipCounting {
     } else if exactInt8Forward, let int8 = int8Forward, let x8 = quantizedInput8 {
       convertToInt8(source, x8, count: batch * inputSize)
       im2col(UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer)
-      try int8.runOnInputBuffer(rows: rows, kernel: w, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+      try int8.runOnInputBuffer(
+        rows: rows, kernel: kernel.int8!, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
     } else {
       im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch))
       columnsReady = true

@@ -60,6 +60,7 @@ public final class QuantDense: Layer, FlipCounting {
     let exact = inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
     exactInt8Forward = exact
     int8Forward = exact ? Int8Forward(reduction: inputShape[0], outputs: units) : nil
+    if exact { kernel.makeInt8Copy() }
   }
 
   public var kernelQuantizer: Quantizer? { kernel.quantizer }
@@ -104,8 +105,8 @@ public final class QuantDense: Layer, FlipCounting {
       gemmInput = x
     }
     let w = kernel.forward(training: training)
-    if exactInt8Forward, let int8 = int8Forward {
-      try int8.run(gemmInput, rows: batch, kernel: w, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+    if exactInt8Forward, let int8 = int8Forward, let w8 = kernel.int8 {
+      try int8.run(gemmInput, rows: batch, kernel: w8, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
     } else {
       try gemm(.none, .none, m: batch, n: units, k: i, a: gemmInput, lda: i, b: w, ldb: units, c: y.pointer, ldc: units)
       if let b = bias { addBias(y.pointer, rows: batch, columns: units, bias: b) }

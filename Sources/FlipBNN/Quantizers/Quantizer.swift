@@ -29,12 +29,26 @@ public protocol Quantizer: AnyObject {
   /// `dx = dy · 1[|x| ≤ bound]` (`.infinity` when it passes everything); nil for any other
   /// pseudo-gradient. Where every `|x|` is within it, backward is the identity and can be skipped.
   var straightThroughBound: Float? { get }
+  /// `forward` on a chunk of an elementwise quantizer's kernel, fused with what the kernel
+  /// needs each step: how many outputs differ from `previous` (0 when nil), and whether every
+  /// `|x|` lies within `straightThroughBound` (false without one).
+  func forwardKernelChunk(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, previous: UnsafePointer<Float>?, count: Int
+  ) -> (changed: Int, withinBound: Bool)
 }
 
 extension Quantizer {
   public var isElementwise: Bool { true }
   public var hasIntegerLevels: Bool { false }
   public var straightThroughBound: Float? { nil }
+
+  public func forwardKernelChunk(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, previous: UnsafePointer<Float>?, count: Int
+  ) -> (changed: Int, withinBound: Bool) {
+    forward(x, y, count: count, channels: 1)
+    let changed = previous.map { countDifferences($0, y, count: count) } ?? 0
+    return (changed, straightThroughBound.map { allMagnitudes(x, count: count, atMost: $0) } ?? false)
+  }
 
   /// `forward`, split over the compute threads when the quantizer is elementwise.
   public func parallelForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {

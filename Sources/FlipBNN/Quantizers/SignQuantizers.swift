@@ -21,6 +21,41 @@ public final class SteSign: Quantizer {
   ) {
     clippedGradient(x, dy, dx, count: count, clip: clipValue)
   }
+
+  /// One pass over the chunk: sign, changes against the previous kernel, bound check.
+  public func forwardKernelChunk(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, previous: UnsafePointer<Float>?, count: Int
+  ) -> (changed: Int, withinBound: Bool) {
+    let bound = clipValue ?? .infinity
+    let one = SIMD16<Float>(repeating: 1)
+    let zero = SIMD16<Float>(repeating: 0)
+    let limit = SIMD16<Float>(repeating: bound)
+    let onesI = SIMD16<Int32>(repeating: 1)
+    var changedLanes = SIMD16<Int32>(repeating: 0)
+    var inside = SIMDMask<SIMD16<Int32>>(repeating: true)
+    let vectorEnd = count & ~15
+    var i = 0
+    while i < vectorEnd {
+      let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
+      let s = (-one).replacing(with: one, where: xv .>= zero)
+      if let previous {
+        let old = UnsafeRawPointer(previous + i).loadUnaligned(as: SIMD16<Float>.self)
+        changedLanes &+= SIMD16<Int32>(repeating: 0).replacing(with: onesI, where: old .!= s)
+      }
+      inside = inside .& (xv .<= limit) .& (xv .>= -limit)
+      UnsafeMutableRawPointer(y + i).storeBytes(of: s, as: SIMD16<Float>.self)
+      i += 16
+    }
+    var changed = Int(changedLanes.wrappedSum())
+    var within = all(inside)
+    while i < count {
+      y[i] = binarySign(x[i])
+      if let previous, previous[i] != y[i] { changed += 1 }
+      if !(abs(x[i]) <= bound) { within = false }
+      i += 1
+    }
+    return (changed, within)
+  }
 }
 
 /// `approx_sign` — Liu et al. 2018 (Bi-Real Net).
