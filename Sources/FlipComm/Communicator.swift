@@ -32,8 +32,19 @@ public protocol Communicator: AnyObject {
   /// are left as they were.
   func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
   /// `reduceScatterSum` started without waiting: `buffer` must not be touched, and this rank's
-  /// block holds the sum only after `waitOutstanding()`.
-  func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
+  /// block holds the sum only once `isComplete` or `wait` says so for the returned request, or
+  /// after `waitOutstanding()`.
+  @discardableResult
+  func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int
+  /// `allgather(_:counts:)` started without waiting, on a communicator of its own (so gathers
+  /// and reductions each keep their own order, whatever the order of their completions);
+  /// `buffer` must not be touched until it completes.
+  @discardableResult
+  func startAllgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int
+  /// Whether a started request has completed (its result then in place); lets it progress.
+  func isComplete(_ request: Int) throws -> Bool
+  /// Waits for one started request (its result then in place).
+  func wait(_ request: Int) throws
   /// The inverse: every rank's block of `buffer` (laid out as in `reduceScatterSum`) is copied
   /// to every rank, in place.
   func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
@@ -96,7 +107,10 @@ public final class SingleProcessCommunicator: Communicator {
   public func progressOutstanding() throws {}
   public func waitOutstanding() throws {}
   public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
-  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
+  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int { -1 }
+  public func startAllgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int { -1 }
+  public func isComplete(_ request: Int) throws -> Bool { true }
+  public func wait(_ request: Int) throws {}
   public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
   public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
   public func barrier() throws {}

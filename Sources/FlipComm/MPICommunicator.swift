@@ -18,15 +18,23 @@ public final class MPICommunicator: Communicator {
   public let size: Int
   public let localSize: Int
   private let world: MPIHandle<MPI_Comm>
-  /// Outstanding non-blocking reductions.
+  /// A duplicate of the world for started all-gathers: collectives must start in the same
+  /// order on every rank per communicator, and a rank starts a bucket's gather when it sees
+  /// the bucket's reduction complete, which need not happen at the same point on every rank.
+  private let gathers: MPIHandle<MPI_Comm>
+  /// Outstanding non-blocking collectives; a request's number is its index.
   private var requests: [MPI_Request?] = []
+  /// Per request: where a reduce-scatter's result goes once complete (nil: nothing to copy,
+  /// or copied already).
+  private var copies: [(from: Int, to: UnsafeMutablePointer<Float>, count: Int)?] = []
+  /// Count and displacement arrays of started collectives, alive until they complete.
+  private var argumentArrays: [UnsafeMutablePointer<Int32>] = []
   /// Receive buffer of reduce-scatter (this rank's block), grown as needed.
   private var block: [Float] = []
-  /// Receive buffers of started reduce-scatters (reused by position), and where each result
-  /// goes once the reduction is complete.
+  /// Receive buffers of started reduce-scatters (reused by position), grown as needed.
   private var scratch: [UnsafeMutablePointer<Float>] = []
   private var scratchCapacity: [Int] = []
-  private var pendingCopies: [(from: Int, to: UnsafeMutablePointer<Float>, count: Int)] = []
+  private var startedReduceScatters = 0
   nonisolated(unsafe) private static var finalized = false
   /// With a progress thread: it pokes Open MPI's progress engine while reductions are
   /// outstanding, instead of `MPI_Testall` calls between layers (an experiment; see README).
@@ -52,6 +60,13 @@ public final class MPICommunicator: Communicator {
     let world = flip_mpi_comm_world()!
     MPI_Comm_set_errhandler(world, flip_mpi_errors_return())
     self.world = MPIHandle(value: world)
+    var duplicate: MPI_Comm? = nil
+    let status = MPI_Comm_dup(world, &duplicate)
+    guard status == flip_mpi_success(), let duplicate else {
+      throw CommunicationError.mpi(function: "MPI_Comm_dup", code: status, message: Self.message(status))
+    }
+    MPI_Comm_set_errhandler(duplicate, flip_mpi_errors_return())
+    gathers = MPIHandle(value: duplicate)
     progress = progressThread ? ProgressThread(world: MPIHandle(value: world)) : nil
     var r: Int32 = 0
     var n: Int32 = 0
@@ -123,6 +138,7 @@ public final class MPICommunicator: Communicator {
           flip_mpi_in_place(), buffer + offset, n, flip_mpi_float(), flip_mpi_sum(), world.value, &request),
         "MPI_Iallreduce")
       requests.append(request)
+      copies.append(nil)
     }
     progress?.resume()
   }
@@ -137,21 +153,60 @@ public final class MPICommunicator: Communicator {
     guard !requests.isEmpty else { return }
     defer {
       requests.removeAll(keepingCapacity: true)
-      pendingCopies.removeAll(keepingCapacity: true)
+      copies.removeAll(keepingCapacity: true)
+      for a in argumentArrays { a.deallocate() }
+      argumentArrays.removeAll(keepingCapacity: true)
+      startedReduceScatters = 0
     }
     try check(MPI_Waitall(Int32(requests.count), &requests, flip_mpi_statuses_ignore()), "MPI_Waitall")
     progress?.pause()
-    for c in pendingCopies { c.to.update(from: scratch[c.from], count: c.count) }
+    for r in copies.indices { finishCopy(r) }
   }
 
-  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+  public func isComplete(_ request: Int) throws -> Bool {
+    guard request >= 0 else { return true }
+    var flag: Int32 = 0
+    try check(MPI_Test(&requests[request], &flag, flip_mpi_status_ignore()), "MPI_Test")
+    if flag != 0 { finishCopy(request) }
+    return flag != 0
+  }
+
+  public func wait(_ request: Int) throws {
+    guard request >= 0 else { return }
+    try check(MPI_Wait(&requests[request], flip_mpi_status_ignore()), "MPI_Wait")
+    finishCopy(request)
+  }
+
+  private func finishCopy(_ request: Int) {
+    guard let c = copies[request] else { return }
+    c.to.update(from: scratch[c.from], count: c.count)
+    copies[request] = nil
+  }
+
+  /// `counts` as Int32 (and, with `displacements`, their running sums after them) in an array
+  /// that lives until the started collective completes.
+  private func argumentArray(_ counts: [Int], displacements: Bool) -> UnsafeMutablePointer<Int32> {
+    let n = counts.count
+    let a = UnsafeMutablePointer<Int32>.allocate(capacity: displacements ? 2 * n : n)
+    var offset: Int32 = 0
+    for (i, c) in counts.enumerated() {
+      a[i] = Int32(c)
+      if displacements { a[n + i] = offset }
+      offset += Int32(c)
+    }
+    argumentArrays.append(a)
+    return a
+  }
+
+  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int {
     precondition(counts.count == size, "one count per rank")
-    guard counts.allSatisfy({ $0 <= Int(Int32.max) }) else {
+    guard counts.reduce(0, +) <= Int(Int32.max) else {
       // Larger than one MPI call takes: reduce it now.
-      return try reduceScatterSum(buffer, counts: counts)
+      try reduceScatterSum(buffer, counts: counts)
+      return -1
     }
     let mine = counts[rank]
-    let index = pendingCopies.count
+    let index = startedReduceScatters
     if index == scratch.count {
       scratch.append(.allocate(capacity: max(mine, 1)))
       scratchCapacity.append(max(mine, 1))
@@ -160,15 +215,35 @@ public final class MPICommunicator: Communicator {
       scratch[index] = .allocate(capacity: mine)
       scratchCapacity[index] = mine
     }
-    var recvcounts = counts.map { Int32($0) }
+    let recvcounts = argumentArray(counts, displacements: false)
     var request: MPI_Request? = flip_mpi_request_null()
     try check(
-      MPI_Ireduce_scatter(
-        buffer, scratch[index], &recvcounts, flip_mpi_float(), flip_mpi_sum(), world.value, &request),
+      MPI_Ireduce_scatter(buffer, scratch[index], recvcounts, flip_mpi_float(), flip_mpi_sum(), world.value, &request),
       "MPI_Ireduce_scatter")
+    startedReduceScatters += 1
     requests.append(request)
+    copies.append((index, buffer + counts[..<rank].reduce(0, +), mine))
     progress?.resume()
-    pendingCopies.append((index, buffer + counts[..<rank].reduce(0, +), mine))
+    return requests.count - 1
+  }
+
+  public func startAllgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int {
+    precondition(counts.count == size, "one count per rank")
+    guard counts.reduce(0, +) <= Int(Int32.max) else {
+      try allgather(buffer, counts: counts)
+      return -1
+    }
+    let arrays = argumentArray(counts, displacements: true)
+    var request: MPI_Request? = flip_mpi_request_null()
+    try check(
+      MPI_Iallgatherv(
+        flip_mpi_in_place(), 0, flip_mpi_float(), buffer, arrays, arrays + size, flip_mpi_float(), gathers.value,
+        &request),
+      "MPI_Iallgatherv")
+    requests.append(request)
+    copies.append(nil)
+    progress?.resume()
+    return requests.count - 1
   }
 
   public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
@@ -215,6 +290,8 @@ public final class MPICommunicator: Communicator {
   public func finalize() {
     guard !Self.finalized else { return }
     Self.finalized = true
+    var duplicate: MPI_Comm? = gathers.value
+    MPI_Comm_free(&duplicate)
     MPI_Finalize()
   }
 

@@ -112,7 +112,8 @@ public struct StepTiming: Sendable {
   /// Waiting in communication that nothing overlaps: the reduce-scatter and all-gather of the
   /// sharded step, the wait for outstanding bucket all-reduces, a blocking all-reduce.
   public var communication: UInt64 = 0
-  /// The optimizer update with its constraint.
+  /// The optimizer update with its constraint (sharded: including the bucket updates made
+  /// during backward).
   public var optimizer: UInt64 = 0
   /// With `TrainingOptions.measureImbalance`: waiting in a barrier after backward for the
   /// slowest rank (otherwise this waiting is part of `communication`).
@@ -168,6 +169,10 @@ public final class Trainer {
   public let buckets: [GradientBucket]
   /// The sharded step's split of the flat variables: each bucket cut into one part per rank.
   public let shards: ShardLayout
+  /// The sharded step in flight: each started bucket's reduce-scatter request, and how many
+  /// buckets (in order) have been updated and their all-gathers started.
+  private var reductions: [Int] = []
+  private var updatedBuckets = 0
 
   public init(
     model: Sequential, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
@@ -275,6 +280,9 @@ public final class Trainer {
     let sharded = options.shardOptimizer && communicator.size > 1
     let overlap = communicator.size > 1 && options.bucketBytes > 0
     var started = 0
+    reductions.removeAll(keepingCapacity: true)
+    updatedBuckets = 0
+    let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
     var mark = DispatchTime.now().uptimeNanoseconds
     func lap(_ phase: WritableKeyPath<StepTiming, UInt64>) {
       let now = DispatchTime.now().uptimeNanoseconds
@@ -292,32 +300,39 @@ public final class Trainer {
       model.reseedStochasticLayers(
         stream: (UInt64(clock.step) &* UInt64(k) &+ UInt64(micro)) &* UInt64(communicator.size)
           &+ UInt64(communicator.rank))
-      // On the last micro-step, each bucket's all-reduce starts as soon as backward has
-      // finished its layers, and overlaps the backward of the layers below.
+      // On the last micro-step, each bucket's all-reduce (or reduce-scatter) starts as soon
+      // as backward has finished its layers, and overlaps the backward of the layers below.
+      // Sharded, each bucket whose reduction is complete is updated and its all-gather
+      // started, also during backward.
       let last = micro == k - 1 && overlap
       let m = try model.accumulateGradients(
         images.pointer, labels: labels, batch: hi - lo, loss: loss,
         afterLayer: last
-          ? { layer in try self.startReadyBuckets(after: layer, started: &started, sharded: sharded) } : nil)
+          ? { layer in
+            try self.startReadyBuckets(after: layer, started: &started, sharded: sharded)
+            if sharded {
+              lap(\.compute)
+              try self.updateReducedBuckets(gradientScale: scale, wait: false, lap: lap)
+            }
+          } : nil)
       r.lossSum += m.lossSum
       r.correct += m.correct
       lap(\.compute)
     }
-    let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
     if options.measureImbalance && communicator.size > 1 {
       try communicator.barrier()
       lap(\.imbalance)
     }
     if sharded {
       // ZeRO-1: each rank reduces, updates and then shares its part of every bucket of the
-      // flat variables (mean over the global batch, update and weight_clip in one pass).
+      // flat variables (mean over the global batch, update and weight_clip in one pass), the
+      // buckets that backward has not already seen through.
       try startReadyBuckets(after: 0, started: &started, sharded: true)
+      lap(\.communication)
+      try updateReducedBuckets(gradientScale: scale, wait: true, lap: lap)
       try communicator.waitOutstanding()
       lap(\.communication)
-      optimizer.apply(store: store, clock: clock, gradientScale: scale, slices: shards.mine)
-      lap(\.optimizer)
-      try shards.allgather(store.values, communicator: communicator)
-      lap(\.communication)
+      optimizer.iterations += 1
     } else {
       if overlap {
         try startReadyBuckets(after: 0, started: &started, sharded: false)
@@ -453,13 +468,39 @@ public final class Trainer {
     while started < list.count && list[started].firstLayer >= layer {
       let b = list[started]
       if sharded {
-        try communicator.startReduceScatterSum(g + b.range.lowerBound, counts: shards.counts[started])
+        reductions.append(
+          try communicator.startReduceScatterSum(g + b.range.lowerBound, counts: shards.counts[started]))
       } else {
         try communicator.startAllreduceSum(g + b.range.lowerBound, count: b.range.count)
       }
       started += 1
     }
     try communicator.progressOutstanding()
+  }
+
+  /// The sharded step, bucket by bucket in order: once a bucket's reduce-scatter is complete
+  /// (`wait`: after waiting for it), this rank updates its part of the bucket's variables and
+  /// starts the all-gather that brings every rank's updated part to every rank. The
+  /// optimizer's step is counted once all buckets are done. The bucket's layers are behind
+  /// backward already, so neither the update nor the gather touches what backward still reads.
+  /// `lap` splits the time: waiting as communication, updating as optimizer.
+  func updateReducedBuckets(
+    gradientScale: Float, wait: Bool, lap: (WritableKeyPath<StepTiming, UInt64>) -> Void
+  ) throws {
+    while updatedBuckets < reductions.count {
+      let b = updatedBuckets
+      if wait {
+        try communicator.wait(reductions[b])
+        lap(\.communication)
+      } else if try !communicator.isComplete(reductions[b]) {
+        return
+      }
+      optimizer.update(store: model.store, clock: clock, gradientScale: gradientScale, slices: [shards.mine[b]])
+      try communicator.startAllgather(
+        model.store.values.pointer + shards.buckets[b].range.lowerBound, counts: shards.counts[b])
+      updatedBuckets += 1
+      lap(\.optimizer)
+    }
   }
 
   /// A 64-bit hash of everything that must be identical on every rank: the trainable

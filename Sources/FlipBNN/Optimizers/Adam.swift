@@ -50,7 +50,7 @@ public final class Adam: Optimizer {
     [("adam.m", m, views), ("adam.v", v, views)]
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
     let b1 = beta1.value(clock)
     let b2 = beta2.value(clock)
     let t = Double(iterations + 1)
@@ -103,7 +103,6 @@ public final class Adam: Optimizer {
         }
       }
     }
-    iterations += 1
   }
 }
 
@@ -150,7 +149,7 @@ public final class SGD: Optimizer {
     [("sgd.momentum", velocity, views)]
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
     let lr = Float(learningRate.value(clock))
     let mu = Float(momentum.value(clock))
     for view in views {
@@ -173,7 +172,6 @@ public final class SGD: Optimizer {
         }
       }
     }
-    iterations += 1
   }
 }
 
@@ -211,7 +209,7 @@ public final class Bop: Optimizer {
     [("bop.m", m, views)]
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
     let g = Float(gamma.value(clock))
     let tau = Float(threshold.value(clock))
     for view in views {
@@ -229,7 +227,6 @@ public final class Bop: Optimizer {
         }
       }
     }
-    iterations += 1
   }
 }
 
@@ -274,9 +271,9 @@ public final class CaseOptimizer: Optimizer {
     }
   }
 
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
-    for o in active { o.apply(store: store, clock: clock, gradientScale: gradientScale, slices: slices) }
-    iterations += 1
+  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+    // `apply` counts the step on this optimizer, which sets the routed ones' counts too.
+    for o in active { o.update(store: store, clock: clock, gradientScale: gradientScale, slices: slices) }
   }
 
   public func hyperparameters(_ clock: TrainingClock) -> [String: Double] {

@@ -8,13 +8,15 @@ public protocol Optimizer: AnyObject {
   var name: String { get }
   /// Takes ownership of `views` and allocates the state for them.
   func prepare(store: ParameterStore, views: [ParameterView]) throws
-  /// One update of the owned variables from `gradientScale · store.gradients` (the trainer
-  /// passes 1/global batch to turn summed gradients into means). Each view's kernel constraint
-  /// is applied right after its update, in the same pass over memory.
+  /// The update of the current step (iteration `iterations + 1`) for the owned variables from
+  /// `gradientScale · store.gradients` (the trainer passes 1/global batch to turn summed
+  /// gradients into means), without counting the step. Each view's kernel constraint is applied
+  /// right after its update, in the same pass over memory.
   ///
   /// With `slices` (ranges of the flat parameter buffer), only the elements inside them are
-  /// updated: the sharded (ZeRO-1) step, where each rank updates its 1/N of the variables.
-  func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?)
+  /// updated: the sharded (ZeRO-1) step, where each rank updates its 1/N of the variables,
+  /// one bucket at a time as the bucket's reduction completes. `apply` then counts the step.
+  func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?)
   /// Current hyperparameter values by name (for logs and metrics).
   func hyperparameters(_ clock: TrainingClock) -> [String: Double]
   /// Optimizer state as named flat buffers (name suffix, buffer with the store's layout, views
@@ -24,6 +26,12 @@ public protocol Optimizer: AnyObject {
 }
 
 extension Optimizer {
+  /// One step: `update`, then the step counted (`iterations += 1`).
+  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+    update(store: store, clock: clock, gradientScale: gradientScale, slices: slices)
+    iterations += 1
+  }
+
   /// One update from the gradients as they are.
   public func apply(store: ParameterStore, clock: TrainingClock) {
     apply(store: store, clock: clock, gradientScale: 1, slices: nil)
