@@ -22,11 +22,13 @@ public final class MPICommunicator: Communicator {
   /// order on every rank per communicator, and a rank starts a bucket's gather when it sees
   /// the bucket's reduction complete, which need not happen at the same point on every rank.
   private let gathers: MPIHandle<MPI_Comm>
-  /// Outstanding non-blocking collectives; a request's number is its index.
+  /// A duplicate of the world for the point-to-point exchange of started reduce-scatters.
+  private let exchange: MPIHandle<MPI_Comm>
+  /// The MPI requests of every outstanding non-blocking operation (for `MPI_Testall`).
   private var requests: [MPI_Request?] = []
-  /// Per request: where a reduce-scatter's result goes once complete (nil: nothing to copy,
-  /// or copied already).
-  private var copies: [(from: Int, to: UnsafeMutablePointer<Float>, count: Int)?] = []
+  /// Started operations, numbered by index: their requests (a range of `requests`) and what
+  /// completes them once those are done (a reduce-scatter's sum into place; nil once done).
+  private var operations: [(requests: Range<Int>, finish: (() -> Void)?)] = []
   /// Count and displacement arrays of started collectives, alive until they complete.
   private var argumentArrays: [UnsafeMutablePointer<Int32>] = []
   /// Receive buffer of reduce-scatter (this rank's block), grown as needed.
@@ -67,6 +69,13 @@ public final class MPICommunicator: Communicator {
     }
     MPI_Comm_set_errhandler(duplicate, flip_mpi_errors_return())
     gathers = MPIHandle(value: duplicate)
+    var second: MPI_Comm? = nil
+    let status2 = MPI_Comm_dup(world, &second)
+    guard status2 == flip_mpi_success(), let second else {
+      throw CommunicationError.mpi(function: "MPI_Comm_dup", code: status2, message: Self.message(status2))
+    }
+    MPI_Comm_set_errhandler(second, flip_mpi_errors_return())
+    exchange = MPIHandle(value: second)
     progress = progressThread ? ProgressThread(world: MPIHandle(value: world)) : nil
     var r: Int32 = 0
     var n: Int32 = 0
@@ -138,7 +147,7 @@ public final class MPICommunicator: Communicator {
           flip_mpi_in_place(), buffer + offset, n, flip_mpi_float(), flip_mpi_sum(), world.value, &request),
         "MPI_Iallreduce")
       requests.append(request)
-      copies.append(nil)
+      operations.append((requests.count - 1..<requests.count, nil))
     }
     progress?.resume()
   }
@@ -153,34 +162,43 @@ public final class MPICommunicator: Communicator {
     guard !requests.isEmpty else { return }
     defer {
       requests.removeAll(keepingCapacity: true)
-      copies.removeAll(keepingCapacity: true)
+      operations.removeAll(keepingCapacity: true)
       for a in argumentArrays { a.deallocate() }
       argumentArrays.removeAll(keepingCapacity: true)
       startedReduceScatters = 0
     }
     try check(MPI_Waitall(Int32(requests.count), &requests, flip_mpi_statuses_ignore()), "MPI_Waitall")
     progress?.pause()
-    for r in copies.indices { finishCopy(r) }
+    for o in operations.indices { finish(o) }
   }
 
-  public func isComplete(_ request: Int) throws -> Bool {
-    guard request >= 0 else { return true }
+  public func isComplete(_ operation: Int) throws -> Bool {
+    guard operation >= 0 else { return true }
+    let range = operations[operation].requests
     var flag: Int32 = 0
-    try check(MPI_Test(&requests[request], &flag, flip_mpi_status_ignore()), "MPI_Test")
-    if flag != 0 { finishCopy(request) }
+    try requests.withUnsafeMutableBufferPointer { r in
+      try check(
+        MPI_Testall(Int32(range.count), r.baseAddress! + range.lowerBound, &flag, flip_mpi_statuses_ignore()),
+        "MPI_Testall")
+    }
+    if flag != 0 { finish(operation) }
     return flag != 0
   }
 
-  public func wait(_ request: Int) throws {
-    guard request >= 0 else { return }
-    try check(MPI_Wait(&requests[request], flip_mpi_status_ignore()), "MPI_Wait")
-    finishCopy(request)
+  public func wait(_ operation: Int) throws {
+    guard operation >= 0 else { return }
+    let range = operations[operation].requests
+    try requests.withUnsafeMutableBufferPointer { r in
+      try check(
+        MPI_Waitall(Int32(range.count), r.baseAddress! + range.lowerBound, flip_mpi_statuses_ignore()), "MPI_Waitall")
+    }
+    finish(operation)
   }
 
-  private func finishCopy(_ request: Int) {
-    guard let c = copies[request] else { return }
-    c.to.update(from: scratch[c.from], count: c.count)
-    copies[request] = nil
+  private func finish(_ operation: Int) {
+    guard let f = operations[operation].finish else { return }
+    operations[operation].finish = nil
+    f()
   }
 
   /// `counts` as Int32 (and, with `displacements`, their running sums after them) in an array
@@ -198,6 +216,12 @@ public final class MPICommunicator: Communicator {
     return a
   }
 
+  /// A direct exchange rather than `MPI_Ireduce_scatter`: Open MPI 4.1's non-blocking
+  /// reduce-scatter (libnbc) reduces the whole buffer to rank 0 and then scatters it, so rank 0
+  /// receives N − 1 whole buffers and does all the adding while the others wait. Here each rank
+  /// sends every other rank that rank's block and sums the N copies of its own block, in rank
+  /// order (the same on every rank, whatever order the messages arrive in): balanced, and
+  /// (N − 1)/N of the buffer sent and received per rank, as a ring would.
   public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int {
     precondition(counts.count == size, "one count per rank")
     guard counts.reduce(0, +) <= Int(Int32.max) else {
@@ -206,25 +230,44 @@ public final class MPICommunicator: Communicator {
       return -1
     }
     let mine = counts[rank]
+    var offsets = [Int](repeating: 0, count: size)
+    for r in 1..<max(size, 1) { offsets[r] = offsets[r - 1] + counts[r - 1] }
     let index = startedReduceScatters
+    let need = max((size - 1) * mine, 1)
     if index == scratch.count {
-      scratch.append(.allocate(capacity: max(mine, 1)))
-      scratchCapacity.append(max(mine, 1))
-    } else if scratchCapacity[index] < mine {
+      scratch.append(.allocate(capacity: need))
+      scratchCapacity.append(need)
+    } else if scratchCapacity[index] < need {
       scratch[index].deallocate()
-      scratch[index] = .allocate(capacity: mine)
-      scratchCapacity[index] = mine
+      scratch[index] = .allocate(capacity: need)
+      scratchCapacity[index] = need
     }
-    let recvcounts = argumentArray(counts, displacements: false)
-    var request: MPI_Request? = flip_mpi_request_null()
-    try check(
-      MPI_Ireduce_scatter(buffer, scratch[index], recvcounts, flip_mpi_float(), flip_mpi_sum(), world.value, &request),
-      "MPI_Ireduce_scatter")
     startedReduceScatters += 1
-    requests.append(request)
-    copies.append((index, buffer + counts[..<rank].reduce(0, +), mine))
+    let received = scratch[index]
+    let own = buffer + offsets[rank]
+    var sources: [UnsafePointer<Float>] = []
+    let first = requests.count
+    var slot = 0
+    for r in 0..<size {
+      if r == rank {
+        sources.append(UnsafePointer(own))
+        continue
+      }
+      let into = received + slot * mine
+      slot += 1
+      sources.append(UnsafePointer(into))
+      var receive: MPI_Request? = flip_mpi_request_null()
+      try check(MPI_Irecv(into, Int32(mine), flip_mpi_float(), Int32(r), 0, exchange.value, &receive), "MPI_Irecv")
+      requests.append(receive)
+      var send: MPI_Request? = flip_mpi_request_null()
+      try check(
+        MPI_Isend(buffer + offsets[r], Int32(counts[r]), flip_mpi_float(), Int32(r), 0, exchange.value, &send),
+        "MPI_Isend")
+      requests.append(send)
+    }
+    operations.append((first..<requests.count, { sumInOrder(sources, into: own, count: mine) }))
     progress?.resume()
-    return requests.count - 1
+    return operations.count - 1
   }
 
   public func startAllgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int {
@@ -241,9 +284,9 @@ public final class MPICommunicator: Communicator {
         &request),
       "MPI_Iallgatherv")
     requests.append(request)
-    copies.append(nil)
+    operations.append((requests.count - 1..<requests.count, nil))
     progress?.resume()
-    return requests.count - 1
+    return operations.count - 1
   }
 
   public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
@@ -290,8 +333,10 @@ public final class MPICommunicator: Communicator {
   public func finalize() {
     guard !Self.finalized else { return }
     Self.finalized = true
-    var duplicate: MPI_Comm? = gathers.value
-    MPI_Comm_free(&duplicate)
+    for comm in [gathers.value, exchange.value] {
+      var c: MPI_Comm? = comm
+      MPI_Comm_free(&c)
+    }
     MPI_Finalize()
   }
 
@@ -342,6 +387,28 @@ final class ProgressThread: @unchecked Sendable {
       condition.unlock()
       MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, world.value, &flag, flip_mpi_status_ignore())
       usleep(50)
+    }
+  }
+}
+
+/// `into[i] = sources[0][i] + sources[1][i] + …`, left to right (`into` may be one of the
+/// sources).
+func sumInOrder(_ sources: [UnsafePointer<Float>], into: UnsafeMutablePointer<Float>, count: Int) {
+  guard let first = sources.first else { return }
+  let vectorEnd = count & ~15
+  sources.withUnsafeBufferPointer { src in
+    var i = 0
+    while i < vectorEnd {
+      var acc = UnsafeRawPointer(first + i).loadUnaligned(as: SIMD16<Float>.self)
+      for r in 1..<src.count { acc += UnsafeRawPointer(src[r] + i).loadUnaligned(as: SIMD16<Float>.self) }
+      UnsafeMutableRawPointer(into + i).storeBytes(of: acc, as: SIMD16<Float>.self)
+      i += 16
+    }
+    while i < count {
+      var acc = first[i]
+      for r in 1..<src.count { acc += src[r][i] }
+      into[i] = acc
+      i += 1
     }
   }
 }
