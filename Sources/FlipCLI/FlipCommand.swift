@@ -17,9 +17,11 @@ public struct FlipCommand: ParsableCommand {
         flip evaluate --checkpoint runs/mlp/model-binary.safetensors
         flip train --config configs/binarynet-mlp.yaml --out runs/custom
         flip bench --model larq-cnn --steps 60
+        mpirun -np 2 flip mpi-check
       """,
     subcommands: [
       TrainCommand.self, EvaluateCommand.self, SummaryCommand.self, BenchCommand.self, CheckpointCommand.self,
+      MPICheckCommand.self,
     ])
   public init() {}
 }

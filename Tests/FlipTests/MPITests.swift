@@ -82,6 +82,52 @@ struct MPITests {
     }
   }
 
+  /// Every collective of training on known exact sums: 2 ranks over shared memory, 3 ranks
+  /// (oversubscribed) over TCP on loopback.
+  @Test func mpiCheckPassesOnTwoAndThreeRanks() throws {
+    let two = try launch(2, ["mpi-check"])
+    #expect(two.status == 0, "\(two.stderr)")
+    #expect(two.stdout.contains("mpi-check: 2 ranks, 19 checks passed"), "\(two.stdout)")
+    let three = try launch(3, ["mpi-check"], tcp: true)
+    #expect(three.status == 0, "\(three.stderr)")
+    #expect(three.stdout.contains("mpi-check: 3 ranks, 19 checks passed"), "\(three.stdout)")
+  }
+
+  /// 3 ranks (oversubscribed, over TCP) with an uneven last batch: 250 samples in batches of
+  /// 48 end with 10, split 4/3/3. Gradients, loss and accuracy are weighted by sample counts,
+  /// so the run matches one process up to float summation order.
+  @Test func threeRanksWithAnUnevenLastBatchTrainLikeOneProcess() throws {
+    let dir = temporaryDirectory("flip-mpi")
+    writeToyDataset(to: dir, train: 250, test: 61)
+    try Self.noBatchNorm.write(toFile: dir + "/tiny.yaml", atomically: true, encoding: .utf8)
+    let common = [
+      "train", "--config", dir + "/tiny.yaml", "--data", dir, "--epochs", "2", "--batch-size", "48", "--threads", "1",
+      "--check-every", "1", "--bucket-mb", "0.0001",
+    ]
+    let single = try runFlip(common + ["--out", dir + "/one"])
+    #expect(single.status == 0, "\(single.stderr)")
+    let three = try launch(3, common + ["--out", dir + "/three"], tcp: true)
+    #expect(three.status == 0, "\(three.stderr)")
+    let a = try readMetrics(dir + "/one/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+    let b = try readMetrics(dir + "/three/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+    #expect(a.count == 2 && b.count == 2)
+    for (x, y) in zip(a, b) {
+      #expect(x["step"] as! Int == 6 * (x["epoch"] as! Int))
+      #expect(x["step"] as! Int == y["step"] as! Int)
+      #expect(abs((x["loss"] as! Double) - (y["loss"] as! Double)) < 1e-4)
+      #expect(abs((x["accuracy"] as! Double) - (y["accuracy"] as! Double)) < 1e-9)
+      #expect(x["test_accuracy"] as! Double == y["test_accuracy"] as! Double)
+    }
+    let (wa, _) = try ModelFile.read(path: dir + "/one/model.safetensors")
+    let (wb, _) = try ModelFile.read(path: dir + "/three/model.safetensors")
+    #expect(Set(wa.keys) == Set(wb.keys))
+    for (name, t) in wa {
+      // Float sums in another order over 12 steps of Adam: differences of float rounding.
+      let d = zip(t.values, wb[name]!.values).map { abs($0 - $1) }.max() ?? 0
+      #expect(d < 1e-3, "\(name) differs by \(d)")
+    }
+  }
+
   @Test func syncBatchNormOnTwoRanksMatchesOneProcess() throws {
     let dir = temporaryDirectory("flip-mpi")
     writeToyDataset(to: dir, train: 250, test: 64)
