@@ -54,6 +54,8 @@ public struct InjectedFault: Sendable, Equatable {
     case kill
     /// Raise this signal (a stop request).
     case signal(Int32)
+    /// Change one weight on this rank only (the replica checksum must catch it).
+    case perturb
   }
   public var action: Action
   public var rank: Int
@@ -64,7 +66,7 @@ public struct InjectedFault: Sendable, Equatable {
     self.step = step
   }
 
-  /// Parses `action:rank:step` (action: fail, kill, usr1, term, int), e.g. `kill:0:5`.
+  /// Parses `action:rank:step` (action: fail, kill, usr1, term, int, perturb), e.g. `kill:0:5`.
   public init?(_ text: String) {
     let parts = text.split(separator: ":").map(String.init)
     guard parts.count == 3, let rank = Int(parts[1]), let step = Int(parts[2]), rank >= 0, step >= 1 else { return nil }
@@ -74,6 +76,7 @@ public struct InjectedFault: Sendable, Equatable {
     case "usr1": action = .signal(SIGUSR1)
     case "term": action = .signal(SIGTERM)
     case "int": action = .signal(SIGINT)
+    case "perturb": action = .perturb
     default: return nil
     }
     self.rank = rank
@@ -268,6 +271,7 @@ public final class Trainer {
         _ = checkpointWriter?.wait()
         kill(getpid(), SIGKILL)
       case .signal(let s): raise(s)
+      case .perturb: model.store.values.pointer[0] = model.store.values.pointer[0].nextUp
       }
     }
     let shard = sampler.shard(step: stepInEpoch)
