@@ -159,7 +159,7 @@ public final class MPICommunicator: Communicator {
   }
 
   public func waitOutstanding() throws {
-    guard !requests.isEmpty else { return }
+    guard !operations.isEmpty else { return }
     defer {
       requests.removeAll(keepingCapacity: true)
       operations.removeAll(keepingCapacity: true)
@@ -167,7 +167,9 @@ public final class MPICommunicator: Communicator {
       argumentArrays.removeAll(keepingCapacity: true)
       startedReduceScatters = 0
     }
-    try check(MPI_Waitall(Int32(requests.count), &requests, flip_mpi_statuses_ignore()), "MPI_Waitall")
+    if !requests.isEmpty {
+      try check(MPI_Waitall(Int32(requests.count), &requests, flip_mpi_statuses_ignore()), "MPI_Waitall")
+    }
     progress?.pause()
     for o in operations.indices { finish(o) }
   }
@@ -175,6 +177,10 @@ public final class MPICommunicator: Communicator {
   public func isComplete(_ operation: Int) throws -> Bool {
     guard operation >= 0 else { return true }
     let range = operations[operation].requests
+    guard !range.isEmpty else {
+      finish(operation)
+      return true
+    }
     var flag: Int32 = 0
     try requests.withUnsafeMutableBufferPointer { r in
       try check(
@@ -188,6 +194,7 @@ public final class MPICommunicator: Communicator {
   public func wait(_ operation: Int) throws {
     guard operation >= 0 else { return }
     let range = operations[operation].requests
+    guard !range.isEmpty else { return finish(operation) }
     try requests.withUnsafeMutableBufferPointer { r in
       try check(
         MPI_Waitall(Int32(range.count), r.baseAddress! + range.lowerBound, flip_mpi_statuses_ignore()), "MPI_Waitall")
