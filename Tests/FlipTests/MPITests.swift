@@ -225,7 +225,7 @@ struct MPITests {
     ]
     let thread = ["--mpi-progress", "thread"]
     for (ranks, extra) in [
-      (1, [String]()), (2, []), (2, ["--no-shard-optimizer"]), (2, thread + ["--no-shard-optimizer"]),
+      (1, [String]()), (2, []), (2, ["--no-shard-optimizer"]), (2, thread + ["--no-shard-optimizer"]), (2, thread),
     ] {
       let r = ranks == 1 ? try runFlip(args + extra) : try launch(ranks, args + extra)
       #expect(r.status == 0, "\(r.stderr)")
