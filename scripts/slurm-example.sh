@@ -31,7 +31,8 @@ if compgen -G "$run/ckpt-*.safetensors" >/dev/null; then
 fi
 
 # mpirun gets the node list from SLURM; bash waits in `wait`, so it can pass the signal on.
-mpirun --bind-to core --map-by core "$flip" "${args[@]}" --threads 1 &
+# --progress lines: the ranks write to Open MPI's pseudo-terminals, but the log is a file.
+mpirun --bind-to core --map-by core "$flip" "${args[@]}" --threads 1 --progress lines &
 pid=$!
 trap 'echo "flip: SIGUSR1 from SLURM, asking the job to stop at the next step"; kill -USR1 "$pid"' USR1
 status=0

@@ -48,6 +48,14 @@ struct TrainCommand: ParsableCommand {
   var quiet = false
   @Option(
     name: .long,
+    help: """
+      Progress on standard output: auto (a bar on a terminal, else a line every 20 steps), bar, or \
+      lines. Under mpirun every rank writes to a pseudo-terminal even when mpirun's output goes to a \
+      file: use lines for batch jobs' logs.
+      """)
+  var progress: ProgressStyleArgument = .auto
+  @Option(
+    name: .long,
     help: ArgumentHelp(
       "Learning-rate scaling for large batches: none, or linear (lr × batch / --lr-reference-batch, Goyal et al. 2017).",
       discussion: "The learning rate depends on the global batch only, never on the number of ranks."))
@@ -331,7 +339,7 @@ struct TrainCommand: ParsableCommand {
     }
     let trainer = try Trainer(
       model: model, optimizer: optimizer, communicator: communicator, data: data, options: options,
-      logger: logger, progress: ProgressReporter(enabled: communicator.isRoot && !quiet))
+      logger: logger, progress: ProgressReporter(enabled: communicator.isRoot && !quiet, style: progress.style))
     var policy = CheckpointPolicy(directory: runDirectory)
     // Flags, else (resuming) the run's own policy, else the defaults.
     policy.everySteps = checkpointEvery ?? saved["every_steps"] as? Int ?? 0
@@ -507,4 +515,10 @@ enum RunDirectory {
   static func writeText(_ text: String, to path: String) throws {
     try ModelFile.writeAtomically(Data(text.utf8), to: path)
   }
+}
+
+/// `--progress` values.
+enum ProgressStyleArgument: String, ExpressibleByArgument, CaseIterable {
+  case auto, bar, lines
+  var style: ProgressReporter.Style { ProgressReporter.Style(rawValue: rawValue)! }
 }

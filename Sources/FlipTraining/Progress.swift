@@ -4,17 +4,28 @@ import Foundation
 /// (`118/118 [======] - 5s 42ms/step - loss: 0.7499 - accuracy: 0.8224`), or plain lines every
 /// `every` steps when the output is not a terminal (logs, CI).
 public final class ProgressReporter {
+  /// How progress is shown: `auto` draws the bar when the output is a terminal. Open MPI gives
+  /// every rank a pseudo-terminal even when `mpirun`'s own output goes to a file (a batch
+  /// job's log), so jobs that log to files under `mpirun` choose `lines`.
+  public enum Style: String, CaseIterable, Sendable {
+    case auto, bar, lines
+  }
+
   public let enabled: Bool
   public let isTerminal: Bool
   public let every: Int
   private let output: FileHandle
   private var lastLength = 0
 
-  public init(enabled: Bool, every: Int = 20, output: FileHandle = .standardOutput) {
+  public init(enabled: Bool, style: Style = .auto, every: Int = 20, output: FileHandle = .standardOutput) {
     self.enabled = enabled
     self.every = max(1, every)
     self.output = output
-    isTerminal = isatty(output.fileDescriptor) != 0
+    switch style {
+    case .auto: isTerminal = isatty(output.fileDescriptor) != 0
+    case .bar: isTerminal = true
+    case .lines: isTerminal = false
+    }
   }
 
   private func emit(_ s: String) { output.write(Data(s.utf8)) }

@@ -16,6 +16,31 @@ struct CLITests {
     optimizer: {type: adam, learning_rate: 0.01}
     """
 
+  /// `--progress`: a bar even into a pipe (`bar`), lines into one (`auto` there, or `lines`),
+  /// and a clear error for anything else.
+  @Test func progressStyles() throws {
+    let dir = temporaryDirectory()
+    writeToyDataset(to: dir, train: 200, test: 16)
+    try Self.tinyModel.write(toFile: dir + "/tiny.yaml", atomically: true, encoding: .utf8)
+    func run(_ style: String) throws -> ProcessResult {
+      try runFlip([
+        "train", "--config", dir + "/tiny.yaml", "--data", dir, "--epochs", "1", "--batch-size", "8", "--threads", "1",
+        "--out", dir + "/run-" + style, "--progress", style,
+      ])
+    }
+    let bar = try run("bar")
+    #expect(bar.status == 0, "\(bar.stderr)")
+    #expect(bar.stdout.contains("\r") && bar.stdout.contains("ETA:"))
+    for style in ["auto", "lines"] {
+      let r = try run(style)
+      #expect(r.status == 0, "\(r.stderr)")
+      #expect(!r.stdout.contains("\r") && r.stdout.contains("  step 20/25"), "\(style): \(r.stdout)")
+    }
+    let bad = try run("fancy")
+    #expect(bad.status != 0)
+    #expect(bad.stderr.contains("fancy") && bad.stderr.contains("--progress"), "\(bad.stderr)")
+  }
+
   @Test func trainThenEvaluate() throws {
     let dir = temporaryDirectory()
     try FileManager.default.createDirectory(atPath: dir + "/data", withIntermediateDirectories: true)
