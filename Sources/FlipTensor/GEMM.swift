@@ -18,7 +18,9 @@ public enum Transpose: Sendable {
 ///
 /// `lda`, `ldb`, `ldc` are the row strides of A, B, C as stored. Every GEMM of a training step
 /// (forward, dX, dW of each layer) goes through this one entry point; fp32 runs oneDNN's
-/// `dnnl_sgemm`, which picks AVX-512/AMX kernels from the CPU with no environment variable.
+/// `dnnl_sgemm`, which picks AVX-512/AMX kernels from the CPU with no environment variable,
+/// except `A · Bᵀ` with alpha 1 and beta 0 (the input gradients), which runs on oneDNN's
+/// matmul primitive (`MatmulNT`).
 @inlinable
 public func gemm(
   _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
@@ -32,6 +34,10 @@ public func gemm(
   case .float32:
     let start = GEMMProfiler.enabled ? DispatchTime.now().uptimeNanoseconds : 0
     defer { if GEMMProfiler.enabled { GEMMProfiler.record(&GEMMProfiler.float32, since: start, m: m, n: n, k: k) } }
+    if transA == .none && transB == .transposed && alpha == 1 && beta == 0 && k > 0 {
+      // Input gradients, dX = dY · Wᵀ: faster on the matmul primitive (see `MatmulNT`).
+      return try MatmulNT.run(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc)
+    }
     let status = dnnl_sgemm(
       transA.flag, transB.flag, dnnl_dim_t(m), dnnl_dim_t(n), dnnl_dim_t(k),
       alpha, a, dnnl_dim_t(lda), b, dnnl_dim_t(ldb), beta, c, dnnl_dim_t(ldc))
