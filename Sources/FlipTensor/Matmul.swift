@@ -18,9 +18,9 @@ enum MatmulNT {
 
   final class Entry: @unchecked Sendable {
     let primitive: dnnl_primitive_t
-    var a: dnnl_memory_desc_t
-    var b: dnnl_memory_desc_t
-    var c: dnnl_memory_desc_t
+    let a: dnnl_memory_desc_t
+    let b: dnnl_memory_desc_t
+    let c: dnnl_memory_desc_t
     init(primitive: dnnl_primitive_t, a: dnnl_memory_desc_t, b: dnnl_memory_desc_t, c: dnnl_memory_desc_t) {
       self.primitive = primitive
       self.a = a
@@ -70,13 +70,18 @@ enum MatmulNT {
   ) throws {
     let e = try entry(Shape(m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc))
     let engine = try ConvolutionPrimitives.engine()
+    // Local copies: threads share the entry, and only read it.
+    var descriptors = (a: e.a, b: e.b, c: e.c)
     var memories: [dnnl_memory_t?] = [nil, nil, nil]
     defer { for mem in memories where mem != nil { dnnl_memory_destroy(mem) } }
     try OneDNN.check(
-      dnnl_memory_create(&memories[0], &e.a, engine, UnsafeMutableRawPointer(mutating: a)), "dnnl_memory_create")
+      dnnl_memory_create(&memories[0], &descriptors.a, engine, UnsafeMutableRawPointer(mutating: a)),
+      "dnnl_memory_create")
     try OneDNN.check(
-      dnnl_memory_create(&memories[1], &e.b, engine, UnsafeMutableRawPointer(mutating: b)), "dnnl_memory_create")
-    try OneDNN.check(dnnl_memory_create(&memories[2], &e.c, engine, UnsafeMutableRawPointer(c)), "dnnl_memory_create")
+      dnnl_memory_create(&memories[1], &descriptors.b, engine, UnsafeMutableRawPointer(mutating: b)),
+      "dnnl_memory_create")
+    try OneDNN.check(
+      dnnl_memory_create(&memories[2], &descriptors.c, engine, UnsafeMutableRawPointer(c)), "dnnl_memory_create")
     var stream: dnnl_stream_t?
     try OneDNN.check(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags.rawValue), "dnnl_stream_create")
     defer { dnnl_stream_destroy(stream) }

@@ -171,6 +171,31 @@ struct FastPathTests {
     #expect(copyOut(try layer.forward(x, batch: 2, training: true), 500) == float)
   }
 
+  /// Input-gradient GEMMs (`A · Bᵀ`, the matmul primitive) from 8 threads at once, on a shape
+  /// no other test uses, so the threads also race to create its primitive.
+  @Test func transposedGEMMsRunConcurrentlyOnSeveralThreads() throws {
+    let (m, n, k) = (37, 29, 53)
+    let a = randomValues(m * k, seed: 41)
+    let b = randomValues(n * k, seed: 42)
+    func run() throws -> [Float] {
+      var c = [Float](repeating: .nan, count: m * n)
+      try gemm(.none, .transposed, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: &c, ldc: n)
+      return c
+    }
+    let threads = 8
+    let results = UnsafeMutableBufferPointer<Result<[Float], any Error>?>.allocate(capacity: threads)
+    defer { results.deallocate() }
+    results.initialize(repeating: nil)
+    DispatchQueue.concurrentPerform(iterations: threads) { i in
+      results[i] = Result { try (0..<5).map { _ in try run() }.last! }
+    }
+    var want = [Float](repeating: 0, count: m * n)
+    referenceGEMM(.none, .transposed, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: &want, ldc: n)
+    let alone = try run()
+    #expect(allClose(alone, want, tol: 1e-5))
+    for i in 0..<threads { #expect(try results[i]!.get() == alone, "thread \(i)") }
+  }
+
   @Test func nonzeroPadValuesKeepIm2col() throws {
     let layer = try QuantConv2D(
       filters: 2, kernelSize: (3, 3), padding: .same, padValue: 1, inputShape: [5, 5, 1], inputQuantizer: SteSign(),
