@@ -62,20 +62,8 @@ public final class MPICommunicator: Communicator {
     let world = flip_mpi_comm_world()!
     MPI_Comm_set_errhandler(world, flip_mpi_errors_return())
     self.world = MPIHandle(value: world)
-    var duplicate: MPI_Comm? = nil
-    let status = MPI_Comm_dup(world, &duplicate)
-    guard status == flip_mpi_success(), let duplicate else {
-      throw CommunicationError.mpi(function: "MPI_Comm_dup", code: status, message: Self.message(status))
-    }
-    MPI_Comm_set_errhandler(duplicate, flip_mpi_errors_return())
-    gathers = MPIHandle(value: duplicate)
-    var second: MPI_Comm? = nil
-    let status2 = MPI_Comm_dup(world, &second)
-    guard status2 == flip_mpi_success(), let second else {
-      throw CommunicationError.mpi(function: "MPI_Comm_dup", code: status2, message: Self.message(status2))
-    }
-    MPI_Comm_set_errhandler(second, flip_mpi_errors_return())
-    exchange = MPIHandle(value: second)
+    gathers = try Self.duplicate(world)
+    exchange = try Self.duplicate(world)
     progress = progressThread ? ProgressThread(world: MPIHandle(value: world)) : nil
     var r: Int32 = 0
     var n: Int32 = 0
@@ -94,6 +82,18 @@ public final class MPICommunicator: Communicator {
       MPI_Comm_free(&n2)
     }
     localSize = Int(local)
+  }
+
+  /// A communicator over the same ranks with its own message space (`MPI_Comm_dup`, a
+  /// collective call), returning errors like the world.
+  private static func duplicate(_ world: MPI_Comm) throws -> MPIHandle<MPI_Comm> {
+    var copy: MPI_Comm? = nil
+    let status = MPI_Comm_dup(world, &copy)
+    guard status == flip_mpi_success(), let copy else {
+      throw CommunicationError.mpi(function: "MPI_Comm_dup", code: status, message: message(status))
+    }
+    MPI_Comm_set_errhandler(copy, flip_mpi_errors_return())
+    return MPIHandle(value: copy)
   }
 
   /// The MPI library's error string for `code`.

@@ -127,17 +127,9 @@ struct FastPathTests {
     }
     // Concurrent first: in a process where no convolution has run yet, the threads race to
     // the engine's creation.
-    let threads = 8
-    let results = UnsafeMutableBufferPointer<Result<[Float], any Error>?>.allocate(capacity: threads)
-    defer { results.deallocate() }
-    results.initialize(repeating: nil)
-    DispatchQueue.concurrentPerform(iterations: threads) { i in
-      results[i] = Result { try (0..<5).map { _ in try run() }.last! }
-    }
+    let results = onThreads(8, repeating: 5, run)
     let alone = try run()
-    for i in 0..<threads {
-      #expect(try results[i]!.get() == alone, "thread \(i)")
-    }
+    for (i, r) in results.enumerated() { #expect(try r.get() == alone, "thread \(i)") }
   }
 
   /// The fused kernel pass (sign, change count, bound check, int8 copy) over several 64 Ki
@@ -182,18 +174,12 @@ struct FastPathTests {
       try gemm(.none, .transposed, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: &c, ldc: n)
       return c
     }
-    let threads = 8
-    let results = UnsafeMutableBufferPointer<Result<[Float], any Error>?>.allocate(capacity: threads)
-    defer { results.deallocate() }
-    results.initialize(repeating: nil)
-    DispatchQueue.concurrentPerform(iterations: threads) { i in
-      results[i] = Result { try (0..<5).map { _ in try run() }.last! }
-    }
+    let results = onThreads(8, repeating: 5, run)
     var want = [Float](repeating: 0, count: m * n)
     referenceGEMM(.none, .transposed, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: &want, ldc: n)
     let alone = try run()
     #expect(allClose(alone, want, tol: 1e-5))
-    for i in 0..<threads { #expect(try results[i]!.get() == alone, "thread \(i)") }
+    for (i, r) in results.enumerated() { #expect(try r.get() == alone, "thread \(i)") }
   }
 
   @Test func nonzeroPadValuesKeepIm2col() throws {
@@ -236,4 +222,17 @@ struct FastPathTests {
     let two = try step(threads: 2)
     #expect(one == two)
   }
+}
+
+/// `body` run `repeating` times on each of `threads` threads at once; each thread's last result.
+func onThreads(_ threads: Int, repeating: Int, _ body: () throws -> [Float]) -> [Result<[Float], any Error>] {
+  let results = UnsafeMutableBufferPointer<Result<[Float], any Error>?>.allocate(capacity: threads)
+  defer { results.deallocate() }
+  results.initialize(repeating: nil)
+  withoutActuallyEscaping(body) { body in
+    DispatchQueue.concurrentPerform(iterations: threads) { i in
+      results[i] = Result { try (0..<repeating).map { _ in try body() }.last! }
+    }
+  }
+  return results.map { $0! }
 }
