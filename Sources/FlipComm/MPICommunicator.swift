@@ -29,7 +29,7 @@ public final class MPICommunicator: Communicator {
   /// Started operations, numbered by index: their requests (a range of `requests`) and what
   /// completes them once those are done (a reduce-scatter's sum into place; nil once done).
   private var operations: [(requests: Range<Int>, finish: (() -> Void)?)] = []
-  /// Count and displacement arrays of started collectives, alive until they complete.
+  /// Count and displacement arrays of started all-gathers, alive until they complete.
   private var argumentArrays: [UnsafeMutablePointer<Int32>] = []
   /// Receive buffer of reduce-scatter (this rank's block), grown as needed.
   private var block: [Float] = []
@@ -208,15 +208,15 @@ public final class MPICommunicator: Communicator {
     f()
   }
 
-  /// `counts` as Int32 (and, with `displacements`, their running sums after them) in an array
-  /// that lives until the started collective completes.
-  private func argumentArray(_ counts: [Int], displacements: Bool) -> UnsafeMutablePointer<Int32> {
+  /// `counts` as Int32 followed by their running sums (displacements), in an array that lives
+  /// until the started collective completes.
+  private func countsAndDisplacements(_ counts: [Int]) -> UnsafeMutablePointer<Int32> {
     let n = counts.count
-    let a = UnsafeMutablePointer<Int32>.allocate(capacity: displacements ? 2 * n : n)
+    let a = UnsafeMutablePointer<Int32>.allocate(capacity: 2 * n)
     var offset: Int32 = 0
     for (i, c) in counts.enumerated() {
       a[i] = Int32(c)
-      if displacements { a[n + i] = offset }
+      a[n + i] = offset
       offset += Int32(c)
     }
     argumentArrays.append(a)
@@ -283,7 +283,7 @@ public final class MPICommunicator: Communicator {
       try allgather(buffer, counts: counts)
       return -1
     }
-    let arrays = argumentArray(counts, displacements: true)
+    let arrays = countsAndDisplacements(counts)
     var request: MPI_Request? = flip_mpi_request_null()
     try check(
       MPI_Iallgatherv(
