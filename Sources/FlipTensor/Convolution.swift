@@ -21,6 +21,14 @@ public final class ConvolutionPrimitives {
   private var backwardDataStep: Step
   private var backwardWeightsStep: Step
 
+  /// The int8 forward multiplies the kernel's levels by 2 in its reorder and the products by
+  /// 1/2 (an output scale), so the result is exact on every ISA. Without VNNI (AVX2, SSE4.1,
+  /// AVX-512 before Cascade Lake) oneDNN's s8 × s8 convolution halves the weights in its
+  /// reorder to avoid `vpmaddubsw` saturation (`scale_adjust` 0.5) and scales the products
+  /// back: a ±1 level would become ±0.5 and round to 0, while a ±2 level becomes an exact ±1.
+  /// With VNNI there is no halving and the ±2 products are halved exactly (even integers).
+  static let int8KernelScale: Float = 2
+
   public init(batch: Int, geometry g: ConvGeometry, filters: Int, int8Forward: Bool) throws {
     self.batch = batch
     self.geometry = g
@@ -62,12 +70,16 @@ public final class ConvolutionPrimitives {
         dnnl_convolution_forward_desc_init(
           &desc8, dnnl_forward_inference, dnnl_convolution_direct, &src8, &weiAny8, nil, &dst32, strides, padL, padR),
         "dnnl_convolution_forward_desc_init (int8)")
+      // The kernel levels are doubled in the reorder and the products halved: see `int8KernelScale`.
+      let attributes = try OneDNN.Attributes(outputScale: 1 / Self.int8KernelScale)
       var pd: dnnl_primitive_desc_t?
-      try OneDNN.check(dnnl_primitive_desc_create(&pd, &desc8, nil, engine, nil), "dnnl_primitive_desc_create (int8)")
+      try OneDNN.check(
+        dnnl_primitive_desc_create(&pd, &desc8, attributes.handle, engine, nil), "dnnl_primitive_desc_create (int8)")
       defer { dnnl_primitive_desc_destroy(pd) }
       forwardStep = try Step(
         pd: pd!, engine: engine, kernel: (try md(wei, dnnl_s8, dnnl_hwio), dnnl_query_weights_md, toUser: false),
-        plain: [(flip_dnnl_arg_src(), src8), (flip_dnnl_arg_dst(), dst32)], kernelArg: flip_dnnl_arg_weights())
+        plain: [(flip_dnnl_arg_src(), src8), (flip_dnnl_arg_dst(), dst32)], kernelArg: flip_dnnl_arg_weights(),
+        kernelScale: Self.int8KernelScale)
     } else {
       forwardStep = try Step(
         pd: hint!, engine: engine, kernel: (weiUserF, dnnl_query_weights_md, toUser: false),
@@ -128,6 +140,13 @@ public final class ConvolutionPrimitives {
       kernel: UnsafeMutableRawPointer(diffKernel), on: stream)
   }
 
+  /// oneDNN's implementation of the forward primitive, e.g. `jit_uni_int8:avx2` or `brgconv:avx512_core`.
+  public var forwardImplementation: String { forwardStep.implementation }
+  /// oneDNN's implementations of the backward-data and backward-weights primitives.
+  public var backwardImplementations: (data: String, weights: String) {
+    (backwardDataStep.implementation, backwardWeightsStep.implementation)
+  }
+
   /// The stream this instance's primitives run on (its own: layers of different threads,
   /// such as concurrent tests, never share one).
   private let stream: dnnl_stream_t
@@ -162,15 +181,18 @@ public final class ConvolutionPrimitives {
     let reorder: dnnl_primitive_t?
     let toUser: Bool
     var kernelBuffer: UnsafeMutableRawPointer?
+    /// oneDNN's name of the implementation it picked, e.g. `jit_uni_int8:avx2`.
+    let implementation: String
 
     init(
       pd: dnnl_primitive_desc_t, engine: dnnl_engine_t,
       kernel: (user: dnnl_memory_desc_t, query: dnnl_query_t, toUser: Bool),
-      plain: [(Int32, dnnl_memory_desc_t)], kernelArg: Int32
+      plain: [(Int32, dnnl_memory_desc_t)], kernelArg: Int32, kernelScale: Float = 1
     ) throws {
       var p: dnnl_primitive_t?
       try OneDNN.check(dnnl_primitive_create(&p, pd), "dnnl_primitive_create")
       primitive = p!
+      implementation = OneDNN.implementation(of: pd)
       plainArgs = plain.map(\.0)
       plainMemory = try plain.map { arg in
         var m: dnnl_memory_t?
@@ -185,7 +207,7 @@ public final class ConvolutionPrimitives {
       try OneDNN.check(dnnl_memory_create(&um, &user, engine, flip_dnnl_memory_none()), "dnnl_memory_create")
       userKernel = um!
       let chosen = dnnl_primitive_desc_query_md(pd, kernel.query, 0)!
-      if dnnl_memory_desc_equal(chosen, &user) != 0 {
+      if dnnl_memory_desc_equal(chosen, &user) != 0 && kernelScale == 1 {
         primitiveKernel = nil
         reorder = nil
       } else {
@@ -195,13 +217,14 @@ public final class ConvolutionPrimitives {
         try OneDNN.check(dnnl_memory_create(&km, chosen, engine, kernelBuffer), "dnnl_memory_create")
         primitiveKernel = km
         var rpd: dnnl_primitive_desc_t?
+        let attributes = try OneDNN.Attributes(outputScale: kernelScale)
         if kernel.toUser {
           try OneDNN.check(
-            dnnl_reorder_primitive_desc_create(&rpd, chosen, engine, &user, engine, nil),
+            dnnl_reorder_primitive_desc_create(&rpd, chosen, engine, &user, engine, attributes.handle),
             "dnnl_reorder_primitive_desc_create")
         } else {
           try OneDNN.check(
-            dnnl_reorder_primitive_desc_create(&rpd, &user, engine, chosen, engine, nil),
+            dnnl_reorder_primitive_desc_create(&rpd, &user, engine, chosen, engine, attributes.handle),
             "dnnl_reorder_primitive_desc_create")
         }
         defer { dnnl_primitive_desc_destroy(rpd) }

@@ -53,6 +53,32 @@ public enum OneDNN {
     }
   }
 
+  /// oneDNN's name of the implementation behind a primitive descriptor, e.g. `jit_uni_int8:avx2`.
+  static func implementation(of pd: dnnl_primitive_desc_t) -> String {
+    var info: UnsafePointer<CChar>?
+    guard dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &info) == dnnl_success, let info else {
+      return "unknown"
+    }
+    return String(cString: info)
+  }
+
+  /// Primitive attributes with a common output scale (nil handle when the scale is 1).
+  final class Attributes {
+    let handle: dnnl_primitive_attr_t?
+    init(outputScale: Float) throws {
+      guard outputScale != 1 else {
+        handle = nil
+        return
+      }
+      var a: dnnl_primitive_attr_t?
+      try OneDNN.check(dnnl_primitive_attr_create(&a), "dnnl_primitive_attr_create")
+      handle = a
+      var scale = outputScale
+      try OneDNN.check(dnnl_primitive_attr_set_output_scales(a, 1, 0, &scale), "dnnl_primitive_attr_set_output_scales")
+    }
+    deinit { if let handle { dnnl_primitive_attr_destroy(handle) } }
+  }
+
   /// Throws a `TensorError.onednn` naming `function` unless `status` is success.
   @inline(__always)
   static func check(_ status: dnnl_status_t, _ function: String) throws {
