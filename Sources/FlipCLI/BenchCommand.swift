@@ -75,6 +75,7 @@ struct BenchCommand: ParsableCommand {
       options.bucketBytes = Int(bucketMb * 1_048_576)
       options.shardOptimizer = shardOptimizer
       options.measureImbalance = true
+      options.binaryForward = compute.binaryForward
       let trainer = try Trainer(
         model: model, optimizer: try config.optimizer.make(), communicator: communicator, data: splits,
         options: options, logger: logger,

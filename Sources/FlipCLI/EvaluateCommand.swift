@@ -1,6 +1,7 @@
 import ArgumentParser
 import FlipBNN
 import FlipComm
+import FlipTensor
 import FlipTraining
 import Foundation
 
@@ -54,6 +55,10 @@ struct EvaluateCommand: ParsableCommand {
           "the model expects inputs of shape \(model.inputShape) but the images are \(splits.test.sampleShape)")
       }
       try ModelFile.load(tensors, into: model, path: path, metadata: metadata)
+      model.allocate(maxBatch: batchSize)
+      for choice in try model.chooseBinaryForward(batch: batchSize, policy: compute.binaryForward) {
+        logger.debug("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")
+      }
       let (loss, accuracy) = try evaluateModel(model, on: splits.test, communicator: communicator, batch: batchSize)
       if communicator.isRoot {
         print(

@@ -17,11 +17,12 @@ public struct FlipCommand: ParsableCommand {
         flip evaluate --checkpoint runs/mlp/model-binary.safetensors
         flip train --config configs/binarynet-mlp.yaml --out runs/custom
         flip bench --model larq-cnn --steps 60
+        flip selftest --model larq-cnn
         mpirun -np 2 flip mpi-check
       """,
     subcommands: [
       TrainCommand.self, EvaluateCommand.self, SummaryCommand.self, BenchCommand.self, CheckpointCommand.self,
-      MPICheckCommand.self,
+      MPICheckCommand.self, SelfTestCommand.self,
     ])
   public init() {}
 }
@@ -70,6 +71,13 @@ struct ComputeOptions: ParsableArguments {
     help: "oneDNN (OpenMP) compute threads per process. Default: the machine's cores divided by the ranks on this node."
   )
   var threads: Int?
+
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "Forward kernel of binary layers (input and kernel both binary): auto (the faster of int8 and fp32, timed at start-up on this CPU; the default), int8, or fp32.",
+      discussion: "Both are exact, so the choice never changes results."))
+  var binaryForward: BinaryForwardPolicy = .auto
 
   @Flag(name: .long, help: "Print debug logs.")
   var verbose = false

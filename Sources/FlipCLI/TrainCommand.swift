@@ -2,6 +2,7 @@ import ArgumentParser
 import CSignals
 import FlipBNN
 import FlipComm
+import FlipTensor
 import FlipTraining
 import Foundation
 import Logging
@@ -131,6 +132,12 @@ struct TrainCommand: ParsableCommand {
   var checkpointEveryEpochs: Int?
   @Option(name: .long, help: "Keep the newest K checkpoints, deleting older ones (default 3; --resume: the run's).")
   var keepCheckpoints: Int?
+  @Flag(
+    name: .long,
+    help: ArgumentHelp(
+      "Skip the start-up check of the model's fast kernels against plain reference loops on every rank.",
+      discussion: "The check is `flip selftest` for this model: it takes milliseconds and stops the job if a kernel computes wrongly on a rank's CPU."))
+  var skipSelftest = false
   @Option(
     name: .long,
     help:
@@ -328,14 +335,23 @@ struct TrainCommand: ParsableCommand {
     var options = base
     options.shardOptimizer = shardOptimizer
     options.bucketBytes = Int(bucketMb * 1_048_576)
+    options.binaryForward = compute.binaryForward
     if let faults = ProcessInfo.processInfo.environment["FLIP_TEST_FAULT"] {
       options.injectedFaults = try faults.split(separator: ",").map { text in
         guard let f = InjectedFault(String(text)) else {
           throw ValidationError(
-            "FLIP_TEST_FAULT must be action:rank:step[,...] (action: fail, kill, usr1, term, int), got \(faults)")
+            "FLIP_TEST_FAULT must be action:rank:step[,...] (action: fail, kill, usr1, term, int, perturb, unscaled-int8), got \(faults)"
+          )
         }
         return f
       }
+    }
+    if options.injectedFaults.contains(InjectedFault(action: .unscaledInt8, rank: communicator.rank, step: 1)) {
+      ConvolutionPrimitives.int8KernelScale = 1
+    }
+    if !skipSelftest {
+      try checkKernelsAtStartup(
+        specs: config.layers, inputShape: model.inputShape, rank: communicator.rank, logger: logger)
     }
     let trainer = try Trainer(
       model: model, optimizer: optimizer, communicator: communicator, data: data, options: options,
@@ -357,6 +373,9 @@ struct TrainCommand: ParsableCommand {
         decoding: try JSONSerialization.data(withJSONObject: checkpointing, options: [.sortedKeys]), as: UTF8.self),
     ]
     trainer.checkpointPolicy = policy
+    for choice in trainer.binaryForwardChoices {
+      logger.info("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")
+    }
     logger.info(
       "model \(config.model): \(model.store.parameterCount) trainable parameters; \(trainer.sampler.stepsPerEpoch) steps per epoch of global batch \(config.batchSize)"
     )

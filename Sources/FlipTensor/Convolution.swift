@@ -27,9 +27,17 @@ public final class ConvolutionPrimitives {
   /// reorder to avoid `vpmaddubsw` saturation (`scale_adjust` 0.5) and scales the products
   /// back: a ±1 level would become ±0.5 and round to 0, while a ±2 level becomes an exact ±1.
   /// With VNNI there is no halving and the ±2 products are halved exactly (even integers).
-  static let int8KernelScale: Float = 2
+  ///
+  /// Tests set it to 1 (the scale before this fix) to reproduce wrong int8 convolutions on
+  /// ISAs without VNNI, as `flip train`'s start-up check must catch.
+  nonisolated(unsafe) public static var int8KernelScale: Float = 2
 
-  public init(batch: Int, geometry g: ConvGeometry, filters: Int, int8Forward: Bool) throws {
+  /// - Parameter int8KernelScale: the factor of the int8 kernel's levels (tests pass 1 to
+  ///   reproduce the halved weights of ISAs without VNNI).
+  public init(
+    batch: Int, geometry g: ConvGeometry, filters: Int, int8Forward: Bool,
+    int8KernelScale: Float = ConvolutionPrimitives.int8KernelScale
+  ) throws {
     self.batch = batch
     self.geometry = g
     self.filters = filters
@@ -71,7 +79,7 @@ public final class ConvolutionPrimitives {
           &desc8, dnnl_forward_inference, dnnl_convolution_direct, &src8, &weiAny8, nil, &dst32, strides, padL, padR),
         "dnnl_convolution_forward_desc_init (int8)")
       // The kernel levels are doubled in the reorder and the products halved: see `int8KernelScale`.
-      let attributes = try OneDNN.Attributes(outputScale: 1 / Self.int8KernelScale)
+      let attributes = try OneDNN.Attributes(outputScale: 1 / int8KernelScale)
       var pd: dnnl_primitive_desc_t?
       try OneDNN.check(
         dnnl_primitive_desc_create(&pd, &desc8, attributes.handle, engine, nil), "dnnl_primitive_desc_create (int8)")
@@ -79,7 +87,7 @@ public final class ConvolutionPrimitives {
       forwardStep = try Step(
         pd: pd!, engine: engine, kernel: (try md(wei, dnnl_s8, dnnl_hwio), dnnl_query_weights_md, toUser: false),
         plain: [(flip_dnnl_arg_src(), src8), (flip_dnnl_arg_dst(), dst32)], kernelArg: flip_dnnl_arg_weights(),
-        kernelScale: Self.int8KernelScale)
+        kernelScale: int8KernelScale)
     } else {
       forwardStep = try Step(
         pd: hint!, engine: engine, kernel: (weiUserF, dnnl_query_weights_md, toUser: false),

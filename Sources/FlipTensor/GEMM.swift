@@ -47,6 +47,12 @@ public func gemm(
   }
 }
 
+/// The oneDNN implementation that runs `gemm(.none, .transposed, ...)` (alpha 1, beta 0) for a
+/// dense (m, k) · (n, k)ᵀ product, e.g. `gemm:jit` or `brg:avx512_core` (for logs and `flip selftest`).
+public func transposedProductImplementation(m: Int, n: Int, k: Int) throws -> String {
+  try MatmulNT.entry(.init(m: m, n: n, k: k, lda: k, ldb: k, ldc: n)).implementation
+}
+
 /// The plain triple loop that `gemm` must equal (a test oracle and a readable definition).
 public func referenceGEMM(
   _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,

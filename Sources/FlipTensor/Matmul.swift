@@ -21,11 +21,17 @@ enum MatmulNT {
     let a: dnnl_memory_desc_t
     let b: dnnl_memory_desc_t
     let c: dnnl_memory_desc_t
-    init(primitive: dnnl_primitive_t, a: dnnl_memory_desc_t, b: dnnl_memory_desc_t, c: dnnl_memory_desc_t) {
+    /// oneDNN's name of the implementation it picked, e.g. `brg:avx512_core`.
+    let implementation: String
+    init(
+      primitive: dnnl_primitive_t, a: dnnl_memory_desc_t, b: dnnl_memory_desc_t, c: dnnl_memory_desc_t,
+      implementation: String
+    ) {
       self.primitive = primitive
       self.a = a
       self.b = b
       self.c = c
+      self.implementation = implementation
     }
   }
 
@@ -57,7 +63,7 @@ enum MatmulNT {
     defer { dnnl_primitive_desc_destroy(pd) }
     var p: dnnl_primitive_t?
     try OneDNN.check(dnnl_primitive_create(&p, pd), "dnnl_primitive_create (matmul)")
-    let e = Entry(primitive: p!, a: a, b: b, c: c)
+    let e = Entry(primitive: p!, a: a, b: b, c: c, implementation: OneDNN.implementation(of: pd!))
     cache[shape] = e
     return e
   }

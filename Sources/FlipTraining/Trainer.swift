@@ -36,6 +36,8 @@ public struct TrainingOptions: Sendable {
   /// Benchmarks: a barrier after backward, so `timing` tells waiting for a slower rank
   /// (`imbalance`) from communicating (`communication`). Costs one barrier per step.
   public var measureImbalance = false
+  /// How each exact binary layer's forward kernel is chosen (`auto`: the faster on this CPU).
+  public var binaryForward = BinaryForwardPolicy.auto
   public init(epochs: Int, batchSize: Int, seed: UInt64, logEverySteps: Int = 50, checkEverySteps: Int = 100) {
     self.epochs = epochs
     self.batchSize = batchSize
@@ -56,6 +58,10 @@ public struct InjectedFault: Sendable, Equatable {
     case signal(Int32)
     /// Change one weight on this rank only (the replica checksum must catch it).
     case perturb
+    /// Run the int8 convolutions unscaled, as before they were made exact on every ISA: on
+    /// an ISA without VNNI their results are wrong (the start-up kernel check must catch it).
+    /// Applied before training starts, whatever the step.
+    case unscaledInt8
   }
   public var action: Action
   public var rank: Int
@@ -66,7 +72,8 @@ public struct InjectedFault: Sendable, Equatable {
     self.step = step
   }
 
-  /// Parses `action:rank:step` (action: fail, kill, usr1, term, int, perturb), e.g. `kill:0:5`.
+  /// Parses `action:rank:step` (action: fail, kill, usr1, term, int, perturb, unscaled-int8),
+  /// e.g. `kill:0:5`.
   public init?(_ text: String) {
     let parts = text.split(separator: ":").map(String.init)
     guard parts.count == 3, let rank = Int(parts[1]), let step = Int(parts[2]), rank >= 0, step >= 1 else { return nil }
@@ -77,6 +84,7 @@ public struct InjectedFault: Sendable, Equatable {
     case "term": action = .signal(SIGTERM)
     case "int": action = .signal(SIGINT)
     case "perturb": action = .perturb
+    case "unscaled-int8": action = .unscaledInt8
     default: return nil
     }
     self.rank = rank
@@ -158,6 +166,8 @@ public final class Trainer {
   public var checkpointPolicy: CheckpointPolicy?
   /// Time split of the steps since the last reset (see `StepTiming`).
   public var timing = StepTiming()
+  /// The forward kernel of each quantized layer, chosen for this rank's batch on this CPU.
+  public private(set) var binaryForwardChoices: [BinaryForwardChoice] = []
   /// The checkpoints this trainer wrote, oldest first.
   public internal(set) var checkpointWrites: [CheckpointWrite] = []
   /// Rank 0's background writer of checkpoint files.
@@ -215,6 +225,7 @@ public final class Trainer {
     let perMicroStep = perRank / options.accumulate
     localCapacity = perMicroStep
     model.allocate(maxBatch: perMicroStep)
+    binaryForwardChoices = try model.chooseBinaryForward(batch: perMicroStep, policy: options.binaryForward)
     loss = SparseCategoricalCrossentropy(classes: data.train.classes)
     images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
     labels = .allocate(capacity: perMicroStep)
@@ -272,6 +283,7 @@ public final class Trainer {
         kill(getpid(), SIGKILL)
       case .signal(let s): raise(s)
       case .perturb: model.store.values.pointer[0] = model.store.values.pointer[0].nextUp
+      case .unscaledInt8: break
       }
     }
     let shard = sampler.shard(step: stepInEpoch)

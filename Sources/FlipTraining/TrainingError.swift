@@ -1,3 +1,6 @@
+import FlipBNN
+import FlipTensor
+
 /// Errors of data loading, model files and training. Each names the file or value at fault
 /// and says what to do.
 public enum TrainingError: Error, CustomStringConvertible, Equatable {
@@ -10,6 +13,8 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
   case modelFile(path: String, reason: String)
   case nonFinite(String)
   case replicasDiverged(step: Int, ranks: [Int])
+  /// Fast kernels that disagree with their references on this rank's CPU (`flip selftest`).
+  case kernelCheckFailed(rank: Int, host: String, failures: [KernelCheck])
 
   public var description: String {
     switch self {
@@ -24,6 +29,13 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case .replicasDiverged(let step, let ranks):
       return
         "the model replicas differ at step \(step): ranks \(ranks.map(String.init).joined(separator: ", ")) disagree with rank 0 (weights or optimizer state); the job stops rather than train inconsistent copies"
+    case .kernelCheckFailed(let rank, let host, let failures):
+      let list = failures.prefix(3).map {
+        "\($0.kernel) of \($0.layer) (\($0.implementation)) is off by \($0.maxError) (tolerance \($0.tolerance))"
+      }
+      let more = failures.count > 3 ? "; and \(failures.count - 3) more" : ""
+      return
+        "kernel self-check failed on rank \(rank) (host \(host), oneDNN ISA \(OneDNN.effectiveISA)): \(list.joined(separator: "; "))\(more). This CPU's kernels compute wrong results; run `flip selftest` with the same model on \(host) for the whole table. `--binary-forward fp32` avoids the int8 kernels; `--skip-selftest` skips this check"
     }
   }
 }

@@ -13,7 +13,7 @@ import FlipTensor
 ///
 /// With zero padding (`valid`, or `pad_values` 0) the three convolutions run on oneDNN's
 /// convolution primitives instead of im2col + GEMM (faster, measured; no columns at all).
-public final class QuantConv2D: Layer, FlipCounting {
+public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   public var name: String
   public let typeName: String
   public let inputShape: [Int]
@@ -26,10 +26,15 @@ public final class QuantConv2D: Layer, FlipCounting {
   public let inputQuantizer: Quantizer?
   public let constraint: KernelConstraint?
   let kernel: QuantizedKernel
-  /// Whether the forward GEMM runs in exact int8 (both quantizers take integer levels). On
-  /// by default where exact; tests turn it off to compare with the fp32 path.
-  public var exactInt8Forward: Bool
+  /// Whether the forward product runs in exact int8 (both quantizers take integer levels). On
+  /// by default where exact; `Sequential.chooseBinaryForward` picks the faster of the two
+  /// exact paths, and tests turn it off to compare with the fp32 path.
+  public var exactInt8Forward: Bool {
+    // The other path's primitives are no longer needed (the cache holds four shapes).
+    didSet { primitives = primitives.filter { $0.key % 2 == (exactInt8Forward ? 1 : 0) } }
+  }
   private let int8Forward: Int8Forward?
+  public var int8ForwardAvailable: Bool { int8Forward != nil }
   /// Whether the convolutions run on oneDNN's primitives (zero padding only). On by default
   /// where possible; tests turn it off to compare with im2col + GEMM.
   public var usePrimitives: Bool
@@ -121,6 +126,18 @@ public final class QuantConv2D: Layer, FlipCounting {
     let p = try ConvolutionPrimitives(batch: batch, geometry: geometry, filters: filters, int8Forward: int8)
     primitives[key] = p
     return p
+  }
+
+  public func forwardImplementation(batch: Int) throws -> String {
+    let int8 = exactInt8Forward && int8Forward != nil
+    if usePrimitives { return try primitives(batch: batch).forwardImplementation }
+    return int8 ? "im2col + dnnl_gemm_s8s8s32" : "im2col + dnnl_sgemm"
+  }
+
+  /// The implementations of the input-gradient and kernel-gradient passes for `batch`.
+  public func backwardImplementations(batch: Int) throws -> (data: String, weights: String) {
+    if usePrimitives { return try primitives(batch: batch).backwardImplementations }
+    return ("matmul (\(try transposedProductImplementation(m: batch * geometry.outputPixels, n: geometry.patchSize, k: filters))) + col2im", "im2col + dnnl_sgemm")
   }
 
   public var kernelQuantizer: Quantizer? { kernel.quantizer }

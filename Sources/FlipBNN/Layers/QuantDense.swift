@@ -7,7 +7,7 @@ import FlipTensor
 ///
 /// backward: `dq_k(W) = q_in(x)ᵀ·dy`, `dW += q̃_k'(W) ⊙ dq_k(W)`, `db += Σ_B dy`,
 /// `dx = q̃_in'(x) ⊙ (dy · q_k(W)ᵀ)`.
-public final class QuantDense: Layer, FlipCounting {
+public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
   public var name: String
   public let typeName: String
   public let inputShape: [Int]
@@ -18,9 +18,20 @@ public final class QuantDense: Layer, FlipCounting {
   public let constraint: KernelConstraint?
   let kernel: QuantizedKernel
   /// Whether the forward GEMM runs in exact int8 (both quantizers take integer levels). On
-  /// by default where exact; tests turn it off to compare with the fp32 path.
+  /// by default where exact; `Sequential.chooseBinaryForward` picks the faster of the two
+  /// exact paths, and tests turn it off to compare with the fp32 path.
   public var exactInt8Forward: Bool
   private let int8Forward: Int8Forward?
+  public var int8ForwardAvailable: Bool { int8Forward != nil }
+
+  public func forwardImplementation(batch: Int) throws -> String {
+    exactInt8Forward && int8Forward != nil ? "dnnl_gemm_s8s8s32" : "dnnl_sgemm"
+  }
+
+  /// The implementations of the input-gradient and kernel-gradient GEMMs for `batch`.
+  public func backwardImplementations(batch: Int) throws -> (data: String, weights: String) {
+    ("matmul (\(try transposedProductImplementation(m: batch, n: inputSize, k: units)))", "dnnl_sgemm")
+  }
   var bias: UnsafeMutablePointer<Float>?
   var biasGradient: UnsafeMutablePointer<Float>?
 

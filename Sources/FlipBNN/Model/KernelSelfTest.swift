@@ -1,0 +1,232 @@
+import FlipTensor
+
+// Legend: B batch (small: the check runs on a few samples), I/O dense input/output units;
+// convolution letters as in ReferenceKernels.swift.
+
+/// One fast kernel checked against its plain-loop reference on this CPU.
+public struct KernelCheck: Sendable, Equatable {
+  /// What ran, e.g. `forward int8`, `backward data`, `kernel pass`.
+  public var kernel: String
+  public var layer: String
+  /// oneDNN's implementation (or Flip's loop) that ran it.
+  public var implementation: String
+  /// The largest error, relative to the sum of the magnitudes of each output's terms.
+  public var maxError: Double
+  /// 0 where the result must be exact (binary × binary products, the kernel pass).
+  public var tolerance: Double
+  public var passed: Bool { maxError <= tolerance }
+}
+
+/// `flip selftest`, and the start-up check of `flip train`: every fast path a model's layers
+/// would use (the int8 and fp32 forwards, the backward passes, the fused kernel pass) run on
+/// small batches of the layers' own shapes and compared with the plain loops of
+/// `ReferenceKernels.swift`. A kernel that oneDNN picks on this CPU and that computes wrongly
+/// (as its s8 × s8 convolution did without VNNI, returning zeros) fails here in milliseconds
+/// instead of training a model to chance accuracy.
+public enum KernelSelfTest {
+  /// The fp32 kernels' allowed error relative to `Σ |terms|`: an fp32 sum of K terms is off by
+  /// at most about K·2⁻²⁴ of it (6·10⁻⁵ for K = 1024); a wrong kernel is off by O(1).
+  public static let float32Tolerance = 1e-4
+
+  /// Checks the fast kernels of a model built from `specs` for `inputShape`, on `batch` samples.
+  public static func run(specs: [LayerSpec], inputShape: [Int], batch: Int = 3, seed: UInt64 = 7) throws
+    -> [KernelCheck]
+  {
+    let model = try Sequential(specs: specs, inputShape: inputShape, seed: seed)
+    model.allocate(maxBatch: batch)
+    var checks: [KernelCheck] = []
+    var random = SplitMix64(seed: seed)
+    for layer in model.layers {
+      if let dense = layer as? QuantDense {
+        checks += try check(dense, store: model.store, batch: batch, random: &random)
+      } else if let conv = layer as? QuantConv2D {
+        checks += try check(conv, store: model.store, batch: batch, random: &random)
+      }
+    }
+    return checks
+  }
+
+  // MARK: - Layers
+
+  static func check(_ layer: QuantDense, store: ParameterStore, batch: Int, random: inout SplitMix64) throws
+    -> [KernelCheck]
+  {
+    let (i, o) = (layer.inputSize, layer.units)
+    let x = values(batch * i, &random)
+    let xq = quantized(layer.inputQuantizer, x, channels: i)
+    let latent = Array(UnsafeBufferPointer(start: layer.kernel.latent, count: i * o))
+    let wq = quantized(layer.kernelQuantizer, latent, channels: o)
+    var y = referenceProduct(.none, .none, m: batch, n: o, k: i, a: xq, b: wq)
+    addBias(layer.bias, to: &y, columns: o)
+    let dy = values(batch * o, &random)
+    let dx = referenceProduct(.none, .transposed, m: batch, n: i, k: o, a: dy, b: wq)
+    let dw = referenceProduct(.transposed, .none, m: i, n: o, k: batch, a: xq, b: dy)
+    return try checkLayer(
+      layer, store: store, batch: batch, x: x, latent: latent, dy: dy, references: (y, dx, dw),
+      channels: (input: i, kernel: o))
+  }
+
+  static func check(_ layer: QuantConv2D, store: ParameterStore, batch: Int, random: inout SplitMix64) throws
+    -> [KernelCheck]
+  {
+    let g = layer.geometry
+    let f = layer.filters
+    let x = values(batch * g.inputSize, &random)
+    let xq = quantized(layer.inputQuantizer, x, channels: g.channels)
+    let latent = Array(UnsafeBufferPointer(start: layer.kernel.latent, count: g.patchSize * f))
+    let wq = quantized(layer.kernelQuantizer, latent, channels: f)
+    var y = referenceConvolution(x: xq, kernel: wq, batch: batch, geometry: g, filters: f, padValue: layer.padValue)
+    addBias(layer.bias, to: &y, columns: f)
+    let dy = values(batch * g.outputPixels * f, &random)
+    let dx = referenceConvolutionBackwardData(dy: dy, kernel: wq, batch: batch, geometry: g, filters: f)
+    let dw = referenceConvolutionBackwardWeights(
+      x: xq, dy: dy, batch: batch, geometry: g, filters: f, padValue: layer.padValue)
+    return try checkLayer(
+      layer, store: store, batch: batch, x: x, latent: latent, dy: dy, references: (y, dx, dw),
+      channels: (input: g.channels, kernel: f))
+  }
+
+  /// The forward of every kernel the layer may pick, then backward (input and kernel
+  /// gradients through the quantizers' pseudo-gradients), then the kernel pass.
+  static func checkLayer<L: ExactBinaryForward & QuantizedKernelLayer>(
+    _ layer: L, store: ParameterStore, batch: Int, x: [Float], latent: [Float], dy: [Float],
+    references r: (y: ReferenceResult, dx: ReferenceResult, dw: ReferenceResult), channels: (input: Int, kernel: Int)
+  ) throws -> [KernelCheck] {
+    var checks: [KernelCheck] = []
+    let chosen = layer.exactInt8Forward
+    defer { layer.exactInt8Forward = chosen }
+    let exact = layer.int8ForwardAvailable
+    for kernel in layer.int8ForwardAvailable ? BinaryForwardKernel.allCases : [.fp32] {
+      layer.exactInt8Forward = kernel == .int8
+      let y = try layer.forward(x, batch: batch, training: false)
+      checks.append(
+        KernelCheck(
+          kernel: "forward \(kernel.rawValue)", layer: layer.name,
+          implementation: try layer.forwardImplementation(batch: batch),
+          maxError: maxError(Array(UnsafeBufferPointer(start: y, count: r.y.values.count)), r.y),
+          tolerance: exact ? 0 : float32Tolerance))
+    }
+    // Backward after an fp32 forward (the int8 forward leaves the float operands to backward).
+    layer.exactInt8Forward = false
+    _ = try layer.forward(x, batch: batch, training: false)
+    store.zeroGradients()
+    let dx = try layer.backward(dy, batch: batch, needInputGradient: true)!
+    let implementations = try layer.backwardImplementations(batch: batch)
+    checks.append(
+      KernelCheck(
+        kernel: "backward data", layer: layer.name, implementation: implementations.data,
+        maxError: maxError(
+          Array(UnsafeBufferPointer(start: dx, count: x.count)), r.dx, through: layer.inputQuantizer, at: x,
+          channels: channels.input),
+        tolerance: float32Tolerance))
+    let dw = Array(UnsafeBufferPointer(start: layer.kernel.gradient, count: latent.count))
+    checks.append(
+      KernelCheck(
+        kernel: "backward weights", layer: layer.name, implementation: implementations.weights,
+        maxError: maxError(dw, r.dw, through: layer.kernelQuantizer, at: latent, channels: channels.kernel),
+        tolerance: float32Tolerance))
+    store.zeroGradients()
+    if let pass = kernelPass(layer.kernel, latent: latent, layer: layer.name) { checks.append(pass) }
+    return checks
+  }
+
+  /// The fused kernel pass of an elementwise kernel quantizer (quantize, count changes
+  /// against the previous kernel, check the straight-through bound, in 16-lane loops) and
+  /// the int8 conversion, against the quantizer's `forward` and scalar loops.
+  static func kernelPass(_ kernel: QuantizedKernel, latent: [Float], layer: String) -> KernelCheck? {
+    guard let q = kernel.quantizer, q.isElementwise else { return nil }
+    let n = latent.count
+    let expected = quantized(q, latent, channels: 1)
+    // A "previous" kernel with every third value changed.
+    var previous = expected
+    for i in stride(from: 0, to: n, by: 3) { previous[i] = expected[i] == 0 ? 1 : -expected[i] }
+    var y = [Float](repeating: .nan, count: n)
+    let (changed, within) = q.forwardKernelChunk(latent, &y, previous: previous, count: n)
+    var int8 = [Int8](repeating: 0, count: n)
+    if q.hasIntegerLevels { convertToInt8Serially(expected, &int8, count: n) }
+    var wrong = 0
+    var wantChanged = 0
+    var wantWithin = q.straightThroughBound != nil
+    let bound = q.straightThroughBound ?? 0
+    for i in 0..<n {
+      if y[i] != expected[i] { wrong += 1 }
+      if previous[i] != expected[i] { wantChanged += 1 }
+      if !(abs(latent[i]) <= bound) { wantWithin = false }
+      if q.hasIntegerLevels && Float(int8[i]) != expected[i] { wrong += 1 }
+    }
+    if changed != wantChanged { wrong += 1 }
+    if within != wantWithin { wrong += 1 }
+    return KernelCheck(
+      kernel: "kernel pass", layer: layer, implementation: "Flip SIMD16 (\(q.name))", maxError: Double(wrong),
+      tolerance: 0)
+  }
+
+  // MARK: - Helpers
+
+  /// `n` values uniform in [−1, 1].
+  static func values(_ n: Int, _ random: inout SplitMix64) -> [Float] {
+    (0..<n).map { _ in 2 * random.nextUnitFloat() - 1 }
+  }
+
+  /// `q(x)` through the quantizer's own forward (the identity without one).
+  static func quantized(_ q: Quantizer?, _ x: [Float], channels: Int) -> [Float] {
+    guard let q else { return x }
+    var y = [Float](repeating: .nan, count: x.count)
+    q.forward(x, &y, count: x.count, channels: channels)
+    return y
+  }
+
+  static func addBias(_ bias: UnsafeMutablePointer<Float>?, to r: inout ReferenceResult, columns: Int) {
+    guard let bias else { return }
+    for i in r.values.indices {
+      r.values[i] += Double(bias[i % columns])
+      r.magnitudes[i] += abs(Double(bias[i % columns]))
+    }
+  }
+
+  /// The largest `|fast − reference|` relative to the magnitudes of the terms, after the
+  /// quantizer's pseudo-gradient at `x` (for gradients; nil for outputs). NaN counts as ∞.
+  static func maxError(
+    _ fast: [Float], _ reference: ReferenceResult, through q: Quantizer? = nil, at x: [Float] = [], channels: Int = 1
+  ) -> Double {
+    let n = fast.count
+    precondition(n == reference.values.count)
+    // Pseudo-gradients are linear in the incoming gradient: apply them to the reference, and
+    // bound the error through their factors (q̃'(x) at dy = 1).
+    var want: [Float] = []
+    var factors: [Float] = []
+    var largestScale = 0.0
+    if let q {
+      let raw = reference.values.map(Float.init)
+      want = raw
+      q.backward(x, raw, &want, count: n, channels: channels)
+      let ones = [Float](repeating: 1, count: n)
+      factors = ones
+      q.backward(x, ones, &factors, count: n, channels: channels)
+      if !q.isElementwise {
+        for i in 0..<n { largestScale = max(largestScale, reference.magnitudes[i] * Double(abs(factors[i]))) }
+      }
+    }
+    var worst = 0.0
+    for i in 0..<n {
+      let target = q == nil ? reference.values[i] : Double(want[i])
+      let difference = abs(Double(fast[i]) - target)
+      guard difference.isFinite else { return .infinity }
+      if difference == 0 { continue }
+      var scale = reference.magnitudes[i]
+      if q != nil { scale = largestScale > 0 ? largestScale : scale * Double(abs(factors[i])) }
+      worst = max(worst, scale > 0 ? difference / scale : .infinity)
+    }
+    return worst
+  }
+}
+
+/// A layer with a `QuantizedKernel` (its latent weights, gradient and quantizers).
+protocol QuantizedKernelLayer: Layer {
+  var kernel: QuantizedKernel { get }
+  var inputQuantizer: Quantizer? { get }
+  var kernelQuantizer: Quantizer? { get }
+}
+
+extension QuantDense: QuantizedKernelLayer {}
+extension QuantConv2D: QuantizedKernelLayer {}
