@@ -33,14 +33,20 @@ public protocol Communicator: AnyObject {
   func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
   /// `reduceScatterSum` started without waiting: `buffer` must not be touched, and this rank's
   /// block holds the sum only once `isComplete` or `wait` says so for the returned request, or
-  /// after `waitOutstanding()`.
+  /// after `waitOutstanding()`. With the `bf16` wire every rank's contribution travels rounded
+  /// to bfloat16 (its own too, so the result does not depend on which rank owns a block) and
+  /// the owner sums them in fp32, in rank order.
   @discardableResult
-  func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int
+  func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], wire: GradientWire) throws -> Int
   /// `allgather(_:counts:)` started without waiting, on a communicator of its own (so gathers
   /// and reductions each keep their own order, whatever the order of their completions);
   /// `buffer` must not be touched until it completes.
   @discardableResult
   func startAllgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int
+  /// The same for 32-bit words (bit-packed signs, or floats mixed with them), on the same
+  /// communicator as the float gathers.
+  @discardableResult
+  func startAllgather(words buffer: UnsafeMutablePointer<UInt32>, counts: [Int]) throws -> Int
   /// Whether a started request has completed (its result then in place); lets it progress.
   func isComplete(_ request: Int) throws -> Bool
   /// Waits for one started request (its result then in place).
@@ -58,8 +64,27 @@ public protocol Communicator: AnyObject {
   func finalize()
 }
 
+/// How gradient values travel in a reduce-scatter: as fp32, or rounded to bfloat16 (half the
+/// bytes; summed in fp32 by the owner, as Horovod's fp16 compression).
+public enum GradientWire: String, Sendable, CaseIterable {
+  case fp32, bf16
+}
+
 extension Communicator {
   public var isRoot: Bool { rank == 0 }
+
+  /// `startReduceScatterSum` with fp32 on the wire.
+  @discardableResult
+  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int {
+    try startReduceScatterSum(buffer, counts: counts, wire: .fp32)
+  }
+
+  /// How many distinct hosts the ranks run on (by host name).
+  public func hostCount(hostName: String = ProcessInfo.processInfo.hostName) throws -> Int {
+    var h: UInt64 = 0xCBF2_9CE4_8422_2325
+    for b in hostName.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+    return Set(try allgather(h)).count
+  }
 
   /// Sums `values` over all ranks.
   public func allreduceSum(_ values: inout [Double]) throws {
@@ -107,8 +132,14 @@ public final class SingleProcessCommunicator: Communicator {
   public func progressOutstanding() throws {}
   public func waitOutstanding() throws {}
   public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
-  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int { -1 }
+  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], wire: GradientWire) throws
+    -> Int
+  {
+    if wire == .bf16 { roundToBFloat16(buffer, count: counts.reduce(0, +)) }
+    return -1
+  }
   public func startAllgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int { -1 }
+  public func startAllgather(words buffer: UnsafeMutablePointer<UInt32>, counts: [Int]) throws -> Int { -1 }
   public func isComplete(_ request: Int) throws -> Bool { true }
   public func wait(_ request: Int) throws {}
   public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}

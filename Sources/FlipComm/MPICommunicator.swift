@@ -34,8 +34,11 @@ public final class MPICommunicator: Communicator {
   /// Receive buffer of reduce-scatter (this rank's block), grown as needed.
   private var block: [Float] = []
   /// Receive buffers of started reduce-scatters (reused by position), grown as needed.
-  private var scratch: [UnsafeMutablePointer<Float>] = []
-  private var scratchCapacity: [Int] = []
+  private var scratch: [Staging<Float>] = []
+  /// The bf16 wire's buffers of started reduce-scatters: the whole buffer encoded (what is
+  /// sent, and this rank's own contribution), and the blocks received.
+  private var encoded: [Staging<UInt16>] = []
+  private var received16: [Staging<UInt16>] = []
   private var startedReduceScatters = 0
   nonisolated(unsafe) private static var finalized = false
   /// With a progress thread: it pokes Open MPI's progress engine while reductions are
@@ -229,10 +232,14 @@ public final class MPICommunicator: Communicator {
   /// sends every other rank that rank's block and sums the N copies of its own block, in rank
   /// order (the same on every rank, whatever order the messages arrive in): balanced, and
   /// (N − 1)/N of the buffer sent and received per rank, as a ring would.
-  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int {
+  public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], wire: GradientWire) throws
+    -> Int
+  {
     precondition(counts.count == size, "one count per rank")
-    guard counts.reduce(0, +) <= Int(Int32.max) else {
+    let total = counts.reduce(0, +)
+    guard total <= Int(Int32.max) else {
       // Larger than one MPI call takes: reduce it now.
+      if wire == .bf16 { roundToBFloat16(buffer, count: total) }
       try reduceScatterSum(buffer, counts: counts)
       return -1
     }
@@ -240,41 +247,61 @@ public final class MPICommunicator: Communicator {
     var offsets = [Int](repeating: 0, count: size)
     for r in 1..<max(size, 1) { offsets[r] = offsets[r - 1] + counts[r - 1] }
     let index = startedReduceScatters
-    let need = max((size - 1) * mine, 1)
-    if index == scratch.count {
-      scratch.append(.allocate(capacity: need))
-      scratchCapacity.append(need)
-    } else if scratchCapacity[index] < need {
-      scratch[index].deallocate()
-      scratch[index] = .allocate(capacity: need)
-      scratchCapacity[index] = need
-    }
     startedReduceScatters += 1
-    let received = scratch[index]
     let own = buffer + offsets[rank]
-    var sources: [UnsafePointer<Float>] = []
     let first = requests.count
-    var slot = 0
-    for r in 0..<size {
-      if r == rank {
-        sources.append(UnsafePointer(own))
-        continue
+    switch wire {
+    case .fp32:
+      let received = Staging<Float>.take(&scratch, index, count: (size - 1) * mine)
+      var sources: [UnsafePointer<Float>] = []
+      var slot = 0
+      for r in 0..<size {
+        if r == rank {
+          sources.append(UnsafePointer(own))
+          continue
+        }
+        let into = received + slot * mine
+        slot += 1
+        sources.append(UnsafePointer(into))
+        try exchangeBlocks(
+          receive: into, count: mine, send: buffer + offsets[r], sendCount: counts[r], type: flip_mpi_float(), peer: r)
       }
-      let into = received + slot * mine
-      slot += 1
-      sources.append(UnsafePointer(into))
-      var receive: MPI_Request? = flip_mpi_request_null()
-      try check(MPI_Irecv(into, Int32(mine), flip_mpi_float(), Int32(r), 0, exchange.value, &receive), "MPI_Irecv")
-      requests.append(receive)
-      var send: MPI_Request? = flip_mpi_request_null()
-      try check(
-        MPI_Isend(buffer + offsets[r], Int32(counts[r]), flip_mpi_float(), Int32(r), 0, exchange.value, &send),
-        "MPI_Isend")
-      requests.append(send)
+      operations.append((first..<requests.count, { sumInOrder(sources, into: own, count: mine) }))
+    case .bf16:
+      let sent = Staging<UInt16>.take(&encoded, index, count: total)
+      let received = Staging<UInt16>.take(&received16, index, count: (size - 1) * mine)
+      encodeBFloat16(buffer, sent, count: total)
+      var sources: [UnsafePointer<UInt16>] = []
+      var slot = 0
+      for r in 0..<size {
+        if r == rank {
+          sources.append(UnsafePointer(sent + offsets[rank]))
+          continue
+        }
+        let into = received + slot * mine
+        slot += 1
+        sources.append(UnsafePointer(into))
+        try exchangeBlocks(
+          receive: into, count: mine, send: sent + offsets[r], sendCount: counts[r], type: flip_mpi_uint16(), peer: r)
+      }
+      operations.append((first..<requests.count, { sumBFloat16InOrder(sources, into: own, count: mine) }))
     }
-    operations.append((first..<requests.count, { sumInOrder(sources, into: own, count: mine) }))
     progress?.resume()
     return operations.count - 1
+  }
+
+  /// Posts the receive of this rank's block from `peer` and the send of `peer`'s block to it
+  /// (on the exchange communicator; their requests join the outstanding ones).
+  private func exchangeBlocks<T>(
+    receive: UnsafeMutablePointer<T>, count: Int, send: UnsafeMutablePointer<T>, sendCount: Int,
+    type: MPI_Datatype?, peer: Int
+  ) throws {
+    var receiveRequest: MPI_Request? = flip_mpi_request_null()
+    try check(MPI_Irecv(receive, Int32(count), type, Int32(peer), 0, exchange.value, &receiveRequest), "MPI_Irecv")
+    requests.append(receiveRequest)
+    var sendRequest: MPI_Request? = flip_mpi_request_null()
+    try check(MPI_Isend(send, Int32(sendCount), type, Int32(peer), 0, exchange.value, &sendRequest), "MPI_Isend")
+    requests.append(sendRequest)
   }
 
   public func startAllgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Int {
@@ -288,6 +315,22 @@ public final class MPICommunicator: Communicator {
     try check(
       MPI_Iallgatherv(
         flip_mpi_in_place(), 0, flip_mpi_float(), buffer, arrays, arrays + size, flip_mpi_float(), gathers.value,
+        &request),
+      "MPI_Iallgatherv")
+    requests.append(request)
+    operations.append((requests.count - 1..<requests.count, nil))
+    progress?.resume()
+    return operations.count - 1
+  }
+
+  public func startAllgather(words buffer: UnsafeMutablePointer<UInt32>, counts: [Int]) throws -> Int {
+    precondition(counts.count == size, "one count per rank")
+    precondition(counts.reduce(0, +) <= Int(Int32.max), "an all-gather of words larger than one MPI call")
+    let arrays = countsAndDisplacements(counts)
+    var request: MPI_Request? = flip_mpi_request_null()
+    try check(
+      MPI_Iallgatherv(
+        flip_mpi_in_place(), 0, flip_mpi_uint32(), buffer, arrays, arrays + size, flip_mpi_uint32(), gathers.value,
         &request),
       "MPI_Iallgatherv")
     requests.append(request)
@@ -356,6 +399,32 @@ public final class MPICommunicator: Communicator {
       try body(offset, Int32(n))
       offset += n
     }
+  }
+}
+
+/// A buffer that grows and is reused by position (the buffers of the started operations of a
+/// step: the i-th reduce-scatter of every step reuses the i-th buffer).
+final class Staging<T> {
+  private(set) var pointer: UnsafeMutablePointer<T>
+  private(set) var capacity: Int
+
+  init(count: Int) {
+    capacity = max(count, 1)
+    pointer = .allocate(capacity: capacity)
+  }
+
+  deinit { pointer.deallocate() }
+
+  /// The `index`-th buffer of `pool`, with room for at least `count` elements.
+  static func take(_ pool: inout [Staging<T>], _ index: Int, count: Int) -> UnsafeMutablePointer<T> {
+    if index == pool.count { pool.append(Staging(count: count)) }
+    let s = pool[index]
+    if s.capacity < count {
+      s.pointer.deallocate()
+      s.capacity = count
+      s.pointer = .allocate(capacity: count)
+    }
+    return s.pointer
   }
 }
 
