@@ -34,6 +34,14 @@ struct BenchCommand: ParsableCommand {
   var shardOptimizer = true
   @Option(
     name: .long,
+    help: ArgumentHelp(
+      "Under mpirun, the sharded step's wire: fp32, compact (bf16 gradients, binary kernels as sign bits), or auto (the default: fp32 when every rank is on one host, compact across hosts).",
+      discussion:
+        "compact sends a quarter of fp32's bytes for a BNN; its gradients are rounded to bfloat16 (summed in fp32), so results differ from fp32's in the last bits."
+    ))
+  var wire: WirePolicy = .auto
+  @Option(
+    name: .long,
     help:
       "Under mpirun: how started reductions progress during backward: testall (MPI_Testall between layers, the default) or thread (a progress thread, MPI_THREAD_MULTIPLE; an experiment)."
   )
@@ -76,6 +84,7 @@ struct BenchCommand: ParsableCommand {
       options.shardOptimizer = shardOptimizer
       options.measureImbalance = true
       options.binaryForward = compute.binaryForward
+      options.wire = wire
       let trainer = try Trainer(
         model: model, optimizer: try config.optimizer.make(), communicator: communicator, data: splits,
         options: options, logger: logger,
@@ -107,7 +116,7 @@ struct BenchCommand: ParsableCommand {
       var split = [t.data, t.compute, t.communication, t.optimizer, t.imbalance].map {
         Double($0) / 1e6 / Double(steps)
       }
-      split.insert(try communicationAlone(trainer, communicator: communicator), at: 4)
+      split.insert(try trainer.exchange.communicationAlone(repeats: 20), at: 4)
       try communicator.allreduceSum(&split)
       split = split.map { $0 / Double(communicator.size) }
       let hidden = communicator.size > 1 && split[4] > 0 ? 1 - split[2] / split[4] : 0
@@ -128,7 +137,8 @@ struct BenchCommand: ParsableCommand {
           "data_ms": split[0], "compute_ms": split[1], "communication_wait_ms": split[2], "optimizer_ms": split[3],
           "communication_alone_ms": split[4], "hidden_fraction": hidden, "imbalance_wait_ms": split[5],
           "sharded_optimizer": shardOptimizer && communicator.size > 1, "bucket_mb": bucketMb,
-          "mpi_progress": mpiProgress.rawValue,
+          "mpi_progress": mpiProgress.rawValue, "exchange": trainer.exchange.description,
+          "bytes_sent_per_step": trainer.exchange.bytesSentPerStep,
         ]
         let data = try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
@@ -149,36 +159,14 @@ struct BenchCommand: ParsableCommand {
             format:
               "per step: data %.2f ms, compute %.2f ms, waiting for the slowest rank %.2f ms, communication wait %.2f ms, optimizer %.2f ms; the same communication alone %.2f ms (hidden: %.0f %%)",
             split[0], split[1], split[5], split[2], split[3], split[4], hidden * 100))
+        if communicator.size > 1 {
+          print(
+            "exchange: \(trainer.exchange.description), \(String(format: "%.2f", Double(trainer.exchange.bytesSentPerStep) / 1e6)) MB sent per step per rank"
+          )
+        }
       }
     }
   }
-}
-
-/// Milliseconds per step of the step's communication pattern run alone, back to back (the
-/// reduce-scatter and all-gather of the sharded step, or the bucketed / single all-reduce).
-func communicationAlone(_ trainer: Trainer, communicator: Communicator, repeats: Int = 20) throws -> Double {
-  guard communicator.size > 1 else { return 0 }
-  let g = trainer.model.store.gradients
-  let sharded = trainer.options.shardOptimizer
-  try communicator.barrier()
-  let start = DispatchTime.now().uptimeNanoseconds
-  for _ in 0..<repeats {
-    if sharded {
-      for (b, c) in zip(trainer.shards.buckets, trainer.shards.counts) {
-        try communicator.startReduceScatterSum(g.pointer + b.range.lowerBound, counts: c)
-      }
-      try communicator.waitOutstanding()
-      try trainer.shards.allgather(g, communicator: communicator)
-    } else if trainer.options.bucketBytes > 0 {
-      for b in trainer.buckets {
-        try communicator.startAllreduceSum(g.pointer + b.range.lowerBound, count: b.range.count)
-      }
-      try communicator.waitOutstanding()
-    } else {
-      try communicator.allreduceSum(g.pointer, count: g.count)
-    }
-  }
-  return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6 / Double(repeats)
 }
 
 /// `--mpi-progress` values.

@@ -141,3 +141,4 @@ func parseShape(_ text: String) throws -> [Int] {
 }
 
 extension BinaryForwardPolicy: ExpressibleByArgument {}
+extension WirePolicy: ExpressibleByArgument {}

@@ -54,7 +54,9 @@ public struct CommunicationCheck {
     for cap in [4, 4096, total * 4] {
       let buckets = GradientBucket.plan(views: views, capBytes: cap)
       try bucketedAllreduce(buckets, total: total, cap: cap)
-      try shardedStep(ShardLayout(buckets: buckets, ranks: communicator.size, rank: communicator.rank), cap: cap)
+      let layout = ShardLayout(buckets: buckets, ranks: communicator.size, rank: communicator.rank)
+      try shardedStep(layout, cap: cap)
+      try shardedStep(layout, cap: cap, wire: .bf16)
     }
     // An empty gradient: no bucket at all, and a bucket of no elements.
     try shardedStep(ShardLayout(buckets: [], ranks: communicator.size, rank: communicator.rank), cap: 0)
@@ -72,15 +74,19 @@ public struct CommunicationCheck {
     return ParameterStore(layerNames: shapes.indices.map { "t\($0)" }, specs: specs, random: &random).views
   }
 
-  func pattern(_ count: Int) -> FloatBuffer {
+  /// Rank r's values. On the bf16 wire the rank factor is `r mod 8 + 1`, so every value has at
+  /// most 6 significant bits and travels exactly.
+  func pattern(_ count: Int, wire: GradientWire = .fp32) -> FloatBuffer {
     let b = FloatBuffer(count: count)
-    for i in 0..<count { b.pointer[i] = rankFactor * Self.level(i) }
+    let factor = wire == .bf16 ? Float(communicator.rank % 8 + 1) : rankFactor
+    for i in 0..<count { b.pointer[i] = factor * Self.level(i) }
     return b
   }
 
-  func expectSums(_ b: FloatBuffer, _ range: Range<Int>, _ check: String) throws {
-    for i in range where b.pointer[i] != sumFactor * Self.level(i) {
-      throw Failure(check: check, index: i, found: b.pointer[i], expected: sumFactor * Self.level(i))
+  func expectSums(_ b: FloatBuffer, _ range: Range<Int>, _ check: String, wire: GradientWire = .fp32) throws {
+    let sum = wire == .bf16 ? Float((0..<communicator.size).reduce(0) { $0 + $1 % 8 + 1 }) : sumFactor
+    for i in range where b.pointer[i] != sum * Self.level(i) {
+      throw Failure(check: check, index: i, found: b.pointer[i], expected: sum * Self.level(i))
     }
   }
 
@@ -116,24 +122,33 @@ public struct CommunicationCheck {
   /// The sharded step's path: a started reduce-scatter per bucket; each bucket, in order,
   /// completed (polled with `isComplete`, then waited for) and this rank's part checked and
   /// overwritten with a value only this rank knows; an all-gather started per bucket; then
-  /// every rank must see every rank's values.
-  mutating func shardedStep(_ shards: ShardLayout, cap: Int) throws {
+  /// every rank must see every rank's values. With the bf16 wire (the compact wire's
+  /// gradients) the parts are gathered as 32-bit words, as the compact wire sends variables.
+  mutating func shardedStep(_ shards: ShardLayout, cap: Int, wire: GradientWire = .fp32) throws {
     let total = shards.buckets.map(\.range.upperBound).max() ?? 0
-    let b = pattern(total)
+    let b = pattern(total, wire: wire)
     var requests: [Int] = []
     for (bucket, counts) in zip(shards.buckets, shards.counts) {
-      requests.append(try communicator.startReduceScatterSum(b.pointer + bucket.range.lowerBound, counts: counts))
+      requests.append(
+        try communicator.startReduceScatterSum(b.pointer + bucket.range.lowerBound, counts: counts, wire: wire))
       try communicator.progressOutstanding()
     }
-    let name = "sharded reduce-scatter and all-gather (\(shards.buckets.count) buckets, cap \(cap) bytes)"
+    let name =
+      "sharded reduce-scatter and all-gather (\(shards.buckets.count) buckets, cap \(cap) bytes\(wire == .bf16 ? ", bf16 gradients, words gathered" : ""))"
     for (k, request) in requests.enumerated() {
       var polls = 0
       while try !communicator.isComplete(request) && polls < 100 { polls += 1 }
       try communicator.wait(request)
-      try expectSums(b, shards.mine[k], name + ", this rank's part")
+      try expectSums(b, shards.mine[k], name + ", this rank's part", wire: wire)
       for i in shards.mine[k] { b.pointer[i] = -Float(i) }
-      try communicator.startAllgather(
-        b.pointer + shards.buckets[k].range.lowerBound, counts: shards.counts[k])
+      let start = b.pointer + shards.buckets[k].range.lowerBound
+      if wire == .bf16 {
+        try start.withMemoryRebound(to: UInt32.self, capacity: shards.buckets[k].range.count) {
+          _ = try communicator.startAllgather(words: $0, counts: shards.counts[k])
+        }
+      } else {
+        try communicator.startAllgather(start, counts: shards.counts[k])
+      }
     }
     try communicator.waitOutstanding()
     for i in 0..<total where b.pointer[i] != -Float(i) {

@@ -46,7 +46,10 @@ public struct EpochSampler: Sendable {
   }
 
   /// The range of permutation positions that this rank takes from global batch `step`.
-  public func shard(step: Int) -> Range<Int> {
+  public func shard(step: Int) -> Range<Int> { shard(step: step, rank: rank) }
+
+  /// The range of permutation positions that `rank` takes from global batch `step`.
+  public func shard(step: Int, rank: Int) -> Range<Int> {
     let start = step * globalBatch
     let n = globalBatchSize(step: step)
     let base = n / worldSize

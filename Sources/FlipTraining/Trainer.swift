@@ -38,57 +38,14 @@ public struct TrainingOptions: Sendable {
   public var measureImbalance = false
   /// How each exact binary layer's forward kernel is chosen (`auto`: the faster on this CPU).
   public var binaryForward = BinaryForwardPolicy.auto
+  /// The sharded step's wire format (`auto`: fp32 on one host, compact across hosts).
+  public var wire = WirePolicy.auto
   public init(epochs: Int, batchSize: Int, seed: UInt64, logEverySteps: Int = 50, checkEverySteps: Int = 100) {
     self.epochs = epochs
     self.batchSize = batchSize
     self.seed = seed
     self.logEverySteps = logEverySteps
     self.checkEverySteps = checkEverySteps
-  }
-}
-
-/// A fault a test makes a rank inject into itself at the start of a (global, 1-based) step.
-public struct InjectedFault: Sendable, Equatable {
-  public enum Action: Sendable, Equatable {
-    /// Throw an error (the job must end non-zero at once).
-    case fail
-    /// SIGKILL itself (nothing can be cleaned up; the last checkpoint must be valid).
-    case kill
-    /// Raise this signal (a stop request).
-    case signal(Int32)
-    /// Change one weight on this rank only (the replica checksum must catch it).
-    case perturb
-    /// Run the int8 convolutions unscaled, as before they were made exact on every ISA: on
-    /// an ISA without VNNI their results are wrong (the start-up kernel check must catch it).
-    /// Applied before training starts, whatever the step.
-    case unscaledInt8
-  }
-  public var action: Action
-  public var rank: Int
-  public var step: Int
-  public init(action: Action, rank: Int, step: Int) {
-    self.action = action
-    self.rank = rank
-    self.step = step
-  }
-
-  /// Parses `action:rank:step` (action: fail, kill, usr1, term, int, perturb, unscaled-int8),
-  /// e.g. `kill:0:5`.
-  public init?(_ text: String) {
-    let parts = text.split(separator: ":").map(String.init)
-    guard parts.count == 3, let rank = Int(parts[1]), let step = Int(parts[2]), rank >= 0, step >= 1 else { return nil }
-    switch parts[0].lowercased() {
-    case "fail": action = .fail
-    case "kill": action = .kill
-    case "usr1": action = .signal(SIGUSR1)
-    case "term": action = .signal(SIGTERM)
-    case "int": action = .signal(SIGINT)
-    case "perturb": action = .perturb
-    case "unscaled-int8": action = .unscaledInt8
-    default: return nil
-    }
-    self.rank = rank
-    self.step = step
   }
 }
 
@@ -165,7 +122,16 @@ public final class Trainer {
   /// Checkpoints: when to write them (nil: never).
   public var checkpointPolicy: CheckpointPolicy?
   /// Time split of the steps since the last reset (see `StepTiming`).
-  public var timing = StepTiming()
+  public var timing: StepTiming {
+    get { timer.timing }
+    set { timer.timing = newValue }
+  }
+  private let timer = StepTimer()
+  /// How the ranks combine gradients and reach the same weights each step.
+  public let exchange: GradientExchange
+  /// Called with the global step number (1-based) before each step: tests inject faults here
+  /// (`FaultInjection`).
+  public var beforeStep: ((Int) throws -> Void)?
   /// The forward kernel of each quantized layer, chosen for this rank's batch on this CPU.
   public private(set) var binaryForwardChoices: [BinaryForwardChoice] = []
   /// The checkpoints this trainer wrote, oldest first.
@@ -178,14 +144,6 @@ public final class Trainer {
   private let images: FloatBuffer
   private let labels: UnsafeMutablePointer<Int32>
   private let localCapacity: Int
-  /// Contiguous ranges of the gradient buffer, in the order backward completes them.
-  public let buckets: [GradientBucket]
-  /// The sharded step's split of the flat variables: each bucket cut into one part per rank.
-  public let shards: ShardLayout
-  /// The sharded step in flight: each started bucket's reduce-scatter request, and how many
-  /// buckets (in order) have been updated and their all-gathers started.
-  private var reductions: [Int] = []
-  private var updatedBuckets = 0
 
   public init(
     model: Sequential, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
@@ -229,18 +187,10 @@ public final class Trainer {
     loss = SparseCategoricalCrossentropy(classes: data.train.classes)
     images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
     labels = .allocate(capacity: perMicroStep)
-    buckets = GradientBucket.plan(views: model.store.views, capBytes: options.bucketBytes)
-    // Sharded, the buckets are reduce-scattered as backward completes them; without buckets,
-    // the whole buffer is one part per rank, reduced after backward.
-    shards = ShardLayout(
-      buckets: options.bucketBytes > 0 ? buckets : GradientBucket.plan(views: model.store.views, capBytes: .max),
-      ranks: communicator.size, rank: communicator.rank)
     try optimizer.prepare(store: model.store)
-    if options.syncBatchNorm && communicator.size > 1 {
-      for case let bn as BatchNormalization in model.layers {
-        bn.crossReplicaSum = { [unowned communicator] p, n in try communicator.allreduceSum(p, count: n) }
-      }
-    }
+    exchange = try makeGradientExchange(
+      model: model, optimizer: optimizer, communicator: communicator, options: options)
+    if !options.injectedFaults.isEmpty { injectFaults(options.injectedFaults) }
     let flipLayers = model.flipCountingLayers.count
     position.flipSums = Array(repeating: 0, count: flipLayers)
     position.flipCounts = Array(repeating: 0, count: flipLayers)
@@ -267,102 +217,60 @@ public final class Trainer {
       }
     }
     try checkReplicas()
+    // The model as a whole on every rank (a sharded step keeps each rank's own slices only).
+    try exchange.gatherState()
     return results
   }
 
   /// One optimizer step on global batch `stepInEpoch` of `order`; returns this rank's summed
   /// loss, correct count and sample count.
   public func step(order: [Int], stepInEpoch: Int) throws -> (loss: Double, correct: Double, count: Double) {
-    for f in options.injectedFaults where f.rank == communicator.rank && f.step == clock.step + 1 {
-      switch f.action {
-      case .fail: throw TrainingError.invalidArgument("injected failure at step \(f.step) (FLIP_TEST_FAULT)")
-      case .kill:
-        // The checkpoints submitted so far reach the disk first, so tests know which one a
-        // resume starts from; then nothing is cleaned up.
-        _ = checkpointWriter?.wait()
-        kill(getpid(), SIGKILL)
-      case .signal(let s): raise(s)
-      case .perturb: model.store.values.pointer[0] = model.store.values.pointer[0].nextUp
-      case .unscaledInt8: break
-      }
-    }
+    try beforeStep?(clock.step + 1)
     let shard = sampler.shard(step: stepInEpoch)
-    let n = shard.count
-    let store = model.store
-    store.zeroGradients()
-    var r: (lossSum: Double, correct: Int) = (0, 0)
-    // Micro-steps: the shard cut into `accumulate` nearly equal contiguous parts.
-    let k = options.accumulate
-    let sharded = options.shardOptimizer && communicator.size > 1
-    let overlap = communicator.size > 1 && options.bucketBytes > 0
-    var started = 0
-    reductions.removeAll(keepingCapacity: true)
-    updatedBuckets = 0
+    model.store.zeroGradients()
+    timer.restart()
     let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
-    var mark = DispatchTime.now().uptimeNanoseconds
-    func lap(_ phase: WritableKeyPath<StepTiming, UInt64>) {
-      let now = DispatchTime.now().uptimeNanoseconds
-      timing[keyPath: phase] += now - mark
-      mark = now
-    }
+    try exchange.beginStep(gradientScale: scale, clock: clock, timer: timer)
+    var sums: (loss: Double, correct: Int) = (0, 0)
+    let k = options.accumulate
     for micro in 0..<k {
-      let lo = shard.lowerBound + micro * n / k
-      let hi = shard.lowerBound + (micro + 1) * n / k
-      // An empty shard sits out, except under sync BatchNorm, whose collectives need every rank.
-      if hi == lo && !(options.syncBatchNorm && communicator.size > 1) { continue }
-      data.train.fill(order[lo..<hi], images: images.pointer, labels: labels)
-      lap(\.data)
-      // Dropout masks depend on (seed, step, micro-step, rank) only: resumed runs repeat them.
-      model.reseedStochasticLayers(
-        stream: (UInt64(clock.step) &* UInt64(k) &+ UInt64(micro)) &* UInt64(communicator.size)
-          &+ UInt64(communicator.rank))
-      // On the last micro-step, each bucket's all-reduce (or reduce-scatter) starts as soon
-      // as backward has finished its layers, and overlaps the backward of the layers below.
-      // Sharded, each bucket whose reduction is complete is updated and its all-gather
-      // started, also during backward.
-      let last = micro == k - 1 && overlap
+      let part = microPart(shard, micro, of: k)
+      if part.isEmpty && !needsEmptyMicroStep(stepInEpoch, micro) { continue }
+      data.train.fill(order[part], images: images.pointer, labels: labels)
+      timer.lap(\.data)
+      model.reseedStochasticLayers(stream: dropoutStream(micro: micro))
+      // On the last micro-step the exchange sees each layer as soon as backward finishes it.
+      let hook = micro == k - 1 && exchange.overlapsBackward ? exchange.layerFinished : nil
       let m = try model.accumulateGradients(
-        images.pointer, labels: labels, batch: hi - lo, loss: loss,
-        afterLayer: last
-          ? { layer in
-            try self.startReadyBuckets(after: layer, started: &started, sharded: sharded)
-            if sharded {
-              lap(\.compute)
-              try self.updateReducedBuckets(gradientScale: scale, wait: false, lap: lap)
-            }
-          } : nil)
-      r.lossSum += m.lossSum
-      r.correct += m.correct
-      lap(\.compute)
+        images.pointer, labels: labels, batch: part.count, loss: loss, afterLayer: hook)
+      sums = (sums.loss + m.lossSum, sums.correct + m.correct)
+      timer.lap(\.compute)
     }
-    if options.measureImbalance && communicator.size > 1 {
+    if options.measureImbalance {
       try communicator.barrier()
-      lap(\.imbalance)
+      timer.lap(\.imbalance)
     }
-    if sharded {
-      // ZeRO-1: each rank reduces, updates and then shares its part of every bucket of the
-      // flat variables (mean over the global batch, update and weight_clip in one pass), the
-      // buckets that backward has not already seen through.
-      try startReadyBuckets(after: 0, started: &started, sharded: true)
-      lap(\.communication)
-      try updateReducedBuckets(gradientScale: scale, wait: true, lap: lap)
-      try communicator.waitOutstanding()
-      lap(\.communication)
-      optimizer.iterations += 1
-    } else {
-      if overlap {
-        try startReadyBuckets(after: 0, started: &started, sharded: false)
-        try communicator.waitOutstanding()
-      } else {
-        try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
-      }
-      lap(\.communication)
-      // Mean over the global batch, optimizer update and weight_clip in one pass.
-      optimizer.apply(store: store, clock: clock, gradientScale: scale)
-      lap(\.optimizer)
-    }
+    try exchange.finishStep()
     clock.step += 1
-    return (r.lossSum, Double(r.correct), Double(n))
+    return (sums.loss, Double(sums.correct), Double(shard.count))
+  }
+
+  /// Micro-step `micro` of `k`: the shard's `micro`-th of `k` nearly equal contiguous parts.
+  func microPart(_ shard: Range<Int>, _ micro: Int, of k: Int) -> Range<Int> {
+    (shard.lowerBound + micro * shard.count / k)..<(shard.lowerBound + (micro + 1) * shard.count / k)
+  }
+
+  /// Whether a rank with no samples in a micro-step must still run it: under sync BatchNorm,
+  /// whose collectives need every rank, when any rank has samples in it.
+  func needsEmptyMicroStep(_ step: Int, _ micro: Int) -> Bool {
+    options.syncBatchNorm
+      && (0..<sampler.worldSize).contains { !microPart(sampler.shard(step: step, rank: $0), micro, of: options.accumulate).isEmpty }
+  }
+
+  /// Dropout masks depend on (seed, step, micro-step, rank) only: resumed runs repeat them.
+  func dropoutStream(micro: Int) -> UInt64 {
+    (UInt64(clock.step) &* UInt64(options.accumulate) &+ UInt64(micro)) &* UInt64(communicator.size)
+      &+ UInt64(communicator.rank)
   }
 
   /// Trains the rest of `epoch` (from `position.stepInEpoch`), evaluates, and writes the
@@ -471,69 +379,18 @@ public final class Trainer {
   /// holds the same model (identity on one process).
   public func synchronizeBatchNormStatistics() throws {
     let state = model.store.state
-    guard communicator.size > 1, state.count > 0 else { return }
+    guard state.count > 0 else { return }
     try communicator.allreduceSum(state.pointer, count: state.count)
     scale(state, by: 1 / Float(communicator.size))
   }
 
-  /// Starts the all-reduce (or, `sharded`, the reduce-scatter) of every bucket whose layers
-  /// are all at or above `layer` (their gradients are final), then lets the started ones progress.
-  func startReadyBuckets(after layer: Int, started: inout Int, sharded: Bool) throws {
-    let g = model.store.gradients.pointer
-    let list = sharded ? shards.buckets : buckets
-    while started < list.count && list[started].firstLayer >= layer {
-      let b = list[started]
-      if sharded {
-        reductions.append(
-          try communicator.startReduceScatterSum(g + b.range.lowerBound, counts: shards.counts[started]))
-      } else {
-        try communicator.startAllreduceSum(g + b.range.lowerBound, count: b.range.count)
-      }
-      started += 1
-    }
-    try communicator.progressOutstanding()
-  }
-
-  /// The sharded step, bucket by bucket in order: once a bucket's reduce-scatter is complete
-  /// (`wait`: after waiting for it), this rank updates its part of the bucket's variables and
-  /// starts the all-gather that brings every rank's updated part to every rank. The
-  /// optimizer's step is counted once all buckets are done. The bucket's layers are behind
-  /// backward already, so neither the update nor the gather touches what backward still reads.
-  /// `lap` splits the time: waiting as communication, updating as optimizer.
-  func updateReducedBuckets(
-    gradientScale: Float, wait: Bool, lap: (WritableKeyPath<StepTiming, UInt64>) -> Void
-  ) throws {
-    while updatedBuckets < reductions.count {
-      let b = updatedBuckets
-      if wait {
-        try communicator.wait(reductions[b])
-        lap(\.communication)
-      } else if try !communicator.isComplete(reductions[b]) {
-        return
-      }
-      optimizer.update(store: model.store, clock: clock, gradientScale: gradientScale, slices: [shards.mine[b]])
-      try communicator.startAllgather(
-        model.store.values.pointer + shards.buckets[b].range.lowerBound, counts: shards.counts[b])
-      updatedBuckets += 1
-      lap(\.optimizer)
-    }
-  }
-
-  /// A 64-bit hash of everything that must be identical on every rank: the trainable
-  /// variables and (unless the optimizer step is sharded) the optimizer state (BatchNorm moving statistics are left out: with local
-  /// BatchNorm they differ per rank until averaged).
-  public func replicaChecksum() -> UInt64 {
-    var h = fnv1a64(model.store.values)
-    // Sharded, each rank's optimizer state is valid in its own slice only.
-    if !(options.shardOptimizer && communicator.size > 1) {
-      for s in optimizer.stateBuffers { h = fnv1a64(s.buffer, seed: h) }
-    }
-    return h ^ UInt64(optimizer.iterations)
-  }
+  /// A 64-bit hash of everything that must be identical on every rank (the exchange knows
+  /// what that is: with a sharded step, not the optimizer state). BatchNorm moving statistics
+  /// are left out: with local BatchNorm they differ per rank until averaged.
+  public func replicaChecksum() -> UInt64 { exchange.replicaChecksum() }
 
   /// Compares `replicaChecksum()` across ranks; a mismatch stops the job naming the ranks.
   public func checkReplicas() throws {
-    guard communicator.size > 1 else { return }
     let all = try communicator.allgather(replicaChecksum())
     guard Set(all).count == 1 else {
       let differing = all.indices.filter { all[$0] != all[0] }
@@ -544,81 +401,6 @@ public final class Trainer {
   private func seconds(since start: DispatchTime) -> Double {
     Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
   }
-}
-
-/// The sharded (ZeRO-1) step's split of the flat buffers: every bucket's range cut into one
-/// nearly equal contiguous part per rank, rank r owning part r of each. Reduce-scatters and
-/// all-gathers then work bucket by bucket, so the reductions can start during backward.
-public struct ShardLayout: Sendable, Equatable {
-  public let buckets: [GradientBucket]
-  /// Per bucket, the elements of each rank's part.
-  public let counts: [[Int]]
-  /// This rank's parts, as ranges of the flat buffer.
-  public let mine: [Range<Int>]
-
-  public init(buckets: [GradientBucket], ranks: Int, rank: Int) {
-    self.buckets = buckets
-    var counts: [[Int]] = []
-    var mine: [Range<Int>] = []
-    for b in buckets {
-      let n = b.range.count
-      let c = (0..<ranks).map { r in n / ranks + (r < n % ranks ? 1 : 0) }
-      let start = b.range.lowerBound + c[..<rank].reduce(0, +)
-      counts.append(c)
-      mine.append(start..<(start + c[rank]))
-    }
-    self.counts = counts
-    self.mine = mine
-  }
-
-  /// Copies every rank's parts of `buffer` to every rank (bucket by bucket, in place).
-  public func allgather(_ buffer: FloatBuffer, communicator: Communicator) throws {
-    for (b, c) in zip(buckets, counts) {
-      try communicator.allgather(buffer.pointer + b.range.lowerBound, counts: c)
-    }
-  }
-}
-
-/// A contiguous range of the gradient buffer that is all-reduced as one message.
-public struct GradientBucket: Equatable, Sendable {
-  /// Elements of the gradient buffer.
-  public var range: Range<Int>
-  /// The lowest layer whose gradients it holds: it is ready once backward has passed it.
-  public var firstLayer: Int
-
-  /// Groups the views from the last layer down (the order backward finishes them) into
-  /// buckets of at least `capBytes` where possible; a view is never split.
-  static func plan(views: [ParameterView], capBytes: Int) -> [GradientBucket] {
-    var buckets: [GradientBucket] = []
-    var current: GradientBucket?
-    for v in views.reversed() {
-      let r = v.offset..<(v.offset + v.count)
-      if var c = current {
-        c.range = r.lowerBound..<c.range.upperBound
-        c.firstLayer = min(c.firstLayer, v.layerIndex)
-        current = c
-      } else {
-        current = GradientBucket(range: r, firstLayer: v.layerIndex)
-      }
-      if let c = current, c.range.count * MemoryLayout<Float>.stride >= max(capBytes, 1) {
-        buckets.append(c)
-        current = nil
-      }
-    }
-    if let c = current { buckets.append(c) }
-    return buckets
-  }
-}
-
-/// FNV-1a over the 64-bit words of `buffer` (a fast, order-sensitive fingerprint).
-func fnv1a64(_ buffer: FloatBuffer, seed: UInt64 = 0xCBF2_9CE4_8422_2325) -> UInt64 {
-  var h = seed
-  let words = buffer.count / 2
-  UnsafeRawPointer(buffer.pointer).withMemoryRebound(to: UInt64.self, capacity: words) { w in
-    for i in 0..<words { h = (h ^ w[i]) &* 0x0000_0100_0000_01B3 }
-  }
-  if buffer.count % 2 == 1 { h = (h ^ UInt64(buffer.pointer[buffer.count - 1].bitPattern)) &* 0x0000_0100_0000_01B3 }
-  return h
 }
 
 /// Multiplies every element of `buffer` by `factor`.

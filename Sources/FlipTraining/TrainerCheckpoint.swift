@@ -20,9 +20,7 @@ extension Trainer {
   public func saveCheckpoint(_ policy: CheckpointPolicy, wait: Bool = false) throws {
     let start = DispatchTime.now()
     try synchronizeBatchNormStatistics()
-    if options.shardOptimizer && communicator.size > 1 {
-      for s in optimizer.stateBuffers { try shards.allgather(s.buffer, communicator: communicator) }
-    }
+    try exchange.gatherState()
     let path = policy.directory + "/" + CheckpointFiles.name(step: clock.step)
     var failure: CheckpointWriter.Failure?
     var bytes = 0

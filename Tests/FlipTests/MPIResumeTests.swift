@@ -5,28 +5,36 @@ import Testing
 
 /// Checkpoints, resuming and stop signals under `mpirun` (part of the serialized MPI suite).
 extension MPITests {
-  func resumeArguments(_ dir: String, out: String) -> [String] {
+  func resumeArguments(_ dir: String, out: String, wire: String = "auto") -> [String] {
     [
       "train", "--config", dir + "/m.yaml", "--data", dir, "--epochs", "3", "--batch-size", "32", "--threads", "1",
-      "--checkpoint-every", "3", "--out", out, "--quiet",
+      "--checkpoint-every", "3", "--out", out, "--quiet", "--wire", wire,
     ]
   }
 
-  @Test func twoRanksKilledAndResumedAreBitIdentical() throws {
+  /// Also on the compact wire, where each rank holds the latent weights of its own slices
+  /// only: checkpoints gather them, and a resumed run continues bit for bit.
+  @Test(arguments: ["fp32", "compact"])
+  func twoRanksKilledAndResumedAreBitIdentical(wire: String) throws {
     let dir = try ResumeTests.setUp()
-    let whole = try launch(2, resumeArguments(dir, out: dir + "/whole"))
+    let whole = try launch(2, resumeArguments(dir, out: dir + "/whole", wire: wire))
     #expect(whole.status == 0, "\(whole.stderr)")
     // Rank 1 is SIGKILLed mid-epoch: the job ends non-zero within seconds.
     let start = Date()
-    let killed = try launch(2, resumeArguments(dir, out: dir + "/run"), environment: ["FLIP_TEST_FAULT": "kill:1:11"])
+    let killed = try launch(
+      2, resumeArguments(dir, out: dir + "/run", wire: wire), environment: ["FLIP_TEST_FAULT": "kill:1:11"])
     #expect(killed.status != 0)
     #expect(Date().timeIntervalSince(start) < 30)
     _ = try ModelFile.read(path: dir + "/run/ckpt-000009.safetensors")
-    let resumed = try launch(2, ["train", "--resume", dir + "/run", "--threads", "1", "--quiet"])
+    let resumed = try launch(2, ["train", "--resume", dir + "/run", "--threads", "1", "--quiet", "--wire", wire])
     #expect(resumed.status == 0, "\(resumed.stderr)")
     #expect(resumed.stderr.contains("resuming from \(dir)/run/ckpt-000009.safetensors"), "\(resumed.stderr)")
     try ResumeTests.expectBitIdentical(dir + "/whole/ckpt-000024.safetensors", dir + "/run/ckpt-000024.safetensors")
     try ResumeTests.expectBitIdentical(dir + "/whole/model.safetensors", dir + "/run/model.safetensors")
+    if wire == "compact" {
+      let rows = try readMetrics(dir + "/whole/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+      #expect((rows.last?["test_accuracy"] as? Double ?? 0) >= 0.9, "\(rows.last ?? [:])")
+    }
   }
 
   @Test func resumesOnADifferentNumberOfRanks() throws {

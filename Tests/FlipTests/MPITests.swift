@@ -94,10 +94,10 @@ struct MPITests {
   @Test func mpiCheckPassesOnTwoAndThreeRanks() throws {
     let two = try launch(2, ["mpi-check"])
     #expect(two.status == 0, "\(two.stderr)")
-    #expect(two.stdout.contains("mpi-check: 2 ranks, 19 checks passed"), "\(two.stdout)")
+    #expect(two.stdout.contains("mpi-check: 2 ranks, 22 checks passed"), "\(two.stdout)")
     let three = try launch(3, ["mpi-check"], tcp: true)
     #expect(three.status == 0, "\(three.stderr)")
-    #expect(three.stdout.contains("mpi-check: 3 ranks, 19 checks passed"), "\(three.stdout)")
+    #expect(three.stdout.contains("mpi-check: 3 ranks, 22 checks passed"), "\(three.stdout)")
   }
 
   /// 3 ranks (oversubscribed, over TCP) with an uneven last batch: 250 samples in batches of

@@ -23,3 +23,37 @@ public protocol ExactBinaryForward: Layer {
   /// The implementations of the input-gradient and kernel-gradient passes for `batch`.
   func backwardImplementations(batch: Int) throws -> (data: String, weights: String)
 }
+
+/// The magnitude `c` at which a kernel made of its weights' signs, `±c`, trains exactly as its
+/// latent weights do on a rank that does not update them: under `weight_clip(c)` and an
+/// `ste_sign` whose clip is at least `c`, the forward needs only `sign(w)` and the
+/// straight-through mask `1[|w| ≤ clip]` is 1 for every `|w| ≤ c`. nil for any other quantizer
+/// or constraint. The sharded step's compact wire sends such kernels as sign bits.
+func kernelSignMagnitude(quantizer: Quantizer?, constraint: KernelConstraint?) -> Float? {
+  guard let sign = quantizer as? SteSign, case .weightClip(let c)? = constraint, c > 0 else { return nil }
+  return c <= (sign.clipValue ?? .infinity) ? c : nil
+}
+
+extension QuantDense {
+  /// See `kernelSignMagnitude(quantizer:constraint:)`.
+  public var kernelSignMagnitude: Float? { FlipBNN.kernelSignMagnitude(quantizer: kernelQuantizer, constraint: constraint) }
+}
+
+extension QuantConv2D {
+  /// See `kernelSignMagnitude(quantizer:constraint:)`.
+  public var kernelSignMagnitude: Float? { FlipBNN.kernelSignMagnitude(quantizer: kernelQuantizer, constraint: constraint) }
+}
+
+extension Sequential {
+  /// Each kernel that may travel as signs: its view's index in `store.views`, and the
+  /// magnitude its signs stand for (see `kernelSignMagnitude`).
+  public var signKernels: [(view: Int, magnitude: Float)] {
+    layers.enumerated().compactMap { (i, layer) in
+      let magnitude = (layer as? QuantDense)?.kernelSignMagnitude ?? (layer as? QuantConv2D)?.kernelSignMagnitude
+      guard let magnitude,
+        let view = store.views.firstIndex(where: { $0.layerIndex == i && $0.role == .kernel })
+      else { return nil }
+      return (view, magnitude)
+    }
+  }
+}

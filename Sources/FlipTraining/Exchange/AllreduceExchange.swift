@@ -1,0 +1,86 @@
+import Dispatch
+import FlipBNN
+import FlipComm
+import FlipTensor
+
+/// Every rank all-reduces the gradients and applies the whole update (`--no-shard-optimizer`).
+///
+/// With buckets (`bucketBytes` > 0) each bucket's `MPI_Iallreduce` starts as soon as backward
+/// has finished its layers and overlaps the backward of the layers below, with progress calls
+/// between layers; with `bucketBytes` 0, one all-reduce after backward.
+final class AllreduceExchange: GradientExchange {
+  let store: ParameterStore
+  let optimizer: Optimizer
+  let communicator: Communicator
+  /// Contiguous ranges of the gradient buffer, in the order backward completes them.
+  let buckets: [GradientBucket]
+  let bucketed: Bool
+  private var started = 0
+  private var scale: Float = 1
+  private var clock = TrainingClock()
+  private var timer = StepTimer()
+
+  init(store: ParameterStore, optimizer: Optimizer, communicator: Communicator, bucketBytes: Int) {
+    self.store = store
+    self.optimizer = optimizer
+    self.communicator = communicator
+    bucketed = bucketBytes > 0
+    buckets = GradientBucket.plan(views: store.views, capBytes: bucketed ? bucketBytes : .max)
+  }
+
+  var description: String {
+    bucketed ? "bucketed all-reduce (\(buckets.count) buckets)" : "one all-reduce after backward"
+  }
+  var overlapsBackward: Bool { bucketed }
+  var bytesSentPerStep: Int {
+    // A ring all-reduce sends 2 (N − 1)/N of the buffer.
+    2 * (communicator.size - 1) * store.gradients.count * 4 / communicator.size
+  }
+
+  func beginStep(gradientScale: Float, clock: TrainingClock, timer: StepTimer) throws {
+    (scale, self.clock, self.timer) = (gradientScale, clock, timer)
+    started = 0
+  }
+
+  /// Starts the all-reduce of every bucket whose layers are all at or above `index`.
+  func layerFinished(_ index: Int) throws {
+    let g = store.gradients.pointer
+    while started < buckets.count && buckets[started].firstLayer >= index {
+      try communicator.startAllreduceSum(g + buckets[started].range.lowerBound, count: buckets[started].range.count)
+      started += 1
+    }
+    try communicator.progressOutstanding()
+  }
+
+  func finishStep() throws {
+    if bucketed {
+      try layerFinished(0)
+      try communicator.waitOutstanding()
+    } else {
+      try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
+    }
+    timer.lap(\.communication)
+    // Mean over the global batch, optimizer update and weight_clip in one pass.
+    optimizer.apply(store: store, clock: clock, gradientScale: scale)
+    timer.lap(\.optimizer)
+  }
+
+  func gatherState() throws {}
+
+  func replicaChecksum() -> UInt64 { fullChecksum(store: store, optimizer: optimizer) }
+
+  func communicationAlone(repeats: Int) throws -> Double {
+    let g = store.gradients
+    try communicator.barrier()
+    let start = DispatchTime.now().uptimeNanoseconds
+    for _ in 0..<repeats {
+      if bucketed {
+        for b in buckets { try communicator.startAllreduceSum(g.pointer + b.range.lowerBound, count: b.range.count) }
+        try communicator.waitOutstanding()
+      } else {
+        try communicator.allreduceSum(g.pointer, count: g.count)
+      }
+    }
+    return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6 / Double(repeats)
+  }
+}

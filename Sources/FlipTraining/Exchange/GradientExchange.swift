@@ -1,0 +1,113 @@
+import Dispatch
+import FlipBNN
+import FlipComm
+import FlipTensor
+
+/// How the ranks turn their gradients into one optimizer step that leaves every rank with the
+/// same forward weights: Horovod's `DistributedOptimizer` for Flip. The trainer's step is
+/// data → forward/backward → exchange; how many ranks there are, how gradients are bucketed
+/// and sharded, and how bytes travel is the exchange's business alone, and an optimizer never
+/// learns the rank count.
+///
+/// Strategies (`makeGradientExchange`): one process (`LocalExchange`), bucketed all-reduce
+/// (`AllreduceExchange`), and the sharded ZeRO-1 step (`ShardedExchange`) on the fp32 or the
+/// compact wire.
+public protocol GradientExchange: AnyObject {
+  /// What it is, for logs: `one process`, `bucketed all-reduce`, `sharded, compact wire`, ...
+  var description: String { get }
+  /// Whether `layerFinished` does anything (the trainer then passes backward's layer hook).
+  var overlapsBackward: Bool { get }
+  /// Before the step's backward passes: the factor that turns summed gradients into means
+  /// (1 / the step's global sample count), the step's clock, and the step's timer.
+  func beginStep(gradientScale: Float, clock: TrainingClock, timer: StepTimer) throws
+  /// Backward of the step's last micro-step has finished layer `index`: the gradients of that
+  /// layer and every layer above it are final.
+  func layerFinished(_ index: Int) throws
+  /// After backward: the rest of the exchange, the update and its constraints, and the
+  /// optimizer's step count. Afterwards every rank holds the same forward weights.
+  func finishStep() throws
+  /// Makes every rank hold all of the latent variables and the optimizer state (before a
+  /// checkpoint or a model file; a sharded step keeps each rank's own slices only).
+  func gatherState() throws
+  /// A fingerprint of what every rank must hold alike (`Trainer.checkReplicas` compares it).
+  func replicaChecksum() -> UInt64
+  /// Payload bytes this rank sends per step.
+  var bytesSentPerStep: Int { get }
+  /// Milliseconds per step of the step's communication run alone, back to back.
+  func communicationAlone(repeats: Int) throws -> Double
+}
+
+/// How the sharded step's bytes travel.
+public enum WireFormat: String, Sendable, CaseIterable {
+  /// Gradients and variables as fp32.
+  case fp32
+  /// Gradients as bfloat16 (summed in fp32 by their owner); binary kernels as their signs,
+  /// 32 weights per word (`Sequential.signKernels`); other variables as fp32.
+  case compact
+}
+
+/// `--wire`: a format, or `auto` (fp32 when every rank runs on one host, where bytes are memory
+/// copies; compact across hosts, where the network is the bottleneck).
+public enum WirePolicy: String, Sendable, CaseIterable {
+  case auto, fp32, compact
+}
+
+/// The exchange for `options` on `communicator`: one process, or the sharded or all-reduce
+/// step; with sync BatchNorm across ranks, the BatchNorm layers' statistics are wired to the
+/// communicator too. The only place that looks at the number of ranks.
+public func makeGradientExchange(
+  model: Sequential, optimizer: Optimizer, communicator: Communicator, options: TrainingOptions
+) throws -> GradientExchange {
+  guard communicator.size > 1 else { return LocalExchange(store: model.store, optimizer: optimizer) }
+  if options.syncBatchNorm {
+    for case let bn as BatchNormalization in model.layers {
+      bn.crossReplicaSum = { [unowned communicator] p, n in try communicator.allreduceSum(p, count: n) }
+    }
+  }
+  guard options.shardOptimizer else {
+    return AllreduceExchange(
+      store: model.store, optimizer: optimizer, communicator: communicator, bucketBytes: options.bucketBytes)
+  }
+  let wire: WireFormat
+  switch options.wire {
+  case .fp32: wire = .fp32
+  case .compact: wire = .compact
+  case .auto: wire = try communicator.hostCount() > 1 ? .compact : .fp32
+  }
+  return ShardedExchange(
+    model: model, optimizer: optimizer, communicator: communicator, bucketBytes: options.bucketBytes, wire: wire)
+}
+
+/// Splits a step's wall time into `StepTiming` phases: each `lap` adds the time since the
+/// previous lap to one phase.
+public final class StepTimer {
+  public var timing = StepTiming()
+  private var mark = DispatchTime.now().uptimeNanoseconds
+
+  public init() {}
+
+  /// Starts timing from now (the previous lap's time is not counted).
+  public func restart() { mark = DispatchTime.now().uptimeNanoseconds }
+
+  public func lap(_ phase: WritableKeyPath<StepTiming, UInt64>) {
+    let now = DispatchTime.now().uptimeNanoseconds
+    timing[keyPath: phase] += now - mark
+    mark = now
+  }
+}
+
+/// FNV-1a over the 64-bit words of `count` floats (a fast, order-sensitive fingerprint).
+func fnv1a64(_ p: UnsafePointer<Float>, count: Int, seed: UInt64 = 0xCBF2_9CE4_8422_2325) -> UInt64 {
+  var h = seed
+  let words = count / 2
+  UnsafeRawPointer(p).withMemoryRebound(to: UInt64.self, capacity: words) { w in
+    for i in 0..<words { h = (h ^ w[i]) &* 0x0000_0100_0000_01B3 }
+  }
+  if count % 2 == 1 { h = (h ^ UInt64(p[count - 1].bitPattern)) &* 0x0000_0100_0000_01B3 }
+  return h
+}
+
+/// FNV-1a of a whole buffer.
+func fnv1a64(_ buffer: FloatBuffer, seed: UInt64 = 0xCBF2_9CE4_8422_2325) -> UInt64 {
+  fnv1a64(buffer.pointer, count: buffer.count, seed: seed)
+}

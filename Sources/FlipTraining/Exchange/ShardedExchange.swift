@@ -1,0 +1,214 @@
+import Dispatch
+import FlipBNN
+import FlipComm
+import FlipTensor
+
+/// The sharded optimizer step (ZeRO stage 1): each bucket's gradients are reduce-scattered,
+/// each rank updates its 1/N part of the bucket's variables and optimizer state (mean over the
+/// global batch, update and `weight_clip` in one pass), and the parts are all-gathered.
+///
+/// With buckets (`bucketBytes` > 0) a bucket's reduce-scatter starts as soon as backward has
+/// finished its layers; once it completes, during backward, the bucket is updated and its
+/// all-gather started. Without, everything is one bucket handled after backward.
+///
+/// On the `compact` wire gradients travel as bfloat16 (summed in fp32 by the owner) and the
+/// updated variables as `CompactCodec` encodes them: binary kernels as sign bits. A rank then
+/// holds the latent weights of its own parts only (the others as `±c`, which train the same),
+/// and `gatherState` brings the latent weights back for checkpoints and model files.
+final class ShardedExchange: GradientExchange {
+  let store: ParameterStore
+  let optimizer: Optimizer
+  let communicator: Communicator
+  let layout: ShardLayout
+  let overlap: Bool
+  let wire: WireFormat
+  /// Compact wire: each bucket's segments per rank, its words per rank, and a buffer for all
+  /// ranks' encoded parts.
+  private let segments: [[[CompactCodec.Segment]]]
+  private let wordCounts: [[Int]]
+  private let wordBuffers: [UnsafeMutablePointer<UInt32>]
+  private let signElements: Int
+  /// The step in flight: each started bucket's reduce-scatter request, and how many buckets
+  /// (in order) have been updated and their all-gathers started.
+  private var reductions: [Int] = []
+  private var started = 0
+  private var updated = 0
+  private var scale: Float = 1
+  private var clock = TrainingClock()
+  private var timer = StepTimer()
+
+  init(model: Sequential, optimizer: Optimizer, communicator: Communicator, bucketBytes: Int, wire: WireFormat) {
+    store = model.store
+    self.optimizer = optimizer
+    self.communicator = communicator
+    self.wire = wire
+    overlap = bucketBytes > 0
+    let layout = ShardLayout(
+      buckets: GradientBucket.plan(views: model.store.views, capBytes: bucketBytes > 0 ? bucketBytes : .max),
+      ranks: communicator.size, rank: communicator.rank)
+    self.layout = layout
+    if wire == .compact {
+      let codec = CompactCodec(views: model.store.views, signKernels: model.signKernels)
+      segments = layout.buckets.indices.map { b in
+        layout.parts(of: b).map { codec.segments(of: $0) }
+      }
+      wordCounts = segments.map { $0.map(CompactCodec.words) }
+      wordBuffers = wordCounts.map { .allocate(capacity: max($0.reduce(0, +), 1)) }
+      signElements = codec.signRanges.reduce(0) { $0 + $1.range.count }
+    } else {
+      (segments, wordCounts, wordBuffers, signElements) = ([], [], [], 0)
+    }
+  }
+
+  deinit { for w in wordBuffers { w.deallocate() } }
+
+  var description: String {
+    let buckets = "\(layout.buckets.count) bucket\(layout.buckets.count == 1 ? "" : "s")"
+    switch wire {
+    case .fp32: return "sharded (ZeRO-1), fp32 wire, \(buckets)"
+    case .compact:
+      return
+        "sharded (ZeRO-1), compact wire (bf16 gradients; \(signElements) of \(store.values.count) variables as sign bits), \(buckets)"
+    }
+  }
+
+  var overlapsBackward: Bool { overlap }
+
+  var bytesSentPerStep: Int {
+    let me = communicator.rank
+    let ranks = communicator.size
+    var bytes = 0
+    for (b, counts) in layout.counts.enumerated() {
+      // The reduce-scatter sends every other rank its block; the all-gather this rank's part.
+      let others = counts.enumerated().filter { $0.offset != me }.reduce(0) { $0 + $1.element }
+      bytes += others * (wire == .compact ? 2 : 4)
+      bytes += (ranks - 1) * 4 * (wire == .compact ? wordCounts[b][me] : counts[me])
+    }
+    return bytes
+  }
+
+  func beginStep(gradientScale: Float, clock: TrainingClock, timer: StepTimer) throws {
+    (scale, self.clock, self.timer) = (gradientScale, clock, timer)
+    reductions.removeAll(keepingCapacity: true)
+    started = 0
+    updated = 0
+  }
+
+  func layerFinished(_ index: Int) throws {
+    try startReductions(after: index)
+    timer.lap(\.compute)
+    try updateReducedBuckets(wait: false)
+  }
+
+  func finishStep() throws {
+    try startReductions(after: 0)
+    timer.lap(\.communication)
+    try updateReducedBuckets(wait: true)
+    try communicator.waitOutstanding()
+    if wire == .compact { decodeOtherParts() }
+    timer.lap(\.communication)
+    optimizer.iterations += 1
+  }
+
+  /// Starts the reduce-scatter of every bucket whose layers are all at or above `layer`.
+  private func startReductions(after layer: Int) throws {
+    let g = store.gradients.pointer
+    let gradientWire: GradientWire = wire == .compact ? .bf16 : .fp32
+    while started < layout.buckets.count && layout.buckets[started].firstLayer >= layer {
+      let b = layout.buckets[started]
+      reductions.append(
+        try communicator.startReduceScatterSum(
+          g + b.range.lowerBound, counts: layout.counts[started], wire: gradientWire))
+      started += 1
+    }
+    try communicator.progressOutstanding()
+  }
+
+  /// Bucket by bucket in order: once its reduce-scatter is complete (`wait`: after waiting for
+  /// it), this rank updates its part and starts the all-gather of the parts. The bucket's
+  /// layers are behind backward already, so neither touches what backward still reads.
+  private func updateReducedBuckets(wait: Bool) throws {
+    while updated < reductions.count {
+      let b = updated
+      if wait {
+        try communicator.wait(reductions[b])
+        timer.lap(\.communication)
+      } else if try !communicator.isComplete(reductions[b]) {
+        return
+      }
+      optimizer.update(store: store, clock: clock, gradientScale: scale, slices: [layout.mine[b]])
+      try startGather(b)
+      updated += 1
+      timer.lap(\.optimizer)
+    }
+  }
+
+  private func startGather(_ b: Int) throws {
+    switch wire {
+    case .fp32:
+      try communicator.startAllgather(store.values.pointer + layout.buckets[b].range.lowerBound, counts: layout.counts[b])
+    case .compact:
+      let me = communicator.rank
+      let offset = wordCounts[b][..<me].reduce(0, +)
+      CompactCodec.encode(store.values.pointer, segments[b][me], into: wordBuffers[b] + offset)
+      try communicator.startAllgather(words: wordBuffers[b], counts: wordCounts[b])
+    }
+  }
+
+  /// Compact wire: the other ranks' parts of every bucket, from the gathered words.
+  private func decodeOtherParts() {
+    for b in layout.buckets.indices {
+      var offset = 0
+      for (r, parts) in segments[b].enumerated() {
+        if r != communicator.rank { CompactCodec.decode(wordBuffers[b] + offset, parts, into: store.values.pointer) }
+        offset += wordCounts[b][r]
+      }
+    }
+  }
+
+  func gatherState() throws {
+    if wire == .compact { try layout.allgather(store.values, communicator: communicator) }
+    for s in optimizer.stateBuffers { try layout.allgather(s.buffer, communicator: communicator) }
+  }
+
+  /// The forward weights (each rank's own parts as they travel: binary kernels by their signs on
+  /// the compact wire) and the step count; the optimizer state is valid in own parts only.
+  func replicaChecksum() -> UInt64 {
+    guard wire == .compact else { return fnv1a64(store.values) ^ UInt64(optimizer.iterations) }
+    var h: UInt64 = 0xCBF2_9CE4_8422_2325
+    for b in layout.buckets.indices {
+      let words = UnsafeMutablePointer<UInt32>.allocate(capacity: max(wordCounts[b].reduce(0, +), 1))
+      defer { words.deallocate() }
+      var offset = 0
+      for (r, parts) in segments[b].enumerated() {
+        CompactCodec.encode(store.values.pointer, parts, into: words + offset)
+        offset += wordCounts[b][r]
+      }
+      UnsafeRawPointer(words).withMemoryRebound(to: Float.self, capacity: offset) {
+        h = fnv1a64($0, count: offset, seed: h)
+      }
+    }
+    return h ^ UInt64(optimizer.iterations)
+  }
+
+  func communicationAlone(repeats: Int) throws -> Double {
+    let g = store.gradients.pointer
+    let gradientWire: GradientWire = wire == .compact ? .bf16 : .fp32
+    try communicator.barrier()
+    let start = DispatchTime.now().uptimeNanoseconds
+    for _ in 0..<repeats {
+      for (b, counts) in zip(layout.buckets, layout.counts) {
+        try communicator.startReduceScatterSum(g + b.range.lowerBound, counts: counts, wire: gradientWire)
+      }
+      try communicator.waitOutstanding()
+      for b in layout.buckets.indices {
+        switch wire {
+        case .fp32: try communicator.startAllgather(g + layout.buckets[b].range.lowerBound, counts: layout.counts[b])
+        case .compact: try communicator.startAllgather(words: wordBuffers[b], counts: wordCounts[b])
+        }
+      }
+      try communicator.waitOutstanding()
+    }
+    return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6 / Double(repeats)
+  }
+}

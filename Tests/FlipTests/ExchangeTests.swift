@@ -1,0 +1,228 @@
+import FlipBNN
+@testable import FlipComm
+import FlipTensor
+import Foundation
+import Logging
+import Testing
+
+@testable import FlipTraining
+
+/// The gradient exchanges on N ranks as threads of this process (`ThreadGroup`): each strategy
+/// against the others and against one process, the compact wire's encodings, and the
+/// in-process communicator itself.
+@Suite("Gradient exchanges in process")
+struct ExchangeTests {
+  // MARK: - The in-process communicator
+
+  @Test(arguments: [1, 2, 3])
+  func threadCommunicatorCollectives(ranks: Int) throws {
+    let results = ThreadGroup(size: ranks).run { c -> [Float] in
+      let r = Float(c.rank + 1)
+      var out: [Float] = []
+      var a: [Float] = [r, 2 * r, 3 * r]
+      try c.allreduceSum(&a, count: 3)
+      out += a
+      var d: [Double] = [Double(r)]
+      try c.allreduceSum(&d)
+      out.append(Float(d[0]))
+      var b: [Float] = c.rank == ranks - 1 ? [7, 8] : [0, 0]
+      try c.broadcast(&b, count: 2, root: ranks - 1)
+      out += b
+      let checks = try c.allgather(UInt64(c.rank * 10))
+      out += checks.map(Float.init)
+      try c.barrier()
+      return out
+    }
+    let total = Float(ranks * (ranks + 1) / 2)
+    for (rank, result) in results.enumerated() {
+      let sums: [Float] = [total, 2 * total, 3 * total, total, 7, 8]
+      let gathered: [Float] = (0..<ranks).map { Float($0 * 10) }
+      let want = sums + gathered
+      #expect(try result.get() == want, "rank \(rank)")
+    }
+  }
+
+  /// Started reduce-scatters and all-gathers complete whatever order each rank polls them in:
+  /// rank 0 waits for its gather before the reduction, the others the other way round.
+  @Test func startedOperationsCompleteInAnyOrder() throws {
+    let counts = [3, 2, 2]
+    let results = ThreadGroup(size: 3).run { c -> [Float] in
+      var grads: [Float] = (0..<7).map { Float($0 + 1) * Float(c.rank + 1) }
+      var values: [Float] = (0..<7).map { _ in Float(c.rank) }
+      let reduction = try grads.withUnsafeMutableBufferPointer {
+        try c.startReduceScatterSum($0.baseAddress!, counts: counts, wire: .fp32)
+      }
+      let gather = try values.withUnsafeMutableBufferPointer { try c.startAllgather($0.baseAddress!, counts: counts) }
+      if c.rank == 0 {
+        try c.wait(gather)
+        try c.wait(reduction)
+      } else {
+        while try !c.isComplete(reduction) {}
+        try c.wait(gather)
+      }
+      try c.waitOutstanding()
+      let mine = counts[..<c.rank].reduce(0, +)..<counts[...c.rank].reduce(0, +)
+      return Array(grads[mine]) + values
+    }
+    let sums: [Float] = (0..<7).map { Float($0 + 1) * 6 }
+    let owners: [Float] = [0, 0, 0, 1, 1, 2, 2]
+    for (rank, r) in results.enumerated() {
+      let mine = counts[..<rank].reduce(0, +)..<counts[...rank].reduce(0, +)
+      #expect(try r.get() == Array(sums[mine]) + owners, "rank \(rank)")
+    }
+  }
+
+  // MARK: - The compact wire's encodings
+
+  @Test func bfloat16RoundsToNearestEven() {
+    var x: [Float] = [1, 1 + 1.0 / 256, 1 + 3.0 / 256, -2.5, 0, -0.0, .infinity, 65504, Float(bitPattern: 0x0001_16C2), .nan]
+    var bits = [UInt16](repeating: 0, count: x.count)
+    encodeBFloat16(x, &bits, count: x.count)
+    let want: [UInt16] = [0x3F80, 0x3F80, 0x3F82, 0xC020, 0x0000, 0x8000, 0x7F80, 0x4780, 0x0001]
+    #expect(Array(bits.prefix(9)) == want)
+    #expect(float(fromBFloat16: bits[9]).isNaN)
+    // The vector loop (16 lanes) and the scalar tail agree.
+    let many = randomValues(37, seed: 4, in: -1000...1000)
+    var vector = [UInt16](repeating: 0, count: 37)
+    encodeBFloat16(many, &vector, count: 37)
+    #expect(vector == many.map(bfloat16Bits))
+    roundToBFloat16(&x, count: 4)
+    let rounded: [Float] = [1, 1, 1 + 4.0 / 256, -2.5]
+    #expect(Array(x.prefix(4)) == rounded)
+  }
+
+  /// Sign segments travel as bits (`sign(0) = +1`, also for −0) and come back as ±magnitude;
+  /// float segments exactly; segments cut where the kernels begin and end.
+  @Test func compactCodecRoundTrip() throws {
+    let store = makeStore([
+      ParameterSpec(role: .kernel, shape: [5, 13], precision: 1, constraint: .weightClip(clipValue: 0.5), initializer: .zeros),
+      ParameterSpec(role: .bias, shape: [13], initializer: .zeros),
+    ])
+    let codec = CompactCodec(views: store.views, signKernels: [(view: 0, magnitude: 0.5)])
+    let part = 40..<75  // the kernel's tail (25 elements) and 10 of the bias
+    let segments = codec.segments(of: part)
+    #expect(segments == [.init(range: 40..<65, magnitude: 0.5), .init(range: 65..<75, magnitude: nil)])
+    #expect(CompactCodec.words(segments) == 1 + 10)
+    var values = randomValues(78, seed: 9)
+    values[41] = 0
+    values[42] = -0.0
+    var words = [UInt32](repeating: 0, count: 11)
+    CompactCodec.encode(values, segments, into: &words)
+    var decoded = [Float](repeating: .nan, count: 78)
+    CompactCodec.decode(words, segments, into: &decoded)
+    for i in part {
+      let want = i < 65 ? (values[i] >= 0 ? Float(0.5) : -0.5) : values[i]
+      #expect(decoded[i] == want, "element \(i)")
+    }
+    #expect(decoded[41] == 0.5 && decoded[42] == 0.5)
+    #expect(decoded[..<40].allSatisfy(\.isNaN) && decoded[75...].allSatisfy(\.isNaN), "outside the part")
+    // Whole words (the vector path) and a tail, across a longer kernel.
+    let long = makeStore([
+      ParameterSpec(role: .kernel, shape: [100], precision: 1, constraint: .weightClip(clipValue: 1), initializer: .zeros)
+    ])
+    let all = CompactCodec(views: long.views, signKernels: [(view: 0, magnitude: 1)]).segments(of: 3..<100)
+    let x = randomValues(100, seed: 2)
+    var w = [UInt32](repeating: 0, count: CompactCodec.words(all))
+    CompactCodec.encode(x, all, into: &w)
+    var y = [Float](repeating: 0, count: 100)
+    CompactCodec.decode(w, all, into: &y)
+    #expect((3..<100).allSatisfy { y[$0] == binarySign(x[$0]) })
+  }
+
+  // MARK: - Strategies
+
+  /// A small binary MLP for 6×6 images: binary kernels that travel as signs (ste_sign under
+  /// weight_clip), BatchNorm, an fp32 last layer with a bias.
+  static let specs: [LayerSpec] = {
+    var specs = ModelPreset.binarynetMLP.layers
+    for i in specs.indices where specs[i].kind == .quantDense { specs[i].units = specs[i].units == 10 ? 2 : 40 }
+    return specs
+  }()
+
+  /// Trains `steps` steps of global batch 24 on `ranks` threads with `options`; returns each
+  /// rank's variables after `gatherState`, its forward weights' checksum and the losses.
+  func train(ranks: Int, steps: Int = 6, configure: @escaping @Sendable (inout TrainingOptions) -> Void) throws
+    -> [(values: [Float], checksum: UInt64, description: String)]
+  {
+    let dir = temporaryDirectory("flip-exchange")
+    writeToyDataset(to: dir, train: 120, test: 16)
+    let data = try DataSplits.load(directory: dir)
+    let specs = Self.specs
+    let results = ThreadGroup(size: ranks).run { c -> ([Float], UInt64, String) in
+      let model = try Sequential(specs: specs, inputShape: [6, 6, 1], seed: 3)
+      var options = TrainingOptions(epochs: 1, batchSize: 24, seed: 1, logEverySteps: 0)
+      configure(&options)
+      let trainer = try Trainer(
+        model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(), communicator: c, data: data,
+        options: options, logger: Logger(label: "test"), progress: ProgressReporter(enabled: false))
+      let order = trainer.sampler.permutation(epoch: 0)
+      for s in 0..<steps { _ = try trainer.step(order: order, stepInEpoch: s % trainer.sampler.stepsPerEpoch) }
+      let checksum = trainer.replicaChecksum()
+      try trainer.exchange.gatherState()
+      return (model.store.values.array, checksum, trainer.exchange.description)
+    }
+    return try results.map { try $0.get() }
+  }
+
+  @Test func everyFp32StrategyGivesTheSameBits() throws {
+    let single = try train(ranks: 1) { $0.syncBatchNorm = true }
+    #expect(single[0].description == "one process")
+    for ranks in [2, 3] {
+      var runs: [[(values: [Float], checksum: UInt64, description: String)]] = []
+      for (shard, bucketBytes) in [(true, 4 << 20), (true, 0), (true, 64), (false, 4 << 20), (false, 0)] {
+        runs.append(
+          try train(ranks: ranks) {
+            $0.shardOptimizer = shard
+            $0.bucketBytes = bucketBytes
+            $0.wire = .fp32
+          })
+      }
+      for run in runs {
+        // Every rank holds the same model, and every strategy the same bits.
+        #expect(run.allSatisfy { $0.values == run[0].values && $0.checksum == run[0].checksum }, "\(run[0].description)")
+        #expect(run[0].values == runs[0][0].values, "\(ranks) ranks, \(run[0].description)")
+      }
+      // With sync BatchNorm, N ranks train one process's model up to float summation order.
+      let synced = try train(ranks: ranks) { $0.syncBatchNorm = true }
+      let difference = maxDifference(synced[0].values, single[0].values)
+      #expect(difference < 1e-4, "\(ranks) ranks vs one process: \(difference)")
+    }
+  }
+
+  /// The compact wire: every rank holds the same forward weights; after `gatherState`, the
+  /// same latent weights; and the model stays close to the fp32 wire's.
+  @Test(arguments: [2, 3])
+  func compactWireTrainsLikeFp32(ranks: Int) throws {
+    let fp32 = try train(ranks: ranks) { $0.wire = .fp32 }
+    let compact = try train(ranks: ranks) {
+      $0.wire = .compact
+      $0.bucketBytes = 2048  // several buckets, parts cutting across kernels
+    }
+    #expect(compact[0].description.contains("compact wire"))
+    #expect(compact.allSatisfy { $0.checksum == compact[0].checksum })
+    #expect(compact.allSatisfy { $0.values == compact[0].values })
+    let difference = maxDifference(compact[0].values, fp32[0].values)
+    #expect(difference < 0.02, "bf16 gradients moved the latent weights by \(difference)")
+    #expect(compact[0].values != fp32[0].values, "bf16 rounding changes something")
+  }
+
+  /// A rank whose weights differ is caught by the compact wire's checksum too (it hashes the
+  /// signs every rank holds).
+  @Test func compactChecksumSeesADifferentSign() throws {
+    let store = makeStore([
+      ParameterSpec(role: .kernel, shape: [64], precision: 1, constraint: .weightClip(clipValue: 1), initializer: .zeros)
+    ])
+    let codec = CompactCodec(views: store.views, signKernels: [(view: 0, magnitude: 1)])
+    let parts = codec.segments(of: 0..<64)
+    var x = randomValues(64, seed: 3)
+    var a = [UInt32](repeating: 0, count: 2)
+    CompactCodec.encode(x, parts, into: &a)
+    x[5] = x[5] * 0.5  // the same sign: the same words
+    var b = a
+    CompactCodec.encode(x, parts, into: &b)
+    #expect(a == b)
+    x[5] = -x[5]
+    CompactCodec.encode(x, parts, into: &b)
+    #expect(a != b)
+  }
+}
