@@ -138,7 +138,9 @@ struct BenchCommand: ParsableCommand {
           "communication_alone_ms": split[4], "hidden_fraction": hidden, "imbalance_wait_ms": split[5],
           "sharded_optimizer": shardOptimizer && communicator.size > 1, "bucket_mb": bucketMb,
           "mpi_progress": mpiProgress.rawValue, "exchange": trainer.exchange.description,
-          "bytes_sent_per_step": trainer.exchange.bytesSentPerStep,
+          "bytes_sent_per_step": trainer.exchange.bytesSentPerStep, "wire": trainer.exchange.wireFormat.rawValue,
+          "variables": model.store.values.count,
+          "sign_variables": model.signKernels.reduce(0) { $0 + model.store.views[$1.view].count },
         ]
         let data = try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))

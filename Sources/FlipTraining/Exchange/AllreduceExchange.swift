@@ -31,6 +31,7 @@ final class AllreduceExchange: GradientExchange {
   var description: String {
     bucketed ? "bucketed all-reduce (\(buckets.count) buckets)" : "one all-reduce after backward"
   }
+  var wireFormat: WireFormat { .fp32 }
   var overlapsBackward: Bool { bucketed }
   var bytesSentPerStep: Int {
     // A ring all-reduce sends 2 (N − 1)/N of the buffer.

@@ -15,6 +15,8 @@ import FlipTensor
 public protocol GradientExchange: AnyObject {
   /// What it is, for logs: `one process`, `bucketed all-reduce`, `sharded, compact wire`, ...
   var description: String { get }
+  /// How its bytes travel (fp32 except for the sharded step's compact wire).
+  var wireFormat: WireFormat { get }
   /// Whether `layerFinished` does anything (the trainer then passes backward's layer hook).
   var overlapsBackward: Bool { get }
   /// Before the step's backward passes: the factor that turns summed gradients into means

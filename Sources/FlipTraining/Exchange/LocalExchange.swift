@@ -17,6 +17,7 @@ final class LocalExchange: GradientExchange {
   }
 
   var description: String { "one process" }
+  var wireFormat: WireFormat { .fp32 }
   var overlapsBackward: Bool { false }
   var bytesSentPerStep: Int { 0 }
 

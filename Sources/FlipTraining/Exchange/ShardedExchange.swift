@@ -72,6 +72,7 @@ final class ShardedExchange: GradientExchange {
     }
   }
 
+  var wireFormat: WireFormat { wire }
   var overlapsBackward: Bool { overlap }
 
   var bytesSentPerStep: Int {

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""An alpha-beta model of Flip's sharded data-parallel step, from measured collectives.
+
+  scripts/scaling-model.py --timing T.json --single B1.json [--measured B2.json ...]
+                           [--node-compute-ms MS] [--nodes 1,2,4,...,64] [--plot OUT.png]
+
+T.json    `mpirun <flags> -np 2 flip mpi-check --timing --json` across two hosts: per
+          collective (fp32 and bf16 reduce-scatter, all-gather) a fit
+          t = (N - 1)*alpha + beta*bytes sent per rank.
+B1.json   `flip bench --json` of one process (the node's compute at the global batch B):
+          compute_ms + optimizer_ms per step, variables, sign_variables, batch_size.
+B2.json   `flip bench --json` of the same model on the hosts (any --wire): the measured points
+          the model is checked against (ranks, wire, ms_per_step, hidden_fraction).
+
+Strong scaling at a fixed global batch B over N nodes, one rank per node:
+    compute(N)   = (compute_ms + optimizer_ms) / N     (each node does 1/N of the batch and of
+                                                        the sharded update; --node-compute-ms
+                                                        replaces the measured one-node time)
+    sent_rs(N)   = (N-1)/N * P * g                      g = 4 bytes (fp32) or 2 (bf16)
+    sent_ag(N)   = (N-1)/N * (P_sign/8 + 4*(P - P_sign))   compact; (N-1)/N * 4P on fp32
+    comm(N)      = rs.alpha*(N-1) + rs.beta*sent_rs + ag.alpha*(N-1) + ag.beta*sent_ag
+    step(N)      = compute(N) + (1 - h) * comm(N)       h: the hidden fraction measured on
+                                                        2 hosts for that wire (0 if none)
+    efficiency   = step(1) / (N * step(N))
+Prints the table and, for each measured point, the model's step time and its error.
+"""
+import argparse
+import json
+import sys
+
+
+def load(path):
+    with open(path) as f:
+        text = f.read().strip()
+    # flip bench prints one JSON object; mpi-check --timing --json too (after nothing else).
+    return json.loads(text.splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--timing", required=True)
+    p.add_argument("--single", required=True)
+    p.add_argument("--measured", nargs="*", default=[])
+    p.add_argument("--node-compute-ms", type=float)
+    p.add_argument("--nodes", default="1,2,4,8,16,32,64")
+    p.add_argument("--plot")
+    a = p.parse_args()
+    try:
+        timing = load(a.timing)
+        single = load(a.single)
+        measured = [load(m) for m in a.measured]
+    except (OSError, ValueError, IndexError) as e:
+        sys.exit(f"scaling-model: cannot read the inputs: {e}")
+    fits = {f["collective"]: f for f in timing["fits"]}
+    for need in ("reduce-scatter fp32", "reduce-scatter bf16", "all-gather"):
+        if need not in fits:
+            sys.exit(f"scaling-model: {a.timing} has no fit for {need}")
+    P = single["variables"]
+    P_sign = single["sign_variables"]
+    B = single["batch_size"]
+    node = a.node_compute_ms if a.node_compute_ms else single["compute_ms"] + single["optimizer_ms"]
+    hidden = {m["wire"]: m["hidden_fraction"] for m in measured if m.get("ranks", 1) > 1}
+
+    def comm(n, wire):
+        if n == 1:
+            return 0.0
+        frac = (n - 1) / n
+        rs = fits["reduce-scatter bf16" if wire == "compact" else "reduce-scatter fp32"]
+        ag = fits["all-gather"]
+        sent_rs = frac * P * (2 if wire == "compact" else 4)
+        sent_ag = frac * ((P_sign / 8 + 4 * (P - P_sign)) if wire == "compact" else 4 * P)
+        return (rs["alpha_ms"] + ag["alpha_ms"]) * (n - 1) + rs["beta_ms_per_byte"] * sent_rs + ag["beta_ms_per_byte"] * sent_ag
+
+    def step(n, wire, compute=node):
+        return compute / n + (1 - hidden.get(wire, 0.0)) * comm(n, wire)
+
+    nodes = [int(x) for x in a.nodes.split(",")]
+    print(f"model: {single.get('model')}, global batch {B}, {P} variables ({P_sign} binary, as sign bits on the compact wire)")
+    print(f"one node: {node:.1f} ms of compute and update per step; links: " + ", ".join(
+        f"{k} {f['alpha_ms']:.3f} ms/msg, {f['gbit_per_s']:.2f} Gbit/s" for k, f in fits.items()))
+    print(f"hidden fraction of the communication (measured on 2 hosts): {hidden or 'none measured, 0'}")
+    print(f"{'nodes':>5}  {'fp32 ms':>9} {'eff':>5} {'img/s':>8}   {'compact ms':>10} {'eff':>5} {'img/s':>8}")
+    rows = []
+    for n in nodes:
+        f, c = step(n, "fp32"), step(n, "compact")
+        rows.append((n, f, c))
+        print(f"{n:>5}  {f:9.1f} {step(1, 'fp32') / (n * f):5.2f} {B / f * 1000:8.0f}   {c:10.1f} "
+              f"{step(1, 'compact') / (n * c):5.2f} {B / c * 1000:8.0f}")
+    checks = []
+    for m in measured:
+        n = m.get("ranks", 1)
+        wire = m.get("wire", "fp32")
+        # The model's compute from the measured one-node run (not --node-compute-ms).
+        want = single["compute_ms"] + single["optimizer_ms"]
+        model = want / n + (1 - hidden.get(wire, 0.0)) * comm(n, wire)
+        error = (model - m["ms_per_step"]) / m["ms_per_step"]
+        checks.append((n, wire, m["ms_per_step"], model, error))
+        print(f"measured {n} ranks, {wire} wire: {m['ms_per_step']:.1f} ms/step; model {model:.1f} ms ({error * 100:+.1f} %)")
+    if a.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        for wire, col, style in (("fp32", 1, "-"), ("compact", 2, "--")):
+            xs = [r[0] for r in rows]
+            ax[0].plot(xs, [B / r[col] * 1000 for r in rows], style, marker="o", label=f"model, {wire} wire")
+            ax[1].plot(xs, [step(1, wire) / (r[0] * r[col]) for r in rows], style, marker="o", label=f"model, {wire} wire")
+        for n, wire, ms, _, _ in checks:
+            ax[0].plot([n], [B / ms * 1000], "k^" if wire == "compact" else "ks", label=f"measured, {wire}")
+            ax[1].plot([n], [(single["compute_ms"] + single["optimizer_ms"]) / (n * ms)], "k^" if wire == "compact" else "ks")
+        for x in ax:
+            x.set_xscale("log", base=2)
+            x.set_xlabel("nodes (one rank each)")
+            x.grid(True, alpha=0.3)
+        ax[0].set_ylabel("images/s")
+        ax[1].set_ylabel("strong-scaling efficiency")
+        ax[0].legend(fontsize=8)
+        fig.suptitle(f"{single.get('model')}, global batch {B}: alpha-beta model from 2-host mpi-check --timing")
+        fig.tight_layout()
+        fig.savefig(a.plot, dpi=110)
+        print(f"plot: {a.plot}")
+
+
+if __name__ == "__main__":
+    main()
