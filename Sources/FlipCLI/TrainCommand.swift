@@ -141,6 +141,13 @@ struct TrainCommand: ParsableCommand {
   @Option(name: .long, help: "Keep the newest K checkpoints, deleting older ones (default 3; --resume: the run's).")
   var keepCheckpoints: Int?
   @Flag(
+    inversion: .prefixedNo,
+    help: ArgumentHelp(
+      "TensorBoard event files in <run>/tensorboard, written by rank 0 as training goes (the default): step and epoch scalars, kernel histograms, the model summary.",
+      discussion: "tensorboard --logdir runs/ shows every run; a resumed run drops the events after its checkpoint and appends."
+    ))
+  var tensorboard = true
+  @Flag(
     name: .long,
     help: ArgumentHelp(
       "Skip the start-up check of the model's fast kernels against plain reference loops on every rank.",
@@ -261,6 +268,13 @@ struct TrainCommand: ParsableCommand {
     if communicator.isRoot {
       try RunDirectory.writeText(try config.yaml(), to: runDirectory + "/config.yaml")
       trainer.metrics = try MetricsLog(path: runDirectory + "/metrics.jsonl")
+      if tensorboard {
+        let log = try TensorBoardLog(directory: runDirectory + "/tensorboard")
+        let name = ModelPreset(rawValue: config.model)?.modelName ?? config.model.replacingOccurrences(of: "-", with: "_")
+        try log.text("model/summary", ModelSummary(modelName: name, model: trainer.model).render(), step: 0, preformatted: true)
+        try log.text("model/config", try config.yaml(), step: 0, preformatted: true)
+        trainer.tensorBoard = log
+      }
     }
     try train(trainer, config: config, runDirectory: runDirectory, communicator: communicator, logger: logger)
   }
@@ -322,6 +336,10 @@ struct TrainCommand: ParsableCommand {
       let metricsPath = directory + "/metrics.jsonl"
       try MetricsLog.truncate(path: metricsPath, afterStep: trainer.clock.step)
       trainer.metrics = try MetricsLog(path: metricsPath, append: true)
+      if tensorboard {
+        trainer.tensorBoard = try TensorBoardLog(
+          directory: directory + "/tensorboard", resumingAfterStep: trainer.clock.step)
+      }
     }
     try train(trainer, config: config, runDirectory: directory, communicator: communicator, logger: logger)
   }
@@ -344,6 +362,7 @@ struct TrainCommand: ParsableCommand {
     options.shardOptimizer = shardOptimizer
     options.bucketBytes = Int(bucketMb * 1_048_576)
     options.wire = wire
+    options.kernelHistograms = tensorboard
     options.binaryForward = compute.binaryForward
     if let faults = ProcessInfo.processInfo.environment["FLIP_TEST_FAULT"] {
       options.injectedFaults = try faults.split(separator: ",").map { text in
@@ -399,6 +418,7 @@ struct TrainCommand: ParsableCommand {
     flip_signals_install()
     let results = try trainer.fit()
     flip_signals_uninstall()
+    try trainer.tensorBoard?.close()
     if let stop = trainer.stopRequest {
       let cause =
         stop.localSignal != 0
@@ -527,8 +547,10 @@ enum RunDirectory {
             "it already holds a run (\(existing.prefix(4).joined(separator: ", "))\(existing.count > 4 ? ", ..." : "")); continue it with --resume \(path), choose another --out, or pass --overwrite"
         )
       }
-      // A fresh run must not leave an older run's checkpoints behind for --resume to pick up.
+      // A fresh run must not leave an older run's checkpoints behind for --resume to pick up,
+      // nor its TensorBoard events beside the new ones.
       for c in checkpoints { try? fm.removeItem(atPath: c.path) }
+      try? fm.removeItem(atPath: path + "/tensorboard")
     } else {
       do { try fm.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
         throw TrainingError.unwritable(path: path, reason: "cannot create the directory: \(error.localizedDescription)")

@@ -40,6 +40,9 @@ public struct TrainingOptions: Sendable {
   public var binaryForward = BinaryForwardPolicy.auto
   /// The sharded step's wire format (`auto`: fp32 on one host, compact across hosts).
   public var wire = WirePolicy.auto
+  /// Whether every epoch gathers the latent weights for TensorBoard's kernel histograms
+  /// (every rank must agree: the gather is collective; rank 0 writes them).
+  public var kernelHistograms = false
   public init(epochs: Int, batchSize: Int, seed: UInt64, logEverySteps: Int = 50, checkEverySteps: Int = 100) {
     self.epochs = epochs
     self.batchSize = batchSize
@@ -113,6 +116,8 @@ public final class Trainer {
   public let sampler: EpochSampler
   public let logger: Logger
   public var metrics: MetricsLog?
+  /// TensorBoard event files (rank 0).
+  public var tensorBoard: TensorBoardLog?
   public var progress: ProgressReporter
   public internal(set) var clock = TrainingClock()
   /// Where training stands (restored from a checkpoint by `restore`).
@@ -283,7 +288,8 @@ public final class Trainer {
     var totals = position.epochTotals.map(Double.init(bitPattern:))  // loss sum, correct, samples (global)
     var flipSums = position.flipSums.map(Double.init(bitPattern:))
     let samplesBefore = totals[2]
-    let learningRate = optimizer.hyperparameters(clock)["learning_rate"]
+    let hyperparameters = optimizer.hyperparameters(clock)
+    let learningRate = hyperparameters["learning_rate"]
     let start = DispatchTime.now()
     for s in position.stepInEpoch..<steps {
       let local = try step(order: order, stepInEpoch: s)
@@ -314,11 +320,12 @@ public final class Trainer {
       if options.checkEverySteps > 0 && clock.step % options.checkEverySteps == 0 { try checkReplicas() }
       let elapsed = seconds(since: start)
       progress.step(s + 1, of: steps, seconds: elapsed, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2])
-      if options.logEverySteps > 0 && clock.step % options.logEverySteps == 0, let metrics {
-        try metrics.write([
+      if options.logEverySteps > 0 && clock.step % options.logEverySteps == 0 {
+        try metrics?.write([
           "kind": "step", "epoch": epoch + 1, "step": clock.step, "loss": totals[0] / totals[2],
           "accuracy": totals[1] / totals[2], "seconds": elapsed,
         ])
+        try tensorBoard?.step(step: clock.step, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2])
       }
       if stepTotals[3] > 0 {
         stopRequest = StopRequest(step: clock.step, ranks: Int(stepTotals[3]), localSignal: signal)
@@ -354,6 +361,12 @@ public final class Trainer {
       ]
       row["learning_rate"] = learningRate ?? NSNull()
       try metrics.write(row)
+    }
+    try tensorBoard?.epoch(result, hyperparameters: hyperparameters)
+    if options.kernelHistograms {
+      // The latent weights as a whole (a sharded step keeps each rank's own slices only).
+      try exchange.gatherState()
+      try tensorBoard?.kernelHistograms(model.store, step: clock.step)
     }
     // The next epoch starts: a checkpoint from here continues with its first batch.
     position.stepInEpoch = 0
