@@ -76,11 +76,8 @@ for model in $models; do
   done
 done
 
-venv=.build/plot-venv
-if ! "$venv/bin/python" -c "import matplotlib" 2>/dev/null; then
-  python3 -m venv "$venv" >/dev/null && "$venv/bin/pip" install -q matplotlib >/dev/null
-fi
-"$venv/bin/python" - "$csv" "$out/scaling.png" "$cores" <<'PY'
+python=$(scripts/plot-venv.sh)
+"$python" - "$csv" "$out/scaling.png" "$cores" <<'PY'
 import csv, sys
 import matplotlib
 matplotlib.use("Agg")

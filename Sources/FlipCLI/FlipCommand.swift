@@ -18,11 +18,12 @@ public struct FlipCommand: ParsableCommand {
         flip train --config configs/binarynet-mlp.yaml --out runs/custom
         flip bench --model larq-cnn --steps 60
         flip selftest --model larq-cnn
+        flip plot runs/mlp runs/cnn --out curves.png
         mpirun -np 2 flip mpi-check
       """,
     subcommands: [
       TrainCommand.self, EvaluateCommand.self, SummaryCommand.self, BenchCommand.self, CheckpointCommand.self,
-      MPICheckCommand.self, SelfTestCommand.self,
+      MPICheckCommand.self, SelfTestCommand.self, PlotCommand.self,
     ])
   public init() {}
 }
