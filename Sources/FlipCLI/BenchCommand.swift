@@ -50,6 +50,8 @@ struct BenchCommand: ParsableCommand {
     name: .long,
     help: "Run convolutions as im2col + GEMM instead of oneDNN's convolution primitives (to compare them).")
   var im2col = false
+  @Option(name: .long, help: "Write a Chrome trace of the timed steps on every rank to this file (see flip train --timeline).")
+  var timeline: String?
   @Flag(name: .long, help: "Print the result as one JSON object.")
   var json = false
 
@@ -98,10 +100,13 @@ struct BenchCommand: ParsableCommand {
           cursor = 0
           order = trainer.sampler.permutation(epoch: 1)
         }
-        _ = try trainer.step(order: order, stepInEpoch: cursor)
+        _ = try trainer.tracedStep(order: order, stepInEpoch: cursor)
         cursor += 1
       }
       for _ in 0..<warmup { try next() }
+      if let timeline {
+        trainer.timeline = Timeline(path: timeline, window: (warmup + 1)..<(warmup + steps + 1))
+      }
       GEMMProfiler.reset()
       GEMMProfiler.enabled = true
       trainer.timing = StepTiming()
@@ -110,6 +115,7 @@ struct BenchCommand: ParsableCommand {
       for _ in 0..<steps { try next() }
       let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
       GEMMProfiler.enabled = false
+      try trainer.finishTimeline()
       // The step's time split, averaged over the ranks (ms per step), and the same
       // communication run alone, for the fraction of it that the step hides.
       let t = trainer.timing

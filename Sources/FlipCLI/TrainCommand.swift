@@ -140,6 +140,16 @@ struct TrainCommand: ParsableCommand {
   var checkpointEveryEpochs: Int?
   @Option(name: .long, help: "Keep the newest K checkpoints, deleting older ones (default 3; --resume: the run's).")
   var keepCheckpoints: Int?
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "Write a Chrome trace (Perfetto, chrome://tracing) of --timeline-steps on every rank to this file.",
+      discussion:
+        "One process per rank: each step's phases, every layer's forward and backward, each gradient bucket's communication from start to completion, evaluation and checkpoints. Rank 0 writes the file at the end of the window."
+    ))
+  var timeline: String?
+  @Option(name: .long, help: "With --timeline: the global steps A ≤ step < B to record, as A:B (default 1:21).")
+  var timelineSteps: StepWindow = StepWindow(1..<21)
   @Flag(
     inversion: .prefixedNo,
     help: ArgumentHelp(
@@ -401,6 +411,7 @@ struct TrainCommand: ParsableCommand {
         decoding: try JSONSerialization.data(withJSONObject: checkpointing, options: [.sortedKeys]), as: UTF8.self),
     ]
     trainer.checkpointPolicy = policy
+    if let timeline { trainer.timeline = Timeline(path: timeline, window: timelineSteps.range) }
     logger.info("gradient exchange: \(trainer.exchange.description)")
     for choice in trainer.binaryForwardChoices {
       logger.info("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")
@@ -572,4 +583,16 @@ enum RunDirectory {
 enum ProgressStyleArgument: String, ExpressibleByArgument, CaseIterable {
   case auto, bar, lines
   var style: ProgressReporter.Style { ProgressReporter.Style(rawValue: rawValue)! }
+}
+
+/// `--timeline-steps A:B`: global optimizer steps A ≤ step < B.
+struct StepWindow: ExpressibleByArgument {
+  let range: Range<Int>
+  init(_ range: Range<Int>) { self.range = range }
+  init?(argument: String) {
+    let parts = argument.split(separator: ":").map { Int($0) }
+    guard parts.count == 2, let a = parts[0], let b = parts[1], a >= 1, b > a else { return nil }
+    range = a..<b
+  }
+  var defaultValueDescription: String { "\(range.lowerBound):\(range.upperBound)" }
 }

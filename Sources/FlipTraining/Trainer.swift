@@ -90,6 +90,17 @@ public struct StepTiming: Sendable {
   /// slowest rank (otherwise this waiting is part of `communication`).
   public var imbalance: UInt64 = 0
   public init() {}
+
+  /// The phase's name in logs and timelines.
+  static func name(of phase: WritableKeyPath<StepTiming, UInt64>) -> String {
+    switch phase {
+    case \StepTiming.data: return "data"
+    case \StepTiming.compute: return "compute"
+    case \StepTiming.communication: return "communication wait"
+    case \StepTiming.optimizer: return "optimizer"
+    default: return "waiting for the slowest rank"
+    }
+  }
 }
 
 /// The figures of one finished epoch.
@@ -118,6 +129,10 @@ public final class Trainer {
   public var metrics: MetricsLog?
   /// TensorBoard event files (rank 0).
   public var tensorBoard: TensorBoardLog?
+  /// A Chrome trace of a window of steps on every rank (every rank sets the same one).
+  public var timeline: Timeline? {
+    didSet { connectTimeline() }
+  }
   public var progress: ProgressReporter
   public internal(set) var clock = TrainingClock()
   /// Where training stands (restored from a checkpoint by `restore`).
@@ -222,6 +237,7 @@ public final class Trainer {
       }
     }
     try checkReplicas()
+    try finishTimeline()
     // The model as a whole on every rank (a sharded step keeps each rank's own slices only).
     try exchange.gatherState()
     return results
@@ -260,6 +276,42 @@ public final class Trainer {
     return (sums.loss, Double(sums.correct), Double(shard.count))
   }
 
+  /// Points the model's, the step timer's and the exchange's trace hooks at the timeline.
+  func connectTimeline() {
+    guard let t = timeline, !t.finished else {
+      model.layerTrace = nil
+      timer.trace = nil
+      exchange.trace = nil
+      return
+    }
+    let names = model.layers.map(\.name)
+    model.layerTrace = { [unowned t] layer, backward, start, end in
+      t.record("\(backward ? "backward" : "forward") \(names[layer])", track: .layers, start: start, end: end)
+    }
+    timer.trace = { [unowned t] phase, start, end in t.record(phase, track: .phases, start: start, end: end) }
+    exchange.trace = { [unowned t] name, track, start, end in t.record(name, track: track, start: start, end: end) }
+  }
+
+  /// Collective: sends every rank's timeline events to rank 0, which writes the trace.
+  public func finishTimeline() throws {
+    guard let t = timeline, !t.finished else { return }
+    try t.finish(
+      communicator: communicator, layerNames: model.layers.map(\.name), hostName: ProcessInfo.processInfo.hostName)
+    connectTimeline()
+    if communicator.isRoot { logger.info("timeline of steps \(t.window.lowerBound)..<\(t.window.upperBound): \(t.path)") }
+  }
+
+  /// `step`, recorded in the timeline when it is in its window (which ends after its last step).
+  public func tracedStep(order: [Int], stepInEpoch: Int) throws -> (loss: Double, correct: Double, count: Double) {
+    guard let t = timeline, !t.finished else { return try step(order: order, stepInEpoch: stepInEpoch) }
+    try t.stepWillStart(clock.step + 1, communicator: communicator)
+    let start = DispatchTime.now().uptimeNanoseconds
+    let r = try step(order: order, stepInEpoch: stepInEpoch)
+    t.record("step \(clock.step)", track: .step, start: start, end: DispatchTime.now().uptimeNanoseconds)
+    if t.ends(after: clock.step) { try finishTimeline() }
+    return r
+  }
+
   /// Micro-step `micro` of `k`: the shard's `micro`-th of `k` nearly equal contiguous parts.
   func microPart(_ shard: Range<Int>, _ micro: Int, of k: Int) -> Range<Int> {
     (shard.lowerBound + micro * shard.count / k)..<(shard.lowerBound + (micro + 1) * shard.count / k)
@@ -292,7 +344,7 @@ public final class Trainer {
     let learningRate = hyperparameters["learning_rate"]
     let start = DispatchTime.now()
     for s in position.stepInEpoch..<steps {
-      let local = try step(order: order, stepInEpoch: s)
+      let local = try tracedStep(order: order, stepInEpoch: s)
       // The stop flag rides on the step's metrics all-reduce: every rank sees every request.
       let signal = flip_signals_stop_requested()
       // So does rank 0's news of a checkpoint that failed to write in the background.
@@ -339,7 +391,9 @@ public final class Trainer {
     }
     let trainSeconds = seconds(since: start)
     try synchronizeBatchNormStatistics()
+    let evaluationStart = DispatchTime.now().uptimeNanoseconds
     let (testLoss, testAccuracy) = try evaluate(data.test)
+    timeline?.record("evaluation", track: .evaluation, start: evaluationStart, end: DispatchTime.now().uptimeNanoseconds)
     var flipRatio: [String: Double] = [:]
     for (i, name) in flipLayers.enumerated() where position.flipCounts[i] > 0 {
       flipRatio[name] = flipSums[i] / Double(position.flipCounts[i])

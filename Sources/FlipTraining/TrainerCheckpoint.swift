@@ -39,6 +39,9 @@ extension Trainer {
       }
     }
     try settleCheckpointFailure(failure, policy: policy)
+    timeline?.record(
+      "checkpoint \(clock.step)", track: .evaluation, start: start.uptimeNanoseconds,
+      end: DispatchTime.now().uptimeNanoseconds)
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
     checkpointWrites.append(
       CheckpointWrite(path: path, step: clock.step, bytes: bytes, seconds: seconds, copySeconds: copySeconds))

@@ -1,3 +1,4 @@
+import Dispatch
 import FlipTensor
 
 /// A stack of layers with one parameter store: the model Flip trains.
@@ -10,6 +11,10 @@ public final class Sequential {
   public let inputShape: [Int]
   public let specs: [LayerSpec]
   public private(set) var maxBatch = 0
+  /// Called after each layer's forward (`backward` false) or backward in training with the
+  /// layer's index and its start and end times (`DispatchTime` nanoseconds): the timeline's
+  /// per-layer spans. One branch per layer when nil.
+  public var layerTrace: ((_ layer: Int, _ backward: Bool, _ start: UInt64, _ end: UInt64) -> Void)?
 
   /// Builds the layers for samples of `inputShape` and initializes the variables from `seed`.
   public init(specs: [LayerSpec], inputShape: [Int], seed: UInt64) throws {
@@ -64,8 +69,14 @@ public final class Sequential {
   {
     precondition(batch <= maxBatch, "batch \(batch) exceeds the allocated \(maxBatch)")
     var h = x
-    for layer in layers.prefix(through ?? layers.count) {
+    for (index, layer) in layers.prefix(through ?? layers.count).enumerated() {
+      guard let trace = layerTrace, training else {
+        h = try layer.forward(h, batch: batch, training: training)
+        continue
+      }
+      let start = DispatchTime.now().uptimeNanoseconds
       h = try layer.forward(h, batch: batch, training: training)
+      trace(index, false, start, DispatchTime.now().uptimeNanoseconds)
     }
     return h
   }
@@ -81,7 +92,9 @@ public final class Sequential {
     let top = from ?? layers.count
     for index in stride(from: top - 1, through: 0, by: -1) {
       let need = index > 0
+      let start = layerTrace == nil ? 0 : DispatchTime.now().uptimeNanoseconds
       let next = try layers[index].backward(d, batch: batch, needInputGradient: need)
+      layerTrace?(index, true, start, DispatchTime.now().uptimeNanoseconds)
       try afterLayer?(index)
       guard let next else { break }
       d = next

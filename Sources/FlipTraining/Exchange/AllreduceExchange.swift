@@ -16,6 +16,9 @@ final class AllreduceExchange: GradientExchange {
   let buckets: [GradientBucket]
   let bucketed: Bool
   private var started = 0
+  /// When each bucket's all-reduce started (for the timeline).
+  private var startTimes: [UInt64] = []
+  var trace: ((String, Int, UInt64, UInt64) -> Void)?
   private var scale: Float = 1
   private var clock = TrainingClock()
   private var timer = StepTimer()
@@ -47,6 +50,7 @@ final class AllreduceExchange: GradientExchange {
   func layerFinished(_ index: Int) throws {
     let g = store.gradients.pointer
     while started < buckets.count && buckets[started].firstLayer >= index {
+      if trace != nil { startTimes.append(DispatchTime.now().uptimeNanoseconds) }
       try communicator.startAllreduceSum(g + buckets[started].range.lowerBound, count: buckets[started].range.count)
       started += 1
     }
@@ -57,6 +61,12 @@ final class AllreduceExchange: GradientExchange {
     if bucketed {
       try layerFinished(0)
       try communicator.waitOutstanding()
+      if let trace {
+        // Completion is known when the wait returns (an upper bound for the early buckets).
+        let end = DispatchTime.now().uptimeNanoseconds
+        for (b, start) in startTimes.enumerated() { trace("all-reduce bucket \(b)", 100 + b, start, end) }
+        startTimes.removeAll(keepingCapacity: true)
+      }
     } else {
       try communicator.allreduceSum(store.gradients.pointer, count: store.gradients.count)
     }

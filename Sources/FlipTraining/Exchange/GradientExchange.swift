@@ -33,6 +33,9 @@ public protocol GradientExchange: AnyObject {
   func gatherState() throws
   /// A fingerprint of what every rank must hold alike (`Trainer.checkReplicas` compares it).
   func replicaChecksum() -> UInt64
+  /// Called with each bucket's communication span (name, start, end) for the timeline; the
+  /// track tells reductions from gathers.
+  var trace: ((_ name: String, _ track: Int, _ start: UInt64, _ end: UInt64) -> Void)? { get set }
   /// Payload bytes this rank sends per step.
   var bytesSentPerStep: Int { get }
   /// Milliseconds per step of the step's communication run alone, back to back.
@@ -91,9 +94,13 @@ public final class StepTimer {
   /// Starts timing from now (the previous lap's time is not counted).
   public func restart() { mark = DispatchTime.now().uptimeNanoseconds }
 
+  /// Called with each lap's phase and span (the timeline's phase track).
+  public var trace: ((_ phase: String, _ start: UInt64, _ end: UInt64) -> Void)?
+
   public func lap(_ phase: WritableKeyPath<StepTiming, UInt64>) {
     let now = DispatchTime.now().uptimeNanoseconds
     timing[keyPath: phase] += now - mark
+    if let trace { trace(StepTiming.name(of: phase), mark, now) }
     mark = now
   }
 }

@@ -16,6 +16,7 @@ final class LocalExchange: GradientExchange {
     self.optimizer = optimizer
   }
 
+  var trace: ((String, Int, UInt64, UInt64) -> Void)?
   var description: String { "one process" }
   var wireFormat: WireFormat { .fp32 }
   var overlapsBackward: Bool { false }

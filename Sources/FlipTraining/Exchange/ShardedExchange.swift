@@ -33,6 +33,10 @@ final class ShardedExchange: GradientExchange {
   private var reductions: [Int] = []
   private var started = 0
   private var updated = 0
+  /// When each bucket's reduce-scatter and all-gather started (for the timeline).
+  private var reductionStarts: [UInt64] = []
+  private var gatherStarts: [UInt64] = []
+  var trace: ((String, Int, UInt64, UInt64) -> Void)?
   private var scale: Float = 1
   private var clock = TrainingClock()
   private var timer = StepTimer()
@@ -91,6 +95,8 @@ final class ShardedExchange: GradientExchange {
   func beginStep(gradientScale: Float, clock: TrainingClock, timer: StepTimer) throws {
     (scale, self.clock, self.timer) = (gradientScale, clock, timer)
     reductions.removeAll(keepingCapacity: true)
+    reductionStarts.removeAll(keepingCapacity: true)
+    gatherStarts.removeAll(keepingCapacity: true)
     started = 0
     updated = 0
   }
@@ -106,6 +112,11 @@ final class ShardedExchange: GradientExchange {
     timer.lap(\.communication)
     try updateReducedBuckets(wait: true)
     try communicator.waitOutstanding()
+    if let trace {
+      // The gathers' completion is known when the wait returns (an upper bound).
+      let end = DispatchTime.now().uptimeNanoseconds
+      for (b, start) in gatherStarts.enumerated() { trace("all-gather bucket \(b)", 200 + b, start, end) }
+    }
     if wire == .compact { decodeOtherParts() }
     timer.lap(\.communication)
     optimizer.iterations += 1
@@ -117,6 +128,7 @@ final class ShardedExchange: GradientExchange {
     let gradientWire: GradientWire = wire == .compact ? .bf16 : .fp32
     while started < layout.buckets.count && layout.buckets[started].firstLayer >= layer {
       let b = layout.buckets[started]
+      if trace != nil { reductionStarts.append(DispatchTime.now().uptimeNanoseconds) }
       reductions.append(
         try communicator.startReduceScatterSum(
           g + b.range.lowerBound, counts: layout.counts[started], wire: gradientWire))
@@ -137,7 +149,9 @@ final class ShardedExchange: GradientExchange {
       } else if try !communicator.isComplete(reductions[b]) {
         return
       }
+      if let trace { trace("reduce-scatter bucket \(b)", 100 + b, reductionStarts[b], DispatchTime.now().uptimeNanoseconds) }
       optimizer.update(store: store, clock: clock, gradientScale: scale, slices: [layout.mine[b]])
+      if trace != nil { gatherStarts.append(DispatchTime.now().uptimeNanoseconds) }
       try startGather(b)
       updated += 1
       timer.lap(\.optimizer)
