@@ -12,6 +12,7 @@ static inline MPI_Datatype flip_mpi_double(void) { return MPI_DOUBLE; }
 static inline MPI_Datatype flip_mpi_uint64(void) { return MPI_UINT64_T; }
 static inline MPI_Datatype flip_mpi_uint32(void) { return MPI_UINT32_T; }
 static inline MPI_Datatype flip_mpi_uint16(void) { return MPI_UINT16_T; }
+static inline MPI_Datatype flip_mpi_int64(void) { return MPI_INT64_T; }
 static inline MPI_Datatype flip_mpi_int(void) { return MPI_INT; }
 static inline MPI_Datatype flip_mpi_byte(void) { return MPI_BYTE; }
 // MPI_SUM, MPI_MAX, MPI_MIN: reduction operations.

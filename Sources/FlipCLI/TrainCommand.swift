@@ -150,6 +150,19 @@ struct TrainCommand: ParsableCommand {
   var timeline: String?
   @Option(name: .long, help: "With --timeline: the global steps A ≤ step < B to record, as A:B (default 1:21).")
   var timelineSteps: StepWindow = StepWindow(1..<21)
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "Under mpirun: when rank 0 has waited this many seconds in a collective, log which ranks have not reached it (default 60; 0: off).",
+      discussion:
+        "One line, e.g. `stall: step 120, gradient bucket 3 waited 60 s for rank 1`. Every rank publishes its step and phase on an MPI one-sided window on rank 0, read by a thread there."
+    ))
+  var stallWarning: Double = 60
+  @Option(
+    name: .long,
+    help: "Under mpirun: end the job when rank 0 has waited this many seconds in a collective (default: never); the last checkpoint stays."
+  )
+  var stallTimeout: Double?
   @Flag(
     inversion: .prefixedNo,
     help: ArgumentHelp(
@@ -183,6 +196,10 @@ struct TrainCommand: ParsableCommand {
     if !(bucketMb >= 0) { throw ValidationError("--bucket-mb must be ≥ 0, got \(bucketMb)") }
     if let accumulate, accumulate < 1 { throw ValidationError("--accumulate must be at least 1, got \(accumulate)") }
     if checkEvery < 0 { throw ValidationError("--check-every must be ≥ 0, got \(checkEvery)") }
+    if !(stallWarning >= 0) { throw ValidationError("--stall-warning must be ≥ 0 seconds, got \(stallWarning)") }
+    if let stallTimeout, !(stallTimeout > 0) {
+      throw ValidationError("--stall-timeout must be positive seconds, got \(stallTimeout)")
+    }
     if let checkpointEvery, checkpointEvery < 0 {
       throw ValidationError("--checkpoint-every must be ≥ 0, got \(checkpointEvery)")
     }
@@ -378,7 +395,7 @@ struct TrainCommand: ParsableCommand {
       options.injectedFaults = try faults.split(separator: ",").map { text in
         guard let f = InjectedFault(String(text)) else {
           throw ValidationError(
-            "FLIP_TEST_FAULT must be action:rank:step[,...] (action: fail, kill, usr1, term, int, perturb, unscaled-int8), got \(faults)"
+            "FLIP_TEST_FAULT must be action:rank:step[,...] (action: fail, kill, usr1, term, int, stop, perturb, unscaled-int8), got \(faults)"
           )
         }
         return f
@@ -412,6 +429,10 @@ struct TrainCommand: ParsableCommand {
     ]
     trainer.checkpointPolicy = policy
     if let timeline { trainer.timeline = Timeline(path: timeline, window: timelineSteps.range) }
+    if stallWarning > 0 {
+      trainer.stallInspector = try StallInspector(
+        communicator: communicator, warning: stallWarning, timeout: stallTimeout, logger: logger)
+    }
     logger.info("gradient exchange: \(trainer.exchange.description)")
     for choice in trainer.binaryForwardChoices {
       logger.info("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")

@@ -58,6 +58,15 @@ public protocol Communicator: AnyObject {
   func allgather(_ value: UInt64) throws -> [UInt64]
   /// Waits until every rank has arrived.
   func barrier() throws
+  /// Makes a place on rank 0 where every rank publishes how far it got (collective; for the
+  /// stall inspector). False where the transport has none.
+  func openProgressBoard() throws -> Bool
+  /// Publishes this rank's position (a number that only grows during training) on rank 0's
+  /// board.
+  func publishProgress(_ position: Int64) throws
+  /// Rank 0: every rank's last published position, read without any MPI call (safe from a
+  /// thread of its own); nil elsewhere or without a board.
+  func publishedProgress() -> [Int64]?
   /// Ends the whole job at once with `code` (a failed rank must not leave the others waiting).
   func abort(code: Int32) -> Never
   /// Shuts the communication layer down; the last call on every normal exit path.
@@ -145,6 +154,9 @@ public final class SingleProcessCommunicator: Communicator {
   public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
   public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
   public func barrier() throws {}
+  public func openProgressBoard() throws -> Bool { false }
+  public func publishProgress(_ position: Int64) throws {}
+  public func publishedProgress() -> [Int64]? { nil }
   public func abort(code: Int32) -> Never { exit(code) }
   public func finalize() {}
 }

@@ -40,6 +40,10 @@ public final class MPICommunicator: Communicator {
   private var encoded: [Staging<UInt16>] = []
   private var received16: [Staging<UInt16>] = []
   private var startedReduceScatters = 0
+  /// The progress board: an MPI window of one Int64 per rank on rank 0 (passive target,
+  /// locked for the whole run), and its memory there.
+  private var board: MPI_Win?
+  private var boardMemory: UnsafeMutablePointer<Int64>?
   nonisolated(unsafe) private static var finalized = false
   /// With a progress thread: it pokes Open MPI's progress engine while reductions are
   /// outstanding, instead of `MPI_Testall` calls between layers (an experiment; see README).
@@ -373,6 +377,42 @@ public final class MPICommunicator: Communicator {
 
   public func barrier() throws { try check(MPI_Barrier(world.value), "MPI_Barrier") }
 
+  /// An `MPI_Win_allocate` of one Int64 per rank on rank 0 (nothing elsewhere), locked with
+  /// `MPI_Win_lock_all` for the whole run: each rank `MPI_Put`s its position and flushes it.
+  public func openProgressBoard() throws -> Bool {
+    guard board == nil else { return true }
+    var memory: UnsafeMutableRawPointer?
+    var window: MPI_Win?
+    let bytes = rank == 0 ? size * 8 : 0
+    let status = withUnsafeMutablePointer(to: &memory) { m in
+      MPI_Win_allocate(MPI_Aint(bytes), 8, flip_mpi_info_null(), world.value, UnsafeMutableRawPointer(m), &window)
+    }
+    try check(status, "MPI_Win_allocate")
+    if rank == 0, let memory {
+      boardMemory = memory.bindMemory(to: Int64.self, capacity: size)
+      boardMemory!.initialize(repeating: -1, count: size)
+    }
+    try check(MPI_Win_lock_all(0, window), "MPI_Win_lock_all")
+    board = window
+    try barrier()
+    return true
+  }
+
+  public func publishProgress(_ position: Int64) throws {
+    guard let board else { return }
+    var value = position
+    try check(
+      MPI_Put(&value, 1, flip_mpi_int64(), 0, MPI_Aint(rank), 1, flip_mpi_int64(), board), "MPI_Put")
+    try check(MPI_Win_flush(0, board), "MPI_Win_flush")
+  }
+
+  public func publishedProgress() -> [Int64]? {
+    guard let boardMemory else { return nil }
+    // Plain loads of the window's memory (unified memory model): another thread may read them
+    // while this rank's main thread is inside MPI.
+    return (0..<size).map { i in UnsafeRawPointer(boardMemory + i).load(as: Int64.self) }
+  }
+
   /// Ends every rank of the job with `code` (MPI_Abort); never returns.
   public func abort(code: Int32) -> Never {
     MPI_Abort(world.value, code)
@@ -383,6 +423,13 @@ public final class MPICommunicator: Communicator {
   public func finalize() {
     guard !Self.finalized else { return }
     Self.finalized = true
+    if let window = board {
+      var w: MPI_Win? = window
+      MPI_Win_unlock_all(window)
+      MPI_Win_free(&w)
+      board = nil
+      boardMemory = nil
+    }
     for comm in [gathers.value, exchange.value] {
       var c: MPI_Comm? = comm
       MPI_Comm_free(&c)

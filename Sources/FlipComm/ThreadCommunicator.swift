@@ -265,6 +265,10 @@ public final class ThreadCommunicator: Communicator {
 
   public func barrier() throws { collective(.world, []) { _ in } }
 
+  public func openProgressBoard() throws -> Bool { false }
+  public func publishProgress(_ position: Int64) throws {}
+  public func publishedProgress() -> [Int64]? { nil }
+
   public func abort(code: Int32) -> Never { fatalError("rank \(rank) aborted the group with code \(code)") }
 
   public func finalize() {}

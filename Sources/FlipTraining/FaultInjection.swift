@@ -7,7 +7,7 @@ public struct InjectedFault: Sendable, Equatable {
     case fail
     /// SIGKILL itself (nothing can be cleaned up; the last checkpoint must be valid).
     case kill
-    /// Raise this signal (a stop request).
+    /// Raise this signal (a stop request, or SIGSTOP: a rank that hangs).
     case signal(Int32)
     /// Change one weight on this rank only (the replica checksum must catch it).
     case perturb
@@ -25,7 +25,7 @@ public struct InjectedFault: Sendable, Equatable {
     self.step = step
   }
 
-  /// Parses `action:rank:step` (action: fail, kill, usr1, term, int, perturb, unscaled-int8),
+  /// Parses `action:rank:step` (action: fail, kill, usr1, term, int, stop, perturb, unscaled-int8),
   /// e.g. `kill:0:5`.
   public init?(_ text: String) {
     let parts = text.split(separator: ":").map(String.init)
@@ -36,6 +36,7 @@ public struct InjectedFault: Sendable, Equatable {
     case "usr1": action = .signal(SIGUSR1)
     case "term": action = .signal(SIGTERM)
     case "int": action = .signal(SIGINT)
+    case "stop": action = .signal(SIGSTOP)
     case "perturb": action = .perturb
     case "unscaled-int8": action = .unscaledInt8
     default: return nil

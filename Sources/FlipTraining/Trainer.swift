@@ -129,6 +129,15 @@ public final class Trainer {
   public var metrics: MetricsLog?
   /// TensorBoard event files (rank 0).
   public var tensorBoard: TensorBoardLog?
+  /// Rank 0's watch on collectives that do not complete (every rank sets one: the
+  /// positions it publishes feed rank 0's).
+  public var stallInspector: StallInspector? {
+    didSet {
+      exchange.willWait = stallInspector.map { inspector in
+        { [unowned self] phase in try inspector.enter(step: self.clock.step + 1, phase, waiting: true) }
+      }
+    }
+  }
   /// A Chrome trace of a window of steps on every rank (every rank sets the same one).
   public var timeline: Timeline? {
     didSet { connectTimeline() }
@@ -303,6 +312,7 @@ public final class Trainer {
 
   /// `step`, recorded in the timeline when it is in its window (which ends after its last step).
   public func tracedStep(order: [Int], stepInEpoch: Int) throws -> (loss: Double, correct: Double, count: Double) {
+    try stallInspector?.enter(step: clock.step + 1, .compute, waiting: false)
     guard let t = timeline, !t.finished else { return try step(order: order, stepInEpoch: stepInEpoch) }
     try t.stepWillStart(clock.step + 1, communicator: communicator)
     let start = DispatchTime.now().uptimeNanoseconds
@@ -351,6 +361,7 @@ public final class Trainer {
       let writeFailure = checkpointWriter?.poll()
       let failedStep: Double = writeFailure.map { Double($0.step + 1) } ?? 0
       var stepTotals: [Double] = [local.loss, local.correct, local.count, signal != 0 ? 1 : 0, failedStep]
+      try stallInspector?.enter(step: clock.step, .metrics, waiting: true)
       try communicator.allreduceSum(&stepTotals)
       guard stepTotals[0].isFinite else {
         throw TrainingError.nonFinite(
@@ -438,7 +449,8 @@ public final class Trainer {
 
   /// Mean test loss and accuracy over `dataset`, sharded over the ranks, count-weighted.
   public func evaluate(_ dataset: Dataset) throws -> (loss: Double, accuracy: Double) {
-    try evaluateModel(
+    try stallInspector?.enter(step: clock.step, .evaluation, waiting: true)
+    return try evaluateModel(
       model, on: dataset, communicator: communicator, batch: localCapacity, images: images, labels: labels, loss: loss)
   }
 
@@ -458,6 +470,7 @@ public final class Trainer {
 
   /// Compares `replicaChecksum()` across ranks; a mismatch stops the job naming the ranks.
   public func checkReplicas() throws {
+    try stallInspector?.enter(step: clock.step, .replicaCheck, waiting: true)
     let all = try communicator.allgather(replicaChecksum())
     guard Set(all).count == 1 else {
       let differing = all.indices.filter { all[$0] != all[0] }

@@ -19,6 +19,7 @@ extension Trainer {
   /// waiting, else an earlier one — throws on every rank, unless the policy says to continue.
   public func saveCheckpoint(_ policy: CheckpointPolicy, wait: Bool = false) throws {
     let start = DispatchTime.now()
+    try stallInspector?.enter(step: clock.step, .checkpoint, waiting: true)
     try synchronizeBatchNormStatistics()
     try exchange.gatherState()
     let path = policy.directory + "/" + CheckpointFiles.name(step: clock.step)

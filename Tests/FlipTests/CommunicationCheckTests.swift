@@ -31,6 +31,9 @@ final class CorruptingCommunicator: Communicator {
   func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {}
   func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
   func barrier() throws {}
+  func openProgressBoard() throws -> Bool { false }
+  func publishProgress(_ position: Int64) throws {}
+  func publishedProgress() -> [Int64]? { nil }
   func abort(code: Int32) -> Never { exit(code) }
   func finalize() {}
 }

@@ -19,6 +19,7 @@ final class AllreduceExchange: GradientExchange {
   /// When each bucket's all-reduce started (for the timeline).
   private var startTimes: [UInt64] = []
   var trace: ((String, Int, UInt64, UInt64) -> Void)?
+  var willWait: ((StallInspector.Phase) throws -> Void)?
   private var scale: Float = 1
   private var clock = TrainingClock()
   private var timer = StepTimer()
@@ -58,6 +59,7 @@ final class AllreduceExchange: GradientExchange {
   }
 
   func finishStep() throws {
+    try willWait?(.allreduce)
     if bucketed {
       try layerFinished(0)
       try communicator.waitOutstanding()

@@ -36,6 +36,8 @@ public protocol GradientExchange: AnyObject {
   /// Called with each bucket's communication span (name, start, end) for the timeline; the
   /// track tells reductions from gathers.
   var trace: ((_ name: String, _ track: Int, _ start: UInt64, _ end: UInt64) -> Void)? { get set }
+  /// Called before each blocking wait of the step (the stall inspector's phases).
+  var willWait: ((StallInspector.Phase) throws -> Void)? { get set }
   /// Payload bytes this rank sends per step.
   var bytesSentPerStep: Int { get }
   /// Milliseconds per step of the step's communication run alone, back to back.

@@ -17,6 +17,7 @@ final class LocalExchange: GradientExchange {
   }
 
   var trace: ((String, Int, UInt64, UInt64) -> Void)?
+  var willWait: ((StallInspector.Phase) throws -> Void)?
   var description: String { "one process" }
   var wireFormat: WireFormat { .fp32 }
   var overlapsBackward: Bool { false }

@@ -37,6 +37,7 @@ final class ShardedExchange: GradientExchange {
   private var reductionStarts: [UInt64] = []
   private var gatherStarts: [UInt64] = []
   var trace: ((String, Int, UInt64, UInt64) -> Void)?
+  var willWait: ((StallInspector.Phase) throws -> Void)?
   private var scale: Float = 1
   private var clock = TrainingClock()
   private var timer = StepTimer()
@@ -111,6 +112,7 @@ final class ShardedExchange: GradientExchange {
     try startReductions(after: 0)
     timer.lap(\.communication)
     try updateReducedBuckets(wait: true)
+    try willWait?(.gathers)
     try communicator.waitOutstanding()
     if let trace {
       // The gathers' completion is known when the wait returns (an upper bound).
@@ -144,6 +146,7 @@ final class ShardedExchange: GradientExchange {
     while updated < reductions.count {
       let b = updated
       if wait {
+        try willWait?(.bucket(b))
         try communicator.wait(reductions[b])
         timer.lap(\.communication)
       } else if try !communicator.isComplete(reductions[b]) {
