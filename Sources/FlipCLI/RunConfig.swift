@@ -98,6 +98,15 @@ public struct RunConfig: Equatable {
     .conv2D: ["type", "filters", "kernel_size", "strides", "padding", "kernel_constraint", "use_bias"],
     .batchNormalization: ["type", "momentum", "epsilon", "center", "scale"],
     .maxPool2D: ["type", "pool_size", "strides", "padding"],
+    .averagePooling2D: ["type", "pool_size", "strides", "padding"],
+    .globalAveragePooling2D: ["type", "keepdims"],
+    .depthwiseConv2D: [
+      "type", "kernel_size", "strides", "padding", "depth_multiplier", "depthwise_constraint", "use_bias",
+    ],
+    .quantDepthwiseConv2D: [
+      "type", "kernel_size", "strides", "padding", "pad_values", "depth_multiplier", "input_quantizer",
+      "depthwise_quantizer", "depthwise_constraint", "use_bias",
+    ],
     .flatten: ["type"],
     .activation: ["type", "activation"],
     .dropout: ["type", "rate"],
@@ -107,7 +116,10 @@ public struct RunConfig: Equatable {
     guard let typeName = try m.string("type") else {
       throw m.error("type", "every layer needs a type (\(LayerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
     }
-    let aliases = ["MaxPooling2D": "MaxPool2D", "BatchNorm": "BatchNormalization"]
+    let aliases = [
+      "MaxPooling2D": "MaxPool2D", "BatchNorm": "BatchNormalization", "AvgPool2D": "AveragePooling2D",
+      "GlobalAvgPool2D": "GlobalAveragePooling2D",
+    ]
     guard let kind = LayerKind(rawValue: aliases[typeName] ?? typeName) else {
       throw m.error("type", BNNError.unknownLayer(typeName).description)
     }
@@ -130,8 +142,11 @@ public struct RunConfig: Equatable {
     }
     if let v = try m.double("pad_values") { s.padValues = Float(v) }
     s.inputQuantizer = try parseQuantizer(m, "input_quantizer")
-    s.kernelQuantizer = try parseQuantizer(m, "kernel_quantizer")
-    s.kernelConstraint = try parseConstraint(m, "kernel_constraint")
+    // The depthwise layers' kernel is `depthwise_kernel`: its quantizer and constraint keys say so.
+    s.kernelQuantizer = try parseQuantizer(m, s.isDepthwise ? "depthwise_quantizer" : "kernel_quantizer")
+    s.kernelConstraint = try parseConstraint(m, s.isDepthwise ? "depthwise_constraint" : "kernel_constraint")
+    if let d = try m.int("depth_multiplier") { s.depthMultiplier = d }
+    s.keepdims = try m.bool("keepdims") ?? false
     s.useBias = try m.bool("use_bias") ?? true
     if let v = try m.double("momentum") { s.momentum = Float(v) }
     if let v = try m.double("epsilon") { s.epsilon = Float(v) }
@@ -325,20 +340,24 @@ public struct RunConfig: Equatable {
   static func emit(_ s: LayerSpec) -> [String: Any] {
     var m: [String: Any] = ["type": s.kind.rawValue]
     let keys = layerKeys[s.kind]!
+    // Writes only the keys this kind accepts (so e.g. `padding` goes to convolutions and pools only).
     func put(_ k: String, _ v: Any?) { if let v, keys.contains(k) { m[k] = v } }
     put("units", s.units)
     put("filters", s.filters)
     put("kernel_size", s.kernelSize)
     put("strides", s.strides)
     put("pool_size", s.poolSize)
-    if [.quantConv2D, .conv2D, .maxPool2D].contains(s.kind) { put("padding", s.padding.rawValue) }
-    if s.kind == .quantConv2D { put("pad_values", Double(s.padValues)) }
+    put("padding", s.padding.rawValue)
+    put("pad_values", Double(s.padValues))
+    put("depth_multiplier", s.depthMultiplier)
+    put("keepdims", s.keepdims)
     put("input_quantizer", s.inputQuantizer.map(emit))
-    put("kernel_quantizer", s.kernelQuantizer.map(emit))
+    put(s.isDepthwise ? "depthwise_quantizer" : "kernel_quantizer", s.kernelQuantizer.map(emit))
     if let c = s.kernelConstraint, case .weightClip(let v) = c {
-      put("kernel_constraint", ["type": "weight_clip", "clip_value": Double(v)])
+      put(
+        s.isDepthwise ? "depthwise_constraint" : "kernel_constraint", ["type": "weight_clip", "clip_value": Double(v)])
     }
-    if [.quantDense, .dense, .quantConv2D, .conv2D].contains(s.kind) { put("use_bias", s.useBias) }
+    put("use_bias", s.useBias)
     if s.kind == .batchNormalization {
       put("momentum", Double(s.momentum))
       put("epsilon", Double(s.epsilon))

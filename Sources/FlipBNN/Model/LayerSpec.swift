@@ -8,6 +8,10 @@ public enum LayerKind: String, CaseIterable, Sendable, Codable {
   case conv2D = "Conv2D"
   case batchNormalization = "BatchNormalization"
   case maxPool2D = "MaxPool2D"
+  case averagePooling2D = "AveragePooling2D"
+  case globalAveragePooling2D = "GlobalAveragePooling2D"
+  case depthwiseConv2D = "DepthwiseConv2D"
+  case quantDepthwiseConv2D = "QuantDepthwiseConv2D"
   case flatten = "Flatten"
   case activation = "Activation"
   case dropout = "Dropout"
@@ -24,10 +28,15 @@ public struct LayerSpec: Equatable, Sendable {
   public var padValues: Float = 0
   public var poolSize: [Int]?
   public var inputQuantizer: QuantizerSpec?
+  /// The kernel's quantizer; the depthwise layers' `depthwise_quantizer` (see `depthwiseQuantizer`).
   public var kernelQuantizer: QuantizerSpec?
-  /// `weight_clip` (with `clipValue`) or nil.
+  /// `weight_clip` (with `clipValue`) or nil; the depthwise layers' `depthwise_constraint`.
   public var kernelConstraint: KernelConstraint?
   public var useBias = true
+  /// `DepthwiseConv2D`'s `depth_multiplier` (Keras's default 1).
+  public var depthMultiplier = 1
+  /// `GlobalAveragePooling2D`'s `keepdims` (Keras's default false).
+  public var keepdims = false
   public var momentum: Float = 0.99
   public var epsilon: Float = 1e-3
   public var center = true
@@ -37,13 +46,30 @@ public struct LayerSpec: Equatable, Sendable {
 
   public init(_ kind: LayerKind) { self.kind = kind }
 
+  /// Larq's `depthwise_quantizer`: the depthwise layers' kernel quantizer, kept in the same
+  /// slot as every other layer's (so what treats all kernels alike, e.g. `realValued()`,
+  /// covers it).
+  public var depthwiseQuantizer: QuantizerSpec? {
+    get { kernelQuantizer }
+    set { kernelQuantizer = newValue }
+  }
+  /// Keras's `depthwise_constraint`, in the slot of `kernelConstraint`.
+  public var depthwiseConstraint: KernelConstraint? {
+    get { kernelConstraint }
+    set { kernelConstraint = newValue }
+  }
+
+  /// Whether the kernel is `depthwise_kernel` (so its quantizer is `depthwise_quantizer`).
+  public var isDepthwise: Bool { kind == .depthwiseConv2D || kind == .quantDepthwiseConv2D }
+
   /// Builds the layer for inputs of `inputShape` (one sample), checking every parameter.
   public func make(inputShape: [Int], seed: UInt64) throws -> Layer {
-    let quantized = kind == .quantDense || kind == .quantConv2D
+    let quantized = kind == .quantDense || kind == .quantConv2D || kind == .quantDepthwiseConv2D
     if !quantized && (inputQuantizer != nil || kernelQuantizer != nil) {
+      let kernelKey = isDepthwise ? "depthwise_quantizer" : "kernel_quantizer"
       throw BNNError.invalidParameter(
-        owner: kind.rawValue, parameter: inputQuantizer != nil ? "input_quantizer" : "kernel_quantizer",
-        reason: "only QuantDense and QuantConv2D take quantizers")
+        owner: kind.rawValue, parameter: inputQuantizer != nil ? "input_quantizer" : kernelKey,
+        reason: "only QuantDense, QuantConv2D and QuantDepthwiseConv2D take quantizers")
     }
     func pair(_ v: [Int]?, _ name: String, default d: [Int]?) throws -> (Int, Int) {
       guard let v = v ?? d else {
@@ -83,6 +109,21 @@ public struct LayerSpec: Equatable, Sendable {
       return try MaxPool2D(
         poolSize: size, strides: strides == nil ? nil : try pair(strides, "strides", default: nil),
         padding: padding, inputShape: inputShape)
+    case .averagePooling2D:
+      let size = try pair(poolSize, "pool_size", default: [2, 2])
+      return try AveragePooling2D(
+        poolSize: size, strides: strides == nil ? nil : try pair(strides, "strides", default: nil),
+        padding: padding, inputShape: inputShape)
+    case .globalAveragePooling2D:
+      return try GlobalAveragePooling2D(keepdims: keepdims, inputShape: inputShape)
+    case .depthwiseConv2D, .quantDepthwiseConv2D:
+      let plain = kind == .depthwiseConv2D
+      return try QuantDepthwiseConv2D(
+        kernelSize: try pair(kernelSize, "kernel_size", default: nil),
+        strides: try pair(strides, "strides", default: [1, 1]), padding: padding, padValue: plain ? 0 : padValues,
+        depthMultiplier: depthMultiplier, inputShape: inputShape, inputQuantizer: try inputQuantizer?.make(),
+        depthwiseQuantizer: try kernelQuantizer?.make(), depthwiseConstraint: kernelConstraint, useBias: useBias,
+        typeName: plain ? "depthwise_conv2d" : "quant_depthwise_conv2d")
     case .flatten:
       return Flatten(inputShape: inputShape)
     case .activation:

@@ -1,9 +1,11 @@
 import FlipTensor
 
-/// What a variable is to its layer. Names follow Keras's (`kernel`, `bias`, `gamma`, `beta`,
-/// `moving_mean`, `moving_variance`), so checkpoint tensors read like Keras weights.
+/// What a variable is to its layer. Names follow Keras's (`kernel`, `depthwise_kernel`, `bias`,
+/// `gamma`, `beta`, `moving_mean`, `moving_variance`), so checkpoint tensors read like Keras weights.
 public enum ParameterRole: String, Sendable, Codable {
   case kernel, bias, gamma, beta
+  /// The kernel of `DepthwiseConv2D`/`QuantDepthwiseConv2D`, (KH, KW, C, M).
+  case depthwiseKernel = "depthwise_kernel"
   case movingMean = "moving_mean"
   case movingVariance = "moving_variance"
 }

@@ -6,7 +6,9 @@ import Foundation
 /// precision (32 without one); BatchNormalization drops `beta` when `moving_mean` exists and
 /// `gamma` when `moving_variance` exists (the inference-fused form), so it counts its moving
 /// statistics only; a layer's MACs are `kernel count · output pixels` at precision
-/// `max(input precision or 32, kernel bits)`; activations' MACs are unknown (`?`).
+/// `max(input precision or 32, kernel bits)` (for a depthwise kernel (KH, KW, C, M) that is
+/// `KH·KW·C·M · OH·OW`); pooling layers have none (0); activations' and
+/// `GlobalAveragePooling2D`'s MACs are unknown (`?`: Larq's list of supported layers omits them).
 public struct ModelSummary: Sendable {
   public struct Row: Sendable {
     public var profile: LayerProfile
