@@ -78,7 +78,7 @@ struct BenchCommand: ParsableCommand {
       } else {
         splits = try DataSplits.load(directory: data ?? config.data)
       }
-      let model = try Sequential(
+      let model = try Model(
         specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0)
       if im2col { for case let conv as QuantConv2D in model.layers { conv.usePrimitives = false } }
       var options = TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0)

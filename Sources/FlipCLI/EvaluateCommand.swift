@@ -48,7 +48,7 @@ struct EvaluateCommand: ParsableCommand {
       }
       if let data { config.data = data }
       let splits = try DataSplits.load(directory: config.data)
-      let model = try Sequential(
+      let model = try Model(
         specs: config.layers, inputShape: config.inputShape ?? splits.test.sampleShape, seed: config.seed)
       guard model.inputShape == splits.test.sampleShape else {
         throw TrainingError.datasetMismatch(
@@ -83,7 +83,7 @@ struct SummaryCommand: ParsableCommand {
     do {
       let config = try modelOptions.resolve()
       let shape = !inputShape.isEmpty ? inputShape : (config.inputShape ?? [28, 28, 1])
-      let model = try Sequential(specs: config.layers, inputShape: shape, seed: 0)
+      let model = try Model(specs: config.layers, inputShape: shape, seed: 0)
       let name = ModelPreset(rawValue: config.model)?.modelName ?? config.model.replacingOccurrences(of: "-", with: "_")
       print(ModelSummary(modelName: name, model: model).render(), terminator: "")
     } catch {

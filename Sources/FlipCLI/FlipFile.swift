@@ -22,8 +22,8 @@ struct FlipFile {
   }
 
   /// The file's model for samples of `inputShape`, with the file's tensors loaded.
-  func model(inputShape: [Int]) throws -> Sequential {
-    let model = try Sequential(specs: config.layers, inputShape: inputShape, seed: config.seed)
+  func model(inputShape: [Int]) throws -> Model {
+    let model = try Model(specs: config.layers, inputShape: inputShape, seed: config.seed)
     try ModelFile.load(tensors, into: model, path: path, metadata: metadata)
     return model
   }

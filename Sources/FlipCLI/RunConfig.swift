@@ -110,7 +110,14 @@ public struct RunConfig: Equatable {
     .flatten: ["type"],
     .activation: ["type", "activation"],
     .dropout: ["type", "rate"],
-  ]
+    .add: ["type"],
+    .concatenate: ["type", "axis"],
+  ].mapValues { keys in
+    // Every layer takes a name and its inputs (Keras's functional API); Dense and Conv2D
+    // layers their kernel's initializer.
+    let initializer = keys.contains("kernel_quantizer") || keys.contains("kernel_constraint") ? ["kernel_initializer"] : []
+    return keys + ["name", "inputs"] + initializer
+  }
 
   static func parseLayer(_ m: ConfigMap) throws -> LayerSpec {
     guard let typeName = try m.string("type") else {
@@ -124,6 +131,27 @@ public struct RunConfig: Equatable {
       throw m.error("type", BNNError.unknownLayer(typeName).description)
     }
     var s = LayerSpec(kind)
+    s.name = try m.string("name")
+    if let raw = m.raw("inputs") as? String {
+      s.inputs = [raw]
+    } else if let list = try m.list("inputs") {
+      s.inputs = try list.enumerated().map { i, v in
+        guard let name = v as? String else { throw m.error("inputs", "item \(i) must be a layer name, got \(v)") }
+        return name
+      }
+    }
+    if s.isMerge && (s.inputs?.count ?? 0) < 2 {
+      throw m.error("inputs", "\(kind.rawValue) needs the names of at least 2 layers under inputs")
+    }
+    if let a = try m.int("axis"), a != -1 && a != 3 {
+      throw m.error("axis", "Concatenate joins the channels (axis -1) only, got \(a)")
+    }
+    if let i = try m.string("kernel_initializer") {
+      guard let initializer = Initializer(name: i) else {
+        throw m.error("kernel_initializer", "unknown initializer '\(i)' (accepted: glorot_uniform, glorot_normal, zeros, ones)")
+      }
+      s.kernelInitializer = initializer
+    }
     let accepted = layerKeys[kind]!
     for key in m.values.keys where !accepted.contains(key) {
       throw m.error(
@@ -340,6 +368,9 @@ public struct RunConfig: Equatable {
   static func emit(_ s: LayerSpec) -> [String: Any] {
     var m: [String: Any] = ["type": s.kind.rawValue]
     let keys = layerKeys[s.kind]!
+    if let name = s.name { m["name"] = name }
+    if let inputs = s.inputs { m["inputs"] = inputs }
+    if s.kernelInitializer != .glorotUniform { m["kernel_initializer"] = s.kernelInitializer.name }
     // Writes only the keys this kind accepts (so e.g. `padding` goes to convolutions and pools only).
     func put(_ k: String, _ v: Any?) { if let v, keys.contains(k) { m[k] = v } }
     put("units", s.units)

@@ -376,7 +376,7 @@ struct TrainCommand: ParsableCommand {
     communicator: Communicator, logger: Logger, savedPolicy saved: [String: Any] = [:]
   ) throws -> Trainer {
     try checkSameSettingsOnEveryRank(config: config, options: base, communicator: communicator)
-    let model = try Sequential(
+    let model = try Model(
       specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
     if let initFrom, communicator.isRoot {
       // Rank 0 reads the file; the trainer broadcasts its variables to the other ranks.

@@ -110,7 +110,7 @@ public enum BinaryExport {
   /// The model's tensors for a binary export (see the type's documentation) and `metadata`
   /// with `binary_kernels`, `quantized_kernels`, `kernel_scales` and `latent_kernels` added.
   /// Kernels are read from the model's current latent weights.
-  public static func export(model: Sequential, metadata: [String: String]) throws -> (
+  public static func export(model: Model, metadata: [String: String]) throws -> (
     tensors: [String: SafeTensors.Tensor], metadata: [String: String]
   ) {
     var tensors = ModelFile.tensors(of: model)

@@ -13,7 +13,7 @@ public enum FileFuzzing {
 
   /// Decodes `data` as a Flip file and, if it validates, loads it into `model` (a model,
   /// checkpoint or binary export of that architecture) the two ways Flip does.
-  public static func read(_ data: Data, into model: Sequential?) -> Outcome {
+  public static func read(_ data: Data, into model: Model?) -> Outcome {
     do {
       let (tensors, metadata) = try ModelFile.decode(data, path: "<fuzz input>")
       if let model {

@@ -9,7 +9,7 @@ import FlipBNN
 /// Optimizer state (`optimizer.*`) is ignored; bit-packed U32 kernels of a binary export are
 /// unpacked to ±1. All missing and unexpected names are one error, as are all shape
 /// mismatches; each names `path`. On error the model is unchanged.
-public func initialize(_ model: Sequential, from tensors: [String: SafeTensors.Tensor], path: String) throws {
+public func initialize(_ model: Model, from tensors: [String: SafeTensors.Tensor], path: String) throws {
   let views = model.store.views + model.store.stateViews
   let values = try ModelFile.values(for: views, from: tensors, packedKernels: nil, path: path)
   for (v, x) in zip(views, values) {

@@ -25,7 +25,7 @@ public enum ModelFile {
   public static let optimizerPrefix = "optimizer."
 
   /// The model's variables (trainable and state) as tensors.
-  public static func tensors(of model: Sequential) -> [String: SafeTensors.Tensor] {
+  public static func tensors(of model: Model) -> [String: SafeTensors.Tensor] {
     var tensors: [String: SafeTensors.Tensor] = [:]
     for v in model.store.views + model.store.stateViews {
       let p = model.store.pointer(v)
@@ -35,14 +35,14 @@ public enum ModelFile {
   }
 
   /// The model's variables (trainable and state) in place, for writing without a copy.
-  public static func refs(of model: Sequential) -> [SafeTensors.TensorRef] {
+  public static func refs(of model: Model) -> [SafeTensors.TensorRef] {
     (model.store.views + model.store.stateViews).map { v in
       SafeTensors.TensorRef(name: v.name, shape: v.shape, floats: model.store.pointer(v), count: v.count)
     }
   }
 
   /// Writes the model to `path` atomically (a temporary file in the same directory, then rename).
-  public static func save(_ model: Sequential, to path: String, metadata extra: [String: String]) throws {
+  public static func save(_ model: Model, to path: String, metadata extra: [String: String]) throws {
     try write(refs(of: model), metadata: extra, kind: .model, to: path)
   }
 
@@ -198,7 +198,7 @@ public enum ModelFile {
   /// export are unpacked to ±1 when `metadata`'s `binary_kernels` lists them. Nothing is
   /// copied unless every tensor checks out.
   public static func load(
-    _ all: [String: SafeTensors.Tensor], into model: Sequential, path: String, metadata: [String: String] = [:]
+    _ all: [String: SafeTensors.Tensor], into model: Model, path: String, metadata: [String: String] = [:]
   ) throws {
     let views = model.store.views + model.store.stateViews
     let packed = try BinaryExport.packedKernels(in: metadata, path: path)

@@ -119,7 +119,7 @@ public struct EpochResult: Sendable {
 
 /// Runs epochs of data-parallel training: the data path of DESIGN.md, step by step.
 public final class Trainer {
-  public let model: Sequential
+  public let model: Model
   public let optimizer: Optimizer
   public let communicator: Communicator
   public let data: DataSplits
@@ -175,7 +175,7 @@ public final class Trainer {
   private let localCapacity: Int
 
   public init(
-    model: Sequential, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
+    model: Model, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
     options: TrainingOptions, logger: Logger, progress: ProgressReporter
   ) throws {
     guard options.epochs > 0 else {
@@ -492,7 +492,7 @@ func scale(_ buffer: FloatBuffer, by factor: Float) {
 /// Evaluates `model` (inference mode) on this rank's contiguous shard of `dataset` in batches
 /// of `batch`; sums are all-reduced so every rank gets the global mean loss and accuracy.
 public func evaluateModel(
-  _ model: Sequential, on dataset: Dataset, communicator: Communicator, batch: Int,
+  _ model: Model, on dataset: Dataset, communicator: Communicator, batch: Int,
   images: FloatBuffer? = nil, labels: UnsafeMutablePointer<Int32>? = nil,
   loss: SparseCategoricalCrossentropy? = nil
 ) throws -> (loss: Double, accuracy: Double) {

@@ -8,7 +8,7 @@ import Foundation
 //   .build/debug/flip-fuzz FILE...   replays inputs (a crash found by the fuzzer, a corpus)
 
 /// The tiny model fuzz inputs are loaded into (the seed corpus is written from it).
-let fuzzModel: Sequential = {
+let fuzzModel: Model = {
   var dense = LayerSpec(.quantDense)
   dense.units = 3
   dense.kernelQuantizer = QuantizerSpec("ste_sign")
@@ -16,7 +16,7 @@ let fuzzModel: Sequential = {
   dense.useBias = false
   var bn = LayerSpec(.batchNormalization)
   bn.momentum = 0.9
-  return try! Sequential(specs: [LayerSpec(.flatten), dense, bn], inputShape: [2, 2, 1], seed: 1)
+  return try! Model(specs: [LayerSpec(.flatten), dense, bn], inputShape: [2, 2, 1], seed: 1)
 }()
 
 #if FLIP_LIBFUZZER

@@ -7,23 +7,23 @@ import Testing
 // Binary export: bit packing by hand, layouts, loading exports back, corrupt exports.
 
 /// A one-layer model `[in] → QuantDense(units)` without bias, its kernel set to `kernel`.
-private func denseModel(in inputs: Int, units: Int, quantizer: String, kernel: [Float]? = nil) throws -> Sequential {
+private func denseModel(in inputs: Int, units: Int, quantizer: String, kernel: [Float]? = nil) throws -> Model {
   var s = LayerSpec(.quantDense)
   s.units = units
   s.kernelQuantizer = QuantizerSpec(quantizer)
   s.useBias = false
-  let model = try Sequential(specs: [s], inputShape: [inputs], seed: 3)
+  let model = try Model(specs: [s], inputShape: [inputs], seed: 3)
   if let kernel { setKernel(model, layer: 0, kernel) }
   return model
 }
 
-private func setKernel(_ model: Sequential, layer: Int, _ values: [Float]) {
+private func setKernel(_ model: Model, layer: Int, _ values: [Float]) {
   let v = model.store.views(ofLayer: layer).first { $0.role == .kernel }!
   precondition(v.count == values.count)
   values.withUnsafeBufferPointer { model.store.pointer(v).update(from: $0.baseAddress!, count: v.count) }
 }
 
-private func loadError(_ tensors: [String: SafeTensors.Tensor], _ metadata: [String: String], into model: Sequential)
+private func loadError(_ tensors: [String: SafeTensors.Tensor], _ metadata: [String: String], into model: Model)
   -> String
 {
   do {
@@ -71,7 +71,7 @@ struct BinaryExportTests {
     s.kernelSize = [2, 2]
     s.kernelQuantizer = QuantizerSpec("approx_sign")
     s.useBias = false
-    let model = try Sequential(specs: [s], inputShape: [4, 4, 3], seed: 0)
+    let model = try Model(specs: [s], inputShape: [4, 4, 3], seed: 0)
     // Keras [kh, kw, cin, cout] = [2, 2, 3, 2]; negative at (y, x, c, o):
     let negative: Set<[Int]> = [
       [0, 0, 1, 0], [1, 1, 0, 0], [1, 1, 2, 0], [0, 1, 0, 1], [0, 1, 1, 1], [0, 1, 2, 1], [1, 0, 2, 1],
@@ -113,11 +113,11 @@ struct BinaryExportTests {
     // dorefa weights, q = 2·round(n·u)/n − 1 with u = tanh(x)/(2·tanh 1) + 1/2: 2 bits map their
     // levels {−1, −1/3, 1/3, 1} to themselves; 4 bits do not (q(0.6): 15u = 12.79 → 11/15, but
     // q(11/15): 15u = 13.66 → 13/15), so a 4-bit kernel keeps its latent weights.
-    func dorefa(_ bits: Double) throws -> Sequential {
+    func dorefa(_ bits: Double) throws -> Model {
       var s = LayerSpec(.quantDense)
       s.units = 2
       s.kernelQuantizer = QuantizerSpec("dorefa_quantizer", parameters: ["k_bit": bits], mode: "weights")
-      let m = try Sequential(specs: [s], inputShape: [3], seed: 0)
+      let m = try Model(specs: [s], inputShape: [3], seed: 0)
       setKernel(m, layer: 0, [1, -1, 0.8, 0.1, -0.3, 0.6])
       return m
     }
@@ -131,7 +131,7 @@ struct BinaryExportTests {
     // No quantizer: the latent kernel as it is.
     var plain = LayerSpec(.dense)
     plain.units = 2
-    let dense = try Sequential(specs: [plain], inputShape: [3], seed: 0)
+    let dense = try Model(specs: [plain], inputShape: [3], seed: 0)
     setKernel(dense, layer: 0, kernel)
     let (c, _) = try BinaryExport.export(model: dense, metadata: [:])
     #expect(c["layers.0.dense.kernel"]?.values == kernel)
@@ -172,7 +172,7 @@ struct BinaryExportTests {
   }()
 
   @Test func aLoadedExportGivesTheSameOutputs() throws {
-    let original = try Sequential(specs: Self.mixedSpecs, inputShape: [5, 5, 2], seed: 11)
+    let original = try Model(specs: Self.mixedSpecs, inputShape: [5, 5, 2], seed: 11)
     // Non-trivial BatchNorm statistics and biases.
     for v in original.store.stateViews + original.store.views where v.role != .kernel {
       let p = original.store.pointer(v)
@@ -193,7 +193,7 @@ struct BinaryExportTests {
       readMetadata[BinaryExport.quantizedKernelsKey]
         == #"{"layers.7.quant_dense_1.kernel":"magnitude_aware_sign","layers.9.quant_dense_3.kernel":"ste_tern"}"#)
     #expect(readMetadata[BinaryExport.latentKernelsKey] == #"{"layers.8.quant_dense_2.kernel":"dorefa_quantizer"}"#)
-    let fresh = try Sequential(specs: Self.mixedSpecs, inputShape: [5, 5, 2], seed: 99)
+    let fresh = try Model(specs: Self.mixedSpecs, inputShape: [5, 5, 2], seed: 99)
     try ModelFile.load(read, into: fresh, path: path, metadata: readMetadata)
     fresh.allocate(maxBatch: batch)
     let after = copyOut(try fresh.forward(x, batch: batch, training: false), batch * 3)
@@ -204,7 +204,7 @@ struct BinaryExportTests {
   }
 
   @Test func theExportOfBinaryNetIsAboutThirtyTimesSmaller() throws {
-    let model = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
+    let model = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
     func bytes(_ t: [String: SafeTensors.Tensor]) -> Int { t.values.reduce(0) { $0 + $1.count * 4 } }
     let full = ModelFile.tensors(of: model)
     let (packed, _) = try BinaryExport.export(model: model, metadata: [:])

@@ -55,7 +55,7 @@ struct ConfigTests {
     #expect(
       lr.schedule == .linearWarmup(warmup: 10, start: 0, then: .cosineDecay(initial: 1e-3, decaySteps: 100, alpha: 0)))
     #expect(b1.unit == .epoch)
-    let model = try Sequential(specs: c.layers, inputShape: [8, 8, 1], seed: 0)
+    let model = try Model(specs: c.layers, inputShape: [8, 8, 1], seed: 0)
     #expect(model.outputShape == [3])
   }
 
@@ -89,12 +89,12 @@ struct ConfigTests {
   @Test func shapesThatDoNotFitAreErrors() throws {
     let c = try RunConfig.parse(yaml: "layers: [{type: QuantDense, units: 3}]", file: "t")
     do {
-      _ = try Sequential(specs: c.layers, inputShape: [4, 4, 1], seed: 0)
+      _ = try Model(specs: c.layers, inputShape: [4, 4, 1], seed: 0)
       Issue.record("expected an error")
     } catch { #expect("\(error)".contains("Flatten")) }
     let d = try RunConfig.parse(yaml: "layers: [{type: QuantConv2D, filters: 2, kernel_size: 5}]", file: "t")
     do {
-      _ = try Sequential(specs: d.layers, inputShape: [3, 3, 1], seed: 0)
+      _ = try Model(specs: d.layers, inputShape: [3, 3, 1], seed: 0)
       Issue.record("expected an error")
     } catch { #expect("\(error)".contains("does not fit")) }
   }

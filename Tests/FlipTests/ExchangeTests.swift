@@ -149,7 +149,7 @@ struct ExchangeTests {
     let data = try DataSplits.load(directory: dir)
     let specs = Self.specs
     let results = ThreadGroup(size: ranks).run { c -> ([Float], UInt64, String) in
-      let model = try Sequential(specs: specs, inputShape: [6, 6, 1], seed: 3)
+      let model = try Model(specs: specs, inputShape: [6, 6, 1], seed: 3)
       var options = TrainingOptions(epochs: 1, batchSize: 24, seed: 1, logEverySteps: 0)
       configure(&options)
       let trainer = try Trainer(

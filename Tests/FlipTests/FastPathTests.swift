@@ -216,7 +216,7 @@ struct FastPathTests {
   func selfTestPassesAndCoversEveryKernel(preset: ModelPreset) throws {
     let checks = try KernelSelfTest.run(specs: preset.layers, inputShape: [28, 28, 1], batch: 2)
     for c in checks where !c.passed { Issue.record("\(c.kernel) of \(c.layer) (\(c.implementation)): \(c.maxError)") }
-    let model = try Sequential(specs: preset.layers, inputShape: [28, 28, 1], seed: 0)
+    let model = try Model(specs: preset.layers, inputShape: [28, 28, 1], seed: 0)
     for case let layer as ExactBinaryForward & FlipCounting in model.layers where layer.hasQuantizedKernel {
       let kernels = Set(checks.filter { $0.layer == layer.name }.map(\.kernel))
       var want: Set = ["forward fp32", "backward data", "backward weights", "kernel pass"]
@@ -266,7 +266,7 @@ struct FastPathTests {
   /// The forward-kernel choice: forced policies set every exact layer, `auto` times both and
   /// keeps the results bit for bit; layers without an exact int8 path stay fp32.
   @Test func binaryForwardChoiceKeepsResults() throws {
-    let model = try Sequential(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 4)
+    let model = try Model(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 4)
     model.allocate(maxBatch: 8)
     let x = randomValues(8 * 784, seed: 6)
     var outputs: [[Float]] = []
@@ -310,7 +310,7 @@ struct FastPathTests {
       let saved = Parallel.threads
       Parallel.threads = threads
       defer { Parallel.threads = saved }
-      let model = try Sequential(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 3)
+      let model = try Model(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 3)
       model.allocate(maxBatch: 40)
       let optimizer = try OptimizerSpec.adam(learningRate: 0.01).make()
       try optimizer.prepare(store: model.store)

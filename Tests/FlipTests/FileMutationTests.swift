@@ -10,14 +10,14 @@ import Testing
 @Suite("file reader under mutation")
 struct FileMutationTests {
   /// A small checkpoint-kind file of a BatchNorm model, with optimizer state and metadata.
-  static func original() throws -> (data: Data, model: Sequential) {
+  static func original() throws -> (data: Data, model: Model) {
     var dense = LayerSpec(.quantDense)
     dense.units = 4
     dense.kernelQuantizer = QuantizerSpec("ste_sign")
     dense.kernelConstraint = .weightClip(clipValue: 1)
     var bn = LayerSpec(.batchNormalization)
     bn.momentum = 0.9
-    let model = try Sequential(specs: [LayerSpec(.flatten), dense, bn], inputShape: [3, 3, 1], seed: 5)
+    let model = try Model(specs: [LayerSpec(.flatten), dense, bn], inputShape: [3, 3, 1], seed: 5)
     var tensors = ModelFile.tensors(of: model)
     tensors["optimizer.adam.m.layers.1.quant_dense.kernel"] = .init(
       shape: [9, 4], values: (0..<36).map { Float($0) / 7 })
@@ -81,7 +81,7 @@ struct FileMutationTests {
     #expect(rejected > 3900, "only \(rejected) of 4000 mutations rejected (\(harmless) harmless)")
   }
 
-  func error(_ data: Data, _ model: Sequential? = nil) -> String {
+  func error(_ data: Data, _ model: Model? = nil) -> String {
     do {
       let (tensors, metadata) = try ModelFile.decode(data, path: "f.safetensors")
       if let model { try ModelFile.load(tensors, into: model, path: "f.safetensors", metadata: metadata) }
@@ -119,7 +119,7 @@ struct FileMutationTests {
     // A checkpoint of another model.
     var other = LayerSpec(.quantDense)
     other.units = 5
-    let otherModel = try Sequential(specs: [LayerSpec(.flatten), other], inputShape: [3, 3, 1], seed: 1)
+    let otherModel = try Model(specs: [LayerSpec(.flatten), other], inputShape: [3, 3, 1], seed: 1)
     let mismatch = error(good, otherModel)
     #expect(
       mismatch.contains("does not match the model")

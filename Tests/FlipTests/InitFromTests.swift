@@ -22,17 +22,17 @@ struct InitFromTests {
     return [LayerSpec(.flatten), d1, LayerSpec(.batchNormalization), d2]
   }()
 
-  static func set(_ model: Sequential, _ name: String, _ values: [Float]) {
+  static func set(_ model: Model, _ name: String, _ values: [Float]) {
     let v = (model.store.views + model.store.stateViews).first { $0.name == name }!
     values.withUnsafeBufferPointer { model.store.pointer(v).update(from: $0.baseAddress!, count: v.count) }
   }
 
-  static func get(_ model: Sequential, _ name: String) -> [Float] {
+  static func get(_ model: Model, _ name: String) -> [Float] {
     let v = (model.store.views + model.store.stateViews).first { $0.name == name }!
     return copyOut(model.store.pointer(v), v.count)
   }
 
-  func initError(_ tensors: [String: SafeTensors.Tensor], into model: Sequential) -> String {
+  func initError(_ tensors: [String: SafeTensors.Tensor], into model: Model) -> String {
     do {
       try initialize(model, from: tensors, path: "real.safetensors")
       return "no error"
@@ -40,7 +40,7 @@ struct InitFromTests {
   }
 
   @Test func copiesEveryTensorAndClipsKernels() throws {
-    let real = try Sequential(specs: Self.specs.realValued(), inputShape: [2, 1], seed: 1)
+    let real = try Model(specs: Self.specs.realValued(), inputShape: [2, 1], seed: 1)
     Self.set(real, "layers.1.quant_dense.kernel", [0.2, -0.7, 0.5, 1.5, -0.5, -0.49])
     Self.set(real, "layers.1.quant_dense.bias", [3, -4, 0.25])
     Self.set(real, "layers.2.batch_normalization.moving_mean", [0.1, 0.2, 0.3])
@@ -48,7 +48,7 @@ struct InitFromTests {
     Self.set(real, "layers.3.quant_dense_1.kernel", [-1.25, 0.5, 0.75, -0.25, 2, 0])
     var tensors = ModelFile.tensors(of: real)
     tensors["optimizer.adam.m.layers.1.quant_dense.kernel"] = .init(shape: [1], values: [9])
-    let binary = try Sequential(specs: Self.specs, inputShape: [2, 1], seed: 2)
+    let binary = try Model(specs: Self.specs, inputShape: [2, 1], seed: 2)
     try initialize(binary, from: tensors, path: "real.safetensors")
     // weight_clip(0.5) on the first kernel; the second has no constraint.
     #expect(Self.get(binary, "layers.1.quant_dense.kernel") == [0.2, -0.5, 0.5, 0.5, -0.5, -0.49])
@@ -60,9 +60,9 @@ struct InitFromTests {
   }
 
   @Test func missingAndExtraTensorsAreOneError() throws {
-    let binary = try Sequential(specs: Self.specs, inputShape: [2, 1], seed: 2)
+    let binary = try Model(specs: Self.specs, inputShape: [2, 1], seed: 2)
     let before = binary.store.values.array
-    var tensors = ModelFile.tensors(of: try Sequential(specs: Self.specs, inputShape: [2, 1], seed: 5))
+    var tensors = ModelFile.tensors(of: try Model(specs: Self.specs, inputShape: [2, 1], seed: 5))
     tensors["layers.1.quant_dense.bias"] = nil
     tensors["layers.2.batch_normalization.moving_variance"] = nil
     tensors["layers.4.dense.kernel"] = .init(shape: [2, 2], values: [1, 2, 3, 4])
@@ -76,9 +76,9 @@ struct InitFromTests {
   }
 
   @Test func shapeMismatchesNameTheTensorAndBothShapes() throws {
-    let binary = try Sequential(specs: Self.specs, inputShape: [2, 1], seed: 2)
+    let binary = try Model(specs: Self.specs, inputShape: [2, 1], seed: 2)
     let before = binary.store.values.array
-    var tensors = ModelFile.tensors(of: try Sequential(specs: Self.specs, inputShape: [2, 1], seed: 5))
+    var tensors = ModelFile.tensors(of: try Model(specs: Self.specs, inputShape: [2, 1], seed: 5))
     tensors["layers.1.quant_dense.kernel"] = .init(shape: [3, 2], values: [1, 2, 3, 4, 5, 6])
     let e = initError(tensors, into: binary)
     #expect(
@@ -88,11 +88,11 @@ struct InitFromTests {
   }
 
   @Test func aBinaryExportInitializesWithItsSigns() throws {
-    let source = try Sequential(specs: Self.specs, inputShape: [2, 1], seed: 1)
+    let source = try Model(specs: Self.specs, inputShape: [2, 1], seed: 1)
     Self.set(source, "layers.3.quant_dense_1.kernel", [-1.25, 0.5, 0.75, -0.25, 2, 0])
     let (tensors, _) = try BinaryExport.export(model: source, metadata: [:])
     #expect(tensors["layers.3.quant_dense_1.kernel"]?.dtype == .u32)
-    let target = try Sequential(specs: Self.specs, inputShape: [2, 1], seed: 2)
+    let target = try Model(specs: Self.specs, inputShape: [2, 1], seed: 2)
     try initialize(target, from: tensors, path: "binary.safetensors")
     #expect(Self.get(target, "layers.3.quant_dense_1.kernel") == [-1, 1, 1, -1, 1, 1])
     // ±1 kernels are clipped to weight_clip(0.5) like any other.

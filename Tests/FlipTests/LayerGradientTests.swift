@@ -686,8 +686,8 @@ struct LayerGradientTests {
       softmax.activation = .softmax
       return [d1, relu, d2, softmax]
     }
-    let full = try Sequential(specs: specs(), inputShape: [6], seed: 3)
-    let halves = try Sequential(specs: specs(), inputShape: [6], seed: 3)
+    let full = try Model(specs: specs(), inputShape: [6], seed: 3)
+    let halves = try Model(specs: specs(), inputShape: [6], seed: 3)
     #expect(full.store.values.array == halves.store.values.array)
     #expect(full.endsInSoftmax)
     full.allocate(maxBatch: 8)
@@ -716,7 +716,7 @@ struct LayerGradientTests {
     d.units = 3
     var softmax = LayerSpec(.activation)
     softmax.activation = .softmax
-    let model = try Sequential(specs: [d, softmax], inputShape: [2], seed: 4)
+    let model = try Model(specs: [d, softmax], inputShape: [2], seed: 4)
     model.allocate(maxBatch: 2)
     let x = FloatBuffer([0.5, -1, 2, 0.25])
     let labels: [Int32] = [2, 0]

@@ -75,7 +75,7 @@ struct ModelFileTests {
 
   @Test func flippedPayloadByteFailsTheChecksum() throws {
     let dir = temporaryDirectory()
-    let model = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [4, 4, 1], seed: 1)
+    let model = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [4, 4, 1], seed: 1)
     let path = dir + "/model.safetensors"
     try ModelFile.save(model, to: path, metadata: ["model": "binarynet-mlp"])
     var data = FileManager.default.contents(atPath: path)!
@@ -89,7 +89,7 @@ struct ModelFileTests {
 
   @Test func savesAndLoadsAModelExactly() throws {
     let dir = temporaryDirectory()
-    let a = try Sequential(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 1)
+    let a = try Model(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 1)
     a.store.state.pointer[3] = 0.5
     let path = dir + "/model.safetensors"
     try ModelFile.save(a, to: path, metadata: ["model": "larq-cnn"])
@@ -97,13 +97,13 @@ struct ModelFileTests {
     #expect(metadata["model"] == "larq-cnn")
     #expect(tensors["layers.0.quant_conv2d.kernel"]?.shape == [3, 3, 1, 32])
     #expect(tensors["layers.2.batch_normalization.moving_mean"]?.shape == [32])
-    let b = try Sequential(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 2)
+    let b = try Model(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 2)
     #expect(b.store.values.array != a.store.values.array)
     try ModelFile.load(tensors, into: b, path: path)
     #expect(b.store.values.array == a.store.values.array)
     #expect(b.store.state.array == a.store.state.array)
     // A checkpoint of another model is rejected with the differing tensors named.
-    let mlp = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
+    let mlp = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
     do {
       try ModelFile.load(tensors, into: mlp, path: path)
       Issue.record("expected an error")

@@ -382,12 +382,12 @@ struct OptimizerTests {
       // A small BinaryNet: binary kernels (Bop's precision-1 variables) and BatchNorm betas.
       var layers = ModelPreset.binarynetMLP.layers
       for i in layers.indices where layers[i].kind == .quantDense { layers[i].units = layers[i].units == 10 ? 10 : 24 }
-      let model = try Sequential(specs: layers, inputShape: [4, 4, 1], seed: 1)
+      let model = try Model(specs: layers, inputShape: [4, 4, 1], seed: 1)
       let store = model.store
       let g = randomValues(store.gradients.count, seed: 3)
       // One optimizer per slice, as each rank has its own: each updates only its slice.
       func run(slices: [[Range<Int>]?]) throws -> [Float] {
-        let copy = try Sequential(specs: layers, inputShape: [4, 4, 1], seed: 1)
+        let copy = try Model(specs: layers, inputShape: [4, 4, 1], seed: 1)
         let optimizers = try slices.map { _ in try spec.make() }
         for o in optimizers { try o.prepare(store: copy.store) }
         for step in 0..<3 {

@@ -506,8 +506,8 @@ struct PoolingDepthwiseTests {
       softmax.activation = .softmax
       return [d1, pool, d2, relu, gap, dense, softmax]
     }
-    let full = try Sequential(specs: specs(), inputShape: [7, 7, 2], seed: 5)
-    let halves = try Sequential(specs: specs(), inputShape: [7, 7, 2], seed: 5)
+    let full = try Model(specs: specs(), inputShape: [7, 7, 2], seed: 5)
+    let halves = try Model(specs: specs(), inputShape: [7, 7, 2], seed: 5)
     #expect(
       full.layers.map(\.name) == [
         "quant_depthwise_conv2d", "average_pooling2d", "depthwise_conv2d", "activation", "global_average_pooling2d",
@@ -562,7 +562,7 @@ struct PoolingDepthwiseTests {
       let saved = Parallel.threads
       Parallel.threads = threads
       defer { Parallel.threads = saved }
-      let model = try Sequential(specs: specs(), inputShape: [9, 9, 2], seed: 6)
+      let model = try Model(specs: specs(), inputShape: [9, 9, 2], seed: 6)
       model.allocate(maxBatch: 40)
       let optimizer = try OptimizerSpec.adam(learningRate: 0.01).make()
       try optimizer.prepare(store: model.store)
@@ -624,10 +624,10 @@ struct PoolingDepthwiseTests {
     #expect(try RunConfig.parse(yaml: try again.yaml(), file: "round-trip 2") == c)
 
     do {
-      _ = try Sequential(specs: c.layers, inputShape: [12, 12, 3], seed: 0)
+      _ = try Model(specs: c.layers, inputShape: [12, 12, 3], seed: 0)
       Issue.record("GlobalAveragePooling2D after Flatten must be an error")
     } catch { #expect("\(error)".contains("expects an image input"), "\(error)") }
-    let model = try Sequential(specs: Array(c.layers.prefix(6)), inputShape: [12, 12, 3], seed: 0)
+    let model = try Model(specs: Array(c.layers.prefix(6)), inputShape: [12, 12, 3], seed: 0)
     #expect(model.layers.map(\.outputShape) == [[6, 6, 6], [6, 6, 6], [5, 4, 6], [2, 2, 6], [1, 1, 6], [6]])
     let names = model.store.views.map(\.name)
     #expect(
@@ -653,7 +653,7 @@ struct PoolingDepthwiseTests {
   private func buildError(_ yaml: String, inputShape: [Int]) -> String {
     do {
       let c = try RunConfig.parse(yaml: yaml, file: "bad.yaml")
-      _ = try Sequential(specs: c.layers, inputShape: inputShape, seed: 0)
+      _ = try Model(specs: c.layers, inputShape: inputShape, seed: 0)
       return "no error"
     } catch { return "\(error)" }
   }
@@ -753,7 +753,7 @@ struct PoolingDepthwiseTests {
     dense.units = 4
     dense.inputQuantizer = QuantizerSpec("ste_sign")
     dense.kernelQuantizer = QuantizerSpec("ste_sign")
-    let model = try Sequential(specs: [d1, d2, pool, gap, dense], inputShape: [8, 8, 3], seed: 0)
+    let model = try Model(specs: [d1, d2, pool, gap, dense], inputShape: [8, 8, 3], seed: 0)
     let summary = ModelSummary(modelName: "depthwise", model: model)
     let rows = summary.rows
     // quant_depthwise_conv2d: 3·3·3·2 = 54 one-bit weights; 8·8·54 = 3456 one-bit MACs.

@@ -39,14 +39,14 @@ struct RealValuedTests {
     #expect(c.layers[1].inputQuantizer == QuantizerSpec("hard_tanh"))
     #expect(c.layers[2].inputQuantizer == QuantizerSpec("hard_tanh"))
     #expect(try RunConfig.parse(yaml: try c.yaml(), file: "again") == c)
-    let model = try Sequential(specs: c.layers, inputShape: [2, 2, 1], seed: 0)
+    let model = try Model(specs: c.layers, inputShape: [2, 2, 1], seed: 0)
     let dense = try #require(model.layers[1] as? QuantDense)
     #expect(dense.inputQuantizer is HardTanh)
     #expect(!dense.exactInt8Forward)
   }
 
   @Test func theSummaryCountsHardTanhInputsAsFloat() throws {
-    let model = try Sequential(specs: ModelPreset.binarynetMLP.layers.realValued(), inputShape: [28, 28, 1], seed: 0)
+    let model = try Model(specs: ModelPreset.binarynetMLP.layers.realValued(), inputShape: [28, 28, 1], seed: 0)
     let summary = ModelSummary(modelName: "m", model: model)
     let row = try #require(summary.rows.first { $0.profile.name == "quant_dense_1" })
     #expect(row.profile.inputPrecision == nil)
@@ -73,9 +73,9 @@ struct RealValuedTests {
       #expect(same == b, "only the quantizers change")
     }
     #expect(real.contains { $0.inputQuantizer != nil })
-    let a = try Sequential(specs: binary, inputShape: [28, 28, 1], seed: 0)
-    let m = try Sequential(specs: real, inputShape: [28, 28, 1], seed: 0)
-    let names = { (s: Sequential) in (s.store.views + s.store.stateViews).map { "\($0.name) \($0.shape)" } }
+    let a = try Model(specs: binary, inputShape: [28, 28, 1], seed: 0)
+    let m = try Model(specs: real, inputShape: [28, 28, 1], seed: 0)
+    let names = { (s: Model) in (s.store.views + s.store.stateViews).map { "\($0.name) \($0.shape)" } }
     #expect(names(a) == names(m))
     #expect(m.layers.map(\.name) == a.layers.map(\.name))
     for layer in m.layers {

@@ -91,7 +91,7 @@ private func lineDiff(_ got: String, _ want: String) -> String {
 struct SummaryTests {
   private func summary(_ preset: ModelPreset) throws -> ModelSummary {
     ModelSummary(
-      modelName: preset.modelName, model: try Sequential(specs: preset.layers, inputShape: [28, 28, 1], seed: 0))
+      modelName: preset.modelName, model: try Model(specs: preset.layers, inputShape: [28, 28, 1], seed: 0))
   }
 
   @Test("binarynet-mlp summary equals Larq's output exactly")

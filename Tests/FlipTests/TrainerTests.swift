@@ -8,14 +8,14 @@ import Testing
 
 @Suite("Trainer")
 struct TrainerTests {
-  func toyModel(seed: UInt64) throws -> Sequential {
+  func toyModel(seed: UInt64) throws -> Model {
     var specs = ModelPreset.binarynetMLP.layers
     // A narrower BinaryNet for 6×6 images and 2 classes.
     for i in specs.indices where specs[i].kind == .quantDense { specs[i].units = specs[i].units == 10 ? 2 : 32 }
-    return try Sequential(specs: specs, inputShape: [6, 6, 1], seed: seed)
+    return try Model(specs: specs, inputShape: [6, 6, 1], seed: seed)
   }
 
-  func makeTrainer(_ model: Sequential, data: DataSplits, epochs: Int = 3, batch: Int = 32, seed: UInt64 = 0) throws
+  func makeTrainer(_ model: Model, data: DataSplits, epochs: Int = 3, batch: Int = 32, seed: UInt64 = 0) throws
     -> Trainer
   {
     try Trainer(
@@ -94,12 +94,12 @@ struct TrainerTests {
     let dir = temporaryDirectory()
     writeToyDataset(to: dir, train: 20, test: 10)
     let data = try DataSplits.load(directory: dir)
-    let wrongInput = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
+    let wrongInput = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
     do {
       _ = try makeTrainer(wrongInput, data: data)
       Issue.record("expected an error")
     } catch { #expect("\(error)".contains("[28, 28, 1]") && "\(error)".contains("[6, 6, 1]")) }
-    let wrongClasses = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [6, 6, 1], seed: 0)
+    let wrongClasses = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [6, 6, 1], seed: 0)
     do {
       _ = try makeTrainer(wrongClasses, data: data)
       Issue.record("expected an error")
@@ -121,7 +121,7 @@ struct TrainerTests {
     specs[3].units = 2
     specs[4].activation = .softmax
     func train(accumulate: Int) throws -> [Float] {
-      let model = try Sequential(specs: specs, inputShape: [6, 6, 1], seed: 2)
+      let model = try Model(specs: specs, inputShape: [6, 6, 1], seed: 2)
       var options = TrainingOptions(epochs: 2, batchSize: 32, seed: 1, logEverySteps: 0)
       options.accumulate = accumulate
       let trainer = try Trainer(
@@ -141,7 +141,7 @@ struct TrainerTests {
   }
 
   @Test func gradientBucketsCoverTheBufferInBackwardOrder() throws {
-    let model = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
+    let model = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
     let views = model.store.views
     for cap in [1, 1 << 20, 4 << 20, 1 << 30] {
       let buckets = GradientBucket.plan(views: views, capBytes: cap)
@@ -165,7 +165,7 @@ struct TrainerTests {
   }
 
   @Test func shardLayoutGivesEachRankOnePartOfEveryBucket() throws {
-    let model = try Sequential(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
+    let model = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
     let buckets = GradientBucket.plan(views: model.store.views, capBytes: 4 << 20)
     for ranks in [1, 2, 3] {
       let layouts = (0..<ranks).map { ShardLayout(buckets: buckets, ranks: ranks, rank: $0) }

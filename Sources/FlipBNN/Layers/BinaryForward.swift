@@ -5,7 +5,7 @@ public enum BinaryForwardKernel: String, Sendable, CaseIterable {
   case int8, fp32
 }
 
-/// How `Sequential.chooseBinaryForward` picks each exact layer's forward kernel: `auto` times
+/// How `Model.chooseBinaryForward` picks each exact layer's forward kernel: `auto` times
 /// both on the layer's own shape on this CPU and keeps the faster; `int8` and `fp32` force one.
 public enum BinaryForwardPolicy: String, Sendable, CaseIterable {
   case auto, int8, fp32
@@ -44,7 +44,7 @@ extension QuantConv2D {
   public var kernelSignMagnitude: Float? { FlipBNN.kernelSignMagnitude(quantizer: kernelQuantizer, constraint: constraint) }
 }
 
-extension Sequential {
+extension Model {
   /// Each kernel that may travel as signs: its view's index in `store.views`, and the
   /// magnitude its signs stand for (see `kernelSignMagnitude`).
   public var signKernels: [(view: Int, magnitude: Float)] {

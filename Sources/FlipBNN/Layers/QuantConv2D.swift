@@ -25,9 +25,10 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   public let useBias: Bool
   public let inputQuantizer: Quantizer?
   public let constraint: KernelConstraint?
+  public let kernelInitializer: Initializer
   let kernel: QuantizedKernel
   /// Whether the forward product runs in exact int8 (both quantizers take integer levels). On
-  /// by default where exact; `Sequential.chooseBinaryForward` picks the faster of the two
+  /// by default where exact; `Model.chooseBinaryForward` picks the faster of the two
   /// exact paths, and tests turn it off to compare with the fp32 path.
   public var exactInt8Forward: Bool {
     // The other path's primitives are no longer needed (the cache holds four shapes).
@@ -67,7 +68,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     filters: Int, kernelSize: (Int, Int), strides: (Int, Int) = (1, 1), padding: Padding = .valid,
     padValue: Float = 0, inputShape: [Int], inputQuantizer: Quantizer? = nil,
     kernelQuantizer: Quantizer? = nil, constraint: KernelConstraint? = nil, useBias: Bool = true,
-    typeName: String? = nil
+    typeName: String? = nil, kernelInitializer: Initializer = .glorotUniform
   ) throws {
     let type = typeName ?? ((inputQuantizer == nil && kernelQuantizer == nil) ? "conv2d" : "quant_conv2d")
     guard filters > 0 else {
@@ -92,6 +93,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     self.outputShape = [geometry.outputHeight, geometry.outputWidth, filters]
     self.inputQuantizer = inputQuantizer
     self.constraint = constraint
+    self.kernelInitializer = kernelInitializer
     self.useBias = useBias
     self.typeName = type
     self.name = type
@@ -149,7 +151,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     var specs = [
       ParameterSpec(
         role: .kernel, shape: [g.kernelHeight, g.kernelWidth, g.channels, filters],
-        precision: kernel.quantizer?.precision ?? 32, constraint: constraint, initializer: .glorotUniform)
+        precision: kernel.quantizer?.precision ?? 32, constraint: constraint, initializer: kernelInitializer)
     ]
     if useBias { specs.append(ParameterSpec(role: .bias, shape: [filters], initializer: .zeros)) }
     return specs

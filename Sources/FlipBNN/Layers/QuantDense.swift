@@ -16,9 +16,10 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
   public let useBias: Bool
   public let inputQuantizer: Quantizer?
   public let constraint: KernelConstraint?
+  public let kernelInitializer: Initializer
   let kernel: QuantizedKernel
   /// Whether the forward GEMM runs in exact int8 (both quantizers take integer levels). On
-  /// by default where exact; `Sequential.chooseBinaryForward` picks the faster of the two
+  /// by default where exact; `Model.chooseBinaryForward` picks the faster of the two
   /// exact paths, and tests turn it off to compare with the fp32 path.
   public var exactInt8Forward: Bool
   private let int8Forward: Int8Forward?
@@ -49,7 +50,8 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
 
   public init(
     units: Int, inputShape: [Int], inputQuantizer: Quantizer? = nil, kernelQuantizer: Quantizer? = nil,
-    constraint: KernelConstraint? = nil, useBias: Bool = true, typeName: String? = nil
+    constraint: KernelConstraint? = nil, useBias: Bool = true, typeName: String? = nil,
+    kernelInitializer: Initializer = .glorotUniform
   ) throws {
     guard units > 0 else {
       throw BNNError.invalidParameter(owner: "QuantDense", parameter: "units", reason: "must be positive, got \(units)")
@@ -64,6 +66,7 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     self.outputShape = [units]
     self.inputQuantizer = inputQuantizer
     self.constraint = constraint
+    self.kernelInitializer = kernelInitializer
     self.useBias = useBias
     self.typeName = typeName ?? ((inputQuantizer == nil && kernelQuantizer == nil) ? "dense" : "quant_dense")
     self.name = self.typeName
@@ -82,7 +85,7 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     var specs = [
       ParameterSpec(
         role: .kernel, shape: [inputShape[0], units], precision: kernel.quantizer?.precision ?? 32,
-        constraint: constraint, initializer: .glorotUniform)
+        constraint: constraint, initializer: kernelInitializer)
     ]
     if useBias { specs.append(ParameterSpec(role: .bias, shape: [units], initializer: .zeros)) }
     return specs

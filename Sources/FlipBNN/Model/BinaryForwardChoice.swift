@@ -41,7 +41,7 @@ public struct KernelMismatch: Error, CustomStringConvertible, Equatable {
   }
 }
 
-extension Sequential {
+extension Model {
   /// Picks each exact binary layer's forward kernel for batches of `batch` samples.
   ///
   /// `auto` runs each layer's forward in int8 and in fp32 on its own shape, alternately

@@ -32,7 +32,7 @@ public enum KernelSelfTest {
   public static func run(specs: [LayerSpec], inputShape: [Int], batch: Int = 3, seed: UInt64 = 7) throws
     -> [KernelCheck]
   {
-    let model = try Sequential(specs: specs, inputShape: inputShape, seed: seed)
+    let model = try Model(specs: specs, inputShape: inputShape, seed: seed)
     model.allocate(maxBatch: batch)
     var checks: [KernelCheck] = []
     var random = SplitMix64(seed: seed)

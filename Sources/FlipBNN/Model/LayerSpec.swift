@@ -15,11 +15,20 @@ public enum LayerKind: String, CaseIterable, Sendable, Codable {
   case flatten = "Flatten"
   case activation = "Activation"
   case dropout = "Dropout"
+  case add = "Add"
+  case concatenate = "Concatenate"
 }
 
 /// A layer as a config file describes it, with Keras's and Larq's parameter names and defaults.
 public struct LayerSpec: Equatable, Sendable {
   public var kind: LayerKind
+  /// The layer's name (Keras's `name`); nil for Keras's automatic one (`quant_conv2d_1`).
+  public var name: String?
+  /// The names of the layers whose outputs it takes (`input` for the model's input), as
+  /// Keras's functional API connects layers; nil for the previous layer's output.
+  public var inputs: [String]?
+  /// Keras's `kernel_initializer` of Dense/Conv2D layers (default glorot_uniform).
+  public var kernelInitializer: Initializer = .glorotUniform
   public var units: Int?
   public var filters: Int?
   public var kernelSize: [Int]?
@@ -62,6 +71,24 @@ public struct LayerSpec: Equatable, Sendable {
   /// Whether the kernel is `depthwise_kernel` (so its quantizer is `depthwise_quantizer`).
   public var isDepthwise: Bool { kind == .depthwiseConv2D || kind == .quantDepthwiseConv2D }
 
+  /// Whether the layer takes several inputs.
+  public var isMerge: Bool { kind == .add || kind == .concatenate }
+
+  /// Builds the layer for inputs of `inputShapes` (one sample each): several for a merge
+  /// layer, one for any other.
+  public func make(inputShapes: [[Int]], seed: UInt64) throws -> Layer {
+    switch kind {
+    case .add: return try Add(inputShapes: inputShapes)
+    case .concatenate: return try Concatenate(inputShapes: inputShapes)
+    default:
+      guard inputShapes.count == 1 else {
+        throw BNNError.shapeMismatch(
+          layer: kind.rawValue, reason: "takes one input, got \(inputShapes.count) (only Add and Concatenate take several)")
+      }
+      return try make(inputShape: inputShapes[0], seed: seed)
+    }
+  }
+
   /// Builds the layer for inputs of `inputShape` (one sample), checking every parameter.
   public func make(inputShape: [Int], seed: UInt64) throws -> Layer {
     let quantized = kind == .quantDense || kind == .quantConv2D || kind == .quantDepthwiseConv2D
@@ -90,7 +117,7 @@ public struct LayerSpec: Equatable, Sendable {
       return try QuantDense(
         units: units, inputShape: inputShape, inputQuantizer: try inputQuantizer?.make(),
         kernelQuantizer: try kernelQuantizer?.make(), constraint: kernelConstraint, useBias: useBias,
-        typeName: kind == .dense ? "dense" : "quant_dense")
+        typeName: kind == .dense ? "dense" : "quant_dense", kernelInitializer: kernelInitializer)
     case .quantConv2D, .conv2D:
       guard let filters else {
         throw BNNError.invalidParameter(owner: kind.rawValue, parameter: "filters", reason: "is required")
@@ -100,7 +127,7 @@ public struct LayerSpec: Equatable, Sendable {
         strides: try pair(strides, "strides", default: [1, 1]), padding: padding, padValue: padValues,
         inputShape: inputShape, inputQuantizer: try inputQuantizer?.make(),
         kernelQuantizer: try kernelQuantizer?.make(), constraint: kernelConstraint, useBias: useBias,
-        typeName: kind == .conv2D ? "conv2d" : "quant_conv2d")
+        typeName: kind == .conv2D ? "conv2d" : "quant_conv2d", kernelInitializer: kernelInitializer)
     case .batchNormalization:
       return try BatchNormalization(
         inputShape: inputShape, momentum: momentum, epsilon: epsilon, center: center, scale: scale)
@@ -136,6 +163,8 @@ public struct LayerSpec: Equatable, Sendable {
         throw BNNError.invalidParameter(owner: "Dropout", parameter: "rate", reason: "is required")
       }
       return try Dropout(rate: rate, inputShape: inputShape, seed: seed)
+    case .add, .concatenate:
+      return try make(inputShapes: [inputShape], seed: seed)
     }
   }
 }

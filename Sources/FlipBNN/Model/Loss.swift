@@ -68,7 +68,7 @@ public final class SparseCategoricalCrossentropy {
   }
 }
 
-extension Sequential {
+extension Model {
   /// One forward and backward pass on `batch` samples: accumulates the gradient of the summed
   /// loss into the store, and returns the summed loss and the count of correct predictions.
   public func accumulateGradients(

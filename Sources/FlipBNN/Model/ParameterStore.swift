@@ -1,3 +1,4 @@
+import Foundation
 import FlipTensor
 
 /// What a variable is to its layer. Names follow Keras's (`kernel`, `depthwise_kernel`, `bias`,
@@ -177,7 +178,32 @@ public enum Initializer: Sendable, Equatable {
   /// `U(−l, l)` with `l = √(6 / (fan_in + fan_out))`; for a kernel of shape
   /// `[..receptive.., in, out]`, `fan_in = in·receptive`, `fan_out = out·receptive`.
   case glorotUniform
+  /// Keras's `GlorotNormal`: a normal truncated at 2 standard deviations, of standard
+  /// deviation `√(2 / (fan_in + fan_out)) / 0.87962566103423978` (so the truncated
+  /// distribution's is `√(2 / (fan_in + fan_out))`).
+  case glorotNormal
   case constant(Float)
+
+  /// Keras's string names.
+  public init?(name: String) {
+    switch name {
+    case "zeros": self = .zeros
+    case "ones": self = .ones
+    case "glorot_uniform": self = .glorotUniform
+    case "glorot_normal": self = .glorotNormal
+    default: return nil
+    }
+  }
+
+  public var name: String {
+    switch self {
+    case .zeros: return "zeros"
+    case .ones: return "ones"
+    case .glorotUniform: return "glorot_uniform"
+    case .glorotNormal: return "glorot_normal"
+    case .constant(let v): return "constant(\(v))"
+    }
+  }
 
   public func fill(_ p: UnsafeMutablePointer<Float>, shape: [Int], random: inout SplitMix64) {
     let count = shape.reduce(1, *)
@@ -189,6 +215,19 @@ public enum Initializer: Sendable, Equatable {
       let (fanIn, fanOut) = Initializer.fans(shape)
       let limit = (6 / Float(fanIn + fanOut)).squareRoot()
       for i in 0..<count { p[i] = (2 * random.nextUnitFloat() - 1) * limit }
+    case .glorotNormal:
+      let (fanIn, fanOut) = Initializer.fans(shape)
+      let deviation = (2 / Double(fanIn + fanOut)).squareRoot() / 0.879_625_661_034_239_78
+      for i in 0..<count {
+        // Box–Muller, redrawn outside ±2 deviations.
+        var z: Double
+        repeat {
+          let u = max(Double(random.nextUnitFloat()), 1e-12)
+          let v = Double(random.nextUnitFloat())
+          z = (-2 * log(u)).squareRoot() * cos(2 * Double.pi * v)
+        } while abs(z) > 2
+        p[i] = Float(z * deviation)
+      }
     }
   }
 

@@ -4,6 +4,10 @@ public enum ModelPreset: String, CaseIterable, Sendable {
   case binarynetMLP = "binarynet-mlp"
   /// Larq's introductory CNN: three 3×3 binary convolutions and two binary dense layers.
   case larqCNN = "larq-cnn"
+  /// Bi-Real Net's residual structure scaled to small images (`birealnetLayers`).
+  case birealnet
+  /// Larq Zoo's QuickNet structure scaled to small images (`quicknetLayers`).
+  case quicknet
 
   /// The Keras model name Larq prints (`binarynet_mlp`).
   public var modelName: String { rawValue.replacingOccurrences(of: "-", with: "_") }
@@ -40,6 +44,8 @@ public enum ModelPreset: String, CaseIterable, Sendable {
     var pool = LayerSpec(.maxPool2D)
     pool.poolSize = [2, 2]
     switch self {
+    case .birealnet: return Self.birealnetLayers
+    case .quicknet: return Self.quicknetLayers
     case .binarynetMLP:
       return [
         LayerSpec(.flatten),

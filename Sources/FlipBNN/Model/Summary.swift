@@ -42,8 +42,12 @@ public struct ModelSummary: Sendable {
     }
   }
 
-  public init(modelName: String, model: Sequential) {
-    self.init(modelName: modelName, profiles: model.layers.map(\.profile))
+  /// A graph model (Keras's functional API) lists its input first as `input_1`, with
+  /// unknown MACs, as Keras's InputLayer.
+  public init(modelName: String, model: Model) {
+    let input = LayerProfile(
+      name: "input_1", inputPrecision: nil, outputShape: model.inputShape, weights: [], macs: .unknown)
+    self.init(modelName: modelName, profiles: (model.isGraph ? [input] : []) + model.layers.map(\.profile))
   }
 
   private var allWeights: [LayerProfile.Weights] { rows.flatMap(\.weights) }

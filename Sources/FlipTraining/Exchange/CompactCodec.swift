@@ -6,7 +6,7 @@ import FlipBNN
 /// The compact wire's encoding of the variables a rank sends after its update.
 ///
 /// A part is cut where the binary kernels that may travel as signs begin and end
-/// (`Sequential.signKernels`). Such a segment travels as its signs, 32 per word (bit `j` of
+/// (`Model.signKernels`). Such a segment travels as its signs, 32 per word (bit `j` of
 /// word `k` is element `32k + j` of the segment; set where `x ≥ 0` fails, so `sign(0) = +1` as
 /// the quantizer has it) and is decoded as `±c`, the kernel's sign magnitude, which trains exactly
 /// as the latent weights do on a rank that does not update them. Every other element travels as

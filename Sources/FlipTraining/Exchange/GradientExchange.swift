@@ -49,7 +49,7 @@ public enum WireFormat: String, Sendable, CaseIterable {
   /// Gradients and variables as fp32.
   case fp32
   /// Gradients as bfloat16 (summed in fp32 by their owner); binary kernels as their signs,
-  /// 32 weights per word (`Sequential.signKernels`); other variables as fp32.
+  /// 32 weights per word (`Model.signKernels`); other variables as fp32.
   case compact
 }
 
@@ -63,7 +63,7 @@ public enum WirePolicy: String, Sendable, CaseIterable {
 /// step; with sync BatchNorm across ranks, the BatchNorm layers' statistics are wired to the
 /// communicator too. The only place that looks at the number of ranks.
 public func makeGradientExchange(
-  model: Sequential, optimizer: Optimizer, communicator: Communicator, options: TrainingOptions
+  model: Model, optimizer: Optimizer, communicator: Communicator, options: TrainingOptions
 ) throws -> GradientExchange {
   guard communicator.size > 1 else { return LocalExchange(store: model.store, optimizer: optimizer) }
   if options.syncBatchNorm {

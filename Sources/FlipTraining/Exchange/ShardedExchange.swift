@@ -42,7 +42,7 @@ final class ShardedExchange: GradientExchange {
   private var clock = TrainingClock()
   private var timer = StepTimer()
 
-  init(model: Sequential, optimizer: Optimizer, communicator: Communicator, bucketBytes: Int, wire: WireFormat) {
+  init(model: Model, optimizer: Optimizer, communicator: Communicator, bucketBytes: Int, wire: WireFormat) {
     store = model.store
     self.optimizer = optimizer
     self.communicator = communicator

@@ -1,0 +1,251 @@
+import Dispatch
+import FlipTensor
+
+/// The model Flip trains: layers with one parameter store, in a chain or, as Keras's
+/// functional API allows, a graph.
+///
+/// Each layer takes the previous layer's output unless its spec names its `inputs` (earlier
+/// layers by name, or `input` for the model's input); merge layers (`Add`, `Concatenate`) take
+/// several. The last layer is the output. Layers run in config order (which must list every
+/// layer after its inputs). Layers are named as Keras names them (`quant_dense`,
+/// `quant_dense_1`, ...) unless a spec gives a `name`, and their variables are laid out in
+/// layer order in one `ParameterStore`.
+///
+/// Backward sums the gradients of a tensor that several layers use. Those sums live in
+/// buffers taken from a pool when the tensor's first gradient arrives and returned once the
+/// layer that made the tensor has used it, so the pool holds only as many as are alive at once
+/// (`gradientBufferCount`); a chain needs none.
+public final class Model {
+  public let layers: [Layer]
+  public let store: ParameterStore
+  public let inputShape: [Int]
+  public let specs: [LayerSpec]
+  /// Each layer's inputs: indices of earlier layers, −1 for the model's input.
+  public let inputsOf: [[Int]]
+  /// Whether the config named inputs (Keras's functional API; its summary shows the input).
+  public let isGraph: Bool
+  public private(set) var maxBatch = 0
+  /// Called after each layer's forward (`backward` false) or backward in training with the
+  /// layer's index and its start and end times (`DispatchTime` nanoseconds): the timeline's
+  /// per-layer spans. One branch per layer when nil.
+  public var layerTrace: ((_ layer: Int, _ backward: Bool, _ start: UInt64, _ end: UInt64) -> Void)?
+  /// How many layers (within the first n) read each layer's output.
+  private var consumers: [Int]
+  /// Forward outputs of the current pass, by layer.
+  private var outputs: [UnsafePointer<Float>?]
+  /// Backward: each layer output's gradient, and the pool of summing buffers.
+  private var gradients: [UnsafePointer<Float>?]
+  private var summing: [Int: FloatBuffer] = [:]
+  private var pool: [FloatBuffer] = []
+  /// The most summing buffers alive at once in a backward pass.
+  public private(set) var gradientBufferCount = 0
+
+  /// Builds the layers for samples of `inputShape` and initializes the variables from `seed`.
+  public init(specs: [LayerSpec], inputShape: [Int], seed: UInt64) throws {
+    guard !specs.isEmpty else {
+      throw BNNError.invalidParameter(owner: "model", parameter: "layers", reason: "a model needs at least one layer")
+    }
+    guard !inputShape.isEmpty, inputShape.allSatisfy({ $0 > 0 }) else {
+      throw BNNError.shapeMismatch(layer: "input", reason: "input shape must be positive, got \(inputShape)")
+    }
+    var layers: [Layer] = []
+    var inputsOf: [[Int]] = []
+    var index: [String: Int] = ["input": -1]
+    let explicit = Set(specs.compactMap(\.name))
+    var typeCounts: [String: Int] = [:]
+    for (i, spec) in specs.enumerated() {
+      let sources: [Int]
+      if let names = spec.inputs {
+        sources = try names.map { name in
+          guard let j = index[name] else {
+            throw BNNError.invalidParameter(
+              owner: "layer \(i) (\(spec.name ?? spec.kind.rawValue))", parameter: "inputs",
+              reason: "no earlier layer is named '\(name)' (inputs name earlier layers, or 'input' for the model's input)")
+          }
+          return j
+        }
+      } else {
+        sources = [i - 1]
+      }
+      let shapes = sources.map { $0 < 0 ? inputShape : layers[$0].outputShape }
+      let layer: Layer
+      do {
+        layer = try spec.make(inputShapes: shapes, seed: seed &+ 0x9E37 &* UInt64(i + 1))
+      } catch let BNNError.shapeMismatch(_, reason) {
+        throw BNNError.shapeMismatch(layer: "\(i) (\(spec.name ?? spec.kind.rawValue))", reason: reason)
+      }
+      if let name = spec.name {
+        layer.name = name
+      } else {
+        // Keras's names, skipping those the config gives explicitly.
+        repeat {
+          let n = typeCounts[layer.typeName, default: 0]
+          layer.name = n == 0 ? layer.typeName : "\(layer.typeName)_\(n)"
+          typeCounts[layer.typeName] = n + 1
+        } while explicit.contains(layer.name)
+      }
+      guard index[layer.name] == nil else {
+        throw BNNError.invalidParameter(
+          owner: "layer \(i)", parameter: "name", reason: "'\(layer.name)' names two layers; names must be unique")
+      }
+      index[layer.name] = i
+      layers.append(layer)
+      inputsOf.append(sources)
+    }
+    var random = SplitMix64(seed: seed)
+    store = ParameterStore(layerNames: layers.map(\.name), specs: layers.map(\.parameterSpecs), random: &random)
+    for (i, layer) in layers.enumerated() {
+      layer.bind(store: store, views: store.views(ofLayer: i))
+    }
+    self.layers = layers
+    self.inputsOf = inputsOf
+    self.inputShape = inputShape
+    self.specs = specs
+    isGraph = specs.contains { $0.inputs != nil }
+    consumers = Array(repeating: 0, count: layers.count)
+    outputs = Array(repeating: nil, count: layers.count)
+    gradients = Array(repeating: nil, count: layers.count)
+  }
+
+  public var outputShape: [Int] { layers.last!.outputShape }
+  public var inputSize: Int { inputShape.reduce(1, *) }
+
+  /// Whether the model ends in a softmax, so the loss can take the logits before it.
+  public var endsInSoftmax: Bool { (layers.last as? Activation)?.kind == .softmax }
+
+  /// Sizes every layer's buffers for batches of up to `maxBatch`.
+  public func allocate(maxBatch: Int) {
+    guard maxBatch > self.maxBatch else { return }
+    self.maxBatch = maxBatch
+    for layer in layers { layer.allocate(maxBatch: maxBatch) }
+  }
+
+  /// Runs the first `through` layers (all by default) on `batch` samples; returns the output
+  /// of the last of them.
+  public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool, through: Int? = nil) throws
+    -> UnsafePointer<Float>
+  {
+    precondition(batch <= maxBatch, "batch \(batch) exceeds the allocated \(maxBatch)")
+    let top = through ?? layers.count
+    for i in 0..<top {
+      let start = layerTrace != nil && training ? DispatchTime.now().uptimeNanoseconds : 0
+      let sources = inputsOf[i]
+      if let merge = layers[i] as? MergeLayer {
+        outputs[i] = try merge.forward(sources.map { $0 < 0 ? x : outputs[$0]! }, batch: batch, training: training)
+      } else {
+        let source = sources[0] < 0 ? x : outputs[sources[0]]!
+        outputs[i] = try layers[i].forward(source, batch: batch, training: training)
+      }
+      if training, let trace = layerTrace { trace(i, false, start, DispatchTime.now().uptimeNanoseconds) }
+    }
+    return outputs[top - 1]!
+  }
+
+  /// Backward from the gradient `dy` of the output of layer `from − 1` down to the first layer;
+  /// parameter gradients accumulate in the store. The input's gradient is not computed.
+  /// `afterLayer(i)` runs as soon as layer `i`'s parameter gradients are final: those of every
+  /// layer after it are too (so a data-parallel trainer can start reducing them while the
+  /// layers below are still working).
+  public func backward(
+    _ dy: UnsafePointer<Float>, batch: Int, from: Int? = nil, afterLayer: ((Int) throws -> Void)? = nil
+  ) throws {
+    let top = from ?? layers.count
+    for i in 0..<top { consumers[i] = 0 }
+    for i in 0..<top { for j in inputsOf[i] where j >= 0 { consumers[j] += 1 } }
+    for i in 0..<top { gradients[i] = nil }
+    gradients[top - 1] = dy
+    for i in stride(from: top - 1, through: 0, by: -1) {
+      guard let d = gradients[i] else {
+        // Nothing downstream of this layer reaches the loss: no gradient, nothing to learn.
+        try afterLayer?(i)
+        continue
+      }
+      let start = layerTrace == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+      let sources = inputsOf[i]
+      let needed = sources.contains { $0 >= 0 }
+      var inputGradients: [UnsafePointer<Float>] = []
+      if let merge = layers[i] as? MergeLayer {
+        inputGradients = try merge.backward(merged: d, batch: batch)
+      } else if let g = try layers[i].backward(d, batch: batch, needInputGradient: needed) {
+        inputGradients = [g]
+      }
+      layerTrace?(i, true, start, DispatchTime.now().uptimeNanoseconds)
+      // The summing buffer of this layer's output gradient, if it had one: a layer may pass
+      // it through as its input's gradient (Flatten, Add), which then holds it too.
+      let owned = summing.removeValue(forKey: i)
+      for (k, j) in sources.enumerated() where j >= 0 && k < inputGradients.count {
+        let g = inputGradients[k]
+        if consumers[j] == 1 {
+          gradients[j] = g
+          if let owned, g == UnsafePointer(owned.pointer) {
+            summing[j] = owned
+            holders[ObjectIdentifier(owned), default: 0] += 1
+          }
+        } else {
+          contribute(g, to: j, batch: batch)
+        }
+      }
+      if let owned { release(owned) }
+      try afterLayer?(i)
+    }
+    for (_, buffer) in summing { release(buffer) }
+    summing.removeAll(keepingCapacity: true)
+  }
+
+  /// How many layers' output gradients each summing buffer holds.
+  private var holders: [ObjectIdentifier: Int] = [:]
+  private var alive = 0
+
+  /// A layer is done with `buffer`: back to the pool once no layer holds it.
+  private func release(_ buffer: FloatBuffer) {
+    let id = ObjectIdentifier(buffer)
+    holders[id, default: 1] -= 1
+    guard holders[id]! <= 0 else { return }
+    holders[id] = nil
+    pool.append(buffer)
+    alive -= 1
+  }
+
+  /// Adds `g` to the gradient of layer `j`'s output (which several layers read), in a pooled
+  /// buffer taken at the first contribution.
+  private func contribute(_ g: UnsafePointer<Float>, to j: Int, batch: Int) {
+    let count = batch * layers[j].outputSize
+    if let buffer = summing[j] {
+      let p = buffer.pointer
+      Parallel.forEach(count: count) { r in for e in r { p[e] += g[e] } }
+      return
+    }
+    let needed = maxBatch * layers[j].outputSize
+    let buffer: FloatBuffer
+    if let k = pool.firstIndex(where: { $0.count >= needed }) {
+      buffer = pool.remove(at: k)
+    } else {
+      buffer = FloatBuffer(count: needed)
+    }
+    buffer.pointer.update(from: g, count: count)
+    summing[j] = buffer
+    holders[ObjectIdentifier(buffer)] = 1
+    gradients[j] = UnsafePointer(buffer.pointer)
+    alive += 1
+    gradientBufferCount = max(gradientBufferCount, alive)
+  }
+
+  /// Flip ratios of the quantized kernels' last training forward, by layer name.
+  public var flipRatios: [(String, Double)] {
+    layers.compactMap { layer in
+      guard let f = layer as? FlipCounting, let r = f.lastFlipRatio else { return nil }
+      return (layer.name, r)
+    }
+  }
+
+  /// Names of the layers whose kernels report a flip ratio.
+  public var flipCountingLayers: [String] {
+    layers.filter { ($0 as? FlipCounting)?.hasQuantizedKernel == true }.map(\.name)
+  }
+
+  /// Resets every stochastic layer's generator to `stream` (the trainer passes a number made
+  /// of the step, micro-step and rank).
+  public func reseedStochasticLayers(stream: UInt64) {
+    for case let layer as StochasticLayer in layers { layer.reseed(stream: stream) }
+  }
+}

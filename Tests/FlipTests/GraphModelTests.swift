@@ -1,0 +1,172 @@
+import FlipTensor
+import Foundation
+import Testing
+
+@testable import FlipBNN
+@testable import FlipCLI
+
+/// Graph models (Keras's functional API): merge layers, backward through tensors used by
+/// several layers, the gradient buffer pool, and the residual presets.
+@Suite("Graph models")
+struct GraphModelTests {
+  /// input (4, 4, 2) → conv a → tanh t; conv b(t); add = t + b; cat = [add, t]; flatten; dense.
+  /// t is read by three layers; add by one; every path reaches the loss.
+  static let specs: [LayerSpec] = {
+    func conv(_ filters: Int, _ k: Int, name: String, inputs: [String]?) -> LayerSpec {
+      var s = LayerSpec(.conv2D)
+      s.filters = filters
+      s.kernelSize = [k, k]
+      s.padding = .same
+      s.name = name
+      s.inputs = inputs
+      return s
+    }
+    var tanh = LayerSpec(.activation)
+    tanh.activation = .tanh
+    tanh.name = "t"
+    var add = LayerSpec(.add)
+    add.name = "sum"
+    add.inputs = ["t", "b"]
+    var cat = LayerSpec(.concatenate)
+    cat.inputs = ["sum", "t"]
+    var dense = LayerSpec(.dense)
+    dense.units = 3
+    return [conv(3, 3, name: "a", inputs: ["input"]), tanh, conv(3, 1, name: "b", inputs: ["t"]), add, cat,
+      LayerSpec(.flatten), dense]
+  }()
+
+  /// L = Σ y ⊙ r: the model's parameter gradients against central differences.
+  @Test func parameterGradientsMatchFiniteDifferences() throws {
+    let model = try Model(specs: Self.specs, inputShape: [4, 4, 2], seed: 5)
+    #expect(model.isGraph)
+    #expect(model.layers.map(\.name) == ["a", "t", "b", "sum", "concatenate", "flatten", "dense"])
+    #expect(model.inputsOf == [[-1], [0], [1], [1, 2], [3, 1], [4], [5]])
+    let batch = 3
+    model.allocate(maxBatch: batch)
+    let x = FloatBuffer(randomValues(batch * 32, seed: 1))
+    let r = randomValues(batch * 3, seed: 2)
+    func loss() throws -> Double {
+      let y = try model.forward(x.pointer, batch: batch, training: true)
+      return (0..<r.count).reduce(0) { $0 + Double(y[$1]) * Double(r[$1]) }
+    }
+    _ = try loss()
+    model.store.zeroGradients()
+    try r.withUnsafeBufferPointer { try model.backward($0.baseAddress!, batch: batch) }
+    let analytic = model.store.gradients.array
+    let values = model.store.values.pointer
+    var worst: Float = 0
+    for i in stride(from: 0, to: model.store.values.count, by: 3) {
+      let saved = values[i]
+      let h: Float = 1e-2
+      values[i] = saved + h
+      let up = try loss()
+      values[i] = saved - h
+      let down = try loss()
+      values[i] = saved
+      let numeric = Float((up - down) / Double(2 * h))
+      worst = max(worst, abs(numeric - analytic[i]) / max(1, abs(numeric)))
+    }
+    #expect(worst < 2e-3, "worst relative difference \(worst)")
+    #expect(model.gradientBufferCount >= 1, "t's three gradients are summed in a pooled buffer")
+  }
+
+  /// The same chain written with and without names and inputs trains the same bits; a
+  /// chain needs no summing buffers.
+  @Test func namedInputsOfAChainChangeNothing() throws {
+    let chain = ModelPreset.larqCNN.layers
+    var named = chain
+    for i in named.indices {
+      named[i].name = "l\(i)"
+      named[i].inputs = [i == 0 ? "input" : "l\(i - 1)"]
+    }
+    func train(_ specs: [LayerSpec]) throws -> [Float] {
+      let model = try Model(specs: specs, inputShape: [28, 28, 1], seed: 2)
+      model.allocate(maxBatch: 8)
+      let optimizer = try OptimizerSpec.adam(learningRate: 0.01).make()
+      try optimizer.prepare(store: model.store)
+      let x = randomValues(8 * 784, seed: 3)
+      let labels = (0..<8).map { Int32($0 % 10) }
+      for _ in 0..<2 {
+        model.store.zeroGradients()
+        _ = try model.accumulateGradients(x, labels: labels, batch: 8, loss: SparseCategoricalCrossentropy(classes: 10))
+        optimizer.apply(store: model.store, clock: TrainingClock(), gradientScale: 1 / 8)
+      }
+      #expect(model.gradientBufferCount == 0)
+      return model.store.values.array
+    }
+    #expect(try train(chain) == train(named))
+  }
+
+  @Test func mergeLayersForwardAndBackward() throws {
+    let add = try Add(inputShapes: [[2], [2], [2]])
+    add.allocate(maxBatch: 1)
+    let a: [Float] = [1, 2]
+    let b: [Float] = [10, 20]
+    let c: [Float] = [100, 200]
+    let y = try a.withUnsafeBufferPointer { pa in
+      try b.withUnsafeBufferPointer { pb in
+        try c.withUnsafeBufferPointer { pc in
+          copyOut(try add.forward([pa.baseAddress!, pb.baseAddress!, pc.baseAddress!], batch: 1, training: true), 2)
+        }
+      }
+    }
+    #expect(y == [111, 222])
+    let cat = try Concatenate(inputShapes: [[2, 1], [2, 2]])
+    #expect(cat.outputShape == [2, 3])
+    cat.allocate(maxBatch: 2)
+    let p: [Float] = [1, 2, 3, 4]  // (2 samples, 2 positions, 1 channel)
+    let q: [Float] = [10, 11, 20, 21, 30, 31, 40, 41]  // (2, 2, 2)
+    let out = try p.withUnsafeBufferPointer { pp in
+      try q.withUnsafeBufferPointer { pq in
+        copyOut(try cat.forward([pp.baseAddress!, pq.baseAddress!], batch: 2, training: true), 12)
+      }
+    }
+    #expect(out == [1, 10, 11, 2, 20, 21, 3, 30, 31, 4, 40, 41])
+    let grads = try out.withUnsafeBufferPointer { try cat.backward(merged: $0.baseAddress!, batch: 2) }
+    #expect(copyOut(grads[0], 4) == p && copyOut(grads[1], 8) == q)
+    #expect(throws: BNNError.self) { try Add(inputShapes: [[2], [3]]) }
+    #expect(throws: BNNError.self) { try Concatenate(inputShapes: [[2, 1], [3, 1]]) }
+  }
+
+  @Test func badGraphsAreErrors() throws {
+    var specs = Self.specs
+    specs[2].inputs = ["nowhere"]
+    #expect(throws: BNNError.self) { try Model(specs: specs, inputShape: [4, 4, 2], seed: 1) }
+    specs = Self.specs
+    specs[2].name = "t"
+    #expect(throws: BNNError.self) { try Model(specs: specs, inputShape: [4, 4, 2], seed: 1) }
+    specs = Self.specs
+    specs[3].inputs = ["t", "dense"]  // a later layer
+    #expect(throws: BNNError.self) { try Model(specs: specs, inputShape: [4, 4, 2], seed: 1) }
+    specs = Self.specs
+    specs[1].inputs = ["a", "input"]  // two inputs into a one-input layer
+    #expect(throws: BNNError.self) { try Model(specs: specs, inputShape: [4, 4, 2], seed: 1) }
+  }
+
+  /// `flip summary --model birealnet` equals Larq's own summary of the same Keras model.
+  @Test func birealnetSummaryIsLarqs() throws {
+    let reference = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent(
+        "shared/reference/larq-summary-birealnet.txt")
+    let model = try Model(specs: ModelPreset.birealnet.layers, inputShape: [28, 28, 1], seed: 0)
+    let ours = ModelSummary(modelName: "birealnet", model: model).render()
+    guard let larq = try? String(contentsOf: reference, encoding: .utf8) else {
+      // The reference lives beside the repository in the project's shared folder.
+      #expect(ours.contains("| Total                                                     294912     13626   89.23    12570624       445952 |"))
+      return
+    }
+    #expect(ours == larq)
+  }
+
+  /// A graph config survives YAML: names, inputs, merge layers, initializers.
+  @Test func graphConfigRoundTrip() throws {
+    var c = RunConfig(preset: .birealnet)
+    c.inputShape = [28, 28, 1]
+    let text = try c.yaml()
+    #expect(text.contains("inputs:") && text.contains("kernel_initializer: glorot_normal") && text.contains("type: Add"))
+    let back = try RunConfig.parse(yaml: text, file: "birealnet.yaml")
+    #expect(back.layers == c.layers)
+    let bad = "layers:\n  - {type: Dense, units: 2}\n  - {type: Add, inputs: [dense]}\n"
+    #expect(throws: ConfigError.self) { try RunConfig.parse(yaml: bad, file: "bad.yaml") }
+  }
+}
