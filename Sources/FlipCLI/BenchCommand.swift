@@ -63,7 +63,7 @@ struct BenchCommand: ParsableCommand {
 
   func run() throws {
     try Runtime.run(verbose: compute.verbose, progressThread: mpiProgress == .thread) { communicator, logger in
-      let config = try modelOptions.resolve(defaultPreset: .binarynetMLP)
+      var config = try modelOptions.resolve(defaultPreset: .binarynetMLP)
       let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
       let splits: DataSplits
       if synthetic {
@@ -78,6 +78,9 @@ struct BenchCommand: ParsableCommand {
       } else {
         splits = try DataSplits.load(directory: data ?? config.data)
       }
+      config.adaptOutput(toClasses: splits.train.classes)
+      config.optimizer = config.optimizer.resolvingRunLength(
+        totalSteps: config.epochs * max(1, splits.train.count / batchSize))
       let model = try Model(
         specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0)
       if im2col { for case let conv as QuantConv2D in model.layers { conv.usePrimitives = false } }

@@ -78,10 +78,18 @@ struct SummaryCommand: ParsableCommand {
   @OptionGroup var modelOptions: ModelOptions
   @Option(name: .long, parsing: .upToNextOption, help: "Input shape of one sample (default 28 28 1, Fashion-MNIST).")
   var inputShape: [Int] = []
+  @Flag(
+    name: .long,
+    help: "Print the model's run config as YAML (every layer written out: a preset as a config file to start from) instead of the table.")
+  var printConfig = false
 
   func run() throws {
     do {
       let config = try modelOptions.resolve()
+      if printConfig {
+        print(try config.yaml(), terminator: "")
+        return
+      }
       let shape = !inputShape.isEmpty ? inputShape : (config.inputShape ?? [28, 28, 1])
       let model = try Model(specs: config.layers, inputShape: shape, seed: 0)
       let name = ModelPreset(rawValue: config.model)?.modelName ?? config.model.replacingOccurrences(of: "-", with: "_")

@@ -23,10 +23,22 @@ public struct RunConfig: Equatable {
 
   public init() {}
 
-  /// The preset's architecture with Larq's training setup (Adam 1e-3, batch 512, 10 epochs).
+  /// The preset's architecture and training setup: Larq's (Adam 1e-3, batch 512, 10 epochs),
+  /// or for the residual presets Adam from 1e-3 with cosine decay to 0 over the run, batch 256.
   public init(preset: ModelPreset) {
     model = preset.rawValue
     layers = preset.layers
+    if let o = preset.optimizer { optimizer = o }
+    batchSize = preset.batchSize
+  }
+
+  /// For a preset's config: the last Dense layer gives one output per class of the data set
+  /// (the input layer follows the images by itself).
+  public mutating func adaptOutput(toClasses classes: Int) {
+    guard ModelPreset(rawValue: model) != nil,
+      let last = layers.lastIndex(where: { $0.kind == .dense || $0.kind == .quantDense })
+    else { return }
+    layers[last].units = classes
   }
 
   static let topKeys = [
@@ -332,8 +344,9 @@ public struct RunConfig: Equatable {
       }
       result = .stepDecay(boundaries: b, values: v)
     case "cosine_decay":
-      result = .cosineDecay(
-        initial: try need("initial"), decaySteps: try needInt("decay_steps"), alpha: try s.double("alpha") ?? 0)
+      // `decay_steps: run`: every step of the run (resolved when the run starts).
+      let steps = s.raw("decay_steps") as? String == "run" ? Schedule.runLength : try needInt("decay_steps")
+      result = .cosineDecay(initial: try need("initial"), decaySteps: steps, alpha: try s.double("alpha") ?? 0)
     case "scaled":
       guard let inner = try s.map("inner") else {
         throw s.error("inner", "scaled needs the schedule it scales under 'inner'")
@@ -379,26 +392,30 @@ public struct RunConfig: Equatable {
     put("strides", s.strides)
     put("pool_size", s.poolSize)
     put("padding", s.padding.rawValue)
-    put("pad_values", Double(s.padValues))
+    put("pad_values", decimal(s.padValues))
     put("depth_multiplier", s.depthMultiplier)
     put("keepdims", s.keepdims)
     put("input_quantizer", s.inputQuantizer.map(emit))
     put(s.isDepthwise ? "depthwise_quantizer" : "kernel_quantizer", s.kernelQuantizer.map(emit))
     if let c = s.kernelConstraint, case .weightClip(let v) = c {
       put(
-        s.isDepthwise ? "depthwise_constraint" : "kernel_constraint", ["type": "weight_clip", "clip_value": Double(v)])
+        s.isDepthwise ? "depthwise_constraint" : "kernel_constraint", ["type": "weight_clip", "clip_value": decimal(v)])
     }
     put("use_bias", s.useBias)
     if s.kind == .batchNormalization {
-      put("momentum", Double(s.momentum))
-      put("epsilon", Double(s.epsilon))
+      put("momentum", decimal(s.momentum))
+      put("epsilon", decimal(s.epsilon))
       put("center", s.center)
       put("scale", s.scale)
     }
     put("activation", s.activation?.rawValue)
-    put("rate", s.rate.map { Double($0) })
+    put("rate", s.rate.map(decimal))
     return m
   }
+
+  /// A Float as the double with the same shortest decimal text (0.9, not 0.899999976…), so
+  /// written configs read as they were written and parse back to the same Float.
+  static func decimal(_ f: Float) -> Double { Double(f.description) ?? Double(f) }
 
   static func emit(_ q: QuantizerSpec) -> Any {
     if q.parameters.isEmpty && q.mode == nil { return q.name }
@@ -424,7 +441,8 @@ public struct RunConfig: Equatable {
       ]
     case .stepDecay(let b, let v): return ["schedule": "step_decay", "boundaries": b, "values": v]
     case .cosineDecay(let i, let steps, let alpha):
-      return ["schedule": "cosine_decay", "initial": i, "decay_steps": steps, "alpha": alpha]
+      let decaySteps: Any = steps == Schedule.runLength ? "run" : steps
+      return ["schedule": "cosine_decay", "initial": i, "decay_steps": decaySteps, "alpha": alpha]
     case .scaled(let factor, let inner): return ["schedule": "scaled", "factor": factor, "inner": emit(inner)]
     case .linearWarmup(let w, let start, let then):
       return ["schedule": "linear_warmup", "warmup_steps": w, "start": start, "then": emit(then)]

@@ -269,7 +269,9 @@ struct TrainCommand: ParsableCommand {
       "data \(config.data): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes"
     )
     config.inputShape = config.inputShape ?? data.train.sampleShape
+    config.adaptOutput(toClasses: data.train.classes)
     let stepsPerEpoch = (data.train.count + config.batchSize - 1) / config.batchSize
+    config.optimizer = config.optimizer.resolvingRunLength(totalSteps: config.epochs * stepsPerEpoch)
     let factor = lrScaling == .linear ? Double(config.batchSize) / Double(lrReferenceBatch) : 1
     if factor != 1 || warmupEpochs > 0 {
       config.optimizer = try config.optimizer.mappingLearningRates { h in

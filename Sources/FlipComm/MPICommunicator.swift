@@ -56,6 +56,11 @@ public final class MPICommunicator: Communicator {
     var initialized: Int32 = 0
     MPI_Initialized(&initialized)
     if initialized == 0 {
+      // One-sided windows (the stall inspector's progress board): Open MPI 4.1 picks its
+      // rdma component first, which cannot make a window over TCP between hosts, and then
+      // fails rather than fall back. Shared memory on one node, point-to-point emulation
+      // elsewhere; a user's own choice (OMPI_MCA_osc, --mca osc) stays.
+      setenv("OMPI_MCA_osc", "sm,pt2pt", 0)
       let level = progressThread ? flip_mpi_thread_multiple() : flip_mpi_thread_funneled()
       let status = MPI_Init_thread(nil, nil, level, &provided)
       guard status == flip_mpi_success() else {

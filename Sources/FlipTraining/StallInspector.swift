@@ -65,7 +65,16 @@ public final class StallInspector: @unchecked Sendable {
     self.warning = warning
     self.timeout = timeout
     self.logger = logger
-    guard communicator.size > 1, try communicator.openProgressBoard() else { return }
+    guard communicator.size > 1 else { return }
+    do {
+      guard try communicator.openProgressBoard() else { return }
+    } catch {
+      // Collective failure: every rank gets it. Training goes on without the inspector.
+      if communicator.isRoot {
+        logger.warning("stall inspector off: this transport has no one-sided window for it (\(error))")
+      }
+      return
+    }
     if communicator.isRoot {
       let thread = Thread { [weak self] in self?.watch() }
       thread.name = "flip-stall-inspector"

@@ -14,8 +14,9 @@ struct ConfigTests {
   func presetFilesMatchThePresets(_ preset: ModelPreset) throws {
     let c = try RunConfig.load(path: "\(Self.root)/configs/\(preset.rawValue).yaml")
     #expect(c.layers == preset.layers)
-    #expect(c.optimizer == OptimizerSpec.adam(learningRate: 1e-3))
-    #expect(c.epochs == 10 && c.batchSize == 512 && c.seed == 0)
+    let preset = RunConfig(preset: preset)
+    #expect(c.optimizer == preset.optimizer)
+    #expect(c.epochs == 10 && c.batchSize == preset.batchSize && c.seed == 0)
   }
 
   @Test func effectiveConfigRoundTrips() throws {

@@ -9,6 +9,21 @@ public enum ModelPreset: String, CaseIterable, Sendable {
   /// Larq Zoo's QuickNet structure scaled to small images (`quicknetLayers`).
   case quicknet
 
+  /// The preset's own optimizer (nil: Larq's Adam 1e-3): for the residual presets Adam from
+  /// 1e-3 with cosine decay to 0 over all steps of the run, per step (Keras's `CosineDecay`
+  /// with `decay_steps` = epochs × steps per epoch).
+  public var optimizer: OptimizerSpec? {
+    switch self {
+    case .binarynetMLP, .larqCNN: return nil
+    case .birealnet, .quicknet:
+      let cosine = Hyperparameter(.cosineDecay(initial: 1e-3, decaySteps: Schedule.runLength, alpha: 0))
+      return .adam(learningRate: cosine, beta1: .constant(0.9), beta2: .constant(0.999), epsilon: .constant(1e-7))
+    }
+  }
+
+  /// The preset's global batch size.
+  public var batchSize: Int { self == .birealnet || self == .quicknet ? 256 : 512 }
+
   /// The Keras model name Larq prints (`binarynet_mlp`).
   public var modelName: String { rawValue.replacingOccurrences(of: "-", with: "_") }
 

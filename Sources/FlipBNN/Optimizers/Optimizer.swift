@@ -94,7 +94,40 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
     }
   }
 
+  /// The optimizer with every `decay_steps: run` schedule given the run's `totalSteps`.
+  public func resolvingRunLength(totalSteps: Int) -> OptimizerSpec {
+    func r(_ h: Hyperparameter) -> Hyperparameter {
+      Hyperparameter(h.schedule.resolvingRunLength(h.unit == .step ? totalSteps : max(1, totalSteps)), unit: h.unit)
+    }
+    switch self {
+    case .adam(let lr, let b1, let b2, let eps): return .adam(learningRate: r(lr), beta1: r(b1), beta2: r(b2), epsilon: r(eps))
+    case .sgd(let lr, let m, let n): return .sgd(learningRate: r(lr), momentum: r(m), nesterov: n)
+    case .bop(let g, let t): return .bop(gamma: r(g), threshold: r(t))
+    case .caseOptimizer(let cases, let fallback):
+      return .caseOptimizer(
+        cases: cases.map { ($0.0, $0.1.resolvingRunLength(totalSteps: totalSteps)) },
+        default: fallback?.resolvingRunLength(totalSteps: totalSteps))
+    }
+  }
+
+  /// Whether a schedule still waits for the run's length (`decay_steps: run`).
+  var waitsForRunLength: Bool {
+    func w(_ h: Hyperparameter) -> Bool { h.schedule.resolvingRunLength(1) != h.schedule }
+    switch self {
+    case .adam(let lr, let b1, let b2, let eps): return [lr, b1, b2, eps].contains(where: w)
+    case .sgd(let lr, let m, _): return w(lr) || w(m)
+    case .bop(let g, let t): return w(g) || w(t)
+    case .caseOptimizer(let cases, let fallback):
+      return cases.contains { $0.1.waitsForRunLength } || (fallback?.waitsForRunLength ?? false)
+    }
+  }
+
   public func make() throws -> Optimizer {
+    guard !waitsForRunLength else {
+      throw BNNError.invalidParameter(
+        owner: "cosine_decay", parameter: "decay_steps",
+        reason: "'run' needs the run's length: resolve it with resolvingRunLength(totalSteps:) first")
+    }
     switch self {
     case .adam(let lr, let b1, let b2, let eps):
       try lr.schedule.validate(owner: "adam")

@@ -42,6 +42,22 @@ public indirect enum Schedule: Equatable, Sendable {
     }
   }
 
+  /// `decay_steps` meaning every step of the run (`decay_steps: run` in configs); replaced by
+  /// the run's step count when it starts (`resolvingRunLength`).
+  public static let runLength = 0
+
+  /// The schedule with `runLength` decay steps replaced by `totalSteps`.
+  public func resolvingRunLength(_ totalSteps: Int) -> Schedule {
+    switch self {
+    case .cosineDecay(let i, let steps, let alpha) where steps == Self.runLength:
+      return .cosineDecay(initial: i, decaySteps: totalSteps, alpha: alpha)
+    case .linearWarmup(let w, let start, let then):
+      return .linearWarmup(warmup: w, start: start, then: then.resolvingRunLength(max(1, totalSteps - w)))
+    case .scaled(let factor, let inner): return .scaled(factor: factor, inner: inner.resolvingRunLength(totalSteps))
+    default: return self
+    }
+  }
+
   /// Checks the parameters a user wrote.
   public func validate(owner: String) throws {
     func bad(_ p: String, _ why: String) -> BNNError { .invalidParameter(owner: owner, parameter: p, reason: why) }
@@ -59,7 +75,7 @@ public indirect enum Schedule: Equatable, Sendable {
         throw bad("boundaries", "must increase strictly, got \(boundaries)")
       }
     case .cosineDecay(_, let steps, let alpha):
-      if steps <= 0 { throw bad("decay_steps", "must be positive, got \(steps)") }
+      if steps < 0 { throw bad("decay_steps", "must be positive (or run), got \(steps)") }
       if alpha < 0 || alpha > 1 { throw bad("alpha", "must be in [0, 1], got \(alpha)") }
     case .linearWarmup(let warmup, _, let then):
       if warmup <= 0 { throw bad("warmup_steps", "must be positive, got \(warmup)") }
