@@ -81,6 +81,91 @@ struct FileMutationTests {
     #expect(rejected > 3900, "only \(rejected) of 4000 mutations rejected (\(harmless) harmless)")
   }
 
+  /// `data` with both checksums re-stamped as a writer would stamp them, when its layout
+  /// decodes (the header is written again, keys sorted); otherwise `data` unchanged.
+  static func restamped(_ data: Data) -> Data {
+    guard let c = try? SafeTensors.decodeContents(data, path: "") else { return data }
+    let length = (0..<8).reduce(0) { $0 | Int(data[$1]) << (8 * $1) }
+    guard var object = try? JSONSerialization.jsonObject(with: data[8..<(8 + length)]) as? [String: Any] else {
+      return data
+    }
+    var covered = c.metadata
+    covered[ModelFile.headerChecksumKey] = nil
+    covered["payload_crc32"] = nil
+    let index = c.tensors.keys.sorted().map { ($0, c.tensors[$0]!.dtype, c.tensors[$0]!.shape, c.offsets[$0]!) }
+    var metadata = c.metadata
+    metadata[ModelFile.headerChecksumKey] = ModelFile.headerChecksum(metadata: covered, index: index)
+    metadata["payload_crc32"] = c.payloadCRC32
+    object["__metadata__"] = metadata
+    let json = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+    var out = Data((0..<8).map { UInt8(truncatingIfNeeded: json.count >> (8 * $0)) })
+    out.append(json)
+    out.append(data[(8 + length)...])
+    return out
+  }
+
+  /// The checks behind the checksums, in CI (scripts/fuzz.sh fuzzes them at length): seeded
+  /// mutations of the header (a digit, a byte, one of its JSON strings for another, a span
+  /// deleted), each with both checksums then re-stamped, as a file from a buggy writer or
+  /// another tool would carry them. Each must load, or be rejected with an error naming the
+  /// file — never another error, never a crash — and many must get past the checksums to the
+  /// format, version and model checks.
+  @Test func mutatedHeadersWithValidChecksumsLoadOrAreRejectedByName() throws {
+    let (good, model) = try Self.original()
+    let length = Int(good[0]) | Int(good[1]) << 8
+    let header = [UInt8](good[8..<(8 + length)])
+    let payload = good[(8 + length)...]
+    // The header's JSON strings, quotes included (names, keys, dtypes, values).
+    var strings: [ArraySlice<UInt8>] = []
+    var at = 0
+    while let open = header[at...].firstIndex(of: UInt8(ascii: "\"")) {
+      var end = open + 1
+      while end < header.count && header[end] != UInt8(ascii: "\"") { end += header[end] == UInt8(ascii: "\\") ? 2 : 1 }
+      guard end < header.count else { break }
+      strings.append(header[open...end])
+      at = end + 1
+    }
+    let digits = header.indices.filter { (0x30...0x39).contains(header[$0]) }
+    var random = SplitMix64(seed: 2027)
+    var outcomes: [String: Int] = [:]
+    for i in 0..<1200 {
+      var h = header
+      switch i % 4 {
+      case 0:  // a digit of a shape, an offset or a value
+        h[digits[random.nextInt(below: digits.count)]] = 0x30 + UInt8(random.nextInt(below: 10))
+      case 1:  // a printable byte anywhere in the header
+        h[random.nextInt(below: h.count)] = UInt8(0x20 + random.nextInt(below: 95))
+      case 2:  // one JSON string in place of another (a name, a key, a dtype, a format)
+        let target = strings[random.nextInt(below: strings.count)]
+        h.replaceSubrange(target.indices, with: strings[random.nextInt(below: strings.count)])
+      default:  // a span deleted
+        let a = random.nextInt(below: h.count)
+        h.removeSubrange(a..<min(h.count, a + 1 + random.nextInt(below: 12)))
+      }
+      var data = Data((0..<8).map { UInt8(truncatingIfNeeded: h.count >> (8 * $0)) })
+      data.append(contentsOf: h)
+      data.append(payload)
+      data = Self.restamped(data)
+      do {
+        let (tensors, metadata) = try ModelFile.decode(data, path: "m.safetensors")
+        try ModelFile.load(tensors, into: model, path: "m.safetensors", metadata: metadata)
+        try initialize(model, from: tensors, path: "m.safetensors")
+        outcomes["loaded", default: 0] += 1
+      } catch let e as TrainingError {
+        let text = "\(e)"
+        #expect(text.hasPrefix("m.safetensors: "), "mutation \(i): \(text)")
+        let stage =
+          text.contains("not a valid safetensors file")
+          ? "layout" : text.contains("checksum") ? "checksum" : "format, version or model"
+        outcomes[stage, default: 0] += 1
+      } catch {
+        Issue.record("mutation \(i): \(error) is not a TrainingError")
+      }
+    }
+    #expect(outcomes["format, version or model", default: 0] >= 150, "\(outcomes)")
+    #expect(outcomes["loaded", default: 0] >= 100, "\(outcomes)")
+  }
+
   func error(_ data: Data, _ model: Model? = nil) -> String {
     do {
       let (tensors, metadata) = try ModelFile.decode(data, path: "f.safetensors")

@@ -1,5 +1,6 @@
 import FlipTensor
 import Foundation
+import Testing
 
 // Fixtures of the data, training and CLI tests: tiny IDX data sets generated on the fly, temp
 // directories, and the built `flip` binary.
@@ -89,7 +90,10 @@ struct ProcessResult {
   var stderr: String
 }
 
-/// Runs `executable` with `arguments` (and extra environment) and waits for it.
+/// Runs `executable` with `arguments` (and extra environment) and waits for it. Both pipes are
+/// drained at once, stderr on a thread of its own: a child blocks when a pipe's buffer (64 KiB)
+/// is full, so reading one pipe to its end before the other would wait forever for a child
+/// that fills the other.
 func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws
   -> ProcessResult
 {
@@ -102,11 +106,31 @@ func runProcess(_ executable: String, _ arguments: [String], environment: [Strin
   p.standardOutput = out
   p.standardError = err
   try p.run()
+  let e = PipeDrain(err.fileHandleForReading)
   let o = out.fileHandleForReading.readDataToEndOfFile()
-  let e = err.fileHandleForReading.readDataToEndOfFile()
+  let errData = e.wait()
   p.waitUntilExit()
   return ProcessResult(
-    status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+    stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// Reads a pipe to its end on a thread of its own.
+final class PipeDrain: @unchecked Sendable {
+  private var data = Data()
+  private let done = DispatchSemaphore(value: 0)
+  init(_ handle: FileHandle) {
+    let thread = Thread { [self] in
+      data = handle.readDataToEndOfFile()
+      done.signal()
+    }
+    thread.start()
+  }
+  /// The pipe's bytes, once its writers have all closed it.
+  func wait() -> Data {
+    done.wait()
+    return data
+  }
 }
 
 /// Runs the `flip` binary with `arguments` and waits for it.
@@ -129,4 +153,35 @@ func unblockStopSignalsForChildren() {
   sigemptyset(&set)
   for s in [SIGUSR1, SIGTERM, SIGINT] { sigaddset(&set, s) }
   pthread_sigmask(SIG_UNBLOCK, &set, nil)
+}
+
+@Suite("test fixtures")
+struct FixtureTests {
+  /// A child that writes far more than a pipe holds (64 KiB) to stderr before stdout, then
+  /// to both interleaved: `runProcess` returns every byte of both and the exit status, in
+  /// bounded time (reading stdout to its end first would wait forever).
+  @Test func runProcessDrainsBothPipesOfAChattyChild() throws {
+    let script = """
+      line=0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnop
+      i=0; while [ $i -lt 2000 ]; do echo "err $i $line" >&2; i=$((i+1)); done
+      i=0; while [ $i -lt 2000 ]; do echo "out $i $line"; echo "mix $i $line" >&2; i=$((i+1)); done
+      exit 3
+      """
+    final class Box: @unchecked Sendable { var result: Result<ProcessResult, Error>? }
+    let box = Box()
+    let finished = DispatchSemaphore(value: 0)
+    Thread {
+      box.result = Result { try runProcess("/bin/sh", ["-c", script]) }
+      finished.signal()
+    }.start()
+    try #require(finished.wait(timeout: .now() + 60) == .success, "runProcess did not return within 60 s")
+    let r = try #require(box.result).get()
+    #expect(r.status == 3)
+    let outLines = r.stdout.split(separator: "\n")
+    let errLines = r.stderr.split(separator: "\n")
+    try #require(outLines.count == 2000 && errLines.count == 4000)
+    #expect(r.stderr.utf8.count > 4 * 65536 && r.stdout.utf8.count > 2 * 65536)
+    #expect(outLines.last?.hasPrefix("out 1999 ") == true && errLines.last?.hasPrefix("mix 1999 ") == true)
+    #expect(errLines[1999].hasPrefix("err 1999 ") && errLines[2000].hasPrefix("mix 0 "))
+  }
 }
