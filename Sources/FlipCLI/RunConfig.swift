@@ -1,3 +1,4 @@
+import ArgumentParser
 import FlipBNN
 import FlipTensor
 import FlipTraining
@@ -20,6 +21,10 @@ public struct RunConfig: Equatable {
   public var seed: UInt64 = 0
   public var data = DataSplits.defaultDirectory
   public var logEverySteps = 50
+  /// Augmentation of the training images (`augment: none | crop | crop-flip`; default none).
+  /// Part of the run: saved in config.yaml and in every checkpoint's config, so a resumed run
+  /// augments as the run it continues.
+  public var augment = AugmentationMode.none
 
   public init() {}
 
@@ -43,6 +48,7 @@ public struct RunConfig: Equatable {
 
   static let topKeys = [
     "model", "layers", "input_shape", "optimizer", "epochs", "batch_size", "seed", "data", "log_every_steps",
+    "augment",
   ]
 
   /// Parses YAML text; `file` names the source in errors.
@@ -82,6 +88,12 @@ public struct RunConfig: Equatable {
     }
     c.data = try top.string("data") ?? c.data
     c.logEverySteps = try top.int("log_every_steps") ?? c.logEverySteps
+    if let a = try top.string("augment") {
+      guard let mode = AugmentationMode(rawValue: a) else {
+        throw top.error("augment", "unknown augmentation '\(a)' (accepted: \(AugmentationMode.names))")
+      }
+      c.augment = mode
+    }
     try top.finish(accepted: topKeys)
     return c
   }
@@ -373,6 +385,7 @@ public struct RunConfig: Equatable {
     var top: [String: Any] = [
       "model": model, "layers": layers.map(Self.emit), "optimizer": Self.emit(optimizer), "epochs": epochs,
       "batch_size": batchSize, "seed": Int(seed), "data": data, "log_every_steps": logEverySteps,
+      "augment": augment.rawValue,
     ]
     if let inputShape { top["input_shape"] = inputShape }
     return try Yams.dump(object: top, sortKeys: true)
@@ -465,3 +478,6 @@ public struct RunConfig: Equatable {
     }
   }
 }
+
+/// `--augment none|crop|crop-flip` (the run config's `augment` key).
+extension AugmentationMode: ExpressibleByArgument {}

@@ -53,23 +53,94 @@ public struct Dataset: Sendable {
   }
 }
 
-/// The train and test splits of an MNIST-style directory.
+/// The file formats `DataSplits.load(directory:)` reads.
+public enum DataFormat: String, Sendable, Equatable {
+  /// The MNIST family's four IDX files (raw or .gz).
+  case idx = "IDX"
+  /// CIFAR-10's binary batches (`data_batch_N.bin`, `test_batch.bin`).
+  case cifar10 = "CIFAR-10 binary"
+}
+
+/// The train and test splits of a data directory (IDX or CIFAR-10 binary).
 public struct DataSplits: Sendable {
   public let train: Dataset
   public let test: Dataset
+  /// The format it was read from (nil: made in memory).
+  public let format: DataFormat?
+  /// The class names the directory lists, if it does (CIFAR-10's `batches.meta.txt`).
+  public let classNames: [String]?
 
-  public init(train: Dataset, test: Dataset) {
+  public init(train: Dataset, test: Dataset, format: DataFormat? = nil, classNames: [String]? = nil) {
     self.train = train
     self.test = test
+    self.format = format
+    self.classNames = classNames
   }
 
   /// Fashion-MNIST as Debian's `dataset-fashion-mnist` installs it.
   public static let defaultDirectory = "/usr/share/datasets/fashion-mnist"
 
+  /// The IDX files of an MNIST-style directory, each raw or `.gz`.
+  public static let idxFiles = [
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+  ]
+
+  /// Loads the data set in `directory`, recognizing its format by its files: IDX (any of
+  /// `idxFiles`, raw or .gz, present) or CIFAR-10 binary (any `data_batch_N.bin` or
+  /// `test_batch.bin` present); see `loadIDX(directory:)` and `CIFAR10`. A directory with
+  /// neither, or both, is an error that says what it looked for.
+  public static func load(directory: String) throws -> DataSplits {
+    switch try detectFormat(directory: directory) {
+    case .idx: return try loadIDX(directory: directory)
+    case .cifar10: return try CIFAR10.load(directory: directory)
+    }
+  }
+
+  /// The format of the data set in `directory`, by the names of its files.
+  public static func detectFormat(directory: String) throws -> DataFormat {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+      throw TrainingError.fileNotFound(
+        path: directory,
+        hint: directory == defaultDirectory
+          ? "Install it with: apt-get install dataset-fashion-mnist (or pass --data DIR)."
+          : "--data must be a directory holding the four IDX files or CIFAR-10's binary batches.")
+    }
+    let names: [String]
+    do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
+      throw TrainingError.unreadable(
+        path: directory, reason: "cannot list the directory: \(error.localizedDescription)")
+    }
+    let idx = names.contains { name in idxFiles.contains { name == $0 || name == $0 + ".gz" } }
+    let cifar = CIFAR10.isPresent(in: names)
+    switch (idx, cifar) {
+    case (true, false): return .idx
+    case (false, true): return .cifar10
+    case (true, true):
+      throw TrainingError.invalidArgument(
+        "\(directory) holds both IDX files and CIFAR-10 batches; pass a directory that holds one data set")
+    case (false, false):
+      let shown = names.sorted().prefix(12)
+      let found =
+        names.isEmpty
+        ? "it is empty"
+        : "it holds \(shown.joined(separator: ", "))\(names.count > shown.count ? " and \(names.count - shown.count) more" : "")"
+      var hint = ""
+      if names.contains("cifar-10-batches-bin") {
+        hint = " Did you mean \((directory as NSString).appendingPathComponent("cifar-10-batches-bin"))?"
+      } else if names.contains("cifar-10-binary.tar.gz") {
+        hint = " Extract cifar-10-binary.tar.gz first (tar xzf) and pass its cifar-10-batches-bin directory."
+      }
+      throw TrainingError.invalidArgument(
+        "\(directory): no data set found (\(found)). Flip reads IDX (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each raw or .gz) or CIFAR-10 binary (data_batch_1.bin … data_batch_5.bin and test_batch.bin).\(hint)"
+      )
+    }
+  }
+
   /// Loads `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte` and
   /// `t10k-labels-idx1-ubyte` (each raw or `.gz`) from `directory`. Images may be (N, H, W) or
   /// (N, H, W, C); the number of classes is the largest training label + 1.
-  public static func load(directory: String) throws -> DataSplits {
+  public static func loadIDX(directory: String) throws -> DataSplits {
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
       throw TrainingError.fileNotFound(
@@ -130,6 +201,6 @@ public struct DataSplits: Sendable {
     let test = try Dataset(
       images: testImages.data, labels: testLabels.data.map { Int32($0) }, sampleShape: shape(testImages),
       classes: classes)
-    return DataSplits(train: train, test: test)
+    return DataSplits(train: train, test: test, format: .idx)
   }
 }
