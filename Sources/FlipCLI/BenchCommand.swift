@@ -50,6 +50,8 @@ struct BenchCommand: ParsableCommand {
     name: .long,
     help: "Run convolutions as im2col + GEMM instead of oneDNN's convolution primitives (to compare them).")
   var im2col = false
+  @Option(name: .long, help: "Training-image augmentation: none, crop or crop-flip (default: the config's).")
+  var augment: AugmentationMode?
   @Option(name: .long, help: "Write a Chrome trace of the timed steps on every rank to this file (see flip train --timeline).")
   var timeline: String?
   @Flag(name: .long, help: "Print the result as one JSON object.")
@@ -89,6 +91,7 @@ struct BenchCommand: ParsableCommand {
       options.shardOptimizer = shardOptimizer
       options.measureImbalance = true
       options.binaryForward = compute.binaryForward
+      options.augmentation = Augmentation(mode: augment ?? config.augment)
       options.wire = wire
       let trainer = try Trainer(
         model: model, optimizer: try config.optimizer.make(), communicator: communicator, data: splits,

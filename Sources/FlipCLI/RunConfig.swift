@@ -35,6 +35,7 @@ public struct RunConfig: Equatable {
     layers = preset.layers
     if let o = preset.optimizer { optimizer = o }
     batchSize = preset.batchSize
+    augment = preset == .birealnet || preset == .quicknet ? .cropFlip : .none
   }
 
   /// For a preset's config: the last Dense layer gives one output per class of the data set

@@ -143,6 +143,13 @@ struct TrainCommand: ParsableCommand {
   @Option(
     name: .long,
     help: ArgumentHelp(
+      "Training-image augmentation: none, crop (4 black pixels of padding, a random crop back to the image size), or crop-flip (also a random horizontal flip). Default: the config's augment (the residual presets: crop-flip; others none).",
+      discussion: "Each image's crop and flip are drawn from (seed, epoch, image index): a resumed run, and any number of ranks, sees the same images. Evaluation is never augmented."
+    ))
+  var augment: AugmentationMode?
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
       "Write a Chrome trace (Perfetto, chrome://tracing) of --timeline-steps on every rank to this file.",
       discussion:
         "One process per rank: each step's phases, every layer's forward and backward, each gradient bucket's communication from start to completion, evaluation and checkpoints. Rank 0 writes the file at the end of the window."
@@ -221,6 +228,7 @@ struct TrainCommand: ParsableCommand {
       if warmupEpochs != 0 { fixed.append("--warmup-epochs") }
       if accumulate != nil { fixed.append("--accumulate") }
       if syncBn != nil { fixed.append("--sync-bn") }
+      if augment != nil { fixed.append("--augment") }
       if out != nil { fixed.append("--out") }
       if overwrite { fixed.append("--overwrite") }
       if realValued { fixed.append("--real-valued") }
@@ -253,6 +261,7 @@ struct TrainCommand: ParsableCommand {
     if let seed { config.seed = UInt64(seed) }
     if let data { config.data = data }
     if let logEvery { config.logEverySteps = logEvery }
+    if let augment { config.augment = augment }
     if let learningRate { config.optimizer = try config.optimizer.withLearningRate(learningRate) }
     guard config.epochs > 0 else { throw ValidationError("epochs must be positive, got \(config.epochs)") }
     guard config.batchSize > 0 else { throw ValidationError("batch_size must be positive, got \(config.batchSize)") }
@@ -266,7 +275,7 @@ struct TrainCommand: ParsableCommand {
 
     let data = try DataSplits.load(directory: config.data)
     logger.info(
-      "data \(config.data): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes"
+      "data \(config.data) (\(data.format?.rawValue ?? "IDX")): \(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes; augmentation \(config.augment.rawValue)"
     )
     config.inputShape = config.inputShape ?? data.train.sampleShape
     config.adaptOutput(toClasses: data.train.classes)
@@ -291,6 +300,7 @@ struct TrainCommand: ParsableCommand {
       checkEverySteps: checkEvery)
     options.accumulate = accumulate ?? 1
     options.syncBatchNorm = syncBn ?? false
+    options.augmentation = Augmentation(mode: config.augment)
     let trainer = try makeTrainer(
       config: config, options: options, data: data, runDirectory: runDirectory, communicator: communicator,
       logger: logger)
@@ -343,6 +353,7 @@ struct TrainCommand: ParsableCommand {
       checkEverySteps: checkEvery)
     options.accumulate = training["accumulate"] as? Int ?? 1
     options.syncBatchNorm = training["sync_batch_norm"] as? Bool ?? false
+    options.augmentation = Augmentation(mode: config.augment)
     let data = try DataSplits.load(directory: config.data)
     let saved =
       (metadata["checkpointing"].flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: Any])

@@ -40,6 +40,8 @@ public struct TrainingOptions: Sendable {
   public var binaryForward = BinaryForwardPolicy.auto
   /// The sharded step's wire format (`auto`: fp32 on one host, compact across hosts).
   public var wire = WirePolicy.auto
+  /// Training-image augmentation (crop, flip; drawn per (seed, epoch, image)); nil: none.
+  public var augmentation: Augmentation?
   /// Whether every epoch gathers the latent weights for TensorBoard's kernel histograms
   /// (every rank must agree: the gather is collective; rank 0 writes them).
   public var kernelHistograms = false
@@ -200,6 +202,7 @@ public final class Trainer {
     sampler = try EpochSampler(
       datasetSize: data.train.count, globalBatch: options.batchSize, seed: options.seed,
       rank: communicator.rank, worldSize: communicator.size)
+    try options.augmentation?.validate(sampleShape: data.train.sampleShape)
     guard options.accumulate >= 1 else {
       throw TrainingError.invalidArgument("accumulate must be at least 1, got \(options.accumulate)")
     }
@@ -266,7 +269,9 @@ public final class Trainer {
     for micro in 0..<k {
       let part = microPart(shard, micro, of: k)
       if part.isEmpty && !needsEmptyMicroStep(stepInEpoch, micro) { continue }
-      data.train.fill(order[part], images: images.pointer, labels: labels)
+      data.train.fill(
+        order[part], images: images.pointer, labels: labels, augmentation: options.augmentation, seed: options.seed,
+        epoch: clock.epoch)
       timer.lap(\.data)
       model.reseedStochasticLayers(stream: dropoutStream(micro: micro))
       // On the last micro-step the exchange sees each layer as soon as backward finishes it.

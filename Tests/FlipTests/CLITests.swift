@@ -98,8 +98,10 @@ struct CLITests {
     try "layers: [{type: Flatten}, {type: QuantDense, units: 2, kernel_quantizer: ste_sgn}]".write(
       toFile: dir + "/bad.yaml", atomically: true, encoding: .utf8)
     try fails(["train", "--config", dir + "/bad.yaml", "--data", dir], mentioning: "unknown quantizer 'ste_sgn'")
-    // The preset outputs 10 classes; the toy data has 2.
-    try fails(["train", "--model", "binarynet-mlp", "--data", dir, "--out", dir + "/r2"], mentioning: "2 classes")
+    // A config's output is its own (a preset's follows the data's classes): 3 units for 2 classes.
+    try "layers: [{type: Flatten}, {type: Dense, units: 3}, {type: Activation, activation: softmax}]".write(
+      toFile: dir + "/three.yaml", atomically: true, encoding: .utf8)
+    try fails(["train", "--config", dir + "/three.yaml", "--data", dir, "--out", dir + "/r2"], mentioning: "2 classes")
     _ = FileManager.default.createFile(atPath: dir + "/afile", contents: Data())
     try fails(
       ["train", "--model", "binarynet-mlp", "--data", dir, "--out", dir + "/afile"], mentioning: "not a directory")

@@ -43,7 +43,7 @@ struct CheckpointCommandTests {
     let crc = try #require(try ModelFile.read(path: model).metadata["payload_crc32"])
     #expect(i.stdout.contains("valid: checksum crc32 \(crc) matches"))
     #expect(
-      i.stdout.range(of: #"  config: \d+ bytes, first line: batch_size: 32\n"#, options: .regularExpression) != nil)
+      i.stdout.range(of: #"  config: \d+ bytes, first line: augment: none\n"#, options: .regularExpression) != nil)
 
     let exported = dir + "/binary.safetensors"
     let e = try runFlip(["checkpoint", "export", "--binary", model, exported])

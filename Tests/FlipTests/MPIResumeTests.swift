@@ -79,3 +79,30 @@ extension MPITests {
     #expect(metadata["world_size"] == "2")
   }
 }
+
+extension MPITests {
+  /// Augmented training (crop-flip, drawn per (seed, epoch, image)) on 2 ranks, killed
+  /// mid-epoch and resumed: the same bits as the uninterrupted run, and not those of a run
+  /// without augmentation. A resume takes the run's augmentation, never a flag's.
+  @Test func augmentedTwoRankRunKilledAndResumedIsBitIdentical() throws {
+    let dir = try ResumeTests.setUp()
+    let augmented = ["--augment", "crop-flip"]
+    let whole = try launch(2, resumeArguments(dir, out: dir + "/whole") + augmented)
+    #expect(whole.status == 0, "\(whole.stderr)")
+    let plain = try launch(2, resumeArguments(dir, out: dir + "/plain"))
+    #expect(plain.status == 0, "\(plain.stderr)")
+    let killed = try launch(
+      2, resumeArguments(dir, out: dir + "/run") + augmented, environment: ["FLIP_TEST_FAULT": "kill:1:11"])
+    #expect(killed.status != 0)
+    let refused = try runFlip(["train", "--resume", dir + "/run", "--augment", "crop"])
+    #expect(refused.status != 0)
+    #expect(refused.stderr.contains("--augment cannot be given with --resume"), "\(refused.stderr)")
+    let resumed = try launch(2, ["train", "--resume", dir + "/run", "--threads", "1", "--quiet"])
+    #expect(resumed.status == 0, "\(resumed.stderr)")
+    try ResumeTests.expectBitIdentical(dir + "/whole/ckpt-000024.safetensors", dir + "/run/ckpt-000024.safetensors")
+    try ResumeTests.expectBitIdentical(dir + "/whole/model.safetensors", dir + "/run/model.safetensors")
+    let a = try ModelFile.read(path: dir + "/whole/model.safetensors").0
+    let b = try ModelFile.read(path: dir + "/plain/model.safetensors").0
+    #expect(a.contains { name, t in t.values != b[name]?.values }, "augmentation changed nothing")
+  }
+}
