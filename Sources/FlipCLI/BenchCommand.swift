@@ -89,7 +89,7 @@ struct BenchCommand: ParsableCommand {
       var options = TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0)
       options.bucketBytes = Int(bucketMb * 1_048_576)
       options.shardOptimizer = shardOptimizer
-      options.measureImbalance = true
+      options.measureImbalance = communicator.size > 1
       options.binaryForward = compute.binaryForward
       options.augmentation = Augmentation(mode: augment ?? config.augment)
       options.wire = wire

@@ -55,6 +55,7 @@ struct EvaluateCommand: ParsableCommand {
           "the model expects inputs of shape \(model.inputShape) but the images are \(splits.test.sampleShape)")
       }
       try ModelFile.load(tensors, into: model, path: path, metadata: metadata)
+      try model.checkBatchFits(batchSize)
       model.allocate(maxBatch: batchSize)
       for choice in try model.chooseBinaryForward(batch: batchSize, policy: compute.binaryForward) {
         logger.debug("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")

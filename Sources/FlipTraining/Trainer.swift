@@ -214,6 +214,7 @@ public final class Trainer {
     let perRank = options.batchSize / communicator.size
     let perMicroStep = perRank / options.accumulate
     localCapacity = perMicroStep
+    try model.checkBatchFits(perMicroStep)
     model.allocate(maxBatch: perMicroStep)
     binaryForwardChoices = try model.chooseBinaryForward(batch: perMicroStep, policy: options.binaryForward)
     loss = SparseCategoricalCrossentropy(classes: data.train.classes)

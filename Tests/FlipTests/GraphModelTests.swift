@@ -170,3 +170,26 @@ struct GraphModelTests {
     #expect(throws: ConfigError.self) { try RunConfig.parse(yaml: bad, file: "bad.yaml") }
   }
 }
+
+/// Sizes a config can make absurd are errors, not crashes.
+@Suite("Absurd sizes")
+struct AbsurdSizeTests {
+  @Test func hugeLayersAndBatchesAreErrors() throws {
+    var dense = LayerSpec(.dense)
+    dense.units = 99_999_999_999
+    #expect(throws: BNNError.self) { try Model(specs: [LayerSpec(.flatten), dense], inputShape: [28, 28, 1], seed: 0) }
+    var conv = LayerSpec(.conv2D)
+    conv.filters = 1_000_000
+    conv.kernelSize = [3, 3]
+    dense.units = 1_000_000
+    #expect(throws: BNNError.self) {
+      try Model(specs: [conv, LayerSpec(.flatten), dense], inputShape: [28, 28, 1], seed: 0)
+    }
+    conv.kernelSize = [100_000, 3]
+    #expect(throws: BNNError.self) { try Model(specs: [conv], inputShape: [28, 28, 1], seed: 0) }
+    dense.units = 10
+    let model = try Model(specs: [LayerSpec(.flatten), dense], inputShape: [28, 28, 1], seed: 0)
+    #expect(throws: BNNError.self) { try model.checkBatchFits(1 << 30) }
+    try model.checkBatchFits(512)
+  }
+}

@@ -71,6 +71,12 @@ public struct LayerSpec: Equatable, Sendable {
   /// Whether the kernel is `depthwise_kernel` (so its quantizer is `depthwise_quantizer`).
   public var isDepthwise: Bool { kind == .depthwiseConv2D || kind == .quantDepthwiseConv2D }
 
+  /// The largest `units`, `filters` and `depth_multiplier` a config may ask for, and the
+  /// largest window (kernel, pool, stride) side: beyond them a layer's buffers would not fit
+  /// in memory, and the sizes' products could overflow.
+  public static let largestWidth = 1 << 20
+  public static let largestWindow = 1 << 12
+
   /// Whether the layer takes several inputs.
   public var isMerge: Bool { kind == .add || kind == .concatenate }
 
@@ -91,6 +97,28 @@ public struct LayerSpec: Equatable, Sendable {
 
   /// Builds the layer for inputs of `inputShape` (one sample), checking every parameter.
   public func make(inputShape: [Int], seed: UInt64) throws -> Layer {
+    for (key, value) in [("units", units), ("filters", filters), ("depth_multiplier", depthMultiplier)] {
+      if let value, value > Self.largestWidth {
+        throw BNNError.invalidParameter(
+          owner: kind.rawValue, parameter: key, reason: "must be at most \(Self.largestWidth), got \(value)")
+      }
+    }
+    // A kernel's size, before the layer allocates anything for it.
+    let inputElements = inputShape.reduce(1.0) { $0 * Double($1) }
+    let windowElements = (kernelSize ?? [1]).reduce(1.0) { $0 * Double($1) } * (kernelSize?.count == 1 ? Double(kernelSize![0]) : 1)
+    let kernelElements: Double
+    switch kind {
+    case .quantDense, .dense: kernelElements = inputElements * Double(units ?? 0)
+    case .quantConv2D, .conv2D: kernelElements = windowElements * Double(inputShape.last ?? 0) * Double(filters ?? 0)
+    case .depthwiseConv2D, .quantDepthwiseConv2D:
+      kernelElements = windowElements * Double(inputShape.last ?? 0) * Double(depthMultiplier)
+    default: kernelElements = 0
+    }
+    guard kernelElements <= Double(Model.largestTensor) else {
+      throw BNNError.invalidParameter(
+        owner: kind.rawValue, parameter: "kernel",
+        reason: "would hold \(Int(kernelElements)) weights for inputs of shape \(inputShape), more than \(Model.largestTensor); make the layer smaller")
+    }
     let quantized = kind == .quantDense || kind == .quantConv2D || kind == .quantDepthwiseConv2D
     if !quantized && (inputQuantizer != nil || kernelQuantizer != nil) {
       let kernelKey = isDepthwise ? "depthwise_quantizer" : "kernel_quantizer"
@@ -106,6 +134,10 @@ public struct LayerSpec: Equatable, Sendable {
       guard p.count == 2, p[0] > 0, p[1] > 0 else {
         throw BNNError.invalidParameter(
           owner: kind.rawValue, parameter: name, reason: "must be one or two positive integers, got \(v)")
+      }
+      guard p[0] <= Self.largestWindow, p[1] <= Self.largestWindow else {
+        throw BNNError.invalidParameter(
+          owner: kind.rawValue, parameter: name, reason: "must be at most \(Self.largestWindow), got \(v)")
       }
       return (p[0], p[1])
     }

@@ -40,13 +40,19 @@ public final class Model {
   /// The most summing buffers alive at once in a backward pass.
   public private(set) var gradientBufferCount = 0
 
+  /// The most elements one sample's output, or one layer's variables, may have.
+  public static let largestTensor = 1 << 31
+
   /// Builds the layers for samples of `inputShape` and initializes the variables from `seed`.
   public init(specs: [LayerSpec], inputShape: [Int], seed: UInt64) throws {
     guard !specs.isEmpty else {
       throw BNNError.invalidParameter(owner: "model", parameter: "layers", reason: "a model needs at least one layer")
     }
-    guard !inputShape.isEmpty, inputShape.allSatisfy({ $0 > 0 }) else {
-      throw BNNError.shapeMismatch(layer: "input", reason: "input shape must be positive, got \(inputShape)")
+    guard !inputShape.isEmpty, inputShape.allSatisfy({ $0 > 0 && $0 <= Self.largestTensor }),
+      inputShape.reduce(1.0, { $0 * Double($1) }) <= Double(Self.largestTensor)
+    else {
+      throw BNNError.shapeMismatch(
+        layer: "input", reason: "input shape must be positive and at most \(Self.largestTensor) elements, got \(inputShape)")
     }
     var layers: [Layer] = []
     var inputsOf: [[Int]] = []
@@ -84,6 +90,17 @@ public final class Model {
           typeCounts[layer.typeName] = n + 1
         } while explicit.contains(layer.name)
       }
+      // Sizes a config can make absurd: one sample's output and the layer's variables.
+      let elements = layer.outputShape.reduce((1, false)) { r, d in
+        let (p, o) = r.0.multipliedReportingOverflow(by: d)
+        return (p, r.1 || o)
+      }
+      let variables = layer.parameterSpecs.reduce(0.0) { $0 + $1.shape.reduce(1.0) { $0 * Double($1) } }
+      guard !elements.1, elements.0 <= Self.largestTensor, variables <= Double(Self.largestTensor) else {
+        throw BNNError.shapeMismatch(
+          layer: "\(i) (\(spec.name ?? spec.kind.rawValue))",
+          reason: "its output \(layer.outputShape) or its \(variables) variables exceed \(Self.largestTensor) elements; make the layer smaller")
+      }
       guard index[layer.name] == nil else {
         throw BNNError.invalidParameter(
           owner: "layer \(i)", parameter: "name", reason: "'\(layer.name)' names two layers; names must be unique")
@@ -112,6 +129,18 @@ public final class Model {
 
   /// Whether the model ends in a softmax, so the loss can take the logits before it.
   public var endsInSoftmax: Bool { (layers.last as? Activation)?.kind == .softmax }
+
+  /// Throws when batches of `batch` samples would need a buffer beyond `largestTensor`
+  /// elements (call before `allocate`, whose allocation would otherwise fail).
+  public func checkBatchFits(_ batch: Int) throws {
+    guard let widest = layers.max(by: { $0.outputSize < $1.outputSize }) else { return }
+    let need = Double(widest.outputSize) * Double(batch)
+    guard need <= Double(Self.largestTensor), Double(inputSize) * Double(batch) <= Double(Self.largestTensor) else {
+      throw BNNError.shapeMismatch(
+        layer: widest.name,
+        reason: "a batch of \(batch) needs \(Int(need)) elements for its output, more than \(Self.largestTensor); lower the batch size")
+    }
+  }
 
   /// Sizes every layer's buffers for batches of up to `maxBatch`.
   public func allocate(maxBatch: Int) {
