@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Flip builds on, when they are missing:
 #   Open MPI (libopenmpi-dev openmpi-bin), oneDNN (libdnnl-dev), zlib (zlib1g-dev) and the
-#   Fashion-MNIST data set (dataset-fashion-mnist, in /usr/share/datasets/fashion-mnist).
+#   Fashion-MNIST data set (dataset-fashion-mnist, in /usr/share/datasets/fashion-mnist), and
+#   iproute2 (ip netns: the tests on emulated hosts, scripts/cluster.sh).
 # Works without a terminal (CI): apt runs non-interactively.
 set -euo pipefail
-packages=(libopenmpi-dev openmpi-bin libdnnl-dev zlib1g-dev dataset-fashion-mnist pkg-config)
+packages=(libopenmpi-dev openmpi-bin libdnnl-dev zlib1g-dev dataset-fashion-mnist pkg-config iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
