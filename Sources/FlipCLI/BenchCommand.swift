@@ -153,6 +153,7 @@ struct BenchCommand: ParsableCommand {
           "bytes_sent_per_step": trainer.exchange.bytesSentPerStep, "wire": trainer.exchange.wireFormat.rawValue,
           "variables": model.store.values.count,
           "sign_variables": model.signKernels.reduce(0) { $0 + model.store.views[$1.view].count },
+          "gradient_sum_bytes": model.gradientBufferBytes, "gradient_sum_bytes_if_kept": model.gradientBytesIfKept,
         ]
         let data = try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
@@ -173,6 +174,12 @@ struct BenchCommand: ParsableCommand {
             format:
               "per step: data %.2f ms, compute %.2f ms, waiting for the slowest rank %.2f ms, communication wait %.2f ms, optimizer %.2f ms; the same communication alone %.2f ms (hidden: %.0f %%)",
             split[0], split[1], split[5], split[2], split[3], split[4], hidden * 100))
+        if model.gradientBytesIfKept > 0 {
+          print(
+            String(
+              format: "gradient sums of shared tensors: %.2f MB in pooled buffers (%.2f MB if each kept its own)",
+              Double(model.gradientBufferBytes) / 1e6, Double(model.gradientBytesIfKept) / 1e6))
+        }
         if communicator.size > 1 {
           print(
             "exchange: \(trainer.exchange.description), \(String(format: "%.2f", Double(trainer.exchange.bytesSentPerStep) / 1e6)) MB sent per step per rank"

@@ -158,6 +158,31 @@ struct GraphModelTests {
     #expect(ours == larq)
   }
 
+  /// Bi-Real Net's shortcuts sum their gradients in pooled buffers reused block after block:
+  /// two are alive at once (a block's output gradient, passed on to its BatchNorm, while its
+  /// input's sum starts), each as wide as the widest shared tensor, instead of one buffer per
+  /// tensor that two layers read.
+  @Test func birealnetSumsGradientsInTwoPooledBuffers() throws {
+    let model = try Model(specs: ModelPreset.birealnet.layers, inputShape: [28, 28, 1], seed: 0)
+    let batch = 4
+    model.allocate(maxBatch: batch)
+    let x = randomValues(batch * 784, seed: 1)
+    let labels = (0..<batch).map { Int32($0) }
+    for _ in 0..<2 {
+      model.store.zeroGradients()
+      _ = try model.accumulateGradients(x, labels: labels, batch: batch, loss: SparseCategoricalCrossentropy(classes: 10))
+    }
+    #expect(model.gradientBufferCount == 2)
+    // The widest shared tensor is a 28×28×16 stage-1 output; 8 tensors are read twice.
+    #expect(model.gradientBufferBytes == 2 * batch * 28 * 28 * 16 * 4)
+    #expect(model.gradientBytesIfKept == batch * 4 * (3 * 28 * 28 * 16 + 2 * 14 * 14 * 32 + 2 * 7 * 7 * 64 + 4 * 4 * 128))
+    // A larger batch resizes the pool.
+    model.allocate(maxBatch: 2 * batch)
+    let x2 = randomValues(2 * batch * 784, seed: 2)
+    _ = try model.accumulateGradients(x2, labels: labels + labels, batch: 2 * batch, loss: SparseCategoricalCrossentropy(classes: 10))
+    #expect(model.gradientBufferBytes == 2 * 2 * batch * 28 * 28 * 16 * 4)
+  }
+
   /// A graph config survives YAML: names, inputs, merge layers, initializers.
   @Test func graphConfigRoundTrip() throws {
     var c = RunConfig(preset: .birealnet)

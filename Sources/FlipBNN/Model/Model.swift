@@ -39,6 +39,17 @@ public final class Model {
   private var pool: [FloatBuffer] = []
   /// The most summing buffers alive at once in a backward pass.
   public private(set) var gradientBufferCount = 0
+  /// Bytes the pool of summing buffers holds (its peak: a pooled buffer is kept for reuse).
+  public private(set) var gradientBufferBytes = 0
+  /// Bytes the summing buffers would take if every tensor that several layers read kept its
+  /// own for the whole backward pass (batches of `maxBatch`): what the pool saves against.
+  public var gradientBytesIfKept: Int {
+    sharedOutputs.reduce(0) { $0 + maxBatch * layers[$1].outputSize * MemoryLayout<Float>.stride }
+  }
+  /// The layers whose output several layers read, and the widest of those outputs (per
+  /// sample): every pooled buffer is made that wide, so any of them serves any such tensor.
+  private let sharedOutputs: [Int]
+  private let widestSharedOutput: Int
 
   /// The most elements one sample's output, or one layer's variables, may have.
   public static let largestTensor = 1 << 31
@@ -119,6 +130,10 @@ public final class Model {
     self.inputShape = inputShape
     self.specs = specs
     isGraph = specs.contains { $0.inputs != nil }
+    var readers = Array(repeating: 0, count: layers.count)
+    for sources in inputsOf { for j in sources where j >= 0 { readers[j] += 1 } }
+    sharedOutputs = layers.indices.filter { readers[$0] > 1 }
+    widestSharedOutput = sharedOutputs.map { layers[$0].outputSize }.max() ?? 0
     consumers = Array(repeating: 0, count: layers.count)
     outputs = Array(repeating: nil, count: layers.count)
     gradients = Array(repeating: nil, count: layers.count)
@@ -147,6 +162,9 @@ public final class Model {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
     for layer in layers { layer.allocate(maxBatch: maxBatch) }
+    // Summing buffers are as wide as the widest shared tensor at the largest batch.
+    pool.removeAll()
+    gradientBufferBytes = 0
   }
 
   /// Runs the first `through` layers (all by default) on `batch` samples; returns the output
@@ -244,12 +262,13 @@ public final class Model {
       Parallel.forEach(count: count) { r in for e in r { p[e] += g[e] } }
       return
     }
-    let needed = maxBatch * layers[j].outputSize
     let buffer: FloatBuffer
-    if let k = pool.firstIndex(where: { $0.count >= needed }) {
-      buffer = pool.remove(at: k)
+    if let pooled = pool.popLast() {
+      buffer = pooled
     } else {
-      buffer = FloatBuffer(count: needed)
+      let width = maxBatch * widestSharedOutput
+      buffer = FloatBuffer(count: width)
+      gradientBufferBytes += width * MemoryLayout<Float>.stride
     }
     buffer.pointer.update(from: g, count: count)
     summing[j] = buffer
