@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
 """An alpha-beta model of Flip's sharded data-parallel step, from measured collectives.
 
-  scripts/scaling-model.py --timing T.json --single B1.json [--measured B2.json ...]
-                           [--node-compute-ms MS] [--nodes 1,2,4,...,64] [--plot OUT.png]
+  scripts/scaling-model.py --timing T.json --single B1.json [--single-half H.json]
+                           [--measured B2.json ...] [--node-compute-ms MS]
+                           [--nodes 1,2,4,...,64] [--plot OUT.png]
 
 T.json    `mpirun <flags> -np 2 flip mpi-check --timing --json` across two hosts: per
           collective (fp32 and bf16 reduce-scatter, all-gather) a fit
           t = (N - 1)*alpha + beta*bytes sent per rank.
 B1.json   `flip bench --json` of one process (the node's compute at the global batch B):
           compute_ms + optimizer_ms per step, variables, sign_variables, batch_size.
+H.json    the same one-process bench at half the global batch: with B1 it splits the compute
+          into a part per image and a part per step that every rank repeats whatever its share
+          of the batch (quantizing whole binary kernels, counting flips, the int8 copy):
+          fixed = 2*compute(B/2) - compute(B), at least 0. Without it, fixed = 0.
 B2.json   `flip bench --json` of the same model on the hosts (any --wire): the measured points
           the model is checked against (ranks, wire, ms_per_step, hidden_fraction).
 
 Strong scaling at a fixed global batch B over N nodes, one rank per node:
-    compute(N)   = (compute_ms + optimizer_ms) / N     (each node does 1/N of the batch and of
+    compute(N)   = (compute_ms - fixed) / N + fixed + optimizer_ms / N
+                                                       (each node does 1/N of the batch and of
                                                         the sharded update; --node-compute-ms
                                                         replaces the measured one-node time)
     sent_rs(N)   = (N-1)/N * P * g                      g = 4 bytes (fp32) or 2 (bf16)
@@ -40,6 +46,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--timing", required=True)
     p.add_argument("--single", required=True)
+    p.add_argument("--single-half")
     p.add_argument("--measured", nargs="*", default=[])
     p.add_argument("--node-compute-ms", type=float)
     p.add_argument("--nodes", default="1,2,4,8,16,32,64")
@@ -49,6 +56,7 @@ def main():
         timing = load(a.timing)
         single = load(a.single)
         measured = [load(m) for m in a.measured]
+        half = load(a.single_half) if a.single_half else None
     except (OSError, ValueError, IndexError) as e:
         sys.exit(f"scaling-model: cannot read the inputs: {e}")
     fits = {f["collective"]: f for f in timing["fits"]}
@@ -58,7 +66,13 @@ def main():
     P = single["variables"]
     P_sign = single["sign_variables"]
     B = single["batch_size"]
-    node = a.node_compute_ms if a.node_compute_ms else single["compute_ms"] + single["optimizer_ms"]
+    if half is not None and (half.get("model") != single.get("model") or 2 * half["batch_size"] != B):
+        sys.exit(f"scaling-model: {a.single_half} must bench {single.get('model')} at batch {B // 2}")
+    fixed = max(0.0, 2 * half["compute_ms"] - single["compute_ms"]) if half else 0.0
+    measured_node = single["compute_ms"] + single["optimizer_ms"]
+    node = a.node_compute_ms if a.node_compute_ms else measured_node
+    # The per-step part scales with the node's speed like the rest.
+    fixed_share = fixed / measured_node
     hidden = {m["wire"]: m["hidden_fraction"] for m in measured if m.get("ranks", 1) > 1}
 
     def comm(n, wire):
@@ -71,12 +85,17 @@ def main():
         sent_ag = frac * ((P_sign / 8 + 4 * (P - P_sign)) if wire == "compact" else 4 * P)
         return (rs["alpha_ms"] + ag["alpha_ms"]) * (n - 1) + rs["beta_ms_per_byte"] * sent_rs + ag["beta_ms_per_byte"] * sent_ag
 
-    def step(n, wire, compute=node):
-        return compute / n + (1 - hidden.get(wire, 0.0)) * comm(n, wire)
+    def compute(n, total):
+        if n == 1:
+            return total
+        return total * (1 - fixed_share) / n + total * fixed_share
+
+    def step(n, wire, total=node):
+        return compute(n, total) + (1 - hidden.get(wire, 0.0)) * comm(n, wire)
 
     nodes = [int(x) for x in a.nodes.split(",")]
     print(f"model: {single.get('model')}, global batch {B}, {P} variables ({P_sign} binary, as sign bits on the compact wire)")
-    print(f"one node: {node:.1f} ms of compute and update per step; links: " + ", ".join(
+    print(f"one node: {node:.1f} ms of compute and update per step, {node * fixed_share:.1f} ms of it repeated on every rank; links: " + ", ".join(
         f"{k} {f['alpha_ms']:.3f} ms/msg, {f['gbit_per_s']:.2f} Gbit/s" for k, f in fits.items()))
     print(f"hidden fraction of the communication (measured on 2 hosts): {hidden or 'none measured, 0'}")
     print(f"{'nodes':>5}  {'fp32 ms':>9} {'eff':>5} {'img/s':>8}   {'compact ms':>10} {'eff':>5} {'img/s':>8}")
@@ -91,8 +110,7 @@ def main():
         n = m.get("ranks", 1)
         wire = m.get("wire", "fp32")
         # The model's compute from the measured one-node run (not --node-compute-ms).
-        want = single["compute_ms"] + single["optimizer_ms"]
-        model = want / n + (1 - hidden.get(wire, 0.0)) * comm(n, wire)
+        model = step(n, wire, measured_node)
         error = (model - m["ms_per_step"]) / m["ms_per_step"]
         checks.append((n, wire, m["ms_per_step"], model, error))
         print(f"measured {n} ranks, {wire} wire: {m['ms_per_step']:.1f} ms/step; model {model:.1f} ms ({error * 100:+.1f} %)")
