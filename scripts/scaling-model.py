@@ -25,8 +25,10 @@ Strong scaling at a fixed global batch B over N nodes, one rank per node:
     sent_rs(N)   = (N-1)/N * P * g                      g = 4 bytes (fp32) or 2 (bf16)
     sent_ag(N)   = (N-1)/N * (P_sign/8 + 4*(P - P_sign))   compact; (N-1)/N * 4P on fp32
     comm(N)      = rs.alpha*(N-1) + rs.beta*sent_rs + ag.alpha*(N-1) + ag.beta*sent_ag
-    step(N)      = compute(N) + (1 - h) * comm(N)       h: the hidden fraction measured on
-                                                        2 hosts for that wire (0 if none)
+    step(N)      = compute(N) + comm(N) - min(h * comm(N), compute(N))
+                                                       h: the hidden fraction measured on
+                                                        2 hosts for that wire (0 if none);
+                                                        no more hides than there is compute
     efficiency   = step(1) / (N * step(N))
 Prints the table and, for each measured point, the model's step time and its error.
 """
@@ -91,7 +93,9 @@ def main():
         return total * (1 - fixed_share) / n + total * fixed_share
 
     def step(n, wire, total=node):
-        return compute(n, total) + (1 - hidden.get(wire, 0.0)) * comm(n, wire)
+        # Communication hides behind the step's compute at most.
+        c, m = compute(n, total), comm(n, wire)
+        return c + m - min(hidden.get(wire, 0.0) * m, c)
 
     nodes = [int(x) for x in a.nodes.split(",")]
     print(f"model: {single.get('model')}, global batch {B}, {P} variables ({P_sign} binary, as sign bits on the compact wire)")
