@@ -39,16 +39,7 @@ extension ModelPreset {
         }
       }
     }
-    var relu = LayerSpec(.activation)
-    relu.activation = .relu
-    b.add(relu, name: b.next("activation"))
-    b.add(LayerSpec(.globalAveragePooling2D), name: b.next("global_average_pooling2d"))
-    var dense = LayerSpec(.dense)
-    dense.units = 10
-    b.add(dense, name: b.next("dense"))
-    var softmax = LayerSpec(.activation)
-    softmax.activation = .softmax
-    b.add(softmax, name: b.next("activation"))
+    addHead(to: &b)
     return b.specs
 
     func conv(_ filters: Int, kernel: Int, binary: Bool, strides: Int = 1) -> LayerSpec {
@@ -129,7 +120,16 @@ extension ModelPreset {
         x = b.add(LayerSpec(.add), name: b.next("add"), inputs: [x, y])
       }
     }
-    b.add(relu, name: b.next("activation"), inputs: [x])
+    addHead(to: &b, inputs: [x])
+    return b.specs
+  }
+
+  /// The residual presets' head: ReLU, global average pooling, Dense (one unit per class;
+  /// 10 until the data says otherwise), softmax.
+  private static func addHead(to b: inout GraphBuilder, inputs: [String]? = nil) {
+    var relu = LayerSpec(.activation)
+    relu.activation = .relu
+    b.add(relu, name: b.next("activation"), inputs: inputs)
     b.add(LayerSpec(.globalAveragePooling2D), name: b.next("global_average_pooling2d"))
     var dense = LayerSpec(.dense)
     dense.units = 10
@@ -137,7 +137,6 @@ extension ModelPreset {
     var softmax = LayerSpec(.activation)
     softmax.activation = .softmax
     b.add(softmax, name: b.next("activation"))
-    return b.specs
   }
 
   /// BatchNormalization with momentum 0.9 (Keras's defaults otherwise).
