@@ -24,8 +24,31 @@ public struct IDXFile: Equatable {
 
   /// Parses the bytes of an uncompressed IDX file.
   public static func parse(_ b: [UInt8], path: String) throws -> IDXFile {
+    guard let (dims, headerSize, expected) = try header(b, path: path) else {
+      let reason =
+        b.count < 4
+        ? "file has \(b.count) bytes, too short for an IDX header"
+        : "file has \(b.count) bytes, shorter than its \(b[3])-dimension header (\(4 + 4 * Int(b[3])) bytes)"
+      throw TrainingError.corruptData(path: path, reason: reason)
+    }
+    let available = b.count - headerSize
+    guard available == expected else {
+      throw TrainingError.corruptData(
+        path: path,
+        reason: "dimensions \(dims) need \(expected) data bytes but the file has \(available)"
+          + (available < expected ? " (truncated?)" : " (trailing bytes)"))
+    }
+    return IDXFile(dimensions: dims, data: Array(b[headerSize...]))
+  }
+
+  /// The header at the start of `b`: its dimensions, its size and the data bytes it declares;
+  /// nil while `b` is too short to hold it. Throws when what `b` holds cannot be an IDX header.
+  static func header(_ b: [UInt8], path: String) throws -> (dims: [Int], size: Int, dataBytes: Int)? {
     func corrupt(_ why: String) -> TrainingError { .corruptData(path: path, reason: why) }
-    guard b.count >= 4 else { throw corrupt("file has \(b.count) bytes, too short for an IDX header") }
+    guard b.count >= 4 else {
+      if b.count >= 2, b[0] != 0 || b[1] != 0 { throw corrupt("bad magic number: an IDX file starts with two zero bytes") }
+      return nil
+    }
     guard b[0] == 0, b[1] == 0 else {
       throw corrupt(
         String(
@@ -38,9 +61,7 @@ public struct IDXFile: Equatable {
     let ndims = Int(b[3])
     guard ndims >= 1 else { throw corrupt("the header declares 0 dimensions") }
     let headerSize = 4 + 4 * ndims
-    guard b.count >= headerSize else {
-      throw corrupt("file has \(b.count) bytes, shorter than its \(ndims)-dimension header (\(headerSize) bytes)")
-    }
+    guard b.count >= headerSize else { return nil }
     var dims: [Int] = []
     for d in 0..<ndims {
       let o = 4 + 4 * d
@@ -54,16 +75,11 @@ public struct IDXFile: Equatable {
       guard !overflow, p <= Int(Int32.max) * 16 else { throw corrupt("dimensions \(dims) are too large") }
       expected = p
     }
-    let available = b.count - headerSize
-    guard available == expected else {
-      throw corrupt(
-        "dimensions \(dims) need \(expected) data bytes but the file has \(available)"
-          + (available < expected ? " (truncated?)" : " (trailing bytes)"))
-    }
-    return IDXFile(dimensions: dims, data: Array(b[headerSize...]))
+    return (dims, headerSize, expected)
   }
 
-  /// Decompresses gzip data with zlib.
+  /// Decompresses gzip data with zlib, no further than the size its IDX header declares (so a
+  /// small file cannot inflate without bound).
   static func gunzip(_ input: [UInt8], path: String) throws -> [UInt8] {
     var stream = z_stream()
     guard flip_inflate_init2(&stream, 15 + 16) == Z_OK else {
@@ -74,6 +90,7 @@ public struct IDXFile: Equatable {
     output.reserveCapacity(input.count * 4)
     var chunk = [UInt8](repeating: 0, count: 1 << 20)
     var status: Int32 = Z_OK
+    var limit: Int?
     try input.withUnsafeBufferPointer { inBuf in
       stream.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress!)
       stream.avail_in = uInt(inBuf.count)
@@ -87,6 +104,11 @@ public struct IDXFile: Equatable {
             throw TrainingError.corruptData(path: path, reason: "gzip data is corrupt: \(message)")
           }
           output.append(contentsOf: out.prefix(out.count - Int(stream.avail_out)))
+        }
+        if limit == nil, let h = try header(output, path: path) { limit = h.size + h.dataBytes }
+        if let limit, output.count > limit {
+          throw TrainingError.corruptData(
+            path: path, reason: "gzip data decompresses to more than the \(limit) bytes its IDX header declares (trailing bytes)")
         }
         if status == Z_OK && stream.avail_in == 0 && stream.avail_out != 0 {
           throw TrainingError.corruptData(path: path, reason: "gzip data ends early (truncated file?)")

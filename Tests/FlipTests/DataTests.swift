@@ -54,6 +54,24 @@ struct DataTests {
     #expect(throws: TrainingError.self) { try IDXFile.read(path: dir + "/c.gz") }
   }
 
+  /// A small gzip file that inflates past what its IDX header declares (a gzip bomb, or
+  /// trailing data) is an error once the excess appears, before it is all inflated.
+  @Test func gzipBeyondItsHeaderIsAnError() throws {
+    let dir = temporaryDirectory()
+    let bomb = idxBytes(dimensions: [16], data: [UInt8](repeating: 0, count: 16)) + [UInt8](repeating: 0, count: 64 << 20)
+    write(bomb, to: dir + "/bomb", gzip: true)
+    let compressed = try FileManager.default.attributesOfItem(atPath: dir + "/bomb.gz")[.size] as! Int
+    #expect(compressed < 1 << 20, "64 MiB of zeros compress to \(compressed) bytes")
+    do {
+      _ = try IDXFile.read(path: dir + "/bomb.gz")
+      Issue.record("a gzip file inflating past its header was accepted")
+    } catch {
+      #expect("\(error)".contains("decompresses to more than the 24 bytes its IDX header declares"))
+    }
+    write([1, 0, 8, 1, 0, 0, 0, 1, 5], to: dir + "/magic", gzip: true)
+    #expect(throws: TrainingError.self) { try IDXFile.read(path: dir + "/magic.gz") }
+  }
+
   @Test func loadsADirectoryAndScalesPixels() throws {
     let dir = temporaryDirectory()
     writeToyDataset(to: dir, train: 10, test: 6, height: 3, width: 4, gzip: true)
