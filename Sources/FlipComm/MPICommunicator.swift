@@ -319,28 +319,22 @@ public final class MPICommunicator: Communicator {
       try allgather(buffer, counts: counts)
       return -1
     }
-    let arrays = countsAndDisplacements(counts)
-    var request: MPI_Request? = flip_mpi_request_null()
-    try check(
-      MPI_Iallgatherv(
-        flip_mpi_in_place(), 0, flip_mpi_float(), buffer, arrays, arrays + size, flip_mpi_float(), gathers.value,
-        &request),
-      "MPI_Iallgatherv")
-    requests.append(request)
-    operations.append((requests.count - 1..<requests.count, nil))
-    progress?.resume()
-    return operations.count - 1
+    return try startAllgatherv(buffer, counts: counts, type: flip_mpi_float())
   }
 
   public func startAllgather(words buffer: UnsafeMutablePointer<UInt32>, counts: [Int]) throws -> Int {
     precondition(counts.count == size, "one count per rank")
     precondition(counts.reduce(0, +) <= Int(Int32.max), "an all-gather of words larger than one MPI call")
+    return try startAllgatherv(buffer, counts: counts, type: flip_mpi_uint32())
+  }
+
+  /// Starts the in-place `MPI_Iallgatherv` of `counts` elements of `type` per rank on the
+  /// gathers' communicator; returns the operation's index.
+  private func startAllgatherv<T>(_ buffer: UnsafeMutablePointer<T>, counts: [Int], type: MPI_Datatype?) throws -> Int {
     let arrays = countsAndDisplacements(counts)
     var request: MPI_Request? = flip_mpi_request_null()
     try check(
-      MPI_Iallgatherv(
-        flip_mpi_in_place(), 0, flip_mpi_uint32(), buffer, arrays, arrays + size, flip_mpi_uint32(), gathers.value,
-        &request),
+      MPI_Iallgatherv(flip_mpi_in_place(), 0, type, buffer, arrays, arrays + size, type, gathers.value, &request),
       "MPI_Iallgatherv")
     requests.append(request)
     operations.append((requests.count - 1..<requests.count, nil))

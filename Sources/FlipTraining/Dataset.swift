@@ -96,16 +96,22 @@ public struct DataSplits: Sendable {
     }
   }
 
-  /// The format of the data set in `directory`, by the names of its files.
-  public static func detectFormat(directory: String) throws -> DataFormat {
+  /// Throws unless `directory` is a directory: where the default is missing, how to install
+  /// it; otherwise what `--data` must hold.
+  private static func requireDirectory(_ directory: String, holding: String) throws {
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
       throw TrainingError.fileNotFound(
         path: directory,
         hint: directory == defaultDirectory
           ? "Install it with: apt-get install dataset-fashion-mnist (or pass --data DIR)."
-          : "--data must be a directory holding the four IDX files or CIFAR-10's binary batches.")
+          : "--data must be a directory holding \(holding).")
     }
+  }
+
+  /// The format of the data set in `directory`, by the names of its files.
+  public static func detectFormat(directory: String) throws -> DataFormat {
+    try requireDirectory(directory, holding: "the four IDX files or CIFAR-10's binary batches")
     let names: [String]
     do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
       throw TrainingError.unreadable(
@@ -141,14 +147,7 @@ public struct DataSplits: Sendable {
   /// `t10k-labels-idx1-ubyte` (each raw or `.gz`) from `directory`. Images may be (N, H, W) or
   /// (N, H, W, C); the number of classes is the largest training label + 1.
   public static func loadIDX(directory: String) throws -> DataSplits {
-    var isDirectory: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-      throw TrainingError.fileNotFound(
-        path: directory,
-        hint: directory == defaultDirectory
-          ? "Install it with: apt-get install dataset-fashion-mnist (or pass --data DIR)."
-          : "--data must be a directory holding the four IDX files.")
-    }
+    try requireDirectory(directory, holding: "the four IDX files")
     func find(_ base: String) throws -> String {
       for name in [base, base + ".gz"] {
         let p = (directory as NSString).appendingPathComponent(name)
