@@ -126,12 +126,7 @@ public enum ModelFile {
           path: path,
           reason: "payload checksum mismatch (crc32 \(c.payloadCRC32), expected \(expected)): the file is corrupt")
       }
-      var covered = metadata
-      covered[headerChecksumKey] = nil
-      covered["payload_crc32"] = nil
-      let header = headerChecksum(
-        metadata: covered,
-        index: c.tensors.keys.sorted().map { ($0, c.tensors[$0]!.dtype, c.tensors[$0]!.shape, c.offsets[$0]!) })
+      let header = headerChecksum(of: c)
       guard metadata[headerChecksumKey] == header else {
         throw TrainingError.modelFile(
           path: path,
@@ -156,6 +151,17 @@ public enum ModelFile {
   /// Metadata key of the header checksum: zlib's CRC-32 of the metadata (without the two
   /// checksums) and the tensor index, in the canonical text form of `headerChecksum`.
   public static let headerChecksumKey = "header_crc32"
+
+  /// The header checksum a decoded file should carry: `headerChecksum(metadata:index:)` of
+  /// its metadata without the two checksums and of its tensor index.
+  public static func headerChecksum(of c: SafeTensors.Contents) -> String {
+    var covered = c.metadata
+    covered[headerChecksumKey] = nil
+    covered["payload_crc32"] = nil
+    return headerChecksum(
+      metadata: covered,
+      index: c.tensors.keys.sorted().map { ($0, c.tensors[$0]!.dtype, c.tensors[$0]!.shape, c.offsets[$0]!) })
+  }
 
   /// CRC-32 of `key=value` lines of the metadata in key order, then `name dtype [shape]
   /// begin end` lines of the tensors in name order: a flipped byte anywhere in the header that
@@ -276,7 +282,7 @@ public enum ModelFile {
   }
 
   /// Format version 1's checksum: FNV-1a (64-bit) over the tensors' names and bytes in name order.
-  static func fnv1a64Checksum(_ tensors: [String: SafeTensors.Tensor]) -> String {
+  public static func fnv1a64Checksum(_ tensors: [String: SafeTensors.Tensor]) -> String {
     var h: UInt64 = 0xCBF2_9CE4_8422_2325
     @inline(__always) func mix(_ b: UInt8) { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
     for name in tensors.keys.sorted() {

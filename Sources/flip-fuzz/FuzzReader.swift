@@ -48,7 +48,7 @@ func seedFiles() throws -> [(name: String, data: Data)] {
     tensors,
     metadata: [
       "format": ModelFile.Kind.model.rawValue, "format_version": "1", "model": "fuzz",
-      Restamp.fnvKey: Restamp.fnv1a64(tensors),
+      Restamp.fnvKey: ModelFile.fnv1a64Checksum(tensors),
     ])
   return [("model", model), ("checkpoint", checkpoint), ("binary-export", binary), ("model-v1", v1)]
 }

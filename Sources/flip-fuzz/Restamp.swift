@@ -23,8 +23,8 @@ enum Restamp {
     guard let c = try? SafeTensors.decodeContents(bytes, path: "") else { return nil }
     var values: [String: String] = [:]
     if c.metadata[payloadKey] != nil { values[payloadKey] = c.payloadCRC32 }
-    if c.metadata[headerKey] != nil { values[headerKey] = headerChecksum(c) }
-    if c.metadata[fnvKey] != nil { values[fnvKey] = fnv1a64(c.tensors) }
+    if c.metadata[headerKey] != nil { values[headerKey] = ModelFile.headerChecksum(of: c) }
+    if c.metadata[fnvKey] != nil { values[fnvKey] = ModelFile.fnv1a64Checksum(c.tensors) }
     if values.isEmpty { return nil }
     return replacingHeader(of: bytes, with: replacingValues(of: values, in: header(of: bytes)))
   }
@@ -43,41 +43,6 @@ enum Restamp {
     out.append(contentsOf: header)
     out.append(payload)
     return out
-  }
-
-  /// The header checksum as `ModelFile.decode` computes it: CRC-32 of `key=value` lines of the
-  /// metadata without the two checksums, in key order, then `name dtype [shape] begin end`
-  /// lines of the tensors in name order. (A copy of `ModelFile.headerChecksum`, which is
-  /// internal; `selfCheck` proves on the seed files that the two agree.)
-  static func headerChecksum(_ c: SafeTensors.Contents) -> String {
-    var covered = c.metadata
-    covered[headerKey] = nil
-    covered[payloadKey] = nil
-    var text = ""
-    for key in covered.keys.sorted() { text += "\(key)=\(covered[key]!)\n" }
-    for name in c.tensors.keys.sorted() {
-      let t = c.tensors[name]!
-      let r = c.offsets[name]!
-      text += "\(name) \(t.dtype.rawValue) \(t.shape) \(r.lowerBound) \(r.upperBound)\n"
-    }
-    return SafeTensors.crc32Hex(Data(text.utf8))
-  }
-
-  /// Format version 1's checksum (`ModelFile.fnv1a64Checksum`): FNV-1a 64 over the names and
-  /// bytes of the tensors in name order, in lowercase hex without leading zeros.
-  static func fnv1a64(_ tensors: [String: SafeTensors.Tensor]) -> String {
-    var h: UInt64 = 0xCBF2_9CE4_8422_2325
-    func mix(_ b: UInt8) { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
-    for name in tensors.keys.sorted() {
-      for b in name.utf8 { mix(b) }
-      let t = tensors[name]!
-      if t.dtype == .f32 {
-        t.values.withUnsafeBytes { for b in $0 { mix(b) } }
-      } else {
-        t.words.withUnsafeBytes { for b in $0 { mix(b) } }
-      }
-    }
-    return String(h, radix: 16)
   }
 
   /// `header` with the string value of every `"key": "..."` pair whose key is in `values`
@@ -129,7 +94,7 @@ enum Restamp {
         return "seed \(name) with zeroed checksums still loads"
       }
       guard let fixed = restamp(broken), fixed == data else {
-        return "seed \(name): re-stamping does not give back the writer's bytes (the checksum copy differs from ModelFile's)"
+        return "seed \(name): re-stamping does not give back the writer's bytes"
       }
     }
     return nil
