@@ -98,10 +98,10 @@ struct ExchangeTests {
       ParameterSpec(role: .kernel, shape: [5, 13], precision: 1, constraint: .weightClip(clipValue: 0.5), initializer: .zeros),
       ParameterSpec(role: .bias, shape: [13], initializer: .zeros),
     ])
-    let codec = CompactCodec(views: store.views, signKernels: [(view: 0, magnitude: 0.5)])
+    let codec = CompactCodec(views: store.views, signKernels: [SignKernel(view: 0, encoding: .magnitude(0.5))])
     let part = 40..<75  // the kernel's tail (25 elements) and 10 of the bias
     let segments = codec.segments(of: part)
-    #expect(segments == [.init(range: 40..<65, magnitude: 0.5), .init(range: 65..<75, magnitude: nil)])
+    #expect(segments == [.init(range: 40..<65, encoding: .sign(magnitude: 0.5)), .init(range: 65..<75, encoding: .fp32)])
     #expect(CompactCodec.words(segments) == 1 + 10)
     var values = randomValues(78, seed: 9)
     values[41] = 0
@@ -120,13 +120,61 @@ struct ExchangeTests {
     let long = makeStore([
       ParameterSpec(role: .kernel, shape: [100], precision: 1, constraint: .weightClip(clipValue: 1), initializer: .zeros)
     ])
-    let all = CompactCodec(views: long.views, signKernels: [(view: 0, magnitude: 1)]).segments(of: 3..<100)
+    let all = CompactCodec(views: long.views, signKernels: [SignKernel(view: 0, encoding: .magnitude(1))])
+      .segments(of: 3..<100)
     let x = randomValues(100, seed: 2)
     var w = [UInt32](repeating: 0, count: CompactCodec.words(all))
     CompactCodec.encode(x, all, into: &w)
     var y = [Float](repeating: 0, count: 100)
     CompactCodec.decode(w, all, into: &y)
     #expect((3..<100).allSatisfy { y[$0] == binarySign(x[$0]) })
+  }
+
+  /// A `magnitude_aware_sign` kernel's segments carry their signs and per-channel sums of
+  /// |w|; the sums of all parts add up to the whole kernel's, and signs decode as ±mean.
+  @Test func compactCodecChannelMeans() throws {
+    // A (7, 5) kernel: 5 channels of 7 rows, cut into 3 parts that split rows.
+    let store = makeStore([
+      ParameterSpec(role: .kernel, shape: [7, 5], precision: 1, constraint: .weightClip(clipValue: 1), initializer: .zeros),
+      ParameterSpec(role: .bias, shape: [5], initializer: .zeros),
+    ])
+    let quantizer = MagnitudeAwareSign()
+    let codec = CompactCodec(
+      views: store.views, signKernels: [SignKernel(view: 0, encoding: .channelMean(channels: 5, quantizer: quantizer))])
+    #expect(codec.channelKernels.count == 1)
+    let parts = [0..<12, 12..<33, 33..<40]
+    let segments = parts.map { codec.segments(of: $0) }
+    #expect(segments[1] == [.init(range: 12..<33, encoding: .channelSign(kernel: 0, offset: 0, channels: 5))])
+    #expect(segments[2].map(\.encoding) == [.channelSign(kernel: 0, offset: 0, channels: 5), .fp32])
+    // Signs (one word) and 5 float64 sums (10 words); the bias's 5 floats.
+    #expect(CompactCodec.words(segments[2]) == 1 + 10 + 5)
+    let values = randomValues(40, seed: 4)
+    let counts = segments.map(CompactCodec.words)
+    var words = [UInt32](repeating: 0, count: counts.reduce(0, +))
+    let offsets = [0, counts[0], counts[0] + counts[1]]
+    words.withUnsafeMutableBufferPointer { w in
+      for r in 0..<3 { CompactCodec.encode(values, segments[r], into: w.baseAddress! + offsets[r]) }
+    }
+    var totals = [Double](repeating: 0, count: 5)
+    codec.addChannelTotals(kernel: 0, parts: segments, words: words, offsets: offsets, into: &totals)
+    for c in 0..<5 {
+      let whole = (0..<7).reduce(0.0) { $0 + Double(abs(values[$1 * 5 + c])) }
+      #expect(abs(totals[c] - whole) < 1e-12, "channel \(c)")
+    }
+    let scales = [(0..<5).map { Float(totals[$0] / 7) }]
+    var decoded = [Float](repeating: .nan, count: 40)
+    words.withUnsafeBufferPointer { w in
+      CompactCodec.decode(w.baseAddress! + offsets[1], segments[1], into: &decoded, scales: scales)
+    }
+    for i in 12..<33 { #expect(decoded[i] == (values[i] >= 0 ? scales[0][i % 5] : -scales[0][i % 5]), "element \(i)") }
+    // A whole-kernel quantizer given these means computes what it computes from the weights.
+    var fromWeights = [Float](repeating: 0, count: 35)
+    quantizer.forward(values, &fromWeights, count: 35, channels: 5)
+    let own = quantizer.scale
+    quantizer.scaleOverride = scales[0]
+    var fromSums = [Float](repeating: 0, count: 35)
+    quantizer.forward(values, &fromSums, count: 35, channels: 5)
+    #expect(own == scales[0] && fromSums == fromWeights)
   }
 
   // MARK: - Strategies
@@ -139,15 +187,22 @@ struct ExchangeTests {
     return specs
   }()
 
+  /// `specs` with `magnitude_aware_sign` kernels (Bi-Real Net's) in the hidden layers.
+  static let channelMeanSpecs: [LayerSpec] = specs.map { spec in
+    var spec = spec
+    if spec.kind == .quantDense && spec.units == 40 { spec.kernelQuantizer = QuantizerSpec("magnitude_aware_sign") }
+    return spec
+  }
+
   /// Trains `steps` steps of global batch 24 on `ranks` threads with `options`; returns each
   /// rank's variables after `gatherState`, its forward weights' checksum and the losses.
-  func train(ranks: Int, steps: Int = 6, configure: @escaping @Sendable (inout TrainingOptions) -> Void) throws
-    -> [(values: [Float], checksum: UInt64, description: String)]
-  {
+  func train(
+    ranks: Int, steps: Int = 6, specs: [LayerSpec] = Self.specs,
+    configure: @escaping @Sendable (inout TrainingOptions) -> Void
+  ) throws -> [(values: [Float], checksum: UInt64, description: String)] {
     let dir = temporaryDirectory("flip-exchange")
     writeToyDataset(to: dir, train: 120, test: 16)
     let data = try DataSplits.load(directory: dir)
-    let specs = Self.specs
     let results = ThreadGroup(size: ranks).run { c -> ([Float], UInt64, String) in
       let model = try Model(specs: specs, inputShape: [6, 6, 1], seed: 3)
       var options = TrainingOptions(epochs: 1, batchSize: 24, seed: 1, logEverySteps: 0)
@@ -206,13 +261,37 @@ struct ExchangeTests {
     #expect(compact[0].values != fp32[0].values, "bf16 rounding changes something")
   }
 
+  /// `magnitude_aware_sign` kernels travel as signs and per-channel sums: every rank holds the
+  /// same forward weights and means, and the model stays close to the fp32 wire's.
+  @Test(arguments: [2, 3])
+  func compactWireSendsChannelMeans(ranks: Int) throws {
+    let specs = Self.channelMeanSpecs
+    let fp32 = try train(ranks: ranks, specs: specs) { $0.wire = .fp32 }
+    let compact = try train(ranks: ranks, specs: specs) {
+      $0.wire = .compact
+      $0.bucketBytes = 2048
+    }
+    let model = try Model(specs: specs, inputShape: [6, 6, 1], seed: 3)
+    let channelKernels = model.signKernels.filter {
+      if case .channelMean = $0.encoding { return true } else { return false }
+    }
+    #expect(channelKernels.count == specs.filter { $0.kernelQuantizer?.name == "magnitude_aware_sign" }.count)
+    #expect(channelKernels.count >= 2)
+    let signVariables = model.signKernels.reduce(0) { $0 + model.store.views[$1.view].count }
+    #expect(compact[0].description.contains("\(signVariables) of \(model.store.values.count) variables as sign bits"))
+    #expect(compact.allSatisfy { $0.checksum == compact[0].checksum })
+    #expect(compact.allSatisfy { $0.values == compact[0].values })
+    let difference = maxDifference(compact[0].values, fp32[0].values)
+    #expect(difference < 0.02, "bf16 gradients and summed means moved the latent weights by \(difference)")
+  }
+
   /// A rank whose weights differ is caught by the compact wire's checksum too (it hashes the
   /// signs every rank holds).
   @Test func compactChecksumSeesADifferentSign() throws {
     let store = makeStore([
       ParameterSpec(role: .kernel, shape: [64], precision: 1, constraint: .weightClip(clipValue: 1), initializer: .zeros)
     ])
-    let codec = CompactCodec(views: store.views, signKernels: [(view: 0, magnitude: 1)])
+    let codec = CompactCodec(views: store.views, signKernels: [SignKernel(view: 0, encoding: .magnitude(1))])
     let parts = codec.segments(of: 0..<64)
     var x = randomValues(64, seed: 3)
     var a = [UInt32](repeating: 0, count: 2)

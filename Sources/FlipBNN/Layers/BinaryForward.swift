@@ -24,36 +24,66 @@ public protocol ExactBinaryForward: Layer {
   func backwardImplementations(batch: Int) throws -> (data: String, weights: String)
 }
 
-/// The magnitude `c` at which a kernel made of its weights' signs, `±c`, trains exactly as its
-/// latent weights do on a rank that does not update them: under `weight_clip(c)` and an
-/// `ste_sign` whose clip is at least `c`, the forward needs only `sign(w)` and the
-/// straight-through mask `1[|w| ≤ clip]` is 1 for every `|w| ≤ c`. nil for any other quantizer
-/// or constraint. The sharded step's compact wire sends such kernels as sign bits.
-func kernelSignMagnitude(quantizer: Quantizer?, constraint: KernelConstraint?) -> Float? {
-  guard let sign = quantizer as? SteSign, case .weightClip(let c)? = constraint, c > 0 else { return nil }
-  return c <= (sign.clipValue ?? .infinity) ? c : nil
+/// How a binary kernel may travel between ranks as its weights' signs (the sharded step's
+/// compact wire) and still train exactly as its latent weights do on a rank that does not
+/// update them. The forward needs only `sign(w)` and, for `magnitude_aware_sign`, each output
+/// channel's mean `|w|`; under `weight_clip(c)` with `c` at most the quantizer's clip value, the
+/// straight-through mask `1[|w| ≤ clip]` is 1 for every latent weight, and for `±m` with `m ≤ c`.
+public enum SignEncoding {
+  /// `ste_sign`: the signs, decoded as `±c` (the clip of the constraint).
+  case magnitude(Float)
+  /// `magnitude_aware_sign`: the signs plus each sender's per-channel sums of `|w|` over its
+  /// part; receivers decode `±m` with `m` the channel's mean over the whole kernel and set it as
+  /// the quantizer's `scaleOverride`.
+  case channelMean(channels: Int, quantizer: MagnitudeAwareSign)
 }
 
-extension QuantDense {
-  /// See `kernelSignMagnitude(quantizer:constraint:)`.
-  public var kernelSignMagnitude: Float? { FlipBNN.kernelSignMagnitude(quantizer: kernelQuantizer, constraint: constraint) }
+/// A kernel that may travel as signs: its view's index in `store.views` and its encoding.
+public struct SignKernel {
+  public let view: Int
+  public let encoding: SignEncoding
+  public init(view: Int, encoding: SignEncoding) {
+    self.view = view
+    self.encoding = encoding
+  }
 }
 
-extension QuantConv2D {
-  /// See `kernelSignMagnitude(quantizer:constraint:)`.
-  public var kernelSignMagnitude: Float? { FlipBNN.kernelSignMagnitude(quantizer: kernelQuantizer, constraint: constraint) }
+/// A layer with a quantized kernel (QuantDense, QuantConv2D, QuantDepthwiseConv2D).
+protocol QuantizedKernelLayer: Layer {
+  var kernel: QuantizedKernel { get }
+  var inputQuantizer: Quantizer? { get }
+  var kernelQuantizer: Quantizer? { get }
+  var constraint: KernelConstraint? { get }
+}
+
+extension QuantDense: QuantizedKernelLayer {}
+extension QuantConv2D: QuantizedKernelLayer {}
+extension QuantDepthwiseConv2D: QuantizedKernelLayer {
+  var kernelQuantizer: Quantizer? { depthwiseQuantizer }
+}
+
+/// The encoding of a kernel under `quantizer` and `constraint` with `channels` output
+/// channels (the last axis), or nil when it must travel as fp32 (see `SignEncoding`).
+func signEncoding(quantizer: Quantizer?, constraint: KernelConstraint?, channels: Int) -> SignEncoding? {
+  guard case .weightClip(let c)? = constraint, c > 0 else { return nil }
+  switch quantizer {
+  case let sign as SteSign where c <= (sign.clipValue ?? .infinity): return .magnitude(c)
+  case let scaled as MagnitudeAwareSign where c <= (scaled.clipValue ?? .infinity) && channels > 0:
+    return .channelMean(channels: channels, quantizer: scaled)
+  default: return nil
+  }
 }
 
 extension Model {
-  /// Each kernel that may travel as signs: its view's index in `store.views`, and the
-  /// magnitude its signs stand for (see `kernelSignMagnitude`).
-  public var signKernels: [(view: Int, magnitude: Float)] {
+  /// Each kernel that may travel as signs (see `SignEncoding`), in layer order.
+  public var signKernels: [SignKernel] {
     layers.enumerated().compactMap { (i, layer) in
-      let magnitude = (layer as? QuantDense)?.kernelSignMagnitude ?? (layer as? QuantConv2D)?.kernelSignMagnitude
-      guard let magnitude,
+      guard let layer = layer as? QuantizedKernelLayer,
+        let encoding = signEncoding(
+          quantizer: layer.kernel.quantizer, constraint: layer.constraint, channels: layer.kernel.channels),
         let view = store.views.firstIndex(where: { $0.layerIndex == i && $0.role == .kernel })
       else { return nil }
-      return (view, magnitude)
+      return SignKernel(view: view, encoding: encoding)
     }
   }
 }

@@ -220,13 +220,3 @@ public enum KernelSelfTest {
     return worst
   }
 }
-
-/// A layer with a `QuantizedKernel` (its latent weights, gradient and quantizers).
-protocol QuantizedKernelLayer: Layer {
-  var kernel: QuantizedKernel { get }
-  var inputQuantizer: Quantizer? { get }
-  var kernelQuantizer: Quantizer? { get }
-}
-
-extension QuantDense: QuantizedKernelLayer {}
-extension QuantConv2D: QuantizedKernelLayer {}

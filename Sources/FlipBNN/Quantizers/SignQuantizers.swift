@@ -116,18 +116,28 @@ public final class MagnitudeAwareSign: Quantizer {
   public let clipValue: Float?
   /// (C) the per-channel scale of the last forward.
   public private(set) var scale: [Float] = []
+  /// (C) The scale the next forwards use instead of computing it from `x`: set by the sharded
+  /// step's compact wire, where a rank holds the latent weights of its own part of the kernel
+  /// only and the mean over the whole kernel comes from every rank's sums. nil: from `x`.
+  public var scaleOverride: [Float]?
   public var isElementwise: Bool { false }
   public init(clipValue: Float? = 1) { self.clipValue = clipValue }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
     if scale.count != channels { scale = [Float](repeating: 0, count: channels) }
     let rows = count / channels
-    scale.withUnsafeMutableBufferPointer { s in
-      var sums = [Double](repeating: 0, count: channels)
-      for r in 0..<rows {
-        for c in 0..<channels { sums[c] += Double(abs(x[r * channels + c])) }
+    if let given = scaleOverride, given.count == channels {
+      scale = given
+    } else {
+      scale.withUnsafeMutableBufferPointer { s in
+        var sums = [Double](repeating: 0, count: channels)
+        for r in 0..<rows {
+          for c in 0..<channels { sums[c] += Double(abs(x[r * channels + c])) }
+        }
+        for c in 0..<channels { s[c] = Float(sums[c] / Double(max(rows, 1))) }
       }
-      for c in 0..<channels { s[c] = Float(sums[c] / Double(max(rows, 1))) }
+    }
+    scale.withUnsafeBufferPointer { s in
       for r in 0..<rows {
         for c in 0..<channels { y[r * channels + c] = s[c] * binarySign(x[r * channels + c]) }
       }

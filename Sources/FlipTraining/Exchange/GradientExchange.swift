@@ -49,7 +49,8 @@ public enum WireFormat: String, Sendable, CaseIterable {
   /// Gradients and variables as fp32.
   case fp32
   /// Gradients as bfloat16 (summed in fp32 by their owner); binary kernels as their signs,
-  /// 32 weights per word (`Model.signKernels`); other variables as fp32.
+  /// 32 weights per word, with per-channel sums of `|w|` for `magnitude_aware_sign`
+  /// (`Model.signKernels`); other variables as fp32.
   case compact
 }
 

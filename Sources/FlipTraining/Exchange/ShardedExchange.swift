@@ -12,9 +12,11 @@ import FlipTensor
 /// all-gather started. Without, everything is one bucket handled after backward.
 ///
 /// On the `compact` wire gradients travel as bfloat16 (summed in fp32 by the owner) and the
-/// updated variables as `CompactCodec` encodes them: binary kernels as sign bits. A rank then
-/// holds the latent weights of its own parts only (the others as `±c`, which train the same),
-/// and `gatherState` brings the latent weights back for checkpoints and model files.
+/// updated variables as `CompactCodec` encodes them: binary kernels as sign bits (with
+/// per-channel sums of `|w|` for `magnitude_aware_sign`, whose mean over the whole kernel then
+/// becomes the quantizer's `scaleOverride` on every rank). A rank holds the latent weights of
+/// its own parts only (the others as `±c`, which train the same), and `gatherState` brings the
+/// latent weights back for checkpoints and model files.
 final class ShardedExchange: GradientExchange {
   let store: ParameterStore
   let optimizer: Optimizer
@@ -24,10 +26,17 @@ final class ShardedExchange: GradientExchange {
   let wire: WireFormat
   /// Compact wire: each bucket's segments per rank, its words per rank, and a buffer for all
   /// ranks' encoded parts.
+  private let codec: CompactCodec?
   private let segments: [[[CompactCodec.Segment]]]
   private let wordCounts: [[Int]]
   private let wordBuffers: [UnsafeMutablePointer<UInt32>]
   private let signElements: Int
+  /// Compact wire: each channel-mean kernel's bucket and its per-channel means, set from the
+  /// gathered sums after every step (and from this rank's own copy of the whole kernel before
+  /// the first, when every rank holds all latent weights).
+  private let channelKernelBuckets: [Int]
+  private var channelScales: [[Float]]
+  private var channelScalesSet = false
   /// The step in flight: each started bucket's reduce-scatter request, and how many buckets
   /// (in order) have been updated and their all-gathers started.
   private var reductions: [Int] = []
@@ -54,6 +63,11 @@ final class ShardedExchange: GradientExchange {
     self.layout = layout
     if wire == .compact {
       let codec = CompactCodec(views: model.store.views, signKernels: model.signKernels)
+      self.codec = codec
+      channelKernelBuckets = codec.channelKernels.map { k in
+        layout.buckets.firstIndex { $0.range.lowerBound <= k.range.lowerBound && k.range.upperBound <= $0.range.upperBound }!
+      }
+      channelScales = codec.channelKernels.map { [Float](repeating: 0, count: $0.channels) }
       segments = layout.buckets.indices.map { b in
         layout.parts(of: b).map { codec.segments(of: $0) }
       }
@@ -61,7 +75,8 @@ final class ShardedExchange: GradientExchange {
       wordBuffers = wordCounts.map { .allocate(capacity: max($0.reduce(0, +), 1)) }
       signElements = codec.signRanges.reduce(0) { $0 + $1.range.count }
     } else {
-      (segments, wordCounts, wordBuffers, signElements) = ([], [], [], 0)
+      (codec, segments, wordCounts, wordBuffers, signElements) = (nil, [], [], [], 0)
+      (channelKernelBuckets, channelScales) = ([], [])
     }
   }
 
@@ -100,6 +115,18 @@ final class ShardedExchange: GradientExchange {
     gatherStarts.removeAll(keepingCapacity: true)
     started = 0
     updated = 0
+    if !channelScalesSet, !channelScales.isEmpty {
+      // Every rank holds every latent weight now (initialized alike, or restored): each
+      // encodes what every owner would send, so the means equal those later steps gather.
+      for b in Set(channelKernelBuckets) {
+        var offset = 0
+        for (r, parts) in segments[b].enumerated() {
+          CompactCodec.encode(store.values.pointer, parts, into: wordBuffers[b] + offset)
+          offset += wordCounts[b][r]
+        }
+      }
+      setChannelScales()
+    }
   }
 
   func layerFinished(_ index: Int) throws {
@@ -119,7 +146,10 @@ final class ShardedExchange: GradientExchange {
       let end = DispatchTime.now().uptimeNanoseconds
       for (b, start) in gatherStarts.enumerated() { trace("all-gather bucket \(b)", 200 + b, start, end) }
     }
-    if wire == .compact { decodeOtherParts() }
+    if wire == .compact {
+      setChannelScales()
+      decodeOtherParts()
+    }
     timer.lap(\.communication)
     optimizer.iterations += 1
   }
@@ -178,10 +208,29 @@ final class ShardedExchange: GradientExchange {
     for b in layout.buckets.indices {
       var offset = 0
       for (r, parts) in segments[b].enumerated() {
-        if r != communicator.rank { CompactCodec.decode(wordBuffers[b] + offset, parts, into: store.values.pointer) }
+        if r != communicator.rank {
+          CompactCodec.decode(wordBuffers[b] + offset, parts, into: store.values.pointer, scales: channelScales)
+        }
         offset += wordCounts[b][r]
       }
     }
+  }
+
+  /// Compact wire: each channel-mean kernel's per-channel mean `|w|` from the sums in the
+  /// gathered words (the same on every rank), set as its quantizer's `scaleOverride`.
+  private func setChannelScales() {
+    guard let codec else { return }
+    for (k, kernel) in codec.channelKernels.enumerated() {
+      let b = channelKernelBuckets[k]
+      var offsets = [0]
+      for n in wordCounts[b].dropLast() { offsets.append(offsets[offsets.count - 1] + n) }
+      var totals = [Double](repeating: 0, count: kernel.channels)
+      codec.addChannelTotals(kernel: k, parts: segments[b], words: wordBuffers[b], offsets: offsets, into: &totals)
+      let rows = Double(kernel.range.count / kernel.channels)
+      for c in 0..<kernel.channels { channelScales[k][c] = Float(totals[c] / rows) }
+      kernel.quantizer.scaleOverride = channelScales[k]
+    }
+    channelScalesSet = true
   }
 
   func gatherState() throws {
@@ -190,21 +239,28 @@ final class ShardedExchange: GradientExchange {
   }
 
   /// The forward weights (each rank's own parts as they travel: binary kernels by their signs on
-  /// the compact wire) and the step count; the optimizer state is valid in own parts only.
+  /// the compact wire, and the channel means) and the step count; the optimizer state is valid
+  /// in own parts only.
   func replicaChecksum() -> UInt64 {
     guard wire == .compact else { return fnv1a64(store.values) ^ UInt64(optimizer.iterations) }
     var h: UInt64 = 0xCBF2_9CE4_8422_2325
     for b in layout.buckets.indices {
-      let words = UnsafeMutablePointer<UInt32>.allocate(capacity: max(wordCounts[b].reduce(0, +), 1))
+      let total = wordCounts[b].reduce(0, +)
+      let words = UnsafeMutablePointer<UInt32>.allocate(capacity: max(total, 1))
       defer { words.deallocate() }
+      words.initialize(repeating: 0, count: total)
       var offset = 0
       for (r, parts) in segments[b].enumerated() {
-        CompactCodec.encode(store.values.pointer, parts, into: words + offset)
+        // The sums are of the latent weights, which only their owner holds: left out.
+        CompactCodec.encode(store.values.pointer, parts, into: words + offset, channelSums: false)
         offset += wordCounts[b][r]
       }
       UnsafeRawPointer(words).withMemoryRebound(to: Float.self, capacity: offset) {
         h = fnv1a64($0, count: offset, seed: h)
       }
+    }
+    for scales in channelScales {
+      h = scales.withUnsafeBufferPointer { fnv1a64($0.baseAddress!, count: $0.count, seed: h) }
     }
     return h ^ UInt64(optimizer.iterations)
   }
