@@ -17,24 +17,53 @@ extension MPITests {
   @Test(arguments: ["fp32", "compact"])
   func twoRanksKilledAndResumedAreBitIdentical(wire: String) throws {
     let dir = try ResumeTests.setUp()
-    let whole = try launch(2, resumeArguments(dir, out: dir + "/whole", wire: wire))
-    #expect(whole.status == 0, "\(whole.stderr)")
-    // Rank 1 is SIGKILLed mid-epoch: the job ends non-zero within seconds.
-    let start = Date()
-    let killed = try launch(
-      2, resumeArguments(dir, out: dir + "/run", wire: wire), environment: ["FLIP_TEST_FAULT": "kill:1:11"])
-    #expect(killed.status != 0)
-    #expect(Date().timeIntervalSince(start) < 30)
-    _ = try ModelFile.read(path: dir + "/run/ckpt-000009.safetensors")
-    let resumed = try launch(2, ["train", "--resume", dir + "/run", "--threads", "1", "--quiet", "--wire", wire])
-    #expect(resumed.status == 0, "\(resumed.stderr)")
-    #expect(resumed.stderr.contains("resuming from \(dir)/run/ckpt-000009.safetensors"), "\(resumed.stderr)")
-    try ResumeTests.expectBitIdentical(dir + "/whole/ckpt-000024.safetensors", dir + "/run/ckpt-000024.safetensors")
-    try ResumeTests.expectBitIdentical(dir + "/whole/model.safetensors", dir + "/run/model.safetensors")
+    try killAndResume(dir, wire: wire)
     if wire == "compact" {
       let rows = try readMetrics(dir + "/whole/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
       #expect((rows.last?["test_accuracy"] as? Double ?? 0) >= 0.9, "\(rows.last ?? [:])")
     }
+  }
+
+  /// `magnitude_aware_sign` kernels (Bi-Real Net's) on the compact wire: the per-channel
+  /// means every rank takes from the gathered sums are those a resumed run computes from the
+  /// checkpoint's latent weights, so it continues bit for bit.
+  @Test func magnitudeAwareKernelsOnTheCompactWireResumeBitIdentical() throws {
+    let dir = try ResumeTests.setUp(
+      model: """
+        model: tiny-magnitude-aware
+        layers:
+          - {type: Flatten}
+          - {type: QuantDense, units: 24, kernel_quantizer: magnitude_aware_sign, kernel_constraint: weight_clip, use_bias: false}
+          - {type: BatchNormalization, momentum: 0.9}
+          - {type: QuantDense, units: 2, input_quantizer: ste_sign, kernel_quantizer: magnitude_aware_sign, kernel_constraint: weight_clip, use_bias: false}
+          - {type: BatchNormalization, momentum: 0.9}
+          - {type: Activation, activation: softmax}
+        optimizer: {type: adam, learning_rate: 0.01}
+        """)
+    try killAndResume(dir, wire: "compact")
+  }
+
+  /// Trains the config in `dir` on 2 ranks once whole and once with rank 1 killed at step 11,
+  /// then resumed from the step-9 checkpoint; expects the same bits at the end.
+  func killAndResume(_ dir: String, wire: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let whole = try launch(2, resumeArguments(dir, out: dir + "/whole", wire: wire))
+    #expect(whole.status == 0, "\(whole.stderr)", sourceLocation: sourceLocation)
+    // Rank 1 is SIGKILLed mid-epoch: the job ends non-zero within seconds.
+    let start = Date()
+    let killed = try launch(
+      2, resumeArguments(dir, out: dir + "/run", wire: wire), environment: ["FLIP_TEST_FAULT": "kill:1:11"])
+    #expect(killed.status != 0, sourceLocation: sourceLocation)
+    #expect(Date().timeIntervalSince(start) < 30, sourceLocation: sourceLocation)
+    _ = try ModelFile.read(path: dir + "/run/ckpt-000009.safetensors")
+    let resumed = try launch(2, ["train", "--resume", dir + "/run", "--threads", "1", "--quiet", "--wire", wire])
+    #expect(resumed.status == 0, "\(resumed.stderr)", sourceLocation: sourceLocation)
+    #expect(
+      resumed.stderr.contains("resuming from \(dir)/run/ckpt-000009.safetensors"), "\(resumed.stderr)",
+      sourceLocation: sourceLocation)
+    try ResumeTests.expectBitIdentical(
+      dir + "/whole/ckpt-000024.safetensors", dir + "/run/ckpt-000024.safetensors", sourceLocation: sourceLocation)
+    try ResumeTests.expectBitIdentical(
+      dir + "/whole/model.safetensors", dir + "/run/model.safetensors", sourceLocation: sourceLocation)
   }
 
   @Test func resumesOnADifferentNumberOfRanks() throws {

@@ -28,7 +28,7 @@ struct ResumeTests {
     """
 
   /// A toy data set (8 steps per epoch of batch 32, the last one 26) and the config.
-  static func setUp() throws -> String {
+  static func setUp(model: String = model) throws -> String {
     let dir = temporaryDirectory("flip-resume")
     writeToyDataset(to: dir, train: 250, test: 64)
     try model.write(toFile: dir + "/m.yaml", atomically: true, encoding: .utf8)
