@@ -70,6 +70,55 @@ struct GraphModelTests {
     #expect(model.gradientBufferCount >= 1, "t's three gradients are summed in a pooled buffer")
   }
 
+  /// No input gradient flows into layers without trainable variables upstream: binarynet-mlp's
+  /// first QuantDense (after Flatten) skips its input-gradient GEMM, and a Flatten read by two
+  /// Dense layers gets no summing buffer; the parameter gradients stay right.
+  @Test func layersWithoutVariablesUpstreamGetNoGradient() throws {
+    let mlp = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 1)
+    #expect(mlp.layers[0] is Flatten)
+    #expect(mlp.outputGradientNeeded == [false] + Array(repeating: true, count: mlp.layers.count - 1))
+
+    var tanh = LayerSpec(.activation)
+    tanh.activation = .tanh
+    var flatten = LayerSpec(.flatten)
+    flatten.name = "f"
+    flatten.inputs = ["input"]
+    var dense = LayerSpec(.dense)
+    dense.units = 3
+    var (d1, d2) = (dense, dense)
+    (d1.name, d1.inputs, d2.name, d2.inputs) = ("d1", ["f"], "d2", ["f"])
+    var add = LayerSpec(.add)
+    add.inputs = ["d1", "d2"]
+    tanh.inputs = ["input"]
+    tanh.name = "t"
+    flatten.inputs = ["t"]
+    let model = try Model(specs: [tanh, flatten, d1, d2, add], inputShape: [2, 2, 2], seed: 5)
+    #expect(model.outputGradientNeeded == [false, false, true, true, true])
+    let batch = 2
+    model.allocate(maxBatch: batch)
+    let x = FloatBuffer(randomValues(batch * 8, seed: 1))
+    let r = randomValues(batch * 3, seed: 2)
+    func loss() throws -> Double {
+      let y = try model.forward(x.pointer, batch: batch, training: true)
+      return (0..<r.count).reduce(0) { $0 + Double(y[$1]) * Double(r[$1]) }
+    }
+    _ = try loss()
+    model.store.zeroGradients()
+    try r.withUnsafeBufferPointer { try model.backward($0.baseAddress!, batch: batch) }
+    #expect(model.gradientBufferCount == 0, "nothing flows into the shared Flatten")
+    let analytic = model.store.gradients.array
+    let values = model.store.values.pointer
+    for i in 0..<model.store.values.count {
+      let saved = values[i]
+      values[i] = saved + 1e-2
+      let up = try loss()
+      values[i] = saved - 1e-2
+      let down = try loss()
+      values[i] = saved
+      #expect(abs(Float((up - down) / 2e-2) - analytic[i]) < 1e-3, "variable \(i)")
+    }
+  }
+
   /// The same chain written with and without names and inputs trains the same bits; a
   /// chain needs no summing buffers.
   @Test func namedInputsOfAChainChangeNothing() throws {

@@ -22,6 +22,10 @@ public final class Model {
   public let specs: [LayerSpec]
   /// Each layer's inputs: indices of earlier layers, −1 for the model's input.
   public let inputsOf: [[Int]]
+  /// Whether backward needs each layer's output gradient: the layer or one upstream of it has
+  /// trainable variables. A layer whose inputs need none (the first layer after a Flatten of the
+  /// image) skips its input-gradient product.
+  public let outputGradientNeeded: [Bool]
   /// Whether the config named inputs (Keras's functional API; its summary shows the input).
   public let isGraph: Bool
   public private(set) var maxBatch = 0
@@ -127,6 +131,11 @@ public final class Model {
     }
     self.layers = layers
     self.inputsOf = inputsOf
+    var needed: [Bool] = []
+    for (i, sources) in inputsOf.enumerated() {
+      needed.append(store.views.contains { $0.layerIndex == i } || sources.contains { $0 >= 0 && needed[$0] })
+    }
+    outputGradientNeeded = needed
     self.inputShape = inputShape
     self.specs = specs
     isGraph = specs.contains { $0.inputs != nil }
@@ -209,7 +218,7 @@ public final class Model {
       }
       let start = layerTrace == nil ? 0 : DispatchTime.now().uptimeNanoseconds
       let sources = inputsOf[i]
-      let needed = sources.contains { $0 >= 0 }
+      let needed = sources.contains { $0 >= 0 && outputGradientNeeded[$0] }
       var inputGradients: [UnsafePointer<Float>] = []
       if let merge = layers[i] as? MergeLayer {
         inputGradients = try merge.backward(merged: d, batch: batch)
@@ -220,7 +229,7 @@ public final class Model {
       // The summing buffer of this layer's output gradient, if it had one: a layer may pass
       // it through as its input's gradient (Flatten, Add), which then holds it too.
       let owned = summing.removeValue(forKey: i)
-      for (k, j) in sources.enumerated() where j >= 0 && k < inputGradients.count {
+      for (k, j) in sources.enumerated() where j >= 0 && k < inputGradients.count && outputGradientNeeded[j] {
         let g = inputGradients[k]
         if consumers[j] == 1 {
           gradients[j] = g
