@@ -81,7 +81,7 @@ struct CompactCodec {
 
   /// Adds `|x|` of the segment's elements to `sums` by output channel (`channels` of them,
   /// the kernel's last axis; the kernel starts at `offset`).
-  static func addChannelSums(
+  private static func addChannelSums(
     _ values: UnsafePointer<Float>, _ range: Range<Int>, offset: Int, channels: Int, into sums: UnsafeMutablePointer<Double>
   ) {
     var c = (range.lowerBound - offset) % channels
