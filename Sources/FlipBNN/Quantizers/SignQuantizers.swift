@@ -120,6 +120,8 @@ public final class MagnitudeAwareSign: Quantizer {
   /// step's compact wire, where a rank holds the latent weights of its own part of the kernel
   /// only and the mean over the whole kernel comes from every rank's sums. nil: from `x`.
   public var scaleOverride: [Float]?
+  /// (C) scratch for the sums of |x| per channel.
+  private var sums: [Double] = []
   public var isElementwise: Bool { false }
   public init(clipValue: Float? = 1) { self.clipValue = clipValue }
 
@@ -129,12 +131,15 @@ public final class MagnitudeAwareSign: Quantizer {
     if let given = scaleOverride, given.count == channels {
       scale = given
     } else {
-      scale.withUnsafeMutableBufferPointer { s in
-        var sums = [Double](repeating: 0, count: channels)
-        for r in 0..<rows {
-          for c in 0..<channels { sums[c] += Double(abs(x[r * channels + c])) }
+      if sums.count != channels { sums = [Double](repeating: 0, count: channels) }
+      sums.withUnsafeMutableBufferPointer { sum in
+        scale.withUnsafeMutableBufferPointer { s in
+          for c in 0..<channels { sum[c] = 0 }
+          for r in 0..<rows {
+            for c in 0..<channels { sum[c] += Double(abs(x[r * channels + c])) }
+          }
+          for c in 0..<channels { s[c] = Float(sum[c] / Double(max(rows, 1))) }
         }
-        for c in 0..<channels { s[c] = Float(sums[c] / Double(max(rows, 1))) }
       }
     }
     scale.withUnsafeBufferPointer { s in
