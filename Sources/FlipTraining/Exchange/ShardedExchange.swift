@@ -24,11 +24,12 @@ final class ShardedExchange: GradientExchange {
   let layout: ShardLayout
   let overlap: Bool
   let wire: WireFormat
-  /// Compact wire: each bucket's segments per rank, its words per rank, and a buffer for all
-  /// ranks' encoded parts.
+  /// Compact wire: each bucket's segments per rank, its words per rank, where each rank's
+  /// words start, and a buffer for all ranks' encoded parts.
   private let codec: CompactCodec?
   private let segments: [[[CompactCodec.Segment]]]
   private let wordCounts: [[Int]]
+  private let wordOffsets: [[Int]]
   private let wordBuffers: [UnsafeMutablePointer<UInt32>]
   private let signElements: Int
   /// Compact wire: each channel-mean kernel's bucket and its per-channel means, set from the
@@ -72,10 +73,11 @@ final class ShardedExchange: GradientExchange {
         layout.parts(of: b).map { codec.segments(of: $0) }
       }
       wordCounts = segments.map { $0.map(CompactCodec.words) }
+      wordOffsets = wordCounts.map { counts in counts.indices.map { counts[..<$0].reduce(0, +) } }
       wordBuffers = wordCounts.map { .allocate(capacity: max($0.reduce(0, +), 1)) }
       signElements = codec.signRanges.reduce(0) { $0 + $1.range.count }
     } else {
-      (codec, segments, wordCounts, wordBuffers, signElements) = (nil, [], [], [], 0)
+      (codec, segments, wordCounts, wordOffsets, wordBuffers, signElements) = (nil, [], [], [], [], 0)
       (channelKernelBuckets, channelScales) = ([], [])
     }
   }
@@ -118,13 +120,7 @@ final class ShardedExchange: GradientExchange {
     if !channelScalesSet, !channelScales.isEmpty {
       // Every rank holds every latent weight now (initialized alike, or restored): each
       // encodes what every owner would send, so the means equal those later steps gather.
-      for b in Set(channelKernelBuckets) {
-        var offset = 0
-        for (r, parts) in segments[b].enumerated() {
-          CompactCodec.encode(store.values.pointer, parts, into: wordBuffers[b] + offset)
-          offset += wordCounts[b][r]
-        }
-      }
+      for b in Set(channelKernelBuckets) { encodeEveryPart(of: b, into: wordBuffers[b], channelSums: true) }
       setChannelScales()
     }
   }
@@ -197,8 +193,7 @@ final class ShardedExchange: GradientExchange {
       try communicator.startAllgather(store.values.pointer + layout.buckets[b].range.lowerBound, counts: layout.counts[b])
     case .compact:
       let me = communicator.rank
-      let offset = wordCounts[b][..<me].reduce(0, +)
-      CompactCodec.encode(store.values.pointer, segments[b][me], into: wordBuffers[b] + offset)
+      CompactCodec.encode(store.values.pointer, segments[b][me], into: wordBuffers[b] + wordOffsets[b][me])
       try communicator.startAllgather(words: wordBuffers[b], counts: wordCounts[b])
     }
   }
@@ -206,13 +201,17 @@ final class ShardedExchange: GradientExchange {
   /// Compact wire: the other ranks' parts of every bucket, from the gathered words.
   private func decodeOtherParts() {
     for b in layout.buckets.indices {
-      var offset = 0
-      for (r, parts) in segments[b].enumerated() {
-        if r != communicator.rank {
-          CompactCodec.decode(wordBuffers[b] + offset, parts, into: store.values.pointer, scales: channelScales)
-        }
-        offset += wordCounts[b][r]
+      for (r, parts) in segments[b].enumerated() where r != communicator.rank {
+        CompactCodec.decode(wordBuffers[b] + wordOffsets[b][r], parts, into: store.values.pointer, scales: channelScales)
       }
+    }
+  }
+
+  /// Compact wire: every rank's part of bucket `b`, encoded from this rank's values and laid out
+  /// as the all-gather lays them out.
+  private func encodeEveryPart(of b: Int, into words: UnsafeMutablePointer<UInt32>, channelSums: Bool) {
+    for (r, parts) in segments[b].enumerated() {
+      CompactCodec.encode(store.values.pointer, parts, into: words + wordOffsets[b][r], channelSums: channelSums)
     }
   }
 
@@ -222,10 +221,8 @@ final class ShardedExchange: GradientExchange {
     guard let codec else { return }
     for (k, kernel) in codec.channelKernels.enumerated() {
       let b = channelKernelBuckets[k]
-      var offsets = [0]
-      for n in wordCounts[b].dropLast() { offsets.append(offsets[offsets.count - 1] + n) }
       var totals = [Double](repeating: 0, count: kernel.channels)
-      codec.addChannelTotals(kernel: k, parts: segments[b], words: wordBuffers[b], offsets: offsets, into: &totals)
+      codec.addChannelTotals(kernel: k, parts: segments[b], words: wordBuffers[b], offsets: wordOffsets[b], into: &totals)
       let rows = Double(kernel.range.count / kernel.channels)
       for c in 0..<kernel.channels { channelScales[k][c] = Float(totals[c] / rows) }
       kernel.quantizer.scaleOverride = channelScales[k]
@@ -249,14 +246,10 @@ final class ShardedExchange: GradientExchange {
       let words = UnsafeMutablePointer<UInt32>.allocate(capacity: max(total, 1))
       defer { words.deallocate() }
       words.initialize(repeating: 0, count: total)
-      var offset = 0
-      for (r, parts) in segments[b].enumerated() {
-        // The sums are of the latent weights, which only their owner holds: left out.
-        CompactCodec.encode(store.values.pointer, parts, into: words + offset, channelSums: false)
-        offset += wordCounts[b][r]
-      }
-      UnsafeRawPointer(words).withMemoryRebound(to: Float.self, capacity: offset) {
-        h = fnv1a64($0, count: offset, seed: h)
+      // The sums are of the latent weights, which only their owner holds: left out.
+      encodeEveryPart(of: b, into: words, channelSums: false)
+      UnsafeRawPointer(words).withMemoryRebound(to: Float.self, capacity: total) {
+        h = fnv1a64($0, count: total, seed: h)
       }
     }
     for scales in channelScales {
