@@ -230,3 +230,17 @@ func addBias(_ m: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: Un
 public protocol StochasticLayer: Layer {
   func reseed(stream: UInt64)
 }
+
+/// A layer with a quantized kernel (QuantDense, QuantConv2D, QuantDepthwiseConv2D).
+protocol QuantizedKernelLayer: Layer {
+  var kernel: QuantizedKernel { get }
+  var inputQuantizer: Quantizer? { get }
+  var kernelQuantizer: Quantizer? { get }
+  var constraint: KernelConstraint? { get }
+}
+
+extension QuantDense: QuantizedKernelLayer {}
+extension QuantConv2D: QuantizedKernelLayer {}
+extension QuantDepthwiseConv2D: QuantizedKernelLayer {
+  var kernelQuantizer: Quantizer? { depthwiseQuantizer }
+}
