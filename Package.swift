@@ -16,6 +16,16 @@ import PackageDescription
 // alone: 0.01 %); wall time is the same within this machine's noise.
 let optimize: [SwiftSetting] = [.unsafeFlags(["-O", "-wmo"], .when(configuration: .release))]
 
+// FlipXNOR (the XNOR-popcount product of ±1 matrices) is optimized in every configuration and,
+// on x86_64, compiled for Haswell (AVX2, POPCNT): its popcounts become AVX2 byte lookups, about
+// 2.4x faster than the baseline x86-64 code. FlipTensor calls it only after checking that the
+// CPU has AVX2 (`XNORProduct.isAvailable`), so the binary still runs on older CPUs.
+#if arch(x86_64)
+  let bitKernels: [SwiftSetting] = [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
+#else
+  let bitKernels: [SwiftSetting] = [.unsafeFlags(["-O"])]
+#endif
+
 let package = Package(
   name: "Flip",
   platforms: [.macOS(.v13)],
@@ -35,8 +45,10 @@ let package = Package(
     // Stop requests from signals (async-signal-safe handlers, polled at step boundaries).
     .target(name: "CSignals"),
 
-    // Tensor core: buffers, GEMM and convolution through oneDNN, im2col.
-    .target(name: "FlipTensor", dependencies: ["CDNNL"], swiftSettings: optimize),
+    // Packed sign bits and their XNOR-popcount product (called through FlipTensor only).
+    .target(name: "FlipXNOR", swiftSettings: bitKernels),
+    // Tensor core: buffers, GEMM and convolution through oneDNN, im2col, the XNOR product.
+    .target(name: "FlipTensor", dependencies: ["CDNNL", "FlipXNOR"], swiftSettings: optimize),
     // BNN library: quantizers, layers, constraints, models, optimizers, schedules, summary.
     .target(name: "FlipBNN", dependencies: ["FlipTensor"], swiftSettings: optimize),
     // Communication: the Communicator protocol and its implementations.
@@ -65,7 +77,7 @@ let package = Package(
     .executableTarget(name: "flip-fuzz", dependencies: ["FlipTraining"]),
     .testTarget(
       name: "FlipTests",
-      dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm"]),
+      dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm", "FlipXNOR"]),
   ],
   swiftLanguageModes: [.v5]
 )

@@ -10,9 +10,11 @@ import Testing
 /// with its reason (Swift Testing prints it); a machine of the other kind covers it.
 @Suite("ISA matrix", .serialized)
 struct ISAMatrixTests {
-  /// The suites that check fast paths against references (GEMMs, int8, convolution and
+  /// The suites that check fast paths against references (GEMMs, int8, XNOR, convolution and
   /// matmul primitives, vectorized elementwise passes, layer gradients).
-  static let suites = ["FastPathTests", "TensorTests", "QuantizerTests", "LayerGradientTests", "OptimizerTests"]
+  static let suites = [
+    "FastPathTests", "TensorTests", "QuantizerTests", "LayerGradientTests", "OptimizerTests", "XNORTests",
+  ]
 
   /// Runs the suites and `flip selftest` with `cap` (nil: no cap, oneDNN's default).
   func runUnder(_ cap: String?) throws {
@@ -65,7 +67,8 @@ struct ISAMatrixTests {
     let zen4 = CPUFeatures(flags: [
       "sse4_1", "avx", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16",
     ])
-    #expect(zen4.supports("AVX512_CORE_BF16") && !zen4.supports("AVX512_CORE_AMX") && zen4.bestISA == "avx512_core_bf16")
+    #expect(
+      zen4.supports("AVX512_CORE_BF16") && !zen4.supports("AVX512_CORE_AMX") && zen4.bestISA == "avx512_core_bf16")
   }
 }
 

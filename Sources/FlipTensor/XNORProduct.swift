@@ -1,0 +1,95 @@
+import CDNNL
+import FlipXNOR
+
+// Legend: R rows (batch), L reduction length (input units), N outputs (units), W words per
+// packed row (L rounded up to 256 bits).
+
+/// The forward product of a dense layer whose input and kernel both take the levels ±1, as
+/// XNOR and popcount over sign bits packed 64 to a word: `y = L − 2·popcount(x ⊕ w) (+ b)`.
+///
+/// Every result is an integer, so it equals the fp32 and int8 GEMMs of the same values bit for
+/// bit (tested), while reading 1/32 of fp32's operand bytes. On an AMD EPYC (Zen 3, AVX2) a
+/// 512 × 1024 × 1024 product takes 2.5–2.8 ms against 10.6 ms in oneDNN's int8 GEMM.
+public final class XNORProduct {
+  /// Whether the kernels can run here. On x86_64 `FlipXNOR` is compiled for Haswell (AVX2,
+  /// POPCNT), so it runs only where oneDNN dispatches to AVX2 or later; with
+  /// `ONEDNN_MAX_CPU_ISA` below AVX2 (an older CPU, or a test of one) this is false and layers
+  /// keep their int8 and fp32 forwards.
+  public static let isAvailable: Bool = {
+    #if arch(x86_64)
+      let avx2 = dnnl_cpu_isa_avx2.rawValue
+      return dnnl_get_effective_cpu_isa().rawValue & avx2 == avx2
+    #else
+      return true
+    #endif
+  }()
+
+  public let length: Int, outputs: Int
+  /// 64-bit words per packed row (a multiple of 4).
+  public let words: Int
+  /// (N, W) the kernel's columns; padding words stay zero.
+  private let kernelBits: UnsafeMutablePointer<UInt64>
+  /// (T, N) one row of scratch per block of the kernel pass.
+  private let scratch: UnsafeMutablePointer<UInt64>
+  private let scratchRows: Int
+  /// (R, W) the packed input.
+  private var inputBits: UnsafeMutablePointer<UInt64>?
+  private var capacity = 0
+
+  /// Rows of 64 kernel rows per chunk of the kernel pass, and batch rows per chunk of the product.
+  static let blocksPerChunk = 4
+  static let rowsPerChunk = 16
+
+  public init(length: Int, outputs: Int) {
+    precondition(Self.isAvailable, "XNORProduct needs AVX2 (check XNORProduct.isAvailable)")
+    precondition(length > 0 && outputs > 0, "XNORProduct: empty product")
+    self.length = length
+    self.outputs = outputs
+    words = (length + 255) / 256 * 4
+    kernelBits = .allocate(capacity: outputs * words)
+    kernelBits.initialize(repeating: 0, count: outputs * words)
+    scratchRows = Parallel.chunkCount(count: (length + 63) / 64, grain: Self.blocksPerChunk)
+    scratch = .allocate(capacity: scratchRows * outputs)
+    scratch.initialize(repeating: 0, count: scratchRows * outputs)
+  }
+
+  deinit {
+    kernelBits.deallocate()
+    scratch.deallocate()
+    inputBits?.deallocate()
+  }
+
+  /// Makes room for products of up to `rows` rows.
+  public func allocate(rows: Int) {
+    guard rows > capacity else { return }
+    capacity = rows
+    inputBits?.deallocate()
+    inputBits = .allocate(capacity: rows * words)
+  }
+
+  /// Packs the signs of the (L, N) kernel `w` (each value ±1) for the products that follow.
+  public func setKernel(_ w: UnsafePointer<Float>) {
+    let (l, n, k) = (length, outputs, words)
+    let bits = kernelBits
+    let scratch = scratch
+    Parallel.forRanges(count: (l + 63) / 64, grain: Self.blocksPerChunk) { blocks in
+      let row = scratch + blocks.lowerBound / Self.blocksPerChunk * n
+      SignBits.packColumns(w, length: l, columns: n, words: k, blocks: blocks, into: bits, scratch: row)
+    }
+  }
+
+  /// `y (R, N) = x (R, L) · w (+ bias)` for the kernel of the last `setKernel`; every value of
+  /// `x` must be ±1.
+  public func run(
+    _ x: UnsafePointer<Float>, rows: Int, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>
+  ) {
+    precondition(rows <= capacity, "XNORProduct.run: \(rows) rows, allocated for \(capacity)")
+    let (l, n, k) = (length, outputs, words)
+    let a = inputBits!
+    let b = UnsafePointer(kernelBits)
+    Parallel.forRanges(count: rows, grain: Self.rowsPerChunk) { r in
+      SignBits.packRows(x, length: l, words: k, rows: r, into: a)
+      SignBits.product(UnsafePointer(a), b, length: l, words: k, rows: r, outputs: n, bias: bias, into: y)
+    }
+  }
+}

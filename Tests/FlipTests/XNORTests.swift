@@ -1,0 +1,105 @@
+import FlipTensor
+import FlipXNOR
+import Testing
+
+/// The XNOR–popcount product of ±1 matrices: the packing of sign bits by hand, and the product
+/// against a plain loop on shapes that exercise every edge (partial words, padding to 256
+/// bits, odd rows and outputs, threads).
+@Suite("XNOR product")
+struct XNORTests {
+  /// ±1 values with a fixed pattern of signs.
+  static func signs(_ n: Int, seed: UInt64) -> [Float] {
+    var g = SplitMix64(seed: seed)
+    return (0..<n).map { _ in g.nextUnitFloat() < 0.5 ? -1 : 1 }
+  }
+
+  /// The kernels need AVX2: where oneDNN runs below it (a cap such as SSE41), they are off.
+  @Test func availabilityFollowsTheISA() {
+    #if arch(x86_64)
+      let belowAVX2 = ["sse41", "avx"].contains(OneDNN.effectiveISA)
+      #expect(XNORProduct.isAvailable == !belowAVX2, "ISA \(OneDNN.effectiveISA)")
+    #else
+      #expect(XNORProduct.isAvailable)
+    #endif
+  }
+
+  @Test(.enabled(if: XNORProduct.isAvailable, "needs AVX2"))
+  func packRowsByHand() {
+    // Row 0: −1 at columns 0, 5, 63, 64 and 69 of 70; row 1: all +1.
+    var x = [Float](repeating: 1, count: 140)
+    for c in [0, 5, 63, 64, 69] { x[c] = -1 }
+    var words = [UInt64](repeating: .max, count: 8)
+    SignBits.packRows(x, length: 70, words: 4, rows: 0..<2, into: &words)
+    #expect(words[0] == UInt64(1) | 1 << 5 | 1 << 63)
+    #expect(words[1] == UInt64(1) | 1 << 5)
+    #expect(words[2] == 0 && words[3] == 0, "padding words are zero")
+    #expect(words[4..<8].allSatisfy { $0 == 0 })
+  }
+
+  @Test(.enabled(if: XNORProduct.isAvailable, "needs AVX2"))
+  func packColumnsByHand() {
+    // w (L = 3, N = 2), Keras layout: column 0 = [−1, 1, −1], column 1 = [1, −1, 1].
+    let w: [Float] = [-1, 1, 1, -1, -1, 1]
+    var words = [UInt64](repeating: 0, count: 8)
+    var scratch = [UInt64](repeating: 7, count: 2)
+    SignBits.packColumns(w, length: 3, columns: 2, words: 4, blocks: 0..<1, into: &words, scratch: &scratch)
+    #expect(words[0] == 0b101 && words[4] == 0b010)
+    #expect(words[1...3].allSatisfy { $0 == 0 } && words[5...7].allSatisfy { $0 == 0 })
+  }
+
+  /// y = x · w (+ b) on ±1 values, for rows, length, outputs.
+  @Test(
+    .enabled(if: XNORProduct.isAvailable, "needs AVX2"),
+    arguments: [(1, 1, 1), (7, 64, 5), (16, 300, 48), (33, 1030, 3), (40, 256, 17), (2, 2049, 2)])
+  func productEqualsThePlainLoop(rows: Int, length: Int, outputs: Int) throws {
+    let x = Self.signs(rows * length, seed: UInt64(rows * 1000 + length))
+    let w = Self.signs(length * outputs, seed: UInt64(outputs))
+    let bias = randomValues(outputs, seed: 3)
+    let product = XNORProduct(length: length, outputs: outputs)
+    product.allocate(rows: rows)
+    product.setKernel(w)
+    for useBias in [false, true] {
+      var y = [Float](repeating: .nan, count: rows * outputs)
+      bias.withUnsafeBufferPointer { b in product.run(x, rows: rows, bias: useBias ? b.baseAddress : nil, into: &y) }
+      var wrong = 0
+      for r in 0..<rows {
+        for n in 0..<outputs {
+          var dot: Float = 0
+          for k in 0..<length { dot += x[r * length + k] * w[k * outputs + n] }
+          if useBias { dot += bias[n] }
+          if y[r * outputs + n] != dot { wrong += 1 }
+        }
+      }
+      #expect(wrong == 0, "\(wrong) of \(rows * outputs) wrong, bias \(useBias)")
+    }
+    // A new kernel replaces the old one entirely (no bits left from before).
+    let flipped = w.map { -$0 }
+    product.setKernel(flipped)
+    var y = [Float](repeating: .nan, count: rows * outputs)
+    product.run(x, rows: rows, bias: nil, into: &y)
+    var z = [Float](repeating: .nan, count: rows * outputs)
+    product.setKernel(w)
+    product.run(x, rows: rows, bias: nil, into: &z)
+    #expect(zip(y, z).allSatisfy { $0 == -$1 })
+  }
+
+  /// The same bits on 1 and 2 threads (rows split across them).
+  @Test(.enabled(if: XNORProduct.isAvailable, "needs AVX2"))
+  func threadsGiveTheSameBits() {
+    let (rows, length, outputs) = (100, 700, 30)
+    let x = Self.signs(rows * length, seed: 1)
+    let w = Self.signs(length * outputs, seed: 2)
+    func run(threads: Int) -> [Float] {
+      let saved = Parallel.threads
+      defer { Parallel.threads = saved }
+      Parallel.threads = threads
+      let product = XNORProduct(length: length, outputs: outputs)
+      product.allocate(rows: rows)
+      product.setKernel(w)
+      var y = [Float](repeating: .nan, count: rows * outputs)
+      product.run(x, rows: rows, bias: nil, into: &y)
+      return y
+    }
+    #expect(run(threads: 1) == run(threads: 2))
+  }
+}
