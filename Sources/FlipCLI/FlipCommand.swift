@@ -76,8 +76,10 @@ struct ComputeOptions: ParsableArguments {
   @Option(
     name: .long,
     help: ArgumentHelp(
-      "Forward kernel of binary layers (input and kernel both binary): auto (the faster of int8 and fp32, timed at start-up on this CPU; the default), int8, or fp32.",
-      discussion: "Both are exact, so the choice never changes results."))
+      "Forward kernel of binary layers (input and kernel both binary): auto (the fastest of fp32, int8 and xnor, timed at start-up on this CPU; the default), int8, fp32, or xnor.",
+      discussion:
+        "All are exact, so the choice never changes results. xnor (XNOR and popcount over packed sign bits) serves dense layers with ±1 inputs and kernels on CPUs with AVX2; a layer without the forced kernel runs fp32."
+    ))
   var binaryForward: BinaryForwardPolicy = .auto
 
   @Flag(name: .long, help: "Print debug logs.")

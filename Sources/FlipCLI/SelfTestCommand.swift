@@ -11,7 +11,7 @@ struct SelfTestCommand: ParsableCommand {
     commandName: "selftest",
     abstract: "Check every fast kernel a model uses against plain reference loops on this CPU.",
     discussion: """
-      Runs each kernel the model's quantized layers can use on this machine (the int8 and fp32 \
+      Runs each kernel the model's quantized layers can use on this machine (the fp32, int8 and XNOR \
       forward products, the backward passes, the fused kernel pass) on a few samples of the \
       layers' own shapes, compares each with a plain double-precision loop, and prints a table: \
       kernel, layer, implementation (oneDNN's name for the one it picked on this CPU), max error \

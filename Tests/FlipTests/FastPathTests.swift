@@ -22,11 +22,12 @@ struct FastPathTests {
     #expect(c.map(Float.init) == r)
   }
 
-  func denseOutputs(int8: Bool) throws -> [Float] {
+  func denseOutputs(_ kernel: BinaryForwardKernel) throws -> [Float] {
     let layer = try QuantDense(
       units: 48, inputShape: [300], inputQuantizer: SteSign(), kernelQuantizer: SteSign(), useBias: true)
-    #expect(layer.exactInt8Forward)
-    layer.exactInt8Forward = int8
+    #expect(layer.forwardKernel == .int8)
+    #expect(layer.forwardKernels == [.fp32, .int8] + (XNORProduct.isAvailable ? [.xnor] : []))
+    layer.forwardKernel = kernel
     let store = bindStandalone(layer, seed: 9)
     store.values.pointer[store.views[1].offset + 2] = 0.25  // a bias
     layer.allocate(maxBatch: 16)
@@ -35,11 +36,34 @@ struct FastPathTests {
     return Array(UnsafeBufferPointer(start: y, count: 16 * 48))
   }
 
-  @Test func binaryDenseInt8ForwardEqualsFloat() throws {
-    let a = try denseOutputs(int8: true)
-    let b = try denseOutputs(int8: false)
-    #expect(a == b)
-    #expect(a.contains(0.25 + 2) || a.contains { $0 != $0.rounded() })
+  @Test func binaryDenseExactForwardsAgree() throws {
+    let b = try denseOutputs(.fp32)
+    #expect(try denseOutputs(.int8) == b)
+    if XNORProduct.isAvailable { #expect(try denseOutputs(.xnor) == b) }
+    #expect(b.contains(0.25 + 2) || b.contains { $0 != $0.rounded() })
+  }
+
+  /// The XNOR forward over a training run's changing kernels: after each update the packed
+  /// kernel is the new one, and a ±1 quantizer other than ste_sign (approx_sign) takes it too;
+  /// ste_heaviside's {0, 1} levels do not.
+  @Test(.enabled(if: XNORProduct.isAvailable, "needs AVX2"))
+  func xnorForwardFollowsKernelUpdates() throws {
+    let layer = try QuantDense(
+      units: 9, inputShape: [130], inputQuantizer: ApproxSign(), kernelQuantizer: SteSign(), useBias: false)
+    let store = bindStandalone(layer, seed: 5)
+    layer.allocate(maxBatch: 5)
+    let x = randomValues(5 * 130, seed: 8)
+    let w = store.values.pointer + store.views[0].offset
+    for round in 0..<3 {
+      for i in stride(from: round, to: 130 * 9, by: 7) { w[i] = -w[i] }
+      layer.forwardKernel = .xnor
+      let xnor = copyOut(try layer.forward(x, batch: 5, training: true), 45)
+      layer.forwardKernel = .fp32
+      #expect(copyOut(try layer.forward(x, batch: 5, training: true), 45) == xnor, "round \(round)")
+    }
+    let heaviside = try QuantDense(
+      units: 3, inputShape: [8], inputQuantizer: SteHeaviside(), kernelQuantizer: SteSign())
+    #expect(heaviside.forwardKernels == [.fp32, .int8])
   }
 
   @Test(arguments: [(Padding.valid, Float(0)), (.same, 0), (.same, 1)])
@@ -48,8 +72,8 @@ struct FastPathTests {
       let layer = try QuantConv2D(
         filters: 6, kernelSize: (3, 3), strides: (2, 1), padding: padding, padValue: padValue, inputShape: [9, 8, 5],
         inputQuantizer: SteSign(), kernelQuantizer: SteSign(), useBias: false)
-      #expect(layer.exactInt8Forward)
-      layer.exactInt8Forward = int8
+      #expect(layer.forwardKernel == .int8 && layer.forwardKernels == [.fp32, .int8])
+      layer.forwardKernel = int8 ? .int8 : .fp32
       let store = bindStandalone(layer, seed: 1)
       layer.allocate(maxBatch: 3)
       let x = randomValues(3 * 360, seed: 2)
@@ -157,9 +181,9 @@ struct FastPathTests {
     #expect(!layer.kernel.gradientPassesThrough)
     // The int8 copy made in the same pass gives the float GEMM's outputs.
     w[40_000] = -0.5
-    layer.exactInt8Forward = false
+    layer.forwardKernel = .fp32
     let float = copyOut(try layer.forward(x, batch: 2, training: true), 500)
-    layer.exactInt8Forward = true
+    layer.forwardKernel = .int8
     #expect(copyOut(try layer.forward(x, batch: 2, training: true), 500) == float)
   }
 
@@ -220,14 +244,20 @@ struct FastPathTests {
     for case let layer as ExactBinaryForward & FlipCounting in model.layers where layer.hasQuantizedKernel {
       let kernels = Set(checks.filter { $0.layer == layer.name }.map(\.kernel))
       var want: Set = ["forward fp32", "backward data", "backward weights"]
-      if layer.int8ForwardAvailable { want.insert("forward int8") }
+      for kernel in layer.forwardKernels { want.insert("forward \(kernel.rawValue)") }
       // The fused kernel pass is that of elementwise kernel quantizers (not magnitude_aware_sign).
       let quantizer = (layer as? QuantConv2D)?.kernelQuantizer ?? (layer as? QuantDense)?.kernelQuantizer
       if quantizer?.isElementwise == true { want.insert("kernel pass") }
       #expect(kernels == want, "\(layer.name)")
     }
     // Binary × binary forwards are checked for exact equality.
-    #expect(checks.filter { $0.kernel.hasPrefix("forward int8") }.allSatisfy { $0.tolerance == 0 })
+    let exact = checks.filter { $0.kernel == "forward int8" || $0.kernel == "forward xnor" }
+    #expect(exact.allSatisfy { $0.tolerance == 0 })
+    let signDense = model.layers.contains {
+      ($0 as? QuantDense).map { $0.inputQuantizer?.hasSignLevels == true && $0.kernelQuantizer?.hasSignLevels == true }
+        ?? false
+    }
+    #expect(exact.contains { $0.kernel == "forward xnor" } == (XNORProduct.isAvailable && signDense))
   }
 
   /// The self-test's error measure: exact results score 0, a wrong kernel far above the
@@ -252,43 +282,56 @@ struct FastPathTests {
     let valid = try ConvGeometry(
       inputHeight: 3, inputWidth: 3, channels: 1, kernelHeight: 2, kernelWidth: 2, strideHeight: 1, strideWidth: 1,
       padding: .valid)
-    #expect(referenceConvolution(x: x, kernel: [1, 1, 1, 1], batch: 1, geometry: valid, filters: 1).values == [12, 16, 24, 28])
+    #expect(
+      referenceConvolution(x: x, kernel: [1, 1, 1, 1], batch: 1, geometry: valid, filters: 1).values == [
+        12, 16, 24, 28,
+      ])
     let same = try ConvGeometry(
       inputHeight: 3, inputWidth: 3, channels: 1, kernelHeight: 2, kernelWidth: 2, strideHeight: 2, strideWidth: 2,
       padding: .same)
     // Output 2×2; Keras pads the bottom/right by 1: windows {1,2,4,5}, {3,p,6,p}, {7,8,p,p}, {9,p,p,p}.
     let y = referenceConvolution(x: x, kernel: [1, 1, 1, 1], batch: 1, geometry: same, filters: 1, padValue: 1).values
     #expect(y == [12, 11, 17, 12])
-    let dx = referenceConvolutionBackwardData(dy: [1, 0, 0, 0], kernel: [1, 2, 3, 4], batch: 1, geometry: valid, filters: 1)
+    let dx = referenceConvolutionBackwardData(
+      dy: [1, 0, 0, 0], kernel: [1, 2, 3, 4], batch: 1, geometry: valid, filters: 1)
     #expect(dx.values == [1, 2, 0, 3, 4, 0, 0, 0, 0])
     let dw = referenceConvolutionBackwardWeights(x: x, dy: [1, 0, 0, 1], batch: 1, geometry: valid, filters: 1)
     let wantDW: [Double] = [6, 8, 12, 14]  // x[ky, kx] + x[1 + ky, 1 + kx]
     #expect(dw.values == wantDW)
   }
 
-  /// The forward-kernel choice: forced policies set every exact layer, `auto` times both and
-  /// keeps the results bit for bit; layers without an exact int8 path stay fp32.
+  /// The forward-kernel choice: forced policies set every exact layer that has the kernel
+  /// (fp32 elsewhere), `auto` times every kernel and keeps the results bit for bit; layers
+  /// without a binary input stay fp32.
   @Test func binaryForwardChoiceKeepsResults() throws {
     let model = try Model(specs: ModelPreset.larqCNN.layers, inputShape: [28, 28, 1], seed: 4)
     model.allocate(maxBatch: 8)
     let x = randomValues(8 * 784, seed: 6)
     var outputs: [[Float]] = []
-    for policy in [BinaryForwardPolicy.int8, .fp32, .auto] {
+    let xnor: [BinaryForwardKernel] = XNORProduct.isAvailable ? [.xnor] : []
+    for policy in [BinaryForwardPolicy.int8, .fp32, .xnor, .auto] {
       let choices = try model.chooseBinaryForward(batch: 8, policy: policy, repeats: 1)
-      #expect(choices.map(\.layer) == ["quant_conv2d", "quant_conv2d_1", "quant_conv2d_2", "quant_dense", "quant_dense_1"])
-      #expect(choices[0].kernel == .fp32 && !choices[0].int8Available, "the first layer's input is not binary")
+      #expect(
+        choices.map(\.layer) == ["quant_conv2d", "quant_conv2d_1", "quant_conv2d_2", "quant_dense", "quant_dense_1"])
+      #expect(choices[0].kernel == .fp32 && choices[0].available == [.fp32], "the first layer's input is not binary")
       for c in choices.dropFirst() {
-        #expect(c.int8Available)
-        if policy != .auto { #expect(c.kernel.rawValue == policy.rawValue) }
-        #expect((c.int8Milliseconds != nil) == (policy == .auto))
+        let dense = c.layer.hasPrefix("quant_dense")
+        #expect(c.available == [.fp32, .int8] + (dense ? xnor : []))
+        if policy != .auto {
+          let forced = BinaryForwardKernel(rawValue: policy.rawValue)!
+          #expect(c.kernel == (c.available.contains(forced) ? forced : .fp32))
+        }
+        #expect(
+          c.milliseconds.keys.sorted { $0.rawValue < $1.rawValue }
+            == (policy == .auto ? c.available.sorted { $0.rawValue < $1.rawValue } : []))
+        if policy == .auto { #expect(c.milliseconds[c.kernel] == c.milliseconds.values.min()) }
       }
       for case let layer as ExactBinaryForward in model.layers where layer.int8ForwardAvailable {
-        let chosen = choices.first { $0.layer == layer.name }!.kernel
-        #expect(layer.exactInt8Forward == (chosen == .int8))
+        #expect(layer.forwardKernel == choices.first { $0.layer == layer.name }!.kernel)
       }
       outputs.append(copyOut(try model.forward(x, batch: 8, training: false), 80))
     }
-    #expect(outputs[0] == outputs[1] && outputs[1] == outputs[2])
+    #expect(outputs.allSatisfy { $0 == outputs[0] })
   }
 
   @Test func nonzeroPadValuesKeepIm2col() throws {
@@ -301,9 +344,9 @@ struct FastPathTests {
   @Test func quantizersWithoutIntegerLevelsKeepFloat() throws {
     let magnitude = try QuantDense(
       units: 4, inputShape: [8], inputQuantizer: SteSign(), kernelQuantizer: MagnitudeAwareSign())
-    #expect(!magnitude.exactInt8Forward)
+    #expect(magnitude.forwardKernels == [.fp32] && magnitude.forwardKernel == .fp32)
     let real = try QuantDense(units: 4, inputShape: [8], kernelQuantizer: SteSign())
-    #expect(!real.exactInt8Forward)
+    #expect(real.forwardKernels == [.fp32] && real.forwardKernel == .fp32)
   }
 
   /// A training step of a conv model (BatchNorm, pooling, quantizers, Adam) gives the same bits

@@ -42,7 +42,7 @@ struct RealValuedTests {
     let model = try Model(specs: c.layers, inputShape: [2, 2, 1], seed: 0)
     let dense = try #require(model.layers[1] as? QuantDense)
     #expect(dense.inputQuantizer is HardTanh)
-    #expect(!dense.exactInt8Forward)
+    #expect(dense.forwardKernels == [.fp32])
   }
 
   @Test func theSummaryCountsHardTanhInputsAsFloat() throws {

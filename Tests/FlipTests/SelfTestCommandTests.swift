@@ -1,3 +1,4 @@
+import FlipTensor
 import Foundation
 import Testing
 
@@ -24,12 +25,14 @@ struct SelfTestCommandTests {
     for layer in ["quant_conv2d_1", "quant_conv2d_2", "quant_dense_1"] {
       #expect(r.stdout.contains("forward int8      \(layer)"), "\(r.stdout)")
     }
-    #expect(r.stdout.contains("24 of 24 kernels pass"), "\(r.stdout)")
+    // The XNOR forward adds a check per binary dense layer where the CPU has AVX2.
+    let xnor = XNORProduct.isAvailable
+    #expect(r.stdout.contains(xnor ? "26 of 26 kernels pass" : "24 of 24 kernels pass"), "\(r.stdout)")
     let json = try runFlip(["selftest", "--model", "binarynet-mlp", "--batch", "1", "--json"])
     #expect(json.status == 0, "\(json.stderr)")
     let object = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
     #expect(object["passed"] as? Bool == true)
-    #expect((object["checks"] as? [[String: Any]])?.count == 19)
+    #expect((object["checks"] as? [[String: Any]])?.count == (xnor ? 22 : 19))
   }
 
   @Test func badInputsAreErrors() throws {
@@ -84,14 +87,15 @@ struct SelfTestCommandTests {
         "--out", dir + "/run-" + policy, "--binary-forward", policy,
       ])
       #expect(r.status == 0, "\(r.stderr)")
-      #expect(r.stderr.contains("kernel self-check: 14 kernels agree with their references"), "\(r.stderr)")
+      let checks = XNORProduct.isAvailable ? 15 : 14
+      #expect(r.stderr.contains("kernel self-check: \(checks) kernels agree with their references"), "\(r.stderr)")
       let lines = r.stderr.split(separator: "\n").filter { $0.contains("binary forward on oneDNN ISA") }
       #expect(lines.count == 3, "\(r.stderr)")
       #expect(lines.first?.contains("quant_conv2d: fp32") == true, "the first layer's input is not binary: \(lines)")
       if policy != "auto" {
         #expect(lines.dropFirst().allSatisfy { $0.contains(": \(policy) (") }, "\(lines)")
       } else {
-        #expect(lines.dropFirst().allSatisfy { $0.contains("ms in int8 vs") }, "\(lines)")
+        #expect(lines.dropFirst().allSatisfy { $0.contains("ms in fp32 vs") && $0.contains("ms in int8") }, "\(lines)")
       }
     }
     let bad = try runFlip(["train", "--config", dir + "/conv.yaml", "--data", dir, "--binary-forward", "int4"])

@@ -1,25 +1,36 @@
-/// The kernel that runs the forward product of a layer whose input and kernel quantizers both
-/// take integer levels (±1, {0, 1}, {−1, 0, 1}): every partial sum is an integer below 2²⁴, so
-/// int8 × int8 → int32 and fp32 give the same bits, and either may run.
+/// The kernels that can run the forward product of a layer whose input and kernel quantizers
+/// both take integer levels (±1, {0, 1}, {−1, 0, 1}). Every partial sum is an integer below
+/// 2²⁴, so they all give the same bits, and any of them may run:
+/// - `fp32`: oneDNN's fp32 GEMM or convolution (every layer has it);
+/// - `int8`: int8 × int8 → int32 in oneDNN;
+/// - `xnor`: XNOR and popcount over packed sign bits (`XNORProduct`), for dense layers whose
+///   quantizers both take the levels ±1, on CPUs with AVX2.
 public enum BinaryForwardKernel: String, Sendable, CaseIterable {
-  case int8, fp32
+  case int8, fp32, xnor
 }
 
 /// How `Model.chooseBinaryForward` picks each exact layer's forward kernel: `auto` times
-/// both on the layer's own shape on this CPU and keeps the faster; `int8` and `fp32` force one.
+/// every kernel the layer has on its own shape on this CPU and keeps the fastest; `int8`,
+/// `fp32` and `xnor` force one where the layer has it (fp32 elsewhere).
 public enum BinaryForwardPolicy: String, Sendable, CaseIterable {
-  case auto, int8, fp32
+  case auto, int8, fp32, xnor
 }
 
-/// A layer whose forward product can run exactly in int8 or in fp32 (QuantDense, QuantConv2D).
+/// A layer whose forward product can run in more than one exact kernel (QuantDense, QuantConv2D).
 public protocol ExactBinaryForward: Layer {
-  /// Whether both quantizers take integer levels, so the int8 path exists and is exact.
-  var int8ForwardAvailable: Bool { get }
-  /// Whether the forward runs in int8 (only when available).
-  var exactInt8Forward: Bool { get set }
+  /// The kernels this layer's forward can run: always `.fp32`, `.int8` where both quantizers
+  /// take integer levels, `.xnor` where they take ±1 (dense layers on CPUs with AVX2).
+  var forwardKernels: [BinaryForwardKernel] { get }
+  /// The kernel the forward runs (one of `forwardKernels`).
+  var forwardKernel: BinaryForwardKernel { get set }
   /// The implementation the forward runs for `batch` samples, e.g. oneDNN's
   /// `jit_uni_int8:avx2` or `dnnl_gemm_s8s8s32`.
   func forwardImplementation(batch: Int) throws -> String
   /// The implementations of the input-gradient and kernel-gradient passes for `batch`.
   func backwardImplementations(batch: Int) throws -> (data: String, weights: String)
+}
+
+extension ExactBinaryForward {
+  /// Whether the forward has an exact kernel besides fp32 (both quantizers take integer levels).
+  public var int8ForwardAvailable: Bool { forwardKernels.contains(.int8) }
 }

@@ -121,14 +121,20 @@ final class QuantizedKernel {
 
   static let grain = 1 << 16
 
-  /// The quantized kernel as int8, written by every forward once `makeInt8Copy()` was called
-  /// (for layers whose forward GEMM runs in exact int8).
+  /// The quantized kernel as int8, written by every forward while `fillsInt8` (for layers
+  /// whose forward GEMM runs in exact int8).
   private(set) var int8: UnsafeMutablePointer<Int8>?
+  /// Whether each forward writes `int8`: from `makeInt8Copy()` on, until the layer's forward
+  /// moves to another kernel.
+  var fillsInt8 = false {
+    didSet { precondition(!fillsInt8 || int8 != nil, "fillsInt8 without makeInt8Copy()") }
+  }
 
   /// From now on, each forward also writes `int8` (the quantizer must take integer levels).
   func makeInt8Copy() {
     precondition(quantizer?.hasIntegerLevels == true, "an int8 kernel needs integer levels")
     if int8 == nil { int8 = .allocate(capacity: max(count, 1)) }
+    fillsInt8 = true
   }
 
   deinit { int8?.deallocate() }
@@ -156,14 +162,14 @@ final class QuantizedKernel {
             let lo = r.lowerBound
             (c[lo / grain], inside[lo / grain]) = q.forwardKernelChunk(
               w + lo, new + lo, previous: countFlips ? old + lo : nil, count: r.count)
-            if let k8 = int8 { convertToInt8Serially(new + lo, k8 + lo, count: r.count) }
+            if fillsInt8, let k8 = int8 { convertToInt8Serially(new + lo, k8 + lo, count: r.count) }
           }
         }
       }
       gradientPassesThrough = bound != nil && !chunkWithinBound.contains(false)
     } else {
       q.forward(latent, new, count: count, channels: channels)
-      if let k8 = int8 { convertToInt8(new, k8, count: count) }
+      if fillsInt8, let k8 = int8 { convertToInt8(new, k8, count: count) }
       for i in flipCounts.indices { flipCounts[i] = 0 }
       flipCounts[0] = countFlips ? countDifferences(old, new, count: count) : 0
       gradientPassesThrough = bound.map { allMagnitudes(w, count: count, atMost: $0) } ?? false

@@ -27,15 +27,19 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   public let constraint: KernelConstraint?
   public let kernelInitializer: Initializer
   let kernel: QuantizedKernel
-  /// Whether the forward product runs in exact int8 (both quantizers take integer levels). On
-  /// by default where exact; `Model.chooseBinaryForward` picks the faster of the two
-  /// exact paths, and tests turn it off to compare with the fp32 path.
-  public var exactInt8Forward: Bool {
-    // The other path's primitives are no longer needed (the cache holds four shapes).
-    didSet { primitives = primitives.filter { $0.key % 2 == (exactInt8Forward ? 1 : 0) } }
+  /// The kernel the forward product runs: int8 by default where exact (both quantizers take
+  /// integer levels), else fp32. `Model.chooseBinaryForward` picks the faster of the two, and
+  /// tests set fp32 to compare the paths.
+  public var forwardKernel: BinaryForwardKernel {
+    didSet {
+      precondition(forwardKernels.contains(forwardKernel), "\(name) has no \(forwardKernel.rawValue) forward")
+      kernel.fillsInt8 = forwardKernel == .int8
+      // The other path's primitives are no longer needed (the cache holds four shapes).
+      primitives = primitives.filter { $0.key % 2 == (forwardKernel == .int8 ? 1 : 0) }
+    }
   }
   private let int8Forward: Int8Forward?
-  public var int8ForwardAvailable: Bool { int8Forward != nil }
+  public var forwardKernels: [BinaryForwardKernel] { int8Forward == nil ? [.fp32] : [.fp32, .int8] }
   /// Whether the convolutions run on oneDNN's primitives (zero padding only). On by default
   /// where possible; tests turn it off to compare with im2col + GEMM.
   public var usePrimitives: Bool
@@ -101,7 +105,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     let exact =
       inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
       && (padding == .valid || (padValue == padValue.rounded() && abs(padValue) <= 127))
-    exactInt8Forward = exact
+    forwardKernel = exact ? .int8 : .fp32
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
     if exact { kernel.makeInt8Copy() }
     usePrimitives = padding == .valid || padValue == 0
@@ -121,7 +125,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
 
   /// The primitives for `batch` (created once per batch size; oneDNN compiles them).
   func primitives(batch: Int) throws -> ConvolutionPrimitives {
-    let int8 = exactInt8Forward && int8Forward != nil
+    let int8 = forwardKernel == .int8
     let key = 2 * batch + (int8 ? 1 : 0)
     if let p = primitives[key] { return p }
     if primitives.count >= 4 { primitives.removeAll() }
@@ -131,7 +135,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   }
 
   public func forwardImplementation(batch: Int) throws -> String {
-    let int8 = exactInt8Forward && int8Forward != nil
+    let int8 = forwardKernel == .int8
     if usePrimitives { return try primitives(batch: batch).forwardImplementation }
     return int8 ? "im2col + dnnl_gemm_s8s8s32" : "im2col + dnnl_sgemm"
   }
@@ -139,7 +143,10 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   /// The implementations of the input-gradient and kernel-gradient passes for `batch`.
   public func backwardImplementations(batch: Int) throws -> (data: String, weights: String) {
     if usePrimitives { return try primitives(batch: batch).backwardImplementations }
-    return ("matmul (\(try transposedProductImplementation(m: batch * geometry.outputPixels, n: geometry.patchSize, k: filters))) + col2im", "im2col + dnnl_sgemm")
+    return (
+      "matmul (\(try transposedProductImplementation(m: batch * geometry.outputPixels, n: geometry.patchSize, k: filters))) + col2im",
+      "im2col + dnnl_sgemm"
+    )
   }
 
   public var kernelQuantizer: Quantizer? { kernel.quantizer }
@@ -207,7 +214,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
         try p.forward(src: source, kernel: w, dst: y.pointer)
         if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
       }
-    } else if exactInt8Forward, let int8 = int8Forward, let x8 = quantizedInput8 {
+    } else if forwardKernel == .int8, let int8 = int8Forward, let x8 = quantizedInput8 {
       convertToInt8(source, x8, count: batch * inputSize)
       im2col(UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer)
       try int8.runOnInputBuffer(

@@ -18,15 +18,25 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
   public let constraint: KernelConstraint?
   public let kernelInitializer: Initializer
   let kernel: QuantizedKernel
-  /// Whether the forward GEMM runs in exact int8 (both quantizers take integer levels). On
-  /// by default where exact; `Model.chooseBinaryForward` picks the faster of the two
-  /// exact paths, and tests turn it off to compare with the fp32 path.
-  public var exactInt8Forward: Bool
+  /// The kernel the forward product runs: int8 by default where exact (both quantizers take
+  /// integer levels), else fp32. `Model.chooseBinaryForward` picks the fastest of
+  /// `forwardKernels`, and tests set each to compare the paths.
+  public var forwardKernel: BinaryForwardKernel {
+    didSet {
+      precondition(forwardKernels.contains(forwardKernel), "\(name) has no \(forwardKernel.rawValue) forward")
+      kernel.fillsInt8 = forwardKernel == .int8
+    }
+  }
+  public let forwardKernels: [BinaryForwardKernel]
   private let int8Forward: Int8Forward?
-  public var int8ForwardAvailable: Bool { int8Forward != nil }
+  private let xnorForward: XNORProduct?
 
   public func forwardImplementation(batch: Int) throws -> String {
-    exactInt8Forward && int8Forward != nil ? "dnnl_gemm_s8s8s32" : "dnnl_sgemm"
+    switch forwardKernel {
+    case .int8: "dnnl_gemm_s8s8s32"
+    case .fp32: "dnnl_sgemm"
+    case .xnor: "Flip XNOR-popcount (AVX2)"
+    }
   }
 
   /// The implementations of the input-gradient and kernel-gradient GEMMs for `batch`.
@@ -72,8 +82,12 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     self.name = self.typeName
     kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: inputShape[0], channels: units)
     let exact = inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
-    exactInt8Forward = exact
+    let signs = inputQuantizer?.hasSignLevels == true && kernelQuantizer?.hasSignLevels == true
+    let xnor = signs && XNORProduct.isAvailable
+    forwardKernels = [.fp32] + (exact ? [.int8] : []) + (xnor ? [.xnor] : [])
+    forwardKernel = exact ? .int8 : .fp32
     int8Forward = exact ? Int8Forward(reduction: inputShape[0], outputs: units) : nil
+    xnorForward = xnor ? XNORProduct(length: inputShape[0], outputs: units) : nil
     if exact { kernel.makeInt8Copy() }
   }
 
@@ -107,6 +121,7 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     dx = FloatBuffer(count: maxBatch * inputSize)
     if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
     int8Forward?.allocate(rows: maxBatch)
+    xnorForward?.allocate(rows: maxBatch)
   }
 
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
@@ -119,8 +134,11 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
       gemmInput = x
     }
     let w = kernel.forward(training: training)
-    if exactInt8Forward, let int8 = int8Forward, let w8 = kernel.int8 {
+    if forwardKernel == .int8, let int8 = int8Forward, let w8 = kernel.int8 {
       try int8.run(gemmInput, rows: batch, kernel: w8, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+    } else if forwardKernel == .xnor, let xnor = xnorForward {
+      xnor.setKernel(w)
+      xnor.run(gemmInput, rows: batch, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
     } else {
       try gemm(.none, .none, m: batch, n: units, k: i, a: gemmInput, lda: i, b: w, ldb: units, c: y.pointer, ldc: units)
       if let b = bias { addBias(y.pointer, rows: batch, columns: units, bias: b) }

@@ -5,19 +5,19 @@ import FlipTensor
 public struct BinaryForwardChoice: Sendable, CustomStringConvertible {
   public var layer: String
   public var kernel: BinaryForwardKernel
-  /// oneDNN's implementation of the chosen kernel for the timed batch.
+  /// The implementation of the chosen kernel for the timed batch (oneDNN's, or Flip's).
   public var implementation: String
-  /// The fastest of the timed forwards of each kernel (nil when not timed).
-  public var int8Milliseconds: Double?
-  public var fp32Milliseconds: Double?
-  /// Whether int8 was possible (both quantizers take integer levels).
-  public var int8Available: Bool
+  /// The fastest of the timed forwards of each kernel (empty when not timed).
+  public var milliseconds: [BinaryForwardKernel: Double] = [:]
+  /// The kernels the layer has (fp32 only when its input or kernel is not binary).
+  public var available: [BinaryForwardKernel]
 
   public var description: String {
     var text = "\(layer): \(kernel.rawValue) (\(implementation))"
-    if let i = int8Milliseconds, let f = fp32Milliseconds {
-      text += ", forward \(format(i)) ms in int8 vs \(format(f)) ms in fp32"
-    } else if !int8Available {
+    let timed = available.compactMap { k in milliseconds[k].map { "\(format($0)) ms in \(k.rawValue)" } }
+    if timed.count > 1 {
+      text += ", forward " + timed.joined(separator: " vs ")
+    } else if available == [.fp32] {
       text += ", no int8 path (input or kernel not binary)"
     }
     return text
@@ -37,20 +37,22 @@ public struct KernelMismatch: Error, CustomStringConvertible, Equatable {
   public var detail: String
 
   public var description: String {
-    "the \(kernel) kernel of layer \(layer) (\(implementation), oneDNN ISA \(OneDNN.effectiveISA)) gives wrong results: \(detail). Run `flip selftest` on this machine for the full table; `--binary-forward fp32` avoids the int8 kernels"
+    "the \(kernel) kernel of layer \(layer) (\(implementation), oneDNN ISA \(OneDNN.effectiveISA)) gives wrong results: \(detail). Run `flip selftest` on this machine for the full table; `--binary-forward fp32` avoids the int8 and XNOR kernels"
   }
 }
 
 extension Model {
   /// Picks each exact binary layer's forward kernel for batches of `batch` samples.
   ///
-  /// `auto` runs each layer's forward in int8 and in fp32 on its own shape, alternately
-  /// `repeats` times after one untimed run of each (oneDNN compiles its kernels on first use),
-  /// and keeps the faster: int8 is not faster everywhere (measured on an AVX2 CPU: 2–3× faster
-  /// for binary convolutions, slower for small dense layers). Both kernels give the same bits,
-  /// so the choice never changes results, and each layer's two outputs are compared: a
-  /// difference is thrown as a `KernelMismatch`. Call after `allocate(maxBatch:)`; the layers'
-  /// buffers are overwritten (before training, or between steps).
+  /// `auto` runs each layer's forward in every kernel it has (fp32, int8, XNOR) on its own
+  /// shape, in turn, `repeats` times after one untimed run of each (oneDNN compiles its kernels
+  /// on first use), and keeps the fastest: no kernel is fastest everywhere (measured on an
+  /// AVX2 CPU: int8 is 2–3× faster than fp32 for binary convolutions and slower for small dense
+  /// layers; XNOR is about 4× faster than int8 for 1024-unit dense layers). All kernels give
+  /// the same bits, so the choice never changes results, and each layer's outputs are compared:
+  /// a difference is thrown as a `KernelMismatch`. A forced kernel runs where the layer has it,
+  /// fp32 elsewhere. Call after `allocate(maxBatch:)`; the layers' buffers are overwritten
+  /// (before training, or between steps).
   @discardableResult
   public func chooseBinaryForward(batch: Int, policy: BinaryForwardPolicy, repeats: Int = 3) throws
     -> [BinaryForwardChoice]
@@ -59,12 +61,13 @@ extension Model {
     var choices: [BinaryForwardChoice] = []
     var random = SplitMix64(seed: 0xF11B)
     for case let layer as ExactBinaryForward & FlipCounting in layers {
-      guard layer.int8ForwardAvailable else {
+      let kernels = layer.forwardKernels
+      guard kernels.count > 1 else {
         if layer.hasQuantizedKernel {
           choices.append(
             BinaryForwardChoice(
               layer: layer.name, kernel: .fp32, implementation: try layer.forwardImplementation(batch: batch),
-              int8Available: false))
+              available: kernels))
         }
         continue
       }
@@ -74,8 +77,8 @@ extension Model {
         for i in 0..<x.count { x[i] = 2 * random.nextUnitFloat() - 1 }
         var outputs: [BinaryForwardKernel: [Float]] = [:]
         for round in 0...repeats {
-          for kernel in BinaryForwardKernel.allCases {
-            layer.exactInt8Forward = kernel == .int8
+          for kernel in kernels {
+            layer.forwardKernel = kernel
             let start = DispatchTime.now().uptimeNanoseconds
             let y = try layer.forward(x.pointer, batch: batch, training: false)
             let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
@@ -86,23 +89,32 @@ extension Model {
             }
           }
         }
-        if let a = outputs[.int8], let b = outputs[.fp32], let i = a.indices.first(where: { a[$0] != b[$0] }) {
-          throw KernelMismatch(
-            kernel: "int8 forward", layer: layer.name, implementation: try layer.forwardImplementation(batch: batch),
-            detail: "output \(i) of \(a.count) is \(a[i]) in int8 and \(b[i]) in fp32 at batch \(batch)")
+        let reference = outputs[.fp32]!
+        for kernel in kernels where kernel != .fp32 {
+          let a = outputs[kernel]!
+          if let i = a.indices.first(where: { a[$0] != reference[$0] }) {
+            layer.forwardKernel = kernel
+            throw KernelMismatch(
+              kernel: "\(kernel.rawValue) forward", layer: layer.name,
+              implementation: try layer.forwardImplementation(batch: batch),
+              detail:
+                "output \(i) of \(a.count) is \(a[i]) in \(kernel.rawValue) and \(reference[i]) in fp32 at batch \(batch)"
+            )
+          }
         }
       }
       let kernel: BinaryForwardKernel
       switch policy {
-      case .int8: kernel = .int8
+      case .int8: kernel = kernels.contains(.int8) ? .int8 : .fp32
       case .fp32: kernel = .fp32
-      case .auto: kernel = times[.int8]! <= times[.fp32]! ? .int8 : .fp32
+      case .xnor: kernel = kernels.contains(.xnor) ? .xnor : .fp32
+      case .auto: kernel = kernels.min { times[$0]! < times[$1]! }!
       }
-      layer.exactInt8Forward = kernel == .int8
+      layer.forwardKernel = kernel
       choices.append(
         BinaryForwardChoice(
           layer: layer.name, kernel: kernel, implementation: try layer.forwardImplementation(batch: batch),
-          int8Milliseconds: times[.int8], fp32Milliseconds: times[.fp32], int8Available: true))
+          milliseconds: times, available: kernels))
     }
     return choices
   }

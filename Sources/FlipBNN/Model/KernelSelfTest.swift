@@ -18,7 +18,7 @@ public struct KernelCheck: Sendable, Equatable {
 }
 
 /// `flip selftest`, and the start-up check of `flip train`: every fast path a model's layers
-/// would use (the int8 and fp32 forwards, the backward passes, the fused kernel pass) run on
+/// would use (the fp32, int8 and XNOR forwards, the backward passes, the fused kernel pass) run on
 /// small batches of the layers' own shapes and compared with the plain loops of
 /// `ReferenceKernels.swift`. A kernel that oneDNN picks on this CPU and that computes wrongly
 /// (as its s8 × s8 convolution did without VNNI, returning zeros) fails here in milliseconds
@@ -93,11 +93,11 @@ public enum KernelSelfTest {
     references r: (y: ReferenceResult, dx: ReferenceResult, dw: ReferenceResult), channels: (input: Int, kernel: Int)
   ) throws -> [KernelCheck] {
     var checks: [KernelCheck] = []
-    let chosen = layer.exactInt8Forward
-    defer { layer.exactInt8Forward = chosen }
+    let chosen = layer.forwardKernel
+    defer { layer.forwardKernel = chosen }
     let exact = layer.int8ForwardAvailable
-    for kernel in layer.int8ForwardAvailable ? BinaryForwardKernel.allCases : [.fp32] {
-      layer.exactInt8Forward = kernel == .int8
+    for kernel in layer.forwardKernels {
+      layer.forwardKernel = kernel
       let y = try layer.forward(x, batch: batch, training: false)
       checks.append(
         KernelCheck(
@@ -106,8 +106,8 @@ public enum KernelSelfTest {
           maxError: maxError(Array(UnsafeBufferPointer(start: y, count: r.y.values.count)), r.y),
           tolerance: exact ? 0 : float32Tolerance))
     }
-    // Backward after an fp32 forward (the int8 forward leaves the float operands to backward).
-    layer.exactInt8Forward = false
+    // Backward after an fp32 forward (the other forwards leave the float operands to backward).
+    layer.forwardKernel = .fp32
     _ = try layer.forward(x, batch: batch, training: false)
     store.zeroGradients()
     let dx = try layer.backward(dy, batch: batch, needInputGradient: true)!

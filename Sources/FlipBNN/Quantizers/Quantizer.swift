@@ -25,6 +25,9 @@ public protocol Quantizer: AnyObject {
   /// Whether every output is a small integer (±1, {0, 1}, {−1, 0, 1}), so a GEMM between two
   /// such tensors is exact in int8.
   var hasIntegerLevels: Bool { get }
+  /// Whether every output is exactly −1 or +1 (the sign quantizers), so a product of two such
+  /// tensors can run as XNOR and popcount over their sign bits.
+  var hasSignLevels: Bool { get }
   /// The bound when the pseudo-gradient is the clipped straight-through estimator
   /// `dx = dy · 1[|x| ≤ bound]` (`.infinity` when it passes everything); nil for any other
   /// pseudo-gradient. Where every `|x|` is within it, backward is the identity and can be skipped.
@@ -40,6 +43,7 @@ public protocol Quantizer: AnyObject {
 extension Quantizer {
   public var isElementwise: Bool { true }
   public var hasIntegerLevels: Bool { false }
+  public var hasSignLevels: Bool { false }
   public var straightThroughBound: Float? { nil }
 
   public func forwardKernelChunk(

@@ -6,6 +6,7 @@ import Foundation
 /// pseudo-gradient `dx = dy · 1[|x| ≤ clip_value]` (inclusive; `clip_value = nil` passes all).
 public final class SteSign: Quantizer {
   public var hasIntegerLevels: Bool { true }
+  public var hasSignLevels: Bool { true }
   public let name = "ste_sign"
   public let precision: Int? = 1
   public let clipValue: Float?
@@ -63,6 +64,7 @@ public final class SteSign: Quantizer {
 /// forward `q(x) = sign(x)`; pseudo-gradient `dx = dy · max(0, 2 − 2|x|)`.
 public final class ApproxSign: Quantizer {
   public var hasIntegerLevels: Bool { true }
+  public var hasSignLevels: Bool { true }
   public let name = "approx_sign"
   public let precision: Int? = 1
   public init() {}
@@ -84,6 +86,7 @@ public final class ApproxSign: Quantizer {
 /// pseudo-gradient `dx = dy · β(2 − βx·tanh(βx/2)) / (1 + cosh(βx))`.
 public final class SwishSign: Quantizer {
   public var hasIntegerLevels: Bool { true }
+  public var hasSignLevels: Bool { true }
   public let name = "swish_sign"
   public let precision: Int? = 1
   public let beta: Float
