@@ -135,7 +135,8 @@ struct BenchCommand: ParsableCommand {
       let imagesPerSecond = Double(steps * batchSize) / seconds
       let f32 = GEMMProfiler.float32
       let i8 = GEMMProfiler.int8
-      let gemmShare = Double(f32.nanoseconds + i8.nanoseconds) / 1e9 / seconds
+      let xnor = GEMMProfiler.xnor
+      let gemmShare = Double(f32.nanoseconds + i8.nanoseconds + xnor.nanoseconds) / 1e9 / seconds
       let name = config.model
       guard communicator.isRoot else { return }
       if json {
@@ -146,6 +147,7 @@ struct BenchCommand: ParsableCommand {
           "fp32_gemm_gflops_per_second": f32.rate, "int8_gemm_gops_per_second": i8.rate,
           "fp32_gemm_time_share": Double(f32.nanoseconds) / 1e9 / seconds,
           "int8_gemm_time_share": Double(i8.nanoseconds) / 1e9 / seconds, "gemm_time_share": gemmShare,
+          "xnor_gops_per_second": xnor.rate, "xnor_time_share": Double(xnor.nanoseconds) / 1e9 / seconds,
           "data_ms": split[0], "compute_ms": split[1], "communication_wait_ms": split[2], "optimizer_ms": split[3],
           "communication_alone_ms": split[4], "hidden_fraction": hidden, "imbalance_wait_ms": split[5],
           "sharded_optimizer": shardOptimizer && communicator.size > 1, "bucket_mb": bucketMb,
@@ -166,9 +168,10 @@ struct BenchCommand: ParsableCommand {
         print(
           String(
             format:
-              "GEMMs: fp32 %.1f GFLOP/s over %d calls (%.0f %% of the step), exact int8 %.1f GOP/s over %d calls (%.0f %%)",
+              "GEMMs: fp32 %.1f GFLOP/s over %d calls (%.0f %% of the step), exact int8 %.1f GOP/s over %d calls (%.0f %%), XNOR %.1f GOP/s over %d calls (%.0f %%)",
             f32.rate, f32.calls, Double(f32.nanoseconds) / 1e9 / seconds * 100, i8.rate, i8.calls,
-            Double(i8.nanoseconds) / 1e9 / seconds * 100))
+            Double(i8.nanoseconds) / 1e9 / seconds * 100, xnor.rate, xnor.calls,
+            Double(xnor.nanoseconds) / 1e9 / seconds * 100))
         print(
           String(
             format:

@@ -83,16 +83,19 @@ public enum GEMMProfiler {
     /// Multiply-adds counted as 2 operations.
     public var operations: Double = 0
     public var calls = 0
-    /// Giga-operations per second (GFLOP/s for fp32, GOP/s for int8).
+    /// Giga-operations per second (GFLOP/s for fp32, GOP/s for int8 and XNOR).
     public var rate: Double { nanoseconds == 0 ? 0 : operations / Double(nanoseconds) }
   }
   nonisolated(unsafe) public static var enabled = false
   nonisolated(unsafe) public static var float32 = Totals()
   nonisolated(unsafe) public static var int8 = Totals()
+  /// XNOR–popcount products (`XNORProduct`), one multiply-add per bit pair.
+  nonisolated(unsafe) public static var xnor = Totals()
 
   public static func reset() {
     float32 = Totals()
     int8 = Totals()
+    xnor = Totals()
   }
 
   @usableFromInline

@@ -1,4 +1,5 @@
 import CDNNL
+import Dispatch
 import FlipXNOR
 
 // Legend: R rows (batch), L reduction length (input units), N outputs (units), W words per
@@ -84,6 +85,12 @@ public final class XNORProduct {
     _ x: UnsafePointer<Float>, rows: Int, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>
   ) {
     precondition(rows <= capacity, "XNORProduct.run: \(rows) rows, allocated for \(capacity)")
+    let start = GEMMProfiler.enabled ? DispatchTime.now().uptimeNanoseconds : 0
+    defer {
+      if GEMMProfiler.enabled {
+        GEMMProfiler.record(&GEMMProfiler.xnor, since: start, m: rows, n: outputs, k: length)
+      }
+    }
     let (l, n, k) = (length, outputs, words)
     let a = inputBits!
     let b = UnsafePointer(kernelBits)
