@@ -15,7 +15,8 @@ H.json    the same one-process bench at half the global batch: with B1 it splits
           of the batch (quantizing whole binary kernels, counting flips, the int8 copy):
           fixed = 2*compute(B/2) - compute(B), at least 0. Without it, fixed = 0.
 B2.json   `flip bench --json` of the same model on the hosts (any --wire): the measured points
-          the model is checked against (ranks, wire, ms_per_step, hidden_fraction).
+          the model is checked against (ranks, wire, ms_per_step, hidden_fraction, and
+          imbalance_wait_ms over compute_ms for the stragglers' share).
 
 Strong scaling at a fixed global batch B over N nodes, one rank per node:
     compute(N)   = (compute_ms - fixed) / N + fixed + optimizer_ms / N
@@ -25,16 +26,38 @@ Strong scaling at a fixed global batch B over N nodes, one rank per node:
     sent_rs(N)   = (N-1)/N * P * g                      g = 4 bytes (fp32) or 2 (bf16)
     sent_ag(N)   = (N-1)/N * (P_sign/8 + 4*(P - P_sign))   compact; (N-1)/N * 4P on fp32
     comm(N)      = rs.alpha*(N-1) + rs.beta*sent_rs + ag.alpha*(N-1) + ag.beta*sent_ag
-    step(N)      = compute(N) + comm(N) - min(h * comm(N), compute(N))
+    wait(N)      = s * compute(N) * e(N) / e(2)             waiting for the slowest rank: s is the
+                                                        wait over the compute measured on 2
+                                                        hosts for that wire (0 if none); e(N)
+                                                        the expected maximum of N standard
+                                                        normal draws (ranks whose step times
+                                                        jitter independently)
+    step(N)      = compute(N) + wait(N) + comm(N) - min(h * comm(N), compute(N))
                                                        h: the hidden fraction measured on
-                                                        2 hosts for that wire (0 if none);
+                                                        2 hosts for that wire (mean of the
+                                                        points; 0 if none);
                                                         no more hides than there is compute
     efficiency   = step(1) / (N * step(N))
 Prints the table and, for each measured point, the model's step time and its error.
 """
 import argparse
 import json
+import math
 import sys
+
+
+def expected_maximum(n):
+    """E[max of n standard normal draws], by the trapezoid rule over [-8, 8]."""
+    if n <= 1:
+        return 0.0
+    h = 1e-3
+    total = 0.0
+    for i in range(16001):
+        x = -8 + i * h
+        pdf = math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        cdf = 0.5 * (1 + math.erf(x / math.sqrt(2)))
+        total += (0.5 if i in (0, 16000) else 1.0) * x * n * pdf * cdf ** (n - 1)
+    return total * h
 
 
 def load(path):
@@ -75,7 +98,17 @@ def main():
     node = a.node_compute_ms if a.node_compute_ms else measured_node
     # The per-step part scales with the node's speed like the rest.
     fixed_share = fixed / measured_node
-    hidden = {m["wire"]: m["hidden_fraction"] for m in measured if m.get("ranks", 1) > 1}
+    # Per wire, the means over the measured 2-host points.
+    def mean_per_wire(value):
+        sums = {}
+        for m in measured:
+            if m.get("ranks", 1) == 2 and m.get("compute_ms", 0) > 0:
+                sums.setdefault(m.get("wire", "fp32"), []).append(value(m))
+        return {wire: sum(v) / len(v) for wire, v in sums.items()}
+
+    hidden = mean_per_wire(lambda m: m["hidden_fraction"])
+    straggling = mean_per_wire(lambda m: m.get("imbalance_wait_ms", 0.0) / m["compute_ms"])
+    e2 = expected_maximum(2)
 
     def comm(n, wire):
         if n == 1:
@@ -92,16 +125,20 @@ def main():
             return total
         return total * (1 - fixed_share) / n + total * fixed_share
 
+    def wait(n, wire, total):
+        return straggling.get(wire, 0.0) * compute(n, total) * expected_maximum(n) / e2 if n > 1 else 0.0
+
     def step(n, wire, total=node):
         # Communication hides behind the step's compute at most.
         c, m = compute(n, total), comm(n, wire)
-        return c + m - min(hidden.get(wire, 0.0) * m, c)
+        return c + wait(n, wire, total) + m - min(hidden.get(wire, 0.0) * m, c)
 
     nodes = [int(x) for x in a.nodes.split(",")]
     print(f"model: {single.get('model')}, global batch {B}, {P} variables ({P_sign} binary, as sign bits on the compact wire)")
     print(f"one node: {node:.1f} ms of compute and update per step, {node * fixed_share:.1f} ms of it repeated on every rank; links: " + ", ".join(
         f"{k} {f['alpha_ms']:.3f} ms/msg, {f['gbit_per_s']:.2f} Gbit/s" for k, f in fits.items()))
     print(f"hidden fraction of the communication (measured on 2 hosts): {hidden or 'none measured, 0'}")
+    print(f"waiting for the slowest rank over compute (measured on 2 hosts): {straggling or 'none measured, 0'}")
     print(f"{'nodes':>5}  {'fp32 ms':>9} {'eff':>5} {'img/s':>8}   {'compact ms':>10} {'eff':>5} {'img/s':>8}")
     rows = []
     for n in nodes:
