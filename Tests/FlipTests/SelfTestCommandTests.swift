@@ -81,7 +81,7 @@ struct SelfTestCommandTests {
     let dir = temporaryDirectory("flip-selftest")
     writeToyDataset(to: dir, train: 64, test: 16)
     try Self.binaryConvolution.write(toFile: dir + "/conv.yaml", atomically: true, encoding: .utf8)
-    for policy in ["auto", "fp32", "int8"] {
+    for policy in ["auto", "fp32", "int8", "xnor"] {
       let r = try runFlip([
         "train", "--config", dir + "/conv.yaml", "--data", dir, "--epochs", "1", "--batch-size", "16", "--threads", "1",
         "--out", dir + "/run-" + policy, "--binary-forward", policy,
@@ -92,7 +92,12 @@ struct SelfTestCommandTests {
       let lines = r.stderr.split(separator: "\n").filter { $0.contains("binary forward on oneDNN ISA") }
       #expect(lines.count == 3, "\(r.stderr)")
       #expect(lines.first?.contains("quant_conv2d: fp32") == true, "the first layer's input is not binary: \(lines)")
-      if policy != "auto" {
+      if policy == "xnor" {
+        // Only the dense layer has the XNOR kernel; the convolutions fall back to fp32.
+        let dense = lines.filter { $0.contains("quant_dense") }
+        #expect(dense.count == 1 && dense[0].contains(XNORProduct.isAvailable ? ": xnor (" : ": fp32 ("), "\(lines)")
+        #expect(lines.filter { $0.contains("quant_conv2d") }.allSatisfy { $0.contains(": fp32 (") }, "\(lines)")
+      } else if policy != "auto" {
         #expect(lines.dropFirst().allSatisfy { $0.contains(": \(policy) (") }, "\(lines)")
       } else {
         #expect(lines.dropFirst().allSatisfy { $0.contains("ms in fp32 vs") && $0.contains("ms in int8") }, "\(lines)")
