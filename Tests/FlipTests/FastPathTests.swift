@@ -347,6 +347,13 @@ struct FastPathTests {
     #expect(magnitude.forwardKernels == [.fp32] && magnitude.forwardKernel == .fp32)
     let real = try QuantDense(units: 4, inputShape: [8], kernelQuantizer: SteSign())
     #expect(real.forwardKernels == [.fp32] && real.forwardKernel == .fp32)
+    // Past 2²⁴ − 1 inputs a sum of ±1 terms may not be exact in fp32: only fp32 runs.
+    let longest = BinaryForwardKernel.maximumReduction
+    let atLimit = try QuantDense(units: 1, inputShape: [longest], inputQuantizer: SteSign(), kernelQuantizer: SteSign())
+    #expect(atLimit.forwardKernels.contains(.int8))
+    let tooLong = try QuantDense(
+      units: 1, inputShape: [longest + 1], inputQuantizer: SteSign(), kernelQuantizer: SteSign())
+    #expect(tooLong.forwardKernels == [.fp32])
   }
 
   /// A training step of a conv model (BatchNorm, pooling, quantizers, Adam) gives the same bits

@@ -7,6 +7,10 @@
 ///   quantizers both take the levels ±1, on CPUs with AVX2.
 public enum BinaryForwardKernel: String, Sendable, CaseIterable {
   case int8, fp32, xnor
+
+  /// The longest reduction (input units, or a convolution's patch) for which the kernels agree:
+  /// a sum of up to 2²⁴ − 1 terms of magnitude 1 is an integer that fp32 holds exactly.
+  public static let maximumReduction = 1 << 24 - 1
 }
 
 /// How `Model.chooseBinaryForward` picks each exact layer's forward kernel: `auto` times

@@ -103,7 +103,8 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     self.name = type
     kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: geometry.patchSize, channels: filters)
     let exact =
-      inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
+      geometry.patchSize <= BinaryForwardKernel.maximumReduction
+      && inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
       && (padding == .valid || (padValue == padValue.rounded() && abs(padValue) <= 127))
     forwardKernel = exact ? .int8 : .fp32
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil

@@ -81,8 +81,9 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     self.typeName = typeName ?? ((inputQuantizer == nil && kernelQuantizer == nil) ? "dense" : "quant_dense")
     self.name = self.typeName
     kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: inputShape[0], channels: units)
-    let exact = inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
-    let signs = inputQuantizer?.hasSignLevels == true && kernelQuantizer?.hasSignLevels == true
+    let short = inputShape[0] <= BinaryForwardKernel.maximumReduction
+    let exact = short && inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
+    let signs = exact && inputQuantizer?.hasSignLevels == true && kernelQuantizer?.hasSignLevels == true
     let xnor = signs && XNORProduct.isAvailable
     forwardKernels = [.fp32] + (exact ? [.int8] : []) + (xnor ? [.xnor] : [])
     forwardKernel = exact ? .int8 : .fp32
