@@ -79,16 +79,21 @@ struct CompactCodec {
   /// Words of `segments` on the wire.
   static func words(_ segments: [Segment]) -> Int { segments.reduce(0) { $0 + $1.words } }
 
-  /// Adds `|x|` of the segment's elements to `sums` by output channel (`channels` of them,
-  /// the kernel's last axis; the kernel starts at `offset`).
-  private static func addChannelSums(
-    _ values: UnsafePointer<Float>, _ range: Range<Int>, offset: Int, channels: Int, into sums: UnsafeMutablePointer<Double>
+  /// Writes the sum of `|x|` of the segment's elements per output channel (`channels` of them,
+  /// the kernel's last axis; the kernel starts at `offset`) as `channels` Float64s at `sums`,
+  /// which need not be 8-byte aligned. Each channel's terms are added in index order.
+  private static func writeChannelSums(
+    _ values: UnsafePointer<Float>, _ range: Range<Int>, offset: Int, channels: Int, to sums: UnsafeMutableRawPointer
   ) {
-    var c = (range.lowerBound - offset) % channels
-    for i in range {
-      sums[c] += Double(abs(values[i]))
-      c += 1
-      if c == channels { c = 0 }
+    let first = (range.lowerBound - offset) % channels
+    for c in 0..<channels {
+      var sum = 0.0
+      var i = range.lowerBound + (c - first + channels) % channels
+      while i < range.upperBound {
+        sum += Double(abs(values[i]))
+        i += channels
+      }
+      sums.storeBytes(of: sum, toByteOffset: 8 * c, as: Double.self)
     }
   }
 
@@ -109,12 +114,8 @@ struct CompactCodec {
       case .channelSign(_, let offset, let channels):
         encodeSigns(x, count: s.range.count, into: w)
         if channelSums {
-          // The words after the signs need not be 8-byte aligned: sum apart, then copy.
-          let sums = UnsafeMutablePointer<Double>.allocate(capacity: channels)
-          sums.initialize(repeating: 0, count: channels)
-          addChannelSums(values, s.range, offset: offset, channels: channels, into: sums)
-          UnsafeMutableRawPointer(w + s.valueWords).copyMemory(from: sums, byteCount: 8 * channels)
-          sums.deallocate()
+          writeChannelSums(
+            values, s.range, offset: offset, channels: channels, to: UnsafeMutableRawPointer(w + s.valueWords))
         }
       }
       w += s.words
