@@ -38,7 +38,8 @@ public final class XNORProduct {
   private var inputBits: UnsafeMutablePointer<UInt64>?
   private var capacity = 0
 
-  /// Rows of 64 kernel rows per chunk of the kernel pass, and batch rows per chunk of the product.
+  /// Blocks of 64 kernel rows per chunk of the kernel packing, and batch rows per chunk of the
+  /// product (fixed sizes: the work splits the same way on any number of threads).
   static let blocksPerChunk = 4
   static let rowsPerChunk = 16
 
