@@ -57,9 +57,9 @@ struct EvaluateCommand: ParsableCommand {
       try ModelFile.load(tensors, into: model, path: path, metadata: metadata)
       try model.checkBatchFits(batchSize)
       model.allocate(maxBatch: batchSize)
-      for choice in try model.chooseBinaryForward(batch: batchSize, policy: compute.binaryForward) {
-        logger.debug("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")
-      }
+      let choices = try model.chooseBinaryForward(batch: batchSize, policy: compute.binaryForward)
+      for choice in choices { logger.debug("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)") }
+      if let warning = compute.binaryForward.unusedWarning(choices) { logger.warning("\(warning)") }
       let (loss, accuracy) = try evaluateModel(model, on: splits.test, communicator: communicator, batch: batchSize)
       if communicator.isRoot {
         print(
@@ -81,7 +81,9 @@ struct SummaryCommand: ParsableCommand {
   var inputShape: [Int] = []
   @Flag(
     name: .long,
-    help: "Print the model's run config as YAML (every layer written out: a preset as a config file to start from) instead of the table.")
+    help:
+      "Print the model's run config as YAML (every layer written out: a preset as a config file to start from) instead of the table."
+  )
   var printConfig = false
 
   func run() throws {

@@ -450,6 +450,7 @@ struct TrainCommand: ParsableCommand {
     for choice in trainer.binaryForwardChoices {
       logger.info("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")
     }
+    if let warning = compute.binaryForward.unusedWarning(trainer.binaryForwardChoices) { logger.warning("\(warning)") }
     logger.info(
       "model \(config.model): \(model.store.parameterCount) trainable parameters; \(trainer.sampler.stepsPerEpoch) steps per epoch of global batch \(config.batchSize)"
     )

@@ -334,6 +334,25 @@ struct FastPathTests {
     #expect(outputs.allSatisfy { $0 == outputs[0] })
   }
 
+  /// A forced kernel no layer has is named in a warning with the reason; otherwise no warning.
+  @Test func aForcedKernelNoLayerHasIsWarnedAbout() throws {
+    let mlp = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 1)
+    mlp.allocate(maxBatch: 4)
+    let xnor = try mlp.chooseBinaryForward(batch: 4, policy: .xnor)
+    #expect(BinaryForwardPolicy.xnor.unusedWarning(xnor) == nil || !XNORProduct.isAvailable)
+    for policy in [BinaryForwardPolicy.auto, .fp32, .int8] {
+      #expect(policy.unusedWarning(try mlp.chooseBinaryForward(batch: 4, policy: policy, repeats: 1)) == nil)
+    }
+    // Real-valued inputs everywhere: no layer has int8 or XNOR.
+    let real = try Model(specs: ModelPreset.binarynetMLP.layers.realValued(), inputShape: [28, 28, 1], seed: 1)
+    real.allocate(maxBatch: 4)
+    let int8 = BinaryForwardPolicy.int8.unusedWarning(try real.chooseBinaryForward(batch: 4, policy: .int8), isa: "avx2")
+    #expect(int8?.contains("--binary-forward int8: no layer can run it") == true, "\(int8 ?? "nil")")
+    #expect(int8?.contains("integer levels") == true && int8?.contains("every layer runs fp32") == true)
+    let none = BinaryForwardPolicy.xnor.unusedWarning(try real.chooseBinaryForward(batch: 4, policy: .xnor), isa: "sse41")
+    #expect(none?.contains("AVX2; oneDNN ISA here: sse41") == true, "\(none ?? "nil")")
+  }
+
   @Test func nonzeroPadValuesKeepIm2col() throws {
     let layer = try QuantConv2D(
       filters: 2, kernelSize: (3, 3), padding: .same, padValue: 1, inputShape: [5, 5, 1], inputQuantizer: SteSign(),

@@ -29,6 +29,21 @@ public struct BinaryForwardChoice: Sendable, CustomStringConvertible {
   }
 }
 
+extension BinaryForwardPolicy {
+  /// For a forced kernel (`int8`, `xnor`) that none of the layers has, so that all of them run
+  /// fp32: a warning that says why; nil otherwise.
+  public func unusedWarning(_ choices: [BinaryForwardChoice], isa: String = OneDNN.effectiveISA) -> String? {
+    guard let kernel = BinaryForwardKernel(rawValue: rawValue), kernel != .fp32 else { return nil }
+    guard !choices.contains(where: { $0.kernel == kernel }) else { return nil }
+    let need =
+      kernel == .int8
+      ? "a layer whose input and kernel quantizers both take integer levels (e.g. ste_sign on both)"
+      : "a dense layer whose input and kernel quantizers both output ±1 (ste_sign, approx_sign, swish_sign), on a CPU with AVX2"
+    return
+      "--binary-forward \(rawValue): no layer can run it (it needs \(need); oneDNN ISA here: \(isa)), so every layer runs fp32"
+  }
+}
+
 /// A fast kernel that disagrees with its reference (or with the other exact kernel).
 public struct KernelMismatch: Error, CustomStringConvertible, Equatable {
   public var kernel: String
