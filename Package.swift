@@ -19,7 +19,8 @@ let optimize: [SwiftSetting] = [.unsafeFlags(["-O", "-wmo"], .when(configuration
 // FlipXNOR (the XNOR-popcount product of ±1 matrices) is optimized in every configuration and,
 // on x86_64, compiled for Haswell (AVX2, POPCNT): its popcounts become AVX2 byte lookups, about
 // 2.4x faster than the baseline x86-64 code. FlipTensor calls it only after checking that the
-// CPU has AVX2 (`XNORProduct.isAvailable`), so the binary still runs on older CPUs.
+// CPU has every Haswell extension (CPUID) and oneDNN runs AVX2 (`XNORProduct.isAvailable`), so
+// the binary still runs on older CPUs.
 #if arch(x86_64)
   let bitKernels: [SwiftSetting] = [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
 #else
@@ -45,10 +46,12 @@ let package = Package(
     // Stop requests from signals (async-signal-safe handlers, polled at step boundaries).
     .target(name: "CSignals"),
 
+    // CPUID: the x86 features FlipXNOR's Haswell code may use.
+    .target(name: "CCPUFeatures"),
     // Packed sign bits and their XNOR-popcount product (called through FlipTensor only).
     .target(name: "FlipXNOR", swiftSettings: bitKernels),
     // Tensor core: buffers, GEMM and convolution through oneDNN, im2col, the XNOR product.
-    .target(name: "FlipTensor", dependencies: ["CDNNL", "FlipXNOR"], swiftSettings: optimize),
+    .target(name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"], swiftSettings: optimize),
     // BNN library: quantizers, layers, constraints, models, optimizers, schedules, summary.
     .target(name: "FlipBNN", dependencies: ["FlipTensor"], swiftSettings: optimize),
     // Communication: the Communicator protocol and its implementations.
@@ -77,7 +80,7 @@ let package = Package(
     .executableTarget(name: "flip-fuzz", dependencies: ["FlipTraining"]),
     .testTarget(
       name: "FlipTests",
-      dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm", "FlipXNOR"]),
+      dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm", "FlipXNOR", "CCPUFeatures"]),
   ],
   swiftLanguageModes: [.v5]
 )

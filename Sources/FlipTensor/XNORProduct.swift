@@ -1,3 +1,4 @@
+import CCPUFeatures
 import CDNNL
 import Dispatch
 import FlipXNOR
@@ -8,23 +9,32 @@ import FlipXNOR
 /// The forward product of a dense layer whose input and kernel both take the levels ±1, as
 /// XNOR and popcount over sign bits packed 64 to a word: `y = L − 2·popcount(x ⊕ w) (+ b)`.
 ///
-/// Every result is an integer, so it equals the fp32 and int8 GEMMs of the same values bit for
-/// bit (tested), while reading 1/32 of fp32's operand bytes. On an AMD EPYC (Zen 3, AVX2), one
+/// Every dot product is an integer (the bias is added once, as after a GEMM), so the result
+/// equals the fp32 and int8 GEMMs of the same values bit for bit (tested); the product reads
+/// 1/32 of fp32's operand bytes, after packing the input and the kernel on every forward. On an AMD EPYC (Zen 3, AVX2), one
 /// thread, a 512 × 1024 × 1024 product takes 2.5–3.1 ms; oneDNN's int8 GEMM runs the same shape
 /// at about 120 GOP/s, 9 ms.
 public final class XNORProduct {
-  /// Whether the kernels can run here. On x86_64 `FlipXNOR` is compiled for Haswell (AVX2,
-  /// POPCNT), so it runs only where oneDNN dispatches to AVX2 or later; with
-  /// `ONEDNN_MAX_CPU_ISA` below AVX2 (an older CPU, or a test of one) this is false and layers
-  /// keep their int8 and fp32 forwards.
+  /// Whether the kernels can run here. On x86_64 `FlipXNOR` is compiled for Haswell, whose code
+  /// may use AVX2, FMA, F16C, MOVBE, POPCNT, BMI1, BMI2 and LZCNT: it runs only where CPUID
+  /// reports all of them and oneDNN dispatches to AVX2 or later (so the OS saves the AVX
+  /// registers). With `ONEDNN_MAX_CPU_ISA` below AVX2 (an older CPU, or a test of one) this is
+  /// false and layers keep their int8 and fp32 forwards.
   public static let isAvailable: Bool = {
     #if arch(x86_64)
       let avx2 = dnnl_cpu_isa_avx2.rawValue
-      return dnnl_get_effective_cpu_isa().rawValue & avx2 == avx2
+      return dnnl_get_effective_cpu_isa().rawValue & avx2 == avx2 && flip_cpu_has_haswell_features() == 1
     #else
       return true
     #endif
   }()
+
+  /// The name the forward-kernel choice logs.
+  #if arch(x86_64)
+    public static let implementation = "Flip XNOR-popcount (AVX2)"
+  #else
+    public static let implementation = "Flip XNOR-popcount"
+  #endif
 
   public let length: Int, outputs: Int
   /// 64-bit words per packed row (a multiple of 4).

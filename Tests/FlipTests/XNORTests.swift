@@ -1,3 +1,4 @@
+import CCPUFeatures
 import FlipTensor
 import FlipXNOR
 import Testing
@@ -13,11 +14,15 @@ struct XNORTests {
     return (0..<n).map { _ in g.nextUnitFloat() < 0.5 ? -1 : 1 }
   }
 
-  /// The kernels need AVX2: where oneDNN runs below it (a cap such as SSE41), they are off.
-  @Test func availabilityFollowsTheISA() {
+  /// The kernels need AVX2 and the other Haswell extensions: where oneDNN runs below AVX2 (a
+  /// cap such as SSE41) or the CPU lacks one, they are off. CPUID agrees with /proc/cpuinfo.
+  @Test func availabilityFollowsTheISAAndTheCPU() {
     #if arch(x86_64)
+      let haswell = ["avx", "avx2", "fma", "f16c", "movbe", "popcnt", "bmi1", "bmi2", "abm"]
+      let missing = haswell.filter { !CPUFeatures.current.flags.contains($0) }
+      #expect((flip_cpu_has_haswell_features() == 1) == missing.isEmpty, "missing \(missing)")
       let belowAVX2 = ["sse41", "avx"].contains(OneDNN.effectiveISA)
-      #expect(XNORProduct.isAvailable == !belowAVX2, "ISA \(OneDNN.effectiveISA)")
+      #expect(XNORProduct.isAvailable == (!belowAVX2 && missing.isEmpty), "ISA \(OneDNN.effectiveISA)")
     #else
       #expect(XNORProduct.isAvailable)
     #endif
