@@ -28,7 +28,8 @@ Strong scaling at a fixed global batch B over N nodes, one rank per node:
     comm(N)      = rs.alpha*(N-1) + rs.beta*sent_rs + ag.alpha*(N-1) + ag.beta*sent_ag
     wait(N)      = s * compute(N) * e(N) / e(2)             waiting for the slowest rank: s is the
                                                         wait over the compute measured on 2
-                                                        hosts for that wire (0 if none); e(N)
+                                                        hosts for that wire (the other wire's
+                                                        if it has none; 0 if neither); e(N)
                                                         the expected maximum of N standard
                                                         normal draws (ranks whose step times
                                                         jitter independently)
@@ -98,16 +99,24 @@ def main():
     node = a.node_compute_ms if a.node_compute_ms else measured_node
     # The per-step part scales with the node's speed like the rest.
     fixed_share = fixed / measured_node
-    # Per wire, the means over the measured 2-host points.
-    def mean_per_wire(value):
+    # Per wire, the means over the measured multi-rank points (the straggler share over the
+    # 2-rank points that carry their compute time).
+    def mean_per_wire(value, keep):
         sums = {}
         for m in measured:
-            if m.get("ranks", 1) == 2 and m.get("compute_ms", 0) > 0:
+            if keep(m):
                 sums.setdefault(m.get("wire", "fp32"), []).append(value(m))
         return {wire: sum(v) / len(v) for wire, v in sums.items()}
 
-    hidden = mean_per_wire(lambda m: m["hidden_fraction"])
-    straggling = mean_per_wire(lambda m: m.get("imbalance_wait_ms", 0.0) / m["compute_ms"])
+    hidden = mean_per_wire(lambda m: m["hidden_fraction"], lambda m: m.get("ranks", 1) > 1)
+    straggling = mean_per_wire(
+        lambda m: m.get("imbalance_wait_ms", 0.0) / m["compute_ms"],
+        lambda m: m.get("ranks", 1) == 2 and m.get("compute_ms", 0) > 0)
+    # Stragglers do not depend on the wire: a wire with no 2-rank point takes the others' mean.
+    if straggling:
+        overall = sum(straggling.values()) / len(straggling)
+        for wire in ("fp32", "compact"):
+            straggling.setdefault(wire, overall)
     e2 = expected_maximum(2)
 
     def comm(n, wire):

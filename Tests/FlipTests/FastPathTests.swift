@@ -366,13 +366,13 @@ struct FastPathTests {
     #expect(magnitude.forwardKernels == [.fp32] && magnitude.forwardKernel == .fp32)
     let real = try QuantDense(units: 4, inputShape: [8], kernelQuantizer: SteSign())
     #expect(real.forwardKernels == [.fp32] && real.forwardKernel == .fp32)
-    // Past 2²⁴ − 1 inputs a sum of ±1 terms may not be exact in fp32: only fp32 runs.
+    // Past sums of magnitude 2²⁴ − 1 fp32 may round, so only fp32 runs: ±1 terms, and a padded
+    // convolution's pad value of up to 127.
     let longest = BinaryForwardKernel.maximumReduction
-    let atLimit = try QuantDense(units: 1, inputShape: [longest], inputQuantizer: SteSign(), kernelQuantizer: SteSign())
-    #expect(atLimit.forwardKernels.contains(.int8))
-    let tooLong = try QuantDense(
-      units: 1, inputShape: [longest + 1], inputQuantizer: SteSign(), kernelQuantizer: SteSign())
-    #expect(tooLong.forwardKernels == [.fp32])
+    #expect(BinaryForwardKernel.sumsAreExact(terms: longest) && !BinaryForwardKernel.sumsAreExact(terms: longest + 1))
+    #expect(BinaryForwardKernel.sumsAreExact(terms: longest / 127, largestTerm: 127))
+    #expect(!BinaryForwardKernel.sumsAreExact(terms: longest / 127 + 1, largestTerm: 127))
+    #expect(!BinaryForwardKernel.sumsAreExact(terms: Int.max, largestTerm: 2))
   }
 
   /// A training step of a conv model (BatchNorm, pooling, quantizers, Adam) gives the same bits

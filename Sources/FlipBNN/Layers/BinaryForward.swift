@@ -4,13 +4,21 @@
 /// - `fp32`: oneDNN's fp32 GEMM or convolution (every layer has it);
 /// - `int8`: int8 × int8 → int32 in oneDNN;
 /// - `xnor`: XNOR and popcount over packed sign bits (`XNORProduct`), for dense layers whose
-///   quantizers both take the levels ±1, on CPUs with AVX2.
+///   quantizers both take the levels ±1 (on x86_64, CPUs with AVX2 and the other Haswell
+///   extensions).
 public enum BinaryForwardKernel: String, Sendable, CaseIterable {
   case int8, fp32, xnor
 
-  /// The longest reduction (input units, or a convolution's patch) for which the kernels agree:
-  /// a sum of up to 2²⁴ − 1 terms of magnitude 1 is an integer that fp32 holds exactly.
+  /// The largest magnitude a sum may reach for the kernels to agree: fp32 holds every integer
+  /// up to 2²⁴ exactly, so any order of adding the terms gives the same bits.
   public static let maximumReduction = 1 << 24 - 1
+
+  /// Whether a sum of `terms` integers of magnitude at most `largestTerm` (1 for ±1 products; a
+  /// padded convolution's pad value may be larger) stays within `maximumReduction`.
+  public static func sumsAreExact(terms: Int, largestTerm: Int = 1) -> Bool {
+    let (product, overflow) = terms.multipliedReportingOverflow(by: max(1, largestTerm))
+    return !overflow && product <= maximumReduction
+  }
 }
 
 /// How `Model.chooseBinaryForward` picks each exact layer's forward kernel: `auto` times
@@ -23,7 +31,7 @@ public enum BinaryForwardPolicy: String, Sendable, CaseIterable {
 /// A layer whose forward product can run in more than one exact kernel (QuantDense, QuantConv2D).
 public protocol ExactBinaryForward: Layer {
   /// The kernels this layer's forward can run: always `.fp32`, `.int8` where both quantizers
-  /// take integer levels, `.xnor` where they take ±1 (dense layers on CPUs with AVX2).
+  /// take integer levels, `.xnor` where they take ±1 (dense layers, where `XNORProduct` runs).
   var forwardKernels: [BinaryForwardKernel] { get }
   /// The kernel the forward runs (one of `forwardKernels`).
   var forwardKernel: BinaryForwardKernel { get set }

@@ -102,10 +102,13 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     self.typeName = type
     self.name = type
     kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: geometry.patchSize, channels: filters)
+    // int8 holds the pad value when it is an integer of magnitude at most 127; a padded position
+    // then contributes padValue · w, so sums may grow up to that many times faster.
+    let padFits = padding == .valid || (padValue == padValue.rounded() && abs(padValue) <= 127)
+    let largestTerm = padding == .valid || !padFits ? 1 : max(1, Int(abs(padValue)))
     let exact =
-      geometry.patchSize <= BinaryForwardKernel.maximumReduction
+      padFits && BinaryForwardKernel.sumsAreExact(terms: geometry.patchSize, largestTerm: largestTerm)
       && inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
-      && (padding == .valid || (padValue == padValue.rounded() && abs(padValue) <= 127))
     forwardKernel = exact ? .int8 : .fp32
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
     if exact { kernel.makeInt8Copy() }

@@ -35,7 +35,7 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     switch forwardKernel {
     case .int8: "dnnl_gemm_s8s8s32"
     case .fp32: "dnnl_sgemm"
-    case .xnor: "Flip XNOR-popcount (AVX2)"
+    case .xnor: XNORProduct.implementation
     }
   }
 
@@ -81,7 +81,7 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     self.typeName = typeName ?? ((inputQuantizer == nil && kernelQuantizer == nil) ? "dense" : "quant_dense")
     self.name = self.typeName
     kernel = QuantizedKernel(quantizer: kernelQuantizer, rows: inputShape[0], channels: units)
-    let short = inputShape[0] <= BinaryForwardKernel.maximumReduction
+    let short = BinaryForwardKernel.sumsAreExact(terms: inputShape[0])
     let exact = short && inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
     let signs = exact && inputQuantizer?.hasSignLevels == true && kernelQuantizer?.hasSignLevels == true
     let xnor = signs && XNORProduct.isAvailable

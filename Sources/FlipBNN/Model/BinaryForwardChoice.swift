@@ -63,11 +63,12 @@ extension Model {
   /// shape, in turn, `repeats` times after one untimed run of each (oneDNN compiles its kernels
   /// on first use), and keeps the fastest: no kernel is fastest everywhere (measured on an
   /// AVX2 CPU: int8 is 2–3× faster than fp32 for binary convolutions and slower for small dense
-  /// layers; XNOR's whole forward of binarynet-mlp's 1024-unit dense layers is 2.5× int8's). All kernels give
-  /// the same bits, so the choice never changes results, and each layer's outputs are compared:
-  /// a difference is thrown as a `KernelMismatch`. A forced kernel runs where the layer has it,
-  /// fp32 elsewhere. Call after `allocate(maxBatch:)`; the layers' buffers are overwritten
-  /// (before training, or between steps).
+  /// layers; XNOR runs the whole forward of binarynet-mlp's 1024-unit dense layers 2.5× faster
+  /// than int8). All kernels give the same bits, so the choice never changes results, and each
+  /// layer's outputs are compared: a difference is thrown as a `KernelMismatch`, with the layer
+  /// left on fp32. A forced kernel runs where the layer has it, fp32 elsewhere. Call after
+  /// `allocate(maxBatch:)`; the layers' buffers are overwritten (before training, or between
+  /// steps).
   @discardableResult
   public func chooseBinaryForward(batch: Int, policy: BinaryForwardPolicy, repeats: Int = 3) throws
     -> [BinaryForwardChoice]
@@ -109,9 +110,11 @@ extension Model {
           let a = outputs[kernel]!
           if let i = a.indices.first(where: { a[$0] != reference[$0] }) {
             layer.forwardKernel = kernel
+            let implementation = try layer.forwardImplementation(batch: batch)
+            // A caller that goes on after the error must not run the wrong kernel.
+            layer.forwardKernel = .fp32
             throw KernelMismatch(
-              kernel: "\(kernel.rawValue) forward", layer: layer.name,
-              implementation: try layer.forwardImplementation(batch: batch),
+              kernel: "\(kernel.rawValue) forward", layer: layer.name, implementation: implementation,
               detail:
                 "output \(i) of \(a.count) is \(a[i]) in \(kernel.rawValue) and \(reference[i]) in fp32 at batch \(batch)"
             )

@@ -81,19 +81,17 @@ struct CompactCodec {
 
   /// Writes the sum of `|x|` of the segment's elements per output channel (`channels` of them,
   /// the kernel's last axis; the kernel starts at `offset`) as `channels` Float64s at `sums`,
-  /// which need not be 8-byte aligned. Each channel's terms are added in index order.
+  /// which need not be 8-byte aligned: one pass in index order, adding into the words.
   private static func writeChannelSums(
     _ values: UnsafePointer<Float>, _ range: Range<Int>, offset: Int, channels: Int, to sums: UnsafeMutableRawPointer
   ) {
-    let first = (range.lowerBound - offset) % channels
-    for c in 0..<channels {
-      var sum = 0.0
-      var i = range.lowerBound + (c - first + channels) % channels
-      while i < range.upperBound {
-        sum += Double(abs(values[i]))
-        i += channels
-      }
+    for c in 0..<channels { sums.storeBytes(of: 0.0, toByteOffset: 8 * c, as: Double.self) }
+    var c = (range.lowerBound - offset) % channels
+    for i in range {
+      let sum = sums.loadUnaligned(fromByteOffset: 8 * c, as: Double.self) + Double(abs(values[i]))
       sums.storeBytes(of: sum, toByteOffset: 8 * c, as: Double.self)
+      c += 1
+      if c == channels { c = 0 }
     }
   }
 
