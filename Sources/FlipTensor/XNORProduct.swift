@@ -11,9 +11,9 @@ import FlipXNOR
 ///
 /// Every dot product is an integer (the bias is added once, as after a GEMM), so the result
 /// equals the fp32 and int8 GEMMs of the same values bit for bit (tested); the product reads
-/// 1/32 of fp32's operand bytes, after packing the input and the kernel on every forward. On an AMD EPYC (Zen 3, AVX2), one
-/// thread, a 512 × 1024 × 1024 product takes 2.5–3.1 ms; oneDNN's int8 GEMM runs the same shape
-/// at about 120 GOP/s, 9 ms.
+/// 1/32 of fp32's operand bytes, after packing the input and the kernel on every forward. On an
+/// AMD EPYC (Zen 3, AVX2), one thread, a 512 × 1024 × 1024 product takes 2.5–3.1 ms; oneDNN's
+/// int8 GEMM runs the same shape at about 120 GOP/s, 9 ms.
 public final class XNORProduct {
   /// Whether the kernels can run here. On x86_64 `FlipXNOR` is compiled for Haswell, whose code
   /// may use AVX2, FMA, F16C, MOVBE, POPCNT, BMI1, BMI2 and LZCNT: it runs only where CPUID
@@ -41,9 +41,8 @@ public final class XNORProduct {
   public let words: Int
   /// (N, W) the kernel's columns; padding words stay zero.
   private let kernelBits: UnsafeMutablePointer<UInt64>
-  /// (T, N) one row of scratch per block of the kernel pass.
+  /// (T, N) one row of scratch per chunk of the kernel packing.
   private let scratch: UnsafeMutablePointer<UInt64>
-  private let scratchRows: Int
   /// (R, W) the packed input.
   private var inputBits: UnsafeMutablePointer<UInt64>?
   private var capacity = 0
@@ -54,16 +53,16 @@ public final class XNORProduct {
   static let rowsPerChunk = 16
 
   public init(length: Int, outputs: Int) {
-    precondition(Self.isAvailable, "XNORProduct needs AVX2 (check XNORProduct.isAvailable)")
+    precondition(Self.isAvailable, "XNORProduct needs AVX2 and Haswell's extensions (check XNORProduct.isAvailable)")
     precondition(length > 0 && outputs > 0, "XNORProduct: empty product")
     self.length = length
     self.outputs = outputs
     words = (length + 255) / 256 * 4
     kernelBits = .allocate(capacity: outputs * words)
     kernelBits.initialize(repeating: 0, count: outputs * words)
-    scratchRows = Parallel.chunkCount(count: (length + 63) / 64, grain: Self.blocksPerChunk)
-    scratch = .allocate(capacity: scratchRows * outputs)
-    scratch.initialize(repeating: 0, count: scratchRows * outputs)
+    let chunks = Parallel.chunkCount(count: (length + 63) / 64, grain: Self.blocksPerChunk)
+    scratch = .allocate(capacity: chunks * outputs)
+    scratch.initialize(repeating: 0, count: chunks * outputs)
   }
 
   deinit {

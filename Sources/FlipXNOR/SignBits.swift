@@ -21,12 +21,10 @@ public enum SignBits {
     for r in rows {
       let source = x + r * length
       let row = into + r * words
-      for k in 0..<full { row[k] = pack64(source + 64 * k) }
+      for k in 0..<full { row[k] = pack(source + 64 * k, count: 64) }
       var k = full
       if length % 64 != 0 {
-        var word: UInt64 = 0
-        for j in 0..<(length - 64 * full) { word |= UInt64(source[64 * full + j].bitPattern >> 31) << UInt64(j) }
-        row[k] = word
+        row[k] = pack(source + 64 * full, count: length - 64 * full)
         k += 1
       }
       while k < words {
@@ -36,10 +34,11 @@ public enum SignBits {
     }
   }
 
+  /// The sign bits of `count` (at most 64) values, bit j for `x[j]`.
   @inline(__always)
-  static func pack64(_ x: UnsafePointer<Float>) -> UInt64 {
+  static func pack(_ x: UnsafePointer<Float>, count: Int) -> UInt64 {
     var word: UInt64 = 0
-    for j in 0..<64 { word |= UInt64(x[j].bitPattern >> 31) << UInt64(j) }
+    for j in 0..<count { word |= UInt64(x[j].bitPattern >> 31) << UInt64(j) }
     return word
   }
 
