@@ -37,6 +37,8 @@ final class ShardedExchange: GradientExchange {
   /// the first, when every rank holds all latent weights).
   private let channelKernelBuckets: [Int]
   private var channelScales: [[Float]]
+  /// Scratch for each channel-mean kernel's gathered sums.
+  private var channelTotals: [[Double]]
   private var channelScalesSet = false
   /// The step in flight: each started bucket's reduce-scatter request, and how many buckets
   /// (in order) have been updated and their all-gathers started.
@@ -69,6 +71,7 @@ final class ShardedExchange: GradientExchange {
         layout.buckets.firstIndex { $0.range.lowerBound <= k.range.lowerBound && k.range.upperBound <= $0.range.upperBound }!
       }
       channelScales = codec.channelKernels.map { [Float](repeating: 0, count: $0.channels) }
+      channelTotals = codec.channelKernels.map { [Double](repeating: 0, count: $0.channels) }
       segments = layout.buckets.indices.map { b in
         layout.parts(of: b).map { codec.segments(of: $0) }
       }
@@ -78,7 +81,7 @@ final class ShardedExchange: GradientExchange {
       signElements = codec.signRanges.reduce(0) { $0 + $1.range.count }
     } else {
       (codec, segments, wordCounts, wordOffsets, wordBuffers, signElements) = (nil, [], [], [], [], 0)
-      (channelKernelBuckets, channelScales) = ([], [])
+      (channelKernelBuckets, channelScales, channelTotals) = ([], [], [])
     }
   }
 
@@ -221,10 +224,11 @@ final class ShardedExchange: GradientExchange {
     guard let codec else { return }
     for (k, kernel) in codec.channelKernels.enumerated() {
       let b = channelKernelBuckets[k]
-      var totals = [Double](repeating: 0, count: kernel.channels)
-      codec.addChannelTotals(kernel: k, parts: segments[b], words: wordBuffers[b], offsets: wordOffsets[b], into: &totals)
+      for c in 0..<kernel.channels { channelTotals[k][c] = 0 }
+      codec.addChannelTotals(
+        kernel: k, parts: segments[b], words: wordBuffers[b], offsets: wordOffsets[b], into: &channelTotals[k])
       let rows = Double(kernel.range.count / kernel.channels)
-      for c in 0..<kernel.channels { channelScales[k][c] = Float(totals[c] / rows) }
+      for c in 0..<kernel.channels { channelScales[k][c] = Float(channelTotals[k][c] / rows) }
       kernel.quantizer.scaleOverride = channelScales[k]
     }
     channelScalesSet = true
