@@ -115,7 +115,7 @@ struct BenchCommand: ParsableCommand {
       }
       GEMMProfiler.reset()
       GEMMProfiler.enabled = true
-      trainer.timing = StepTiming()
+      trainer.startTiming()
       try communicator.barrier()
       let start = DispatchTime.now().uptimeNanoseconds
       for _ in 0..<steps { try next() }
@@ -124,7 +124,7 @@ struct BenchCommand: ParsableCommand {
       try trainer.finishTimeline()
       // The step's time split, averaged over the ranks (ms per step), and the same
       // communication run alone, for the fraction of it that the step hides.
-      let t = trainer.timing
+      let t = try trainer.finishTiming()
       var split = [t.data, t.compute, t.communication, t.optimizer, t.imbalance].map {
         Double($0) / 1e6 / Double(steps)
       }

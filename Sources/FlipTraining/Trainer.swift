@@ -33,8 +33,9 @@ public struct TrainingOptions: Sendable {
   /// Test hooks: faults a rank injects into itself at the start of a step (set by the CLI
   /// from FLIP_TEST_FAULT), to test failure, kill and signal handling.
   public var injectedFaults: [InjectedFault] = []
-  /// Benchmarks: a barrier after backward, so `timing` tells waiting for a slower rank
-  /// (`imbalance`) from communicating (`communication`). Costs one barrier per step.
+  /// Benchmarks: record when each step's backward ends, so `finishTiming()` can tell waiting
+  /// for a slower rank (`imbalance`) from communicating (`communication`) without a barrier
+  /// (which would idle a faster rank that has bucket updates to make).
   public var measureImbalance = false
   /// How each exact binary layer's forward kernel is chosen (`auto`: the faster on this CPU).
   public var binaryForward = BinaryForwardPolicy.auto
@@ -88,8 +89,9 @@ public struct StepTiming: Sendable {
   /// The optimizer update with its constraint (sharded: including the bucket updates made
   /// during backward).
   public var optimizer: UInt64 = 0
-  /// With `TrainingOptions.measureImbalance`: waiting in a barrier after backward for the
-  /// slowest rank (otherwise this waiting is part of `communication`).
+  /// With `TrainingOptions.measureImbalance`, after `Trainer.finishTiming()`: the part of the
+  /// communication waits spent waiting for the slowest rank's backward (otherwise it is part of
+  /// `communication`).
   public var imbalance: UInt64 = 0
   public init() {}
 
@@ -152,12 +154,12 @@ public final class Trainer {
   public private(set) var stopRequest: StopRequest?
   /// Checkpoints: when to write them (nil: never).
   public var checkpointPolicy: CheckpointPolicy?
-  /// Time split of the steps since the last reset (see `StepTiming`).
-  public var timing: StepTiming {
-    get { timer.timing }
-    set { timer.timing = newValue }
-  }
+  /// Time split of the steps since `startTiming()` (see `StepTiming`).
+  public var timing: StepTiming { timer.timing }
   private let timer = StepTimer()
+  /// With `measureImbalance`: per step since `startTiming()`, nanoseconds from the step's start
+  /// to the end of its backward, and `timing.communication` at the step's end.
+  private var stepEnds: [(backward: Double, communication: UInt64)] = []
   /// How the ranks combine gradients and reach the same weights each step.
   public let exchange: GradientExchange
   /// Called with the global step number (1-based) before each step: tests inject faults here
@@ -263,6 +265,7 @@ public final class Trainer {
     let shard = sampler.shard(step: stepInEpoch)
     model.store.zeroGradients()
     timer.restart()
+    let start = DispatchTime.now().uptimeNanoseconds
     let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
     try exchange.beginStep(gradientScale: scale, clock: clock, timer: timer)
     var sums: (loss: Double, correct: Int) = (0, 0)
@@ -282,13 +285,37 @@ public final class Trainer {
       sums = (sums.loss + m.lossSum, sums.correct + m.correct)
       timer.lap(\.compute)
     }
-    if options.measureImbalance {
-      try communicator.barrier()
-      timer.lap(\.imbalance)
-    }
+    let backwardEnd = Double(DispatchTime.now().uptimeNanoseconds - start)
     try exchange.finishStep()
+    if options.measureImbalance { stepEnds.append((backwardEnd, timer.timing.communication)) }
     clock.step += 1
     return (sums.loss, Double(sums.correct), Double(shard.count))
+  }
+
+  /// Starts a fresh time split (`timing`) from the next step on.
+  public func startTiming() {
+    timer.timing = StepTiming()
+    stepEnds.removeAll(keepingCapacity: true)
+  }
+
+  /// Collective (with `measureImbalance`, on every rank): the time split since `startTiming()`,
+  /// with the waiting for the slowest rank taken out of `communication`: in each step, what this
+  /// rank waited beyond the wait of the rank that ended its backward last. (The ranks start a
+  /// step together, when the previous step's all-gathers end; a faster rank spends part of its
+  /// lead on bucket updates, so its lead alone would overstate the waiting.)
+  public func finishTiming() throws -> StepTiming {
+    var t = timer.timing
+    guard options.measureImbalance, communicator.size > 1 else { return t }
+    let ends = stepEnds.map(\.backward)
+    let waits = stepEnds.indices.map { Double(stepEnds[$0].communication - ($0 > 0 ? stepEnds[$0 - 1].communication : 0)) }
+    var last = ends
+    try communicator.allreduceMax(&last)
+    // The last rank's wait in each step (every other rank offers 0).
+    var lastWaits = ends.indices.map { ends[$0] == last[$0] ? waits[$0] : 0 }
+    try communicator.allreduceMax(&lastWaits)
+    t.imbalance = min(UInt64(zip(waits, lastWaits).reduce(0) { $0 + max(0, $1.0 - $1.1) }), t.communication)
+    t.communication -= t.imbalance
+    return t
   }
 
   /// Points the model's, the step timer's and the exchange's trace hooks at the timeline.

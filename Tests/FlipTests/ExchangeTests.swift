@@ -285,6 +285,42 @@ struct ExchangeTests {
     #expect(difference < 0.02, "bf16 gradients and summed means moved the latent weights by \(difference)")
   }
 
+  /// `finishTiming` without a barrier: with rank 1 held 30 ms in every step's forward, rank 0
+  /// waits for it in its communication waits, and that waiting moves to `imbalance`; rank 1,
+  /// the last to end backward, waited for no one.
+  @Test func finishTimingSeparatesWaitingForASlowerRank() throws {
+    let dir = temporaryDirectory("flip-exchange")
+    writeToyDataset(to: dir, train: 120, test: 16)
+    let data = try DataSplits.load(directory: dir)
+    let steps = 4
+    let delay = 0.03
+    let results = ThreadGroup(size: 2).run { c -> (StepTiming, UInt64) in
+      let model = try Model(specs: Self.specs, inputShape: [6, 6, 1], seed: 3)
+      var options = TrainingOptions(epochs: 1, batchSize: 24, seed: 1, logEverySteps: 0)
+      options.measureImbalance = true
+      let trainer = try Trainer(
+        model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(), communicator: c, data: data,
+        options: options, logger: Logger(label: "test"), progress: ProgressReporter(enabled: false))
+      if c.rank == 1 {
+        model.layerTrace = { layer, backward, _, _ in if layer == 0 && !backward { Thread.sleep(forTimeInterval: delay) } }
+      }
+      let order = trainer.sampler.permutation(epoch: 0)
+      _ = try trainer.step(order: order, stepInEpoch: 0)
+      trainer.startTiming()
+      for s in 1...steps { _ = try trainer.step(order: order, stepInEpoch: s) }
+      let before = trainer.timing.communication
+      return (try trainer.finishTiming(), before)
+    }
+    let timings = try results.map { try $0.get() }
+    let held = UInt64(delay * Double(steps) * 1e9)
+    let (fast, slow) = (timings[0], timings[1])
+    #expect(fast.0.imbalance >= held * 8 / 10, "rank 0 waited \(fast.0.imbalance) ns for the held rank")
+    #expect(fast.0.imbalance + fast.0.communication == fast.1, "the waiting is taken out of the communication waits")
+    #expect(slow.0.imbalance < held / 10, "rank 1 waited \(slow.0.imbalance) ns")
+    #expect(slow.0.communication == slow.1 - slow.0.imbalance)
+    #expect(slow.0.compute >= held, "rank 1's compute holds its delay")
+  }
+
   /// A rank whose weights differ is caught by the compact wire's checksum too (it hashes the
   /// signs every rank holds).
   @Test func compactChecksumSeesADifferentSign() throws {
