@@ -307,7 +307,8 @@ public final class Trainer {
     var t = timer.timing
     guard options.measureImbalance, communicator.size > 1 else { return t }
     let ends = stepEnds.map(\.backward)
-    let waits = stepEnds.indices.map { Double(stepEnds[$0].communication - ($0 > 0 ? stepEnds[$0 - 1].communication : 0)) }
+    let totals = [0] + stepEnds.map(\.communication)
+    let waits = stepEnds.indices.map { Double(totals[$0 + 1] - totals[$0]) }
     var last = ends
     try communicator.allreduceMax(&last)
     // The last rank's wait in each step (every other rank offers 0).
