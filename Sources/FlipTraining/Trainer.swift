@@ -278,10 +278,10 @@ public final class Trainer {
         epoch: clock.epoch)
       timer.lap(\.data)
       model.reseedStochasticLayers(stream: dropoutStream(micro: micro))
-      // On the last micro-step the exchange sees each layer as soon as backward finishes it.
-      let hook = micro == k - 1 && exchange.overlapsBackward ? exchange.layerFinished : nil
+      // On the last micro-step the exchange sees each gradient as soon as backward finishes it.
+      let observer = micro == k - 1 && exchange.overlapsBackward ? exchange : nil
       let m = try model.accumulateGradients(
-        images.pointer, labels: labels, batch: part.count, loss: loss, afterLayer: hook)
+        images.pointer, labels: labels, batch: part.count, loss: loss, observer: observer)
       sums = (sums.loss + m.lossSum, sums.correct + m.correct)
       timer.lap(\.compute)
     }

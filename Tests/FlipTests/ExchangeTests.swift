@@ -261,6 +261,24 @@ struct ExchangeTests {
     #expect(compact[0].values != fp32[0].values, "bf16 rounding changes something")
   }
 
+  /// The compact wire splits the bottom dense kernel's gradient into row-block buckets; the
+  /// fp32 wire, which matches one process bit for bit, and channel-mean kernels do not.
+  @Test func compactWireSplitsTheBottomKernel() throws {
+    let results = ThreadGroup(size: 2).run { c -> [(Int, Int)] in
+      try [(Self.specs, WireFormat.compact), (Self.specs, .fp32), (Self.channelMeanSpecs, .compact)].map { specs, wire in
+        let model = try Model(specs: specs, inputShape: [6, 6, 1], seed: 3)
+        let exchange = ShardedExchange(
+          model: model, optimizer: try OptimizerSpec.adam().make(), communicator: c, bucketBytes: 4 << 20, wire: wire)
+        let bottom = model.layers.first { $0 is QuantDense } as! QuantDense
+        return (bottom.kernelGradientRowBlocks, exchange.layout.buckets.filter { $0.readyAfterRows != nil }.count)
+      }
+    }
+    for r in results {
+      let splits = try r.get()
+      #expect(splits.map(\.0) == [2, 1, 1] && splits.map(\.1) == [2, 0, 0], "\(splits)")
+    }
+  }
+
   /// `magnitude_aware_sign` kernels travel as signs and per-channel sums: every rank holds the
   /// same forward weights and means, and the model stays close to the fp32 wire's.
   @Test(arguments: [2, 3])
@@ -283,6 +301,43 @@ struct ExchangeTests {
     #expect(compact.allSatisfy { $0.values == compact[0].values })
     let difference = maxDifference(compact[0].values, fp32[0].values)
     #expect(difference < 0.02, "bf16 gradients and summed means moved the latent weights by \(difference)")
+  }
+
+  /// The bottom kernel's gradient in row blocks (the compact wire's split): the observer hears
+  /// the rows final after each block but the last, then the layer, and the gradients are one
+  /// GEMM's up to rounding.
+  @Test func kernelRowBlocksReportTheirRowsBeforeTheLayer() throws {
+    final class Recorder: BackwardObserver {
+      var events: [String] = []
+      func layerFinished(_ index: Int) throws { events.append("layer \(index)") }
+      func kernelRowsFinished(layer index: Int, rows: Int) throws { events.append("rows \(index) \(rows)") }
+    }
+    let x = randomValues(8 * 36, seed: 5)
+    let labels = (0..<8).map { Int32($0 % 2) }
+    func gradients(blocks: Int, observer: Recorder?) throws -> (gradients: [Float], bottom: Int) {
+      let model = try Model(specs: Self.specs, inputShape: [6, 6, 1], seed: 3)
+      model.allocate(maxBatch: 8)
+      let bottom = try #require(model.layers.firstIndex { $0 is QuantDense })
+      (model.layers[bottom] as! QuantDense).kernelGradientRowBlocks = blocks
+      model.store.zeroGradients()
+      _ = try model.accumulateGradients(
+        x, labels: labels, batch: 8, loss: SparseCategoricalCrossentropy(classes: 2), observer: observer)
+      return (model.store.gradients.array, bottom)
+    }
+    let whole = try gradients(blocks: 1, observer: nil)
+    let recorder = Recorder()
+    let blocked = try gradients(blocks: 3, observer: recorder)
+    let b = whole.bottom
+    // 36 rows in blocks of 12, after every layer above, then the layer and those below it.
+    let first = try #require(recorder.events.firstIndex(of: "rows \(b) 12"))
+    #expect(recorder.events[..<first].allSatisfy { $0.hasPrefix("layer") && Int($0.dropFirst(6))! > b })
+    #expect(
+      Array(recorder.events[first...])
+        == ["rows \(b) 12", "rows \(b) 24", "layer \(b)"] + (0..<b).reversed().map { "layer \($0)" })
+    #expect(maxDifference(whole.gradients, blocked.gradients) < 1e-5)
+    #expect(whole.gradients.contains { $0 != 0 })
+    // Without an observer, blocks are still computed (the same bits either way).
+    #expect(try gradients(blocks: 3, observer: nil).gradients == blocked.gradients)
   }
 
   /// `finishTiming` without a barrier: with rank 1 held 30 ms in every step's forward, rank 0

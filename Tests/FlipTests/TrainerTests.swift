@@ -164,6 +164,39 @@ struct TrainerTests {
     #expect(GradientBucket.plan(views: views, capBytes: 4 << 20).count == 3)
   }
 
+  /// The compact wire's split of the bottom kernel: its row blocks become buckets of their own,
+  /// after the buckets of the layers above and before what else its layer holds; together the
+  /// buckets still tile the buffer.
+  @Test func splitKernelBucketsTileTheBuffer() throws {
+    let model = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
+    let views = model.store.views
+    let kernel = try #require(views.firstIndex { $0.role == .kernel })
+    let layer = views[kernel].layerIndex
+    let split = GradientBucket.KernelSplit(view: kernel, blocks: 3, rowLength: 1024)
+    for cap in [1, 4 << 20, 1 << 30] {
+      let buckets = GradientBucket.plan(views: views, capBytes: cap, split: split)
+      let sorted = buckets.map(\.range).sorted { $0.lowerBound < $1.lowerBound }
+      #expect(sorted.first?.lowerBound == 0 && sorted.last?.upperBound == model.store.gradients.count)
+      #expect(zip(sorted, sorted.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound })
+      let blocks = buckets.filter { $0.readyAfterRows != nil }
+      // 784 rows in 3 blocks, in order, of the kernel's rows.
+      #expect(blocks.map(\.readyAfterRows) == [261, 522, 784])
+      #expect(blocks.map(\.range.count) == [261 * 1024, 261 * 1024, 262 * 1024])
+      #expect(blocks.allSatisfy { $0.firstLayer == layer })
+      let first = try #require(buckets.firstIndex { $0.readyAfterRows != nil })
+      #expect(buckets[first..<(first + 3)].allSatisfy { $0.readyAfterRows != nil })
+      // Before the blocks, only buckets of layers above; after them, only this layer's rest.
+      #expect(buckets[..<first].allSatisfy { $0.firstLayer > layer })
+      #expect(buckets[(first + 3)...].allSatisfy { $0.firstLayer == layer })
+    }
+    // Ready as backward reports rows, or passes the layer; a bucket of a layer below never.
+    let block = GradientBucket(range: 0..<10, firstLayer: 1, readyAfterRows: 261)
+    #expect(!block.isReady(afterLayer: 1, rows: 200) && block.isReady(afterLayer: 1, rows: 261))
+    #expect(block.isReady(afterLayer: 1) && block.isReady(afterLayer: 0) && !block.isReady(afterLayer: 2))
+    let rest = GradientBucket(range: 0..<10, firstLayer: 1)
+    #expect(!rest.isReady(afterLayer: 1, rows: 784) && rest.isReady(afterLayer: 1) && rest.isReady(afterLayer: 0, rows: 5))
+  }
+
   @Test func shardLayoutGivesEachRankOnePartOfEveryBucket() throws {
     let model = try Model(specs: ModelPreset.binarynetMLP.layers, inputShape: [28, 28, 1], seed: 0)
     let buckets = GradientBucket.plan(views: model.store.views, capBytes: 4 << 20)

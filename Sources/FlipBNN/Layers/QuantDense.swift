@@ -46,6 +46,17 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
   var bias: UnsafeMutablePointer<Float>?
   var biasGradient: UnsafeMutablePointer<Float>?
 
+  /// Blocks of kernel rows (input units) in which backward computes the kernel gradient when
+  /// the layer needs no input gradient (the bottom layer), so that the blocks can travel while
+  /// the next ones are computed: each block is one GEMM, and while the quantizer's
+  /// pseudo-gradient is the identity, `kernelRowsFinished` hears the rows final after each
+  /// block but the last. 1 (the default): one GEMM over the whole kernel.
+  public var kernelGradientRowBlocks = 1 {
+    didSet { precondition(kernelGradientRowBlocks >= 1, "kernelGradientRowBlocks must be at least 1") }
+  }
+  /// Set by `Model.backward` for the pass of an observer that follows row blocks.
+  var kernelRowsFinished: ((Int) throws -> Void)?
+
   private var maxBatch = 0
   /// (B, I) the input as the GEMM used it: q_in(x), or x itself.
   private var gemmInput: UnsafePointer<Float>!
@@ -151,11 +162,17 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
   {
     let i = inputSize
     let (target, beta) = kernel.gemmGradientTarget
-    try gemm(
-      .transposed, .none, m: i, n: units, k: batch, a: gemmInput, lda: i, b: dy, ldb: units, beta: beta, c: target,
-      ldc: units)
-    kernel.finishBackward(from: target)
     if let db = biasGradient { accumulateColumnSums(dy, rows: batch, columns: units, into: db) }
+    let blocks = needInputGradient ? 1 : min(kernelGradientRowBlocks, i)
+    for b in 0..<blocks {
+      let rows = (i * b / blocks)..<(i * (b + 1) / blocks)
+      try gemm(
+        .transposed, .none, m: rows.count, n: units, k: batch, a: gemmInput + rows.lowerBound, lda: i, b: dy,
+        ldb: units, beta: beta, c: target + rows.lowerBound * units, ldc: units)
+      // Final now unless the pseudo-gradient pass below still has to run.
+      if b < blocks - 1, target == kernel.gradient { try kernelRowsFinished?(rows.upperBound) }
+    }
+    kernel.finishBackward(from: target)
     guard needInputGradient else { return nil }
     let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
     try gemm(.none, .transposed, m: batch, n: i, k: units, a: dy, lda: units, b: w, ldb: units, c: dx.pointer, ldc: i)

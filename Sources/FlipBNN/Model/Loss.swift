@@ -73,13 +73,13 @@ extension Model {
   /// loss into the store, and returns the summed loss and the count of correct predictions.
   public func accumulateGradients(
     _ x: UnsafePointer<Float>, labels: UnsafePointer<Int32>, batch: Int, loss: SparseCategoricalCrossentropy,
-    afterLayer: ((Int) throws -> Void)? = nil
+    observer: BackwardObserver? = nil
   ) throws -> (lossSum: Double, correct: Int) {
     loss.allocate(maxBatch: maxBatch)
     let top = endsInSoftmax ? layers.count - 1 : layers.count
     let out = try forward(x, batch: batch, training: true, through: top)
     let r = loss.evaluate(out, labels: labels, batch: batch, fromLogits: endsInSoftmax, withGradient: true)
-    try backward(r.gradient!, batch: batch, from: top, afterLayer: afterLayer)
+    try backward(r.gradient!, batch: batch, from: top, observer: observer)
     return (r.lossSum, r.correct)
   }
 

@@ -199,11 +199,12 @@ public final class Model {
 
   /// Backward from the gradient `dy` of the output of layer `from − 1` down to the first layer;
   /// parameter gradients accumulate in the store. The input's gradient is not computed.
-  /// `afterLayer(i)` runs as soon as layer `i`'s parameter gradients are final: those of every
-  /// layer after it are too (so a data-parallel trainer can start reducing them while the
-  /// layers below are still working).
+  /// `observer` hears as soon as parameter gradients are final (so a data-parallel trainer can
+  /// start reducing them while the layers below are still working): `layerFinished(i)` for
+  /// layer `i` (those of every layer after it are final too), and `kernelRowsFinished` for each
+  /// row block of a kernel gradient computed in blocks (`QuantDense.kernelGradientRowBlocks`).
   public func backward(
-    _ dy: UnsafePointer<Float>, batch: Int, from: Int? = nil, afterLayer: ((Int) throws -> Void)? = nil
+    _ dy: UnsafePointer<Float>, batch: Int, from: Int? = nil, observer: BackwardObserver? = nil
   ) throws {
     let top = from ?? layers.count
     for i in 0..<top { consumers[i] = 0 }
@@ -213,13 +214,19 @@ public final class Model {
     for i in stride(from: top - 1, through: 0, by: -1) {
       guard let d = gradients[i] else {
         // Nothing downstream of this layer reaches the loss: no gradient, nothing to learn.
-        try afterLayer?(i)
+        try observer?.layerFinished(i)
         continue
       }
       let start = layerTrace == nil ? 0 : DispatchTime.now().uptimeNanoseconds
       let sources = inputsOf[i]
       let needed = sources.contains { $0 >= 0 && outputGradientNeeded[$0] }
       var inputGradients: [UnsafePointer<Float>] = []
+      // A kernel gradient in row blocks tells the observer of each block.
+      let blocked = (layers[i] as? QuantDense).flatMap { $0.kernelGradientRowBlocks > 1 ? $0 : nil }
+      if let blocked, let observer {
+        blocked.kernelRowsFinished = { try observer.kernelRowsFinished(layer: i, rows: $0) }
+      }
+      defer { blocked?.kernelRowsFinished = nil }
       if let merge = layers[i] as? MergeLayer {
         inputGradients = try merge.backward(merged: d, batch: batch)
       } else if let g = try layers[i].backward(d, batch: batch, needInputGradient: needed) {
@@ -242,7 +249,7 @@ public final class Model {
         }
       }
       if let owned { release(owned) }
-      try afterLayer?(i)
+      try observer?.layerFinished(i)
     }
     for (_, buffer) in summing { release(buffer) }
     summing.removeAll(keepingCapacity: true)

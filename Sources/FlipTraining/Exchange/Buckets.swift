@@ -50,14 +50,55 @@ public struct GradientBucket: Equatable, Sendable {
   public var range: Range<Int>
   /// The lowest layer whose gradients it holds: it is ready once backward has passed it.
   public var firstLayer: Int
+  /// A block of rows of `firstLayer`'s kernel (`KernelSplit`): ready as soon as backward has
+  /// reported this many of the kernel's rows final, or has passed the layer.
+  public var readyAfterRows: Int?
+
+  public init(range: Range<Int>, firstLayer: Int, readyAfterRows: Int? = nil) {
+    self.range = range
+    self.firstLayer = firstLayer
+    self.readyAfterRows = readyAfterRows
+  }
+
+  /// A kernel whose gradient backward computes in row blocks (`QuantDense.kernelGradientRowBlocks`):
+  /// its view's index in the store, and the blocks' rows (of `rowLength` elements).
+  struct KernelSplit {
+    var view: Int
+    var blocks: Int
+    var rowLength: Int
+
+    /// The blocks as ranges of rows, as `QuantDense` computes them.
+    func rowRanges(rows: Int) -> [Range<Int>] {
+      let n = min(blocks, rows)
+      return (0..<n).map { b in (rows * b / n)..<(rows * (b + 1) / n) }
+    }
+  }
 
   /// Groups the views from the last layer down (the order backward finishes them) into
-  /// buckets of at least `capBytes` where possible; a view is never split.
-  static func plan(views: [ParameterView], capBytes: Int) -> [GradientBucket] {
+  /// buckets of at least `capBytes` where possible; a view is never split, except `split`,
+  /// which becomes a bucket per row block (the buckets being filled when backward reaches it
+  /// follow its blocks if they hold some of its layer's gradients, else precede them).
+  static func plan(views: [ParameterView], capBytes: Int, split: KernelSplit? = nil) -> [GradientBucket] {
     var buckets: [GradientBucket] = []
     var current: GradientBucket?
-    for v in views.reversed() {
+    for (index, v) in views.enumerated().reversed() {
       let r = v.offset..<(v.offset + v.count)
+      if let split, index == split.view {
+        let blocks = split.rowRanges(rows: v.count / split.rowLength).map { rows in
+          GradientBucket(
+            range: (v.offset + rows.lowerBound * split.rowLength)..<(v.offset + rows.upperBound * split.rowLength),
+            firstLayer: v.layerIndex, readyAfterRows: rows.upperBound)
+        }
+        if let c = current, c.firstLayer > v.layerIndex {
+          buckets.append(c)
+          buckets += blocks
+        } else {
+          buckets += blocks
+          if let c = current { buckets.append(c) }
+        }
+        current = nil
+        continue
+      }
       if var c = current {
         c.range = r.lowerBound..<c.range.upperBound
         c.firstLayer = min(c.firstLayer, v.layerIndex)
@@ -72,5 +113,14 @@ public struct GradientBucket: Equatable, Sendable {
     }
     if let c = current { buckets.append(c) }
     return buckets
+  }
+
+  /// Whether backward has made it final: it has passed `layer` (every bucket of layers at or
+  /// above it), or reported `rows` rows of `layer`'s split kernel final.
+  func isReady(afterLayer layer: Int, rows: Int? = nil) -> Bool {
+    if firstLayer > layer { return true }
+    guard firstLayer == layer else { return false }
+    guard let rows else { return true }
+    return readyAfterRows.map { $0 <= rows } ?? false
   }
 }

@@ -12,19 +12,17 @@ import FlipTensor
 /// Strategies (`makeGradientExchange`): one process (`LocalExchange`), bucketed all-reduce
 /// (`AllreduceExchange`), and the sharded ZeRO-1 step (`ShardedExchange`) on the fp32 or the
 /// compact wire.
-public protocol GradientExchange: AnyObject {
+public protocol GradientExchange: BackwardObserver {
   /// What it is, for logs: `one process`, `bucketed all-reduce`, `sharded, compact wire`, ...
   var description: String { get }
   /// How its bytes travel (fp32 except for the sharded step's compact wire).
   var wireFormat: WireFormat { get }
-  /// Whether `layerFinished` does anything (the trainer then passes backward's layer hook).
+  /// Whether it acts during backward (the trainer then makes it backward's observer on the
+  /// step's last micro-step: `layerFinished`, `kernelRowsFinished`).
   var overlapsBackward: Bool { get }
   /// Before the step's backward passes: the factor that turns summed gradients into means
   /// (1 / the step's global sample count), the step's clock, and the step's timer.
   func beginStep(gradientScale: Float, clock: TrainingClock, timer: StepTimer) throws
-  /// Backward of the step's last micro-step has finished layer `index`: the gradients of that
-  /// layer and every layer above it are final.
-  func layerFinished(_ index: Int) throws
   /// After backward: the rest of the exchange, the update and its constraints, and the
   /// optimizer's step count. Afterwards every rank holds the same forward weights.
   func finishStep() throws

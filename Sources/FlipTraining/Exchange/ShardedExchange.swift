@@ -60,8 +60,10 @@ final class ShardedExchange: GradientExchange {
     self.communicator = communicator
     self.wire = wire
     overlap = bucketBytes > 0
+    let split = overlap && wire == .compact ? Self.splitBottomKernel(of: model) : nil
     let layout = ShardLayout(
-      buckets: GradientBucket.plan(views: model.store.views, capBytes: bucketBytes > 0 ? bucketBytes : .max),
+      buckets: GradientBucket.plan(
+        views: model.store.views, capBytes: bucketBytes > 0 ? bucketBytes : .max, split: split),
       ranks: communicator.size, rank: communicator.rank)
     self.layout = layout
     if wire == .compact {
@@ -86,6 +88,31 @@ final class ShardedExchange: GradientExchange {
   }
 
   deinit { for w in wordBuffers { w.deallocate() } }
+
+  /// Row blocks of the bottom layer's kernel gradient on the compact wire. That gradient is
+  /// final only when backward ends, and the next forward needs its update first, so its
+  /// reduce-scatter would not overlap anything: in blocks, one travels while backward computes
+  /// the next (binarynet-mlp's first layer: 0.8 MB of bf16 per rank, 6.4 ms at 1 Gb/s, of
+  /// which one block is left). Two, not more: oneDNN's sgemm runs this transposed product
+  /// about half as fast per row below about 390 rows (AVX2, 1 thread: 784 × 1024 × 512 in
+  /// 9.3–10.3 ms whole or in 2 blocks, 18–23 ms in 4). Blocked GEMMs may round differently
+  /// from one GEMM, so the fp32 wire, which matches one process bit for bit, keeps one.
+  static let bottomKernelBlocks = 2
+
+  /// The split of the lowest layer with variables, if it is a dense layer with a kernel whose
+  /// signs travel as they are (not per-channel means) or in fp32; sets the layer's blocks.
+  private static func splitBottomKernel(of model: Model) -> GradientBucket.KernelSplit? {
+    guard let bottom = model.store.views.map(\.layerIndex).min(),
+      let dense = model.layers[bottom] as? QuantDense,
+      let view = model.store.views.firstIndex(where: { $0.layerIndex == bottom && $0.role == .kernel }),
+      !model.signKernels.contains(where: {
+        if case .channelMean = $0.encoding { return $0.view == view } else { return false }
+      }),
+      model.store.views[view].count / dense.units >= 2
+    else { return nil }
+    dense.kernelGradientRowBlocks = bottomKernelBlocks
+    return GradientBucket.KernelSplit(view: view, blocks: bottomKernelBlocks, rowLength: dense.units)
+  }
 
   var description: String {
     let buckets = "\(layout.buckets.count) bucket\(layout.buckets.count == 1 ? "" : "s")"
@@ -134,6 +161,12 @@ final class ShardedExchange: GradientExchange {
     try updateReducedBuckets(wait: false)
   }
 
+  func kernelRowsFinished(layer index: Int, rows: Int) throws {
+    try startReductions(after: index, rows: rows)
+    timer.lap(\.compute)
+    try updateReducedBuckets(wait: false)
+  }
+
   func finishStep() throws {
     try startReductions(after: 0)
     timer.lap(\.communication)
@@ -153,11 +186,13 @@ final class ShardedExchange: GradientExchange {
     optimizer.iterations += 1
   }
 
-  /// Starts the reduce-scatter of every bucket whose layers are all at or above `layer`.
-  private func startReductions(after layer: Int) throws {
+  /// Starts the reduce-scatter of every bucket, in order, that backward has made final: those
+  /// whose layers are all at or above `layer`, or with `rows`, up to that many rows of
+  /// `layer`'s split kernel.
+  private func startReductions(after layer: Int, rows: Int? = nil) throws {
     let g = store.gradients.pointer
     let gradientWire: GradientWire = wire == .compact ? .bf16 : .fp32
-    while started < layout.buckets.count && layout.buckets[started].firstLayer >= layer {
+    while started < layout.buckets.count && layout.buckets[started].isReady(afterLayer: layer, rows: rows) {
       let b = layout.buckets[started]
       if trace != nil { reductionStarts.append(DispatchTime.now().uptimeNanoseconds) }
       reductions.append(
