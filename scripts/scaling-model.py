@@ -7,7 +7,10 @@
 
 T.json    `mpirun <flags> -np 2 flip mpi-check --timing --json` across two hosts: per
           collective (fp32 and bf16 reduce-scatter, all-gather) a fit
-          t = (N - 1)*alpha + beta*bytes sent per rank.
+          t = (N - 1)*alpha + beta*bytes sent per rank. The model fits each again over the
+          buffers up to the bucket size (--bucket-mb, default 4: the largest message the
+          step sends), where T.json has the points: over a capped link the largest buffers
+          (16 MiB) may run at a different rate, and would set an all-sizes fit alone.
 B1.json   `flip bench --json` of one process (the node's compute at the global batch B):
           compute_ms + optimizer_ms per step, variables, sign_variables, batch_size.
 H.json    the same one-process bench at half the global batch: with B1 it splits the compute
@@ -61,6 +64,24 @@ def expected_maximum(n):
     return total * h
 
 
+def fit_points(points, name, max_bytes):
+    """Least squares t = alpha + beta*sent (alpha per message over 1 peer: 2 hosts) over the
+    points of collective `name` whose buffer is at most `max_bytes`; None if under 2 points."""
+    p = [q for q in points if q["collective"] == name and q["buffer_bytes"] <= max_bytes]
+    if len(p) < 2:
+        return None
+    xs = [q["sent_bytes"] for q in p]
+    ys = [q["ms"] for q in p]
+    mx = sum(xs) / len(xs)
+    my = sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    beta = max(0.0, sxy / sxx) if sxx > 0 else 0.0
+    alpha = max(0.0, my - beta * mx)
+    return {"collective": name, "alpha_ms": alpha, "beta_ms_per_byte": beta,
+            "gbit_per_s": 8 / beta / 1e6 if beta > 0 else float("inf")}
+
+
 def load(path):
     with open(path) as f:
         text = f.read().strip()
@@ -77,6 +98,7 @@ def main():
     p.add_argument("--node-compute-ms", type=float)
     p.add_argument("--nodes", default="1,2,4,8,16,32,64")
     p.add_argument("--plot")
+    p.add_argument("--bucket-mb", type=float, default=4.0)
     a = p.parse_args()
     try:
         timing = load(a.timing)
@@ -86,6 +108,11 @@ def main():
     except (OSError, ValueError, IndexError) as e:
         sys.exit(f"scaling-model: cannot read the inputs: {e}")
     fits = {f["collective"]: f for f in timing["fits"]}
+    # Fit again over the buffers the step sends (up to a bucket), where the points allow.
+    for name in list(fits):
+        refit = fit_points(timing.get("points", []), name, a.bucket_mb * 1048576)
+        if refit:
+            fits[name] = refit
     for need in ("reduce-scatter fp32", "reduce-scatter bf16", "all-gather"):
         if need not in fits:
             sys.exit(f"scaling-model: {a.timing} has no fit for {need}")

@@ -15,8 +15,9 @@
 #
 # Each row is `flip bench --json` (release build, Fashion-MNIST batches, 5 warm-up steps)
 # with the step's time split per rank: data, compute (forward + backward), communication wait
-# (not hidden), optimizer, and waiting for the slowest rank (a barrier after backward, so it is
-# not counted as communication); the same communication run alone; the hidden fraction
+# (not hidden), optimizer, and waiting for the slowest rank (estimated per step from when each
+# rank ends backward, and taken out of the communication wait); the same communication run
+# alone; the hidden fraction
 # 1 − communication wait / alone; the wire format and the bytes each rank sends per step. Efficiency = images/s ÷ (N × images/s of 1 rank × 1 thread).
 # All traffic stays on loopback or inside the namespaces cluster.sh makes. matplotlib comes from PyPI into .build/plot-venv if missing.
 set -euo pipefail
