@@ -57,6 +57,13 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
   /// Set by `Model.backward` for the pass of an observer that follows row blocks.
   var kernelRowsFinished: ((Int) throws -> Void)?
 
+  /// Rows of row block `block` of `blocks` (at most `rows` of them) of a kernel with `rows`
+  /// rows, as backward computes them (and a bucket plan must split them).
+  public static func kernelGradientRows(block: Int, of blocks: Int, rows: Int) -> Range<Int> {
+    let n = min(blocks, rows)
+    return (rows * block / n)..<(rows * (block + 1) / n)
+  }
+
   private var maxBatch = 0
   /// (B, I) the input as the GEMM used it: q_in(x), or x itself.
   private var gemmInput: UnsafePointer<Float>!
@@ -165,7 +172,7 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     if let db = biasGradient { accumulateColumnSums(dy, rows: batch, columns: units, into: db) }
     let blocks = needInputGradient ? 1 : min(kernelGradientRowBlocks, i)
     for b in 0..<blocks {
-      let rows = (i * b / blocks)..<(i * (b + 1) / blocks)
+      let rows = Self.kernelGradientRows(block: b, of: blocks, rows: i)
       try gemm(
         .transposed, .none, m: rows.count, n: units, k: batch, a: gemmInput + rows.lowerBound, lda: i, b: dy,
         ldb: units, beta: beta, c: target + rows.lowerBound * units, ldc: units)

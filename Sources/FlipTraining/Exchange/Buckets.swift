@@ -69,8 +69,7 @@ public struct GradientBucket: Equatable, Sendable {
 
     /// The blocks as ranges of rows, as `QuantDense` computes them.
     func rowRanges(rows: Int) -> [Range<Int>] {
-      let n = min(blocks, rows)
-      return (0..<n).map { b in (rows * b / n)..<(rows * (b + 1) / n) }
+      (0..<min(blocks, rows)).map { QuantDense.kernelGradientRows(block: $0, of: blocks, rows: rows) }
     }
   }
 

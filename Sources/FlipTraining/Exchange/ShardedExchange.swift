@@ -155,14 +155,13 @@ final class ShardedExchange: GradientExchange {
     }
   }
 
-  func layerFinished(_ index: Int) throws {
-    try startReductions(after: index)
-    timer.lap(\.compute)
-    try updateReducedBuckets(wait: false)
-  }
+  func layerFinished(_ index: Int) throws { try backwardReached(layer: index) }
 
-  func kernelRowsFinished(layer index: Int, rows: Int) throws {
-    try startReductions(after: index, rows: rows)
+  func kernelRowsFinished(layer index: Int, rows: Int) throws { try backwardReached(layer: index, rows: rows) }
+
+  /// During backward: starts what is final (see `startReductions`) and updates what is reduced.
+  private func backwardReached(layer: Int, rows: Int? = nil) throws {
+    try startReductions(after: layer, rows: rows)
     timer.lap(\.compute)
     try updateReducedBuckets(wait: false)
   }
