@@ -4,7 +4,7 @@ import Testing
 
 @testable import FlipBNN
 
-// Optimizers, constraints and schedules against hand-computed values (DESIGN.md: Keras 2.15
+// Optimizers, constraints and schedules against hand-computed values (the formulas of Keras 2.15
 // Adam and SGD, Larq Bop and CaseOptimizer, weight_clip, Keras learning-rate schedules).
 
 /// One trainable vector variable of `precision` bits holding `values`.

@@ -4,8 +4,8 @@ import Testing
 
 @testable import FlipBNN
 
-// Every quantizer against hand-computed forward values and pseudo-gradients (DESIGN.md's
-// "Reference formulas", which follow Larq), including the boundary cases.
+// Every quantizer against hand-computed forward values and pseudo-gradients (Larq's
+// definitions of the quantizers' formulas), including the boundary cases.
 
 /// Builds a quantizer from its Larq name and keyword arguments; fails the test on nil.
 private func make(_ name: String, _ parameters: [String: Double] = [:], mode: String? = nil) throws -> Quantizer {

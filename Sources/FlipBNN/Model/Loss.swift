@@ -6,8 +6,8 @@ import Foundation
 /// When the model ends in a softmax, Keras takes the logits `z` before it:
 /// `loss_i = logΣ_j exp(z_ij) − z_i,label`, `∂loss_i/∂z_i = softmax(z_i) − onehot(label)`.
 /// Otherwise it clips the probabilities `p` to `[1e−7, 1 − 1e−7]`: `loss_i = −log p_i,label`.
-/// Gradients are of the SUM of the per-sample losses (DESIGN.md: the sum is all-reduced and
-/// divided by the global sample count).
+/// Gradients are of the SUM of the per-sample losses (in training, the sum is combined across
+/// ranks and divided by the global sample count).
 public final class SparseCategoricalCrossentropy {
   public let classes: Int
   private var maxBatch = 0

@@ -9,7 +9,7 @@ extension ModelPreset {
   /// A block is `BN(QuantConv2D(x)) + shortcut`, the shortcut `x`, or when downsampling
   /// `BN(Conv2D 1×1(AveragePooling2D 2, strides 2(x)))`. QuantConv2D: approx_sign input,
   /// magnitude_aware_sign kernel, weight_clip, glorot_normal, no bias. Head: ReLU, global
-  /// average pooling, Dense, softmax. `../shared/reference/larq-summary-birealnet.txt` is
+  /// average pooling, Dense, softmax. `docs/reference/larq-summary-birealnet.txt` is
   /// Larq's summary of this model on 28×28×1.
   static var birealnetLayers: [LayerSpec] {
     var b = GraphBuilder()
