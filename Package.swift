@@ -62,6 +62,7 @@ let package = Package(
       dependencies: [
         "FlipBNN", "FlipComm", "CZlib", "CSignals",
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "Yams", package: "Yams"),
       ],
       swiftSettings: optimize),
     // The command line: argument parsing, config files, wiring (a library so tests reach it).

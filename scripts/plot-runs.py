@@ -24,7 +24,16 @@ def epochs(run):
                 row = json.loads(line)
             except ValueError as e:
                 sys.exit(f"plot-runs: {path}:{n}: not JSON ({e})")
+            if not isinstance(row, dict):
+                sys.exit(f"plot-runs: {path}:{n}: not a JSON object")
             if row.get("kind") == "epoch":
+                for key in ("epoch", "loss", "accuracy", "test_loss", "test_accuracy"):
+                    value = row.get(key)
+                    # null stands for a non-finite number; anything else must be a number.
+                    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                        sys.exit(f"plot-runs: {path}:{n}: {key} must be a number, found {value!r}")
+                if row.get("epoch") is None:
+                    sys.exit(f"plot-runs: {path}:{n}: an epoch row without its epoch number")
                 rows.append(row)
     if not rows:
         sys.exit(f"plot-runs: {path} has no epoch rows yet (is the first epoch finished?)")

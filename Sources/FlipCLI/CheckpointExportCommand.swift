@@ -40,7 +40,7 @@ struct CheckpointExportCommand: ParsableCommand {
     do {
       let file = try FlipFile(path: input)
       let model = try file.model(inputShape: try resolvedInputShape(file))
-      var metadata = file.metadata.filter { ["config", "model", "step", "epoch"].contains($0.key) }
+      var metadata = file.metadata.filter { [SettingsEntry.key, "config", "model", "step", "epoch"].contains($0.key) }
       metadata["exported_from"] = (input as NSString).lastPathComponent
       let export = try BinaryExport.export(model: model, metadata: metadata)
       try ModelFile.write(export.tensors, metadata: export.metadata, kind: .binaryExport, to: output)

@@ -32,14 +32,13 @@ struct EvaluateCommand: ParsableCommand {
 
   func run() throws {
     try Runtime.run(verbose: compute.verbose) { communicator, logger in
-      let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
-      logger.info("\(Runtime.describeCompute(threads: threads, communicator: communicator))")
-      var config: RunConfig
+      Runtime.configureThreads(compute.threads, localRanks: communicator.localSize, logger: logger, communicator: communicator)
+      var config: RunSettings
       let path: String
       let tensors: [String: SafeTensors.Tensor]
       let metadata: [String: String]
       if let runDirectory {
-        config = try RunConfig.load(path: runDirectory + "/config.yaml")
+        config = try RunSettings.load(path: runDirectory + "/config.yaml")
         path = runDirectory + "/model.safetensors"
         (tensors, metadata) = try ModelFile.read(path: path)
       } else {
@@ -57,9 +56,10 @@ struct EvaluateCommand: ParsableCommand {
       try ModelFile.load(tensors, into: model, path: path, metadata: metadata)
       try model.checkBatchFits(batchSize)
       model.allocate(maxBatch: batchSize)
-      let choices = try model.chooseBinaryForward(batch: batchSize, policy: compute.binaryForward)
+      let policy = compute.binaryForward ?? .auto
+      let choices = try model.chooseBinaryForward(batch: batchSize, policy: policy)
       for choice in choices { logger.debug("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)") }
-      if let warning = compute.binaryForward.unusedWarning(choices) { logger.warning("\(warning)") }
+      if let warning = policy.unusedWarning(choices) { logger.warning("\(warning)") }
       let (loss, accuracy) = try evaluateModel(model, on: splits.test, communicator: communicator, batch: batchSize)
       if communicator.isRoot {
         print(
@@ -95,8 +95,7 @@ struct SummaryCommand: ParsableCommand {
       }
       let shape = !inputShape.isEmpty ? inputShape : (config.inputShape ?? [28, 28, 1])
       let model = try Model(specs: config.layers, inputShape: shape, seed: 0)
-      let name = ModelPreset(rawValue: config.model)?.modelName ?? config.model.replacingOccurrences(of: "-", with: "_")
-      print(ModelSummary(modelName: name, model: model).render(), terminator: "")
+      print(ModelSummary(modelName: config.modelName, model: model).render(), terminator: "")
     } catch {
       Runtime.report(error, rank: 0)
       throw ExitCode.failure

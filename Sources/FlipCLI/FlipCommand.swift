@@ -1,5 +1,6 @@
 import ArgumentParser
 import FlipBNN
+import FlipTraining
 
 /// `flip`: the root command only lists the subcommands.
 public struct FlipCommand: ParsableCommand {
@@ -47,12 +48,12 @@ struct ModelOptions: ParsableArguments {
   }
 
   /// The config the options describe (the preset's defaults when only --model is given).
-  func resolve(defaultPreset: ModelPreset? = nil) throws -> RunConfig {
-    var c: RunConfig
+  func resolve(defaultPreset: ModelPreset? = nil) throws -> RunSettings {
+    var c: RunSettings
     if let config {
-      c = try RunConfig.load(path: config)
+      c = try RunSettings.load(path: config)
     } else if let p = model.flatMap(ModelPreset.init(rawValue:)) ?? defaultPreset {
-      c = RunConfig(preset: p)
+      c = RunSettings(preset: p)
     } else {
       throw ValidationError(
         "name a model with --model \(ModelPreset.allCases.map(\.rawValue).joined(separator: "|")) or --config FILE")
@@ -80,7 +81,7 @@ struct ComputeOptions: ParsableArguments {
       discussion:
         "All are exact, so the choice never changes results. xnor (XNOR and popcount over packed sign bits) serves dense layers with ±1 inputs and kernels on CPUs with AVX2; a layer without the forced kernel runs fp32."
     ))
-  var binaryForward: BinaryForwardPolicy = .auto
+  var binaryForward: BinaryForwardPolicy?
 
   @Flag(name: .long, help: "Print debug logs.")
   var verbose = false

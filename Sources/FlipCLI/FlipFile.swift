@@ -2,22 +2,18 @@ import FlipBNN
 import FlipTraining
 import Foundation
 
-/// A validated Flip file (model, checkpoint or binary export) and the run config stored in
-/// its `config` metadata, from which the commands rebuild its model.
+/// A validated Flip file (model, checkpoint or binary export) and the run settings stored in
+/// its settings entry, from which the commands rebuild its model.
 struct FlipFile {
   let path: String
   let tensors: [String: SafeTensors.Tensor]
   let metadata: [String: String]
-  let config: RunConfig
+  let config: RunSettings
 
-  /// Reads and validates `path`, then parses its `config` metadata.
+  /// Reads and validates `path`, then its settings entry.
   init(path: String) throws {
     (tensors, metadata) = try ModelFile.read(path: path)
-    guard let text = metadata["config"] else {
-      throw TrainingError.modelFile(
-        path: path, reason: "has no config metadata, so Flip cannot rebuild its model (was it written by flip train?)")
-    }
-    config = try RunConfig.parse(yaml: text, file: path + " (config metadata)")
+    config = try SettingsEntry.read(metadata, file: path)
     self.path = path
   }
 

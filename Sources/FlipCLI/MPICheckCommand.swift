@@ -58,20 +58,17 @@ struct MPICheckCommand: ParsableCommand {
       let fits = CommunicationTiming.fit(points, ranks: communicator.size)
       guard communicator.isRoot else { return }
       if json {
-        let object: [String: Any] = [
-          "ranks": communicator.size, "hosts": hosts,
-          "points": points.map {
-            ["collective": $0.collective, "buffer_bytes": $0.bufferBytes, "sent_bytes": $0.sentBytes, "ms": $0.milliseconds]
+        let report = TimingReport(
+          ranks: communicator.size, hosts: hosts,
+          points: points.map {
+            .init(collective: $0.collective, buffer_bytes: $0.bufferBytes, sent_bytes: $0.sentBytes, ms: $0.milliseconds)
           },
-          "fits": fits.map {
-            [
-              "collective": $0.collective, "alpha_ms": $0.alphaMilliseconds, "beta_ms_per_byte": $0.betaMillisecondsPerByte,
-              "gbit_per_s": $0.gigabitsPerSecond,
-            ]
-          },
-        ]
-        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-        print(String(decoding: data, as: UTF8.self))
+          fits: fits.map {
+            .init(
+              collective: $0.collective, alpha_ms: $0.alphaMilliseconds, beta_ms_per_byte: $0.betaMillisecondsPerByte,
+              gbit_per_s: $0.gigabitsPerSecond)
+          })
+        print(try jsonLine(report))
         return
       }
       print("timing on \(communicator.size) ranks, \(hosts) host\(hosts == 1 ? "" : "s") (ms per call, median of 3 rounds of \(repeats)):")
@@ -91,4 +88,31 @@ struct MPICheckCommand: ParsableCommand {
       }
     }
   }
+}
+
+/// `flip mpi-check --timing --json`: the measured points and the fitted links.
+struct TimingReport: Encodable {
+  struct Point: Encodable {
+    var collective: String
+    var buffer_bytes: Int
+    var sent_bytes: Int
+    var ms: Double
+  }
+  struct Fit: Encodable {
+    var collective: String
+    var alpha_ms: Double
+    var beta_ms_per_byte: Double
+    var gbit_per_s: Double
+  }
+  var ranks: Int
+  var hosts: Int
+  var points: [Point]
+  var fits: [Fit]
+}
+
+/// `value` as one line of JSON with sorted keys (the commands' `--json` output).
+func jsonLine<T: Encodable>(_ value: T) throws -> String {
+  let encoder = JSONEncoder()
+  encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+  return String(decoding: try encoder.encode(value), as: UTF8.self)
 }

@@ -15,11 +15,20 @@ enum Runtime {
   }
 
   /// Sets oneDNN's thread count (explicitly, never from the environment) and returns it.
+  @discardableResult
   static func configureThreads(_ requested: Int?, localRanks: Int) -> Int {
     let cores = ProcessInfo.processInfo.activeProcessorCount
     let n = requested ?? max(1, cores / max(1, localRanks))
     OneDNN.setThreads(n)
     return n
+  }
+
+  /// `configureThreads`, with the compute setup logged.
+  @discardableResult
+  static func configureThreads(_ requested: Int?, localRanks: Int, logger: Logger, communicator: Communicator) -> Int {
+    let threads = configureThreads(requested, localRanks: localRanks)
+    logger.info("\(describeCompute(threads: threads, communicator: communicator))")
+    return threads
   }
 
   /// One line on the compute setup, logged at start-up.

@@ -47,7 +47,7 @@ struct SelfTestCommand: ParsableCommand {
     try Runtime.run(verbose: verbose) { communicator, _ in
       let configs =
         modelOptions.model == nil && modelOptions.config == nil
-        ? ModelPreset.allCases.map { RunConfig(preset: $0) } : [try modelOptions.resolve()]
+        ? ModelPreset.allCases.map { RunSettings(preset: $0) } : [try modelOptions.resolve()]
       let host = ProcessInfo.processInfo.hostName
       for config in configs {
         let shape = inputShape ?? config.inputShape ?? [28, 28, 1]
@@ -57,18 +57,16 @@ struct SelfTestCommand: ParsableCommand {
         let passed = checks.allSatisfy(\.passed)
         allPassed = allPassed && passed
         if json {
-          let rows: [[String: Any]] = checks.map {
-            [
-              "kernel": $0.kernel, "layer": $0.layer, "implementation": $0.implementation,
-              "max_error": $0.maxError.isFinite ? $0.maxError : -1, "tolerance": $0.tolerance, "passed": $0.passed,
-            ]
+          let rows = checks.map {
+            SelfTestReport.Check(
+              kernel: $0.kernel, layer: $0.layer, implementation: $0.implementation,
+              max_error: $0.maxError.isFinite ? Double($0.maxError) : -1, tolerance: Double($0.tolerance),
+              passed: $0.passed)
           }
-          let object: [String: Any] = [
-            "model": config.model, "host": host, "rank": communicator.rank, "cpu": CPUInfo.modelName,
-            "isa": OneDNN.effectiveISA, "onednn": OneDNN.version, "passed": passed, "milliseconds": ms, "checks": rows,
-          ]
-          let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-          print(String(decoding: data, as: UTF8.self))
+          let report = SelfTestReport(
+            model: config.model, host: host, rank: communicator.rank, cpu: CPUInfo.modelName,
+            isa: OneDNN.effectiveISA, onednn: OneDNN.version, passed: passed, milliseconds: ms, checks: rows)
+          print(try jsonLine(report))
         } else {
           print(
             "\(config.model) on \(host)\(communicator.size > 1 ? " (rank \(communicator.rank))" : ""): \(CPUInfo.modelName), oneDNN \(OneDNN.version) ISA \(OneDNN.effectiveISA)\(CPUInfo.isaCap.map { " (ONEDNN_MAX_CPU_ISA=\($0))" } ?? "")"
@@ -118,19 +116,6 @@ enum CPUInfo {
   static var isaCap: String? { ProcessInfo.processInfo.environment["ONEDNN_MAX_CPU_ISA"] }
 }
 
-/// `flip train`'s start-up check: the model's fast kernels against their references on this
-/// rank's CPU. A failure names the kernels, the rank and the host.
-func checkKernelsAtStartup(specs: [LayerSpec], inputShape: [Int], rank: Int, logger: Logger) throws {
-  let start = DispatchTime.now().uptimeNanoseconds
-  let checks = try KernelSelfTest.run(specs: specs, inputShape: inputShape)
-  let failures = checks.filter { !$0.passed }
-  guard failures.isEmpty else {
-    throw TrainingError.kernelCheckFailed(rank: rank, host: ProcessInfo.processInfo.hostName, failures: failures)
-  }
-  let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
-  logger.info("kernel self-check: \(checks.count) kernels agree with their references (\(String(format: "%.0f", ms)) ms)")
-}
-
 /// Parses `H,W,C` or `N` into a shape.
 func parseShape(_ text: String) throws -> [Int] {
   let parts = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
@@ -142,3 +127,24 @@ func parseShape(_ text: String) throws -> [Int] {
 
 extension BinaryForwardPolicy: ExpressibleByArgument {}
 extension WirePolicy: ExpressibleByArgument {}
+
+/// `flip selftest --json`: one line per model.
+struct SelfTestReport: Encodable {
+  struct Check: Encodable {
+    var kernel: String
+    var layer: String
+    var implementation: String
+    var max_error: Double
+    var tolerance: Double
+    var passed: Bool
+  }
+  var model: String
+  var host: String
+  var rank: Int
+  var cpu: String
+  var isa: String
+  var onednn: String
+  var passed: Bool
+  var milliseconds: Double
+  var checks: [Check]
+}

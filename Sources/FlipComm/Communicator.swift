@@ -90,9 +90,7 @@ extension Communicator {
 
   /// How many distinct hosts the ranks run on (by host name).
   public func hostCount(hostName: String = ProcessInfo.processInfo.hostName) throws -> Int {
-    var h: UInt64 = 0xCBF2_9CE4_8422_2325
-    for b in hostName.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
-    return Set(try allgather(h)).count
+    return Set(try allgather(FNV1a.hash(hostName.utf8))).count
   }
 
   /// Sums `values` over all ranks.

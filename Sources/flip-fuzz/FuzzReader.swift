@@ -65,12 +65,18 @@ func dictionary(_ seeds: [(name: String, data: Data)]) -> String {
     if token.utf8.count <= 64, checksum.firstMatch(in: token, range: range) == nil { tokens.insert(token) }
   }
   func strings(in json: Any) -> [String] {
-    switch json {
-    case let d as [String: Any]: return d.keys.map { $0 } + d.values.flatMap { strings(in: $0) }
-    case let a as [Any]: return a.flatMap { strings(in: $0) }
-    case let s as String: return [s]
-    default: return []
+    guard let data = try? JSONSerialization.data(withJSONObject: json, options: [.fragmentsAllowed]),
+      let value = try? JSONDecoder().decode(ConfigValue.self, from: data)
+    else { return [] }
+    func walk(_ v: ConfigValue) -> [String] {
+      switch v {
+      case .map(let m): return Array(m.keys) + m.values.flatMap(walk)
+      case .list(let l): return l.flatMap(walk)
+      case .string(let s): return [s]
+      default: return []
+      }
     }
+    return walk(value)
   }
   for (_, data) in seeds {
     guard let header = try? JSONSerialization.jsonObject(with: Data(Restamp.header(of: data))) else { continue }

@@ -405,14 +405,14 @@ struct AugmentationTests {
 
   @Test func augmentKeyInRunConfigs() throws {
     let base = "model: binarynet-mlp\n"
-    #expect(try RunConfig.parse(yaml: base, file: "c").augment == .none)
+    #expect(try RunSettings.parse(yaml: base, file: "c").augment == .none)
     for mode in AugmentationMode.allCases {
-      let c = try RunConfig.parse(yaml: base + "augment: \(mode.rawValue)\n", file: "c")
+      let c = try RunSettings.parse(yaml: base + "augment: \(mode.rawValue)\n", file: "c")
       #expect(c.augment == mode)
       #expect(try c.yaml().contains("augment: \(mode.rawValue)"))
-      #expect(try RunConfig.parse(yaml: try c.yaml(), file: "again") == c)
+      #expect(try RunSettings.parse(yaml: try c.yaml(), file: "again") == c)
     }
-    let m = errorMessage { _ = try RunConfig.parse(yaml: base + "augment: mixup\n", file: "c.yaml") }
+    let m = errorMessage { _ = try RunSettings.parse(yaml: base + "augment: mixup\n", file: "c.yaml") }
     #expect(m.contains("c.yaml") && m.contains("augment") && m.contains("'mixup'"), "\(m)")
     #expect(m.contains("accepted: none, crop, crop-flip"), "\(m)")
     #expect(AugmentationMode(rawValue: "crop-flip") == .cropFlip)

@@ -89,8 +89,8 @@ struct CLITests {
       #expect(r.stderr.contains(text), "\(args): stderr was \(r.stderr)")
       #expect(!r.stderr.contains("Fatal error"))
     }
-    try fails(["train", "--model", "binarynet-mlp", "--batch-size", "0"], mentioning: "--batch-size must be positive")
-    try fails(["train", "--model", "binarynet-mlp", "--epochs=-1"], mentioning: "--epochs must be positive")
+    try fails(["train", "--model", "binarynet-mlp", "--batch-size", "0"], mentioning: "batch_size: must be positive, got 0 (--batch-size)")
+    try fails(["train", "--model", "binarynet-mlp", "--epochs=-1"], mentioning: "epochs: must be positive, got -1 (--epochs)")
     try fails(["train", "--model", "resnet50"], mentioning: "unknown model preset 'resnet50'")
     try fails(
       ["train", "--model", "binarynet-mlp", "--data", dir + "/missing", "--out", dir + "/r1"], mentioning: "missing")

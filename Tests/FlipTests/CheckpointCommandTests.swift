@@ -43,7 +43,8 @@ struct CheckpointCommandTests {
     let crc = try #require(try ModelFile.read(path: model).metadata["payload_crc32"])
     #expect(i.stdout.contains("valid: checksum crc32 \(crc) matches"))
     #expect(
-      i.stdout.range(of: #"  config: \d+ bytes, first line: augment: none\n"#, options: .regularExpression) != nil)
+      i.stdout.range(of: #"  settings: \d+ bytes, first line: \{"format":"flip-run-settings""#, options: .regularExpression)
+        != nil, "\(i.stdout)")
 
     let exported = dir + "/binary.safetensors"
     let e = try runFlip(["checkpoint", "export", "--binary", model, exported])

@@ -1,5 +1,6 @@
 import FlipBNN
 import Foundation
+import FlipTraining
 import Testing
 
 @testable import FlipCLI
@@ -12,17 +13,17 @@ struct ConfigTests {
 
   @Test(arguments: ModelPreset.allCases)
   func presetFilesMatchThePresets(_ preset: ModelPreset) throws {
-    let c = try RunConfig.load(path: "\(Self.root)/configs/\(preset.rawValue).yaml")
+    let c = try RunSettings.load(path: "\(Self.root)/configs/\(preset.rawValue).yaml")
     #expect(c.layers == preset.layers)
-    let preset = RunConfig(preset: preset)
+    let preset = RunSettings(preset: preset)
     #expect(c.optimizer == preset.optimizer)
     #expect(c.epochs == 10 && c.batchSize == preset.batchSize && c.seed == 0)
   }
 
   @Test func effectiveConfigRoundTrips() throws {
     for file in ["binarynet-mlp", "larq-cnn", "bop-mlp"] {
-      let c = try RunConfig.load(path: "\(Self.root)/configs/\(file).yaml")
-      let again = try RunConfig.parse(yaml: try c.yaml(), file: "round-trip")
+      let c = try RunSettings.load(path: "\(Self.root)/configs/\(file).yaml")
+      let again = try RunSettings.parse(yaml: try c.yaml(), file: "round-trip")
       #expect(again == c)
     }
   }
@@ -42,7 +43,7 @@ struct ConfigTests {
       epochs: 3
       batch_size: 64
       """
-    let c = try RunConfig.parse(yaml: text, file: "t.yaml")
+    let c = try RunSettings.parse(yaml: text, file: "t.yaml")
     #expect(c.layers[0].strides == [2, 2])
     #expect(c.layers[0].padding == .same)
     #expect(c.layers[0].padValues == 1)
@@ -62,7 +63,7 @@ struct ConfigTests {
 
   func parseError(_ text: String) -> String {
     do {
-      _ = try RunConfig.parse(yaml: text, file: "bad.yaml")
+      _ = try RunSettings.parse(yaml: text, file: "bad.yaml")
       return "no error"
     } catch { return "\(error)" }
   }
@@ -88,12 +89,12 @@ struct ConfigTests {
   }
 
   @Test func shapesThatDoNotFitAreErrors() throws {
-    let c = try RunConfig.parse(yaml: "layers: [{type: QuantDense, units: 3}]", file: "t")
+    let c = try RunSettings.parse(yaml: "layers: [{type: QuantDense, units: 3}]", file: "t")
     do {
       _ = try Model(specs: c.layers, inputShape: [4, 4, 1], seed: 0)
       Issue.record("expected an error")
     } catch { #expect("\(error)".contains("Flatten")) }
-    let d = try RunConfig.parse(yaml: "layers: [{type: QuantConv2D, filters: 2, kernel_size: 5}]", file: "t")
+    let d = try RunSettings.parse(yaml: "layers: [{type: QuantConv2D, filters: 2, kernel_size: 5}]", file: "t")
     do {
       _ = try Model(specs: d.layers, inputShape: [3, 3, 1], seed: 0)
       Issue.record("expected an error")

@@ -209,7 +209,7 @@ struct ExchangeTests {
       configure(&options)
       let trainer = try Trainer(
         model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(), communicator: c, data: data,
-        options: options, logger: Logger(label: "test"), progress: ProgressReporter(enabled: false))
+        options: options, logger: Logger(label: "test"))
       let order = trainer.sampler.permutation(epoch: 0)
       for s in 0..<steps { _ = try trainer.step(order: order, stepInEpoch: s % trainer.sampler.stepsPerEpoch) }
       let checksum = trainer.replicaChecksum()
@@ -267,7 +267,7 @@ struct ExchangeTests {
     let results = ThreadGroup(size: 2).run { c -> [(Int, Int)] in
       try [(Self.specs, WireFormat.compact), (Self.specs, .fp32), (Self.channelMeanSpecs, .compact)].map { specs, wire in
         let model = try Model(specs: specs, inputShape: [6, 6, 1], seed: 3)
-        let exchange = ShardedExchange(
+        let exchange = try ShardedExchange(
           model: model, optimizer: try OptimizerSpec.adam().make(), communicator: c, bucketBytes: 4 << 20, wire: wire)
         let bottom = model.layers.first { $0 is QuantDense } as! QuantDense
         return (bottom.kernelGradientRowBlocks, exchange.layout.buckets.filter { $0.readyAfterRows != nil }.count)
@@ -318,7 +318,7 @@ struct ExchangeTests {
       let model = try Model(specs: Self.specs, inputShape: [6, 6, 1], seed: 3)
       model.allocate(maxBatch: 8)
       let bottom = try #require(model.layers.firstIndex { $0 is QuantDense })
-      (model.layers[bottom] as! QuantDense).kernelGradientRowBlocks = blocks
+      try model.computeKernelGradient(ofLayer: bottom, inRowBlocks: blocks)
       model.store.zeroGradients()
       _ = try model.accumulateGradients(
         x, labels: labels, batch: 8, loss: SparseCategoricalCrossentropy(classes: 2), observer: observer)
@@ -355,7 +355,7 @@ struct ExchangeTests {
       options.measureImbalance = true
       let trainer = try Trainer(
         model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(), communicator: c, data: data,
-        options: options, logger: Logger(label: "test"), progress: ProgressReporter(enabled: false))
+        options: options, logger: Logger(label: "test"))
       if c.rank == 1 {
         model.layerTrace = { layer, backward, _, _ in if layer == 0 && !backward { Thread.sleep(forTimeInterval: delay) } }
       }

@@ -1,5 +1,6 @@
 import FlipTensor
 import Foundation
+import FlipTraining
 import Testing
 
 @testable import FlipBNN
@@ -224,14 +225,14 @@ struct GraphModelTests {
 
   /// A graph config survives YAML: names, inputs, merge layers, initializers.
   @Test func graphConfigRoundTrip() throws {
-    var c = RunConfig(preset: .birealnet)
+    var c = RunSettings(preset: .birealnet)
     c.inputShape = [28, 28, 1]
     let text = try c.yaml()
     #expect(text.contains("inputs:") && text.contains("kernel_initializer: glorot_normal") && text.contains("type: Add"))
-    let back = try RunConfig.parse(yaml: text, file: "birealnet.yaml")
+    let back = try RunSettings.parse(yaml: text, file: "birealnet.yaml")
     #expect(back.layers == c.layers)
     let bad = "layers:\n  - {type: Dense, units: 2}\n  - {type: Add, inputs: [dense]}\n"
-    #expect(throws: ConfigError.self) { try RunConfig.parse(yaml: bad, file: "bad.yaml") }
+    #expect(throws: ConfigError.self) { try RunSettings.parse(yaml: bad, file: "bad.yaml") }
   }
 }
 

@@ -5,11 +5,23 @@ import Testing
 
 /// Checkpoints, resuming and stop signals under `mpirun` (part of the serialized MPI suite).
 extension MPITests {
-  func resumeArguments(_ dir: String, out: String, wire: String = "auto") -> [String] {
+  func resumeArguments(_ dir: String, out: String, wire: String = "auto", extra: [String] = []) -> [String] {
     [
       "train", "--config", dir + "/m.yaml", "--data", dir, "--epochs", "3", "--batch-size", "32", "--threads", "1",
       "--checkpoint-every", "3", "--out", out, "--quiet", "--wire", wire,
-    ]
+    ] + extra
+  }
+
+  /// Micro-steps and sync BatchNorm are the run's settings: a resumed run keeps both (they are
+  /// in config.yaml and in the checkpoint's settings entry) and ends with the same bits.
+  @Test func accumulateAndSyncBatchNormSurviveAResume() throws {
+    let dir = try ResumeTests.setUp()
+    try killAndResume(dir, wire: "fp32", extra: ["--accumulate", "2", "--sync-bn"])
+    let config = try String(contentsOfFile: dir + "/run/config.yaml", encoding: .utf8)
+    #expect(config.contains("accumulate: 2\n") && config.contains("sync_bn: true\n"), "\(config)")
+    let (_, metadata) = try ModelFile.read(path: dir + "/run/ckpt-000024.safetensors")
+    let settings = try SettingsEntry.read(metadata, file: "ckpt-000024")
+    #expect(settings.accumulate == 2 && settings.syncBN)
   }
 
   /// Also on the compact wire, where each rank holds the latent weights of its own slices
@@ -45,13 +57,15 @@ extension MPITests {
 
   /// Trains the config in `dir` on 2 ranks once whole and once with rank 1 killed at step 11,
   /// then resumed from the step-9 checkpoint; expects the same bits at the end.
-  func killAndResume(_ dir: String, wire: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-    let whole = try launch(2, resumeArguments(dir, out: dir + "/whole", wire: wire))
+  func killAndResume(
+    _ dir: String, wire: String, extra: [String] = [], sourceLocation: SourceLocation = #_sourceLocation
+  ) throws {
+    let whole = try launch(2, resumeArguments(dir, out: dir + "/whole", wire: wire, extra: extra))
     #expect(whole.status == 0, "\(whole.stderr)", sourceLocation: sourceLocation)
     // Rank 1 is SIGKILLed mid-epoch: the job ends non-zero within seconds.
     let start = Date()
     let killed = try launch(
-      2, resumeArguments(dir, out: dir + "/run", wire: wire), environment: ["FLIP_TEST_FAULT": "kill:1:11"])
+      2, resumeArguments(dir, out: dir + "/run", wire: wire, extra: extra), environment: ["FLIP_TEST_FAULT": "kill:1:11"])
     #expect(killed.status != 0, sourceLocation: sourceLocation)
     #expect(Date().timeIntervalSince(start) < 30, sourceLocation: sourceLocation)
     _ = try ModelFile.read(path: dir + "/run/ckpt-000009.safetensors")

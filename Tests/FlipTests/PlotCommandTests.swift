@@ -47,6 +47,13 @@ struct PlotCommandTests {
       let broken = try runFlip(["plot", dir, "--out", dir + "/x.png"], environment: ["FLIP_PLOT_PYTHON": python])
       #expect(broken.status != 0)
       #expect(broken.stderr.contains("metrics.jsonl:1: not JSON"), "\(broken.stderr)")
+      // A string where a number belongs is refused, not drawn.
+      try #"{"kind": "epoch", "epoch": 1, "loss": "0.5", "accuracy": 0.8, "test_loss": 0.6, "test_accuracy": 0.7}"#
+        .write(toFile: dir + "/metrics.jsonl", atomically: true, encoding: .utf8)
+      let strings = try runFlip(["plot", dir, "--out", dir + "/x.png"], environment: ["FLIP_PLOT_PYTHON": python])
+      #expect(strings.status != 0)
+      #expect(strings.stderr.contains("metrics.jsonl:1: loss must be a number, found '0.5'"), "\(strings.stderr)")
+      #expect(!FileManager.default.fileExists(atPath: dir + "/x.png"))
     }
   }
 }

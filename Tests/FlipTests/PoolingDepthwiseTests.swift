@@ -1,5 +1,6 @@
 import FlipTensor
 import Foundation
+import FlipTraining
 import Testing
 
 @testable import FlipBNN
@@ -601,7 +602,7 @@ struct PoolingDepthwiseTests {
         - {type: GlobalAvgPool2D}
       """
     // The last layer cannot follow Flatten: parse first, then check the error on building.
-    let c = try RunConfig.parse(yaml: text, file: "t.yaml")
+    let c = try RunSettings.parse(yaml: text, file: "t.yaml")
     let d = c.layers[0]
     #expect(d.kind == .quantDepthwiseConv2D && d.kernelSize == [3, 3] && d.strides == [2, 2])
     #expect(d.padding == .same && d.padValues == 1 && d.depthMultiplier == 2 && !d.useBias)
@@ -619,9 +620,9 @@ struct PoolingDepthwiseTests {
     let written = try c.yaml()
     #expect(written.contains("depthwise_quantizer") && written.contains("depthwise_constraint"))
     #expect(!written.contains("kernel_quantizer") && !written.contains("kernel_constraint"))
-    let again = try RunConfig.parse(yaml: written, file: "round-trip")
+    let again = try RunSettings.parse(yaml: written, file: "round-trip")
     #expect(again == c)
-    #expect(try RunConfig.parse(yaml: try again.yaml(), file: "round-trip 2") == c)
+    #expect(try RunSettings.parse(yaml: try again.yaml(), file: "round-trip 2") == c)
 
     do {
       _ = try Model(specs: c.layers, inputShape: [12, 12, 3], seed: 0)
@@ -645,14 +646,14 @@ struct PoolingDepthwiseTests {
 
   private func parseError(_ text: String) -> String {
     do {
-      _ = try RunConfig.parse(yaml: text, file: "bad.yaml")
+      _ = try RunSettings.parse(yaml: text, file: "bad.yaml")
       return "no error"
     } catch { return "\(error)" }
   }
 
   private func buildError(_ yaml: String, inputShape: [Int]) -> String {
     do {
-      let c = try RunConfig.parse(yaml: yaml, file: "bad.yaml")
+      let c = try RunSettings.parse(yaml: yaml, file: "bad.yaml")
       _ = try Model(specs: c.layers, inputShape: inputShape, seed: 0)
       return "no error"
     } catch { return "\(error)" }

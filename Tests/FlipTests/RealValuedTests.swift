@@ -1,5 +1,6 @@
 import FlipTensor
 import Foundation
+import FlipTraining
 import Testing
 
 @testable import FlipBNN
@@ -35,10 +36,10 @@ struct RealValuedTests {
         - {type: QuantDense, units: 3, input_quantizer: hard_tanh}
         - {type: QuantDense, units: 2, input_quantizer: {type: hard_tanh}, kernel_quantizer: ste_sign}
       """
-    let c = try RunConfig.parse(yaml: text, file: "t.yaml")
+    let c = try RunSettings.parse(yaml: text, file: "t.yaml")
     #expect(c.layers[1].inputQuantizer == QuantizerSpec("hard_tanh"))
     #expect(c.layers[2].inputQuantizer == QuantizerSpec("hard_tanh"))
-    #expect(try RunConfig.parse(yaml: try c.yaml(), file: "again") == c)
+    #expect(try RunSettings.parse(yaml: try c.yaml(), file: "again") == c)
     let model = try Model(specs: c.layers, inputShape: [2, 2, 1], seed: 0)
     let dense = try #require(model.layers[1] as? QuantDense)
     #expect(dense.inputQuantizer is HardTanh)

@@ -15,14 +15,15 @@ struct TrainerTests {
     return try Model(specs: specs, inputShape: [6, 6, 1], seed: seed)
   }
 
-  func makeTrainer(_ model: Model, data: DataSplits, epochs: Int = 3, batch: Int = 32, seed: UInt64 = 0) throws
-    -> Trainer
-  {
+  func makeTrainer(
+    _ model: Model, data: DataSplits, epochs: Int = 3, batch: Int = 32, seed: UInt64 = 0,
+    observers: TrainingObservers = TrainingObservers()
+  ) throws -> Trainer {
     try Trainer(
       model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(),
       communicator: SingleProcessCommunicator(),
       data: data, options: TrainingOptions(epochs: epochs, batchSize: batch, seed: seed, logEverySteps: 4),
-      logger: Logger(label: "test"), progress: ProgressReporter(enabled: false))
+      logger: Logger(label: "test"), observers: observers)
   }
 
   @Test func learnsAToyProblemAndLogsMetrics() throws {
@@ -30,8 +31,9 @@ struct TrainerTests {
     writeToyDataset(to: dir)
     let data = try DataSplits.load(directory: dir)
     let model = try toyModel(seed: 0)
-    let trainer = try makeTrainer(model, data: data, epochs: 4)
-    trainer.metrics = try MetricsLog(path: dir + "/metrics.jsonl")
+    var observers = TrainingObservers()
+    observers.metrics = try MetricsLog(path: dir + "/metrics.jsonl")
+    let trainer = try makeTrainer(model, data: data, epochs: 4, observers: observers)
     let results = try trainer.fit()
     #expect(results.count == 4)
     #expect(results.last!.testAccuracy > 0.9)
@@ -81,7 +83,7 @@ struct TrainerTests {
       optimizer: try OptimizerSpec.sgd(learningRate: .constant(50), momentum: .constant(0), nesterov: false).make(),
       communicator: SingleProcessCommunicator(), data: data,
       options: TrainingOptions(epochs: 1, batchSize: 16, seed: 0, logEverySteps: 0), logger: Logger(label: "t"),
-      progress: ProgressReporter(enabled: false))
+      )
     try trainer.fit()
     for v in model.store.views where v.role == .kernel {
       let w = UnsafeBufferPointer(start: model.store.pointer(v), count: v.count)
@@ -127,7 +129,7 @@ struct TrainerTests {
       let trainer = try Trainer(
         model: model, optimizer: try OptimizerSpec.adam(learningRate: 0.01).make(),
         communicator: SingleProcessCommunicator(), data: data, options: options, logger: Logger(label: "t"),
-        progress: ProgressReporter(enabled: false))
+        )
       try trainer.fit()
       return model.store.values.array
     }

@@ -51,7 +51,7 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
   /// the next ones are computed: each block is one GEMM, and while the quantizer's
   /// pseudo-gradient is the identity, `kernelRowsFinished` hears the rows final after each
   /// block but the last. 1 (the default): one GEMM over the whole kernel.
-  public var kernelGradientRowBlocks = 1 {
+  public internal(set) var kernelGradientRowBlocks = 1 {
     didSet { precondition(kernelGradientRowBlocks >= 1, "kernelGradientRowBlocks must be at least 1") }
   }
   /// Set by `Model.backward` for the pass of an observer that follows row blocks.

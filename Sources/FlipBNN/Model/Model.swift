@@ -141,6 +141,16 @@ public final class Model {
     isGraph = specs.contains { $0.inputs != nil }
     var readers = Array(repeating: 0, count: layers.count)
     for sources in inputsOf { for j in sources where j >= 0 { readers[j] += 1 } }
+    // The last layer is the output: every other layer must feed some layer, or it would be
+    // trained for nothing (and, listed last, silently become the output).
+    let dead = layers.indices.dropLast().filter { readers[$0] == 0 }
+    guard dead.isEmpty else {
+      let names = dead.map { "\(layers[$0].name) (layer \($0))" }.joined(separator: ", ")
+      throw BNNError.invalidParameter(
+        owner: "model", parameter: "inputs",
+        reason:
+          "\(names) feed\(dead.count == 1 ? "s" : "") no other layer, so \(dead.count == 1 ? "its" : "their") output would be unused; the output is the last layer listed (\(layers[layers.count - 1].name)): connect every branch to it or remove the dead ones")
+    }
     sharedOutputs = layers.indices.filter { readers[$0] > 1 }
     widestSharedOutput = sharedOutputs.map { layers[$0].outputSize }.max() ?? 0
     consumers = Array(repeating: 0, count: layers.count)

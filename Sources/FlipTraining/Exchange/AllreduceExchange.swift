@@ -8,7 +8,7 @@ import FlipTensor
 /// With buckets (`bucketBytes` > 0) each bucket's `MPI_Iallreduce` starts as soon as backward
 /// has finished its layers and overlaps the backward of the layers below, with progress calls
 /// between layers; with `bucketBytes` 0, one all-reduce after backward.
-final class AllreduceExchange: GradientExchange {
+final class AllreduceExchange: GradientExchange, ExchangeDiagnostics {
   let store: ParameterStore
   let optimizer: Optimizer
   let communicator: Communicator

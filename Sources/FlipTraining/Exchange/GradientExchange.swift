@@ -13,10 +13,6 @@ import FlipTensor
 /// (`AllreduceExchange`), and the sharded ZeRO-1 step (`ShardedExchange`) on the fp32 or the
 /// compact wire.
 public protocol GradientExchange: BackwardObserver {
-  /// What it is, for logs: `one process`, `bucketed all-reduce`, `sharded, compact wire`, ...
-  var description: String { get }
-  /// How its bytes travel (fp32 except for the sharded step's compact wire).
-  var wireFormat: WireFormat { get }
   /// Whether it acts during backward (the trainer then makes it backward's observer on the
   /// step's last micro-step: `layerFinished`, `kernelRowsFinished`).
   var overlapsBackward: Bool { get }
@@ -31,6 +27,15 @@ public protocol GradientExchange: BackwardObserver {
   func gatherState() throws
   /// A fingerprint of what every rank must hold alike (`Trainer.checkReplicas` compares it).
   func replicaChecksum() -> UInt64
+}
+
+/// What an exchange tells about itself for logs, benchmarks and traces (apart from the
+/// algorithm, `GradientExchange`).
+public protocol ExchangeDiagnostics: AnyObject {
+  /// What it is, for logs: `one process`, `bucketed all-reduce`, `sharded, compact wire`, ...
+  var description: String { get }
+  /// How its bytes travel (fp32 except for the sharded step's compact wire).
+  var wireFormat: WireFormat { get }
   /// Called with each bucket's communication span (name, start, end) for the timeline; the
   /// track tells reductions from gathers.
   var trace: ((_ name: String, _ track: Int, _ start: UInt64, _ end: UInt64) -> Void)? { get set }
@@ -59,17 +64,11 @@ public enum WirePolicy: String, Sendable, CaseIterable {
 }
 
 /// The exchange for `options` on `communicator`: one process, or the sharded or all-reduce
-/// step; with sync BatchNorm across ranks, the BatchNorm layers' statistics are wired to the
-/// communicator too. The only place that looks at the number of ranks.
+/// step. The only place that picks a strategy by the number of ranks.
 public func makeGradientExchange(
   model: Model, optimizer: Optimizer, communicator: Communicator, options: TrainingOptions
-) throws -> GradientExchange {
+) throws -> any GradientExchange & ExchangeDiagnostics {
   guard communicator.size > 1 else { return LocalExchange(store: model.store, optimizer: optimizer) }
-  if options.syncBatchNorm {
-    for case let bn as BatchNormalization in model.layers {
-      bn.crossReplicaSum = { [unowned communicator] p, n in try communicator.allreduceSum(p, count: n) }
-    }
-  }
   guard options.shardOptimizer else {
     return AllreduceExchange(
       store: model.store, optimizer: optimizer, communicator: communicator, bucketBytes: options.bucketBytes)
@@ -80,7 +79,7 @@ public func makeGradientExchange(
   case .compact: wire = .compact
   case .auto: wire = try communicator.hostCount() > 1 ? .compact : .fp32
   }
-  return ShardedExchange(
+  return try ShardedExchange(
     model: model, optimizer: optimizer, communicator: communicator, bucketBytes: options.bucketBytes, wire: wire)
 }
 
@@ -106,18 +105,7 @@ public final class StepTimer {
   }
 }
 
-/// FNV-1a over the 64-bit words of `count` floats (a fast, order-sensitive fingerprint).
-func fnv1a64(_ p: UnsafePointer<Float>, count: Int, seed: UInt64 = 0xCBF2_9CE4_8422_2325) -> UInt64 {
-  var h = seed
-  let words = count / 2
-  UnsafeRawPointer(p).withMemoryRebound(to: UInt64.self, capacity: words) { w in
-    for i in 0..<words { h = (h ^ w[i]) &* 0x0000_0100_0000_01B3 }
-  }
-  if count % 2 == 1 { h = (h ^ UInt64(p[count - 1].bitPattern)) &* 0x0000_0100_0000_01B3 }
-  return h
-}
-
-/// FNV-1a of a whole buffer.
-func fnv1a64(_ buffer: FloatBuffer, seed: UInt64 = 0xCBF2_9CE4_8422_2325) -> UInt64 {
-  fnv1a64(buffer.pointer, count: buffer.count, seed: seed)
+/// FNV-1a of a whole buffer's floats (a fast, order-sensitive fingerprint).
+func fnv1a64(_ buffer: FloatBuffer, seed: UInt64 = FNV1a.offsetBasis) -> UInt64 {
+  FNV1a.hash(floats: buffer.pointer, count: buffer.count, seed: seed)
 }

@@ -4,7 +4,7 @@ import FlipTensor
 
 /// One process: nothing to exchange. `finishStep` applies the optimizer to the summed
 /// gradients, scaled to their mean.
-final class LocalExchange: GradientExchange {
+final class LocalExchange: GradientExchange, ExchangeDiagnostics {
   let store: ParameterStore
   let optimizer: Optimizer
   private var scale: Float = 1

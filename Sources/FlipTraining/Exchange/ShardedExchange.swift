@@ -17,7 +17,7 @@ import FlipTensor
 /// becomes the quantizer's `scaleOverride` on every rank). A rank holds the latent weights of
 /// its own parts only (the others as `±c`, which train the same), and `gatherState` brings the
 /// latent weights back for checkpoints and model files.
-final class ShardedExchange: GradientExchange {
+final class ShardedExchange: GradientExchange, ExchangeDiagnostics {
   let store: ParameterStore
   let optimizer: Optimizer
   let communicator: Communicator
@@ -54,13 +54,13 @@ final class ShardedExchange: GradientExchange {
   private var clock = TrainingClock()
   private var timer = StepTimer()
 
-  init(model: Model, optimizer: Optimizer, communicator: Communicator, bucketBytes: Int, wire: WireFormat) {
+  init(model: Model, optimizer: Optimizer, communicator: Communicator, bucketBytes: Int, wire: WireFormat) throws {
     store = model.store
     self.optimizer = optimizer
     self.communicator = communicator
     self.wire = wire
     overlap = bucketBytes > 0
-    let split = overlap && wire == .compact ? Self.splitBottomKernel(of: model) : nil
+    let split = overlap && wire == .compact ? try Self.splitBottomKernel(of: model) : nil
     let layout = ShardLayout(
       buckets: GradientBucket.plan(
         views: model.store.views, capBytes: bucketBytes > 0 ? bucketBytes : .max, split: split),
@@ -100,8 +100,9 @@ final class ShardedExchange: GradientExchange {
   static let bottomKernelBlocks = 2
 
   /// The split of the lowest layer with variables, if it is a dense layer with a kernel whose
-  /// signs travel as they are (not per-channel means) or in fp32; sets the layer's blocks.
-  private static func splitBottomKernel(of model: Model) -> GradientBucket.KernelSplit? {
+  /// signs travel as they are (not per-channel means) or in fp32; asks the model to compute
+  /// that kernel's gradient in the split's row blocks.
+  private static func splitBottomKernel(of model: Model) throws -> GradientBucket.KernelSplit? {
     guard let bottom = model.store.views.map(\.layerIndex).min(),
       let dense = model.layers[bottom] as? QuantDense,
       let view = model.store.views.firstIndex(where: { $0.layerIndex == bottom && $0.role == .kernel }),
@@ -110,7 +111,7 @@ final class ShardedExchange: GradientExchange {
       }),
       model.store.views[view].count / dense.units >= 2
     else { return nil }
-    dense.kernelGradientRowBlocks = bottomKernelBlocks
+    try model.computeKernelGradient(ofLayer: bottom, inRowBlocks: bottomKernelBlocks)
     return GradientBucket.KernelSplit(view: view, blocks: bottomKernelBlocks, rowLength: dense.units)
   }
 
@@ -278,7 +279,7 @@ final class ShardedExchange: GradientExchange {
   /// in own parts only.
   func replicaChecksum() -> UInt64 {
     guard wire == .compact else { return fnv1a64(store.values) ^ UInt64(optimizer.iterations) }
-    var h: UInt64 = 0xCBF2_9CE4_8422_2325
+    var h = FNV1a.offsetBasis
     for b in layout.buckets.indices {
       let total = wordCounts[b].reduce(0, +)
       let words = UnsafeMutablePointer<UInt32>.allocate(capacity: max(total, 1))
@@ -287,11 +288,11 @@ final class ShardedExchange: GradientExchange {
       // The sums are of the latent weights, which only their owner holds: left out.
       encodeEveryPart(of: b, into: words, channelSums: false)
       UnsafeRawPointer(words).withMemoryRebound(to: Float.self, capacity: total) {
-        h = fnv1a64($0, count: total, seed: h)
+        h = FNV1a.hash(floats: $0, count: total, seed: h)
       }
     }
     for scales in channelScales {
-      h = scales.withUnsafeBufferPointer { fnv1a64($0.baseAddress!, count: $0.count, seed: h) }
+      h = scales.withUnsafeBufferPointer { FNV1a.hash(floats: $0.baseAddress!, count: $0.count, seed: h) }
     }
     return h ^ UInt64(optimizer.iterations)
   }

@@ -42,8 +42,8 @@ public struct CheckpointPolicy: Sendable {
   public var keep = 3
   /// After a failed write: warn and train on (true), or stop every rank (false, the default).
   public var continueOnError = false
-  /// Metadata written into every checkpoint (model name, config YAML, ...).
-  public var metadata: [String: String] = [:]
+  /// The run's settings, written into every checkpoint as its settings entry.
+  public var settings: RunSettings?
 
   public init(directory: String) { self.directory = directory }
 }

@@ -1,4 +1,5 @@
 import FlipBNN
+import FlipComm
 import Foundation
 
 /// Flip's files in the safetensors layout — trained models (`model.safetensors`), training
@@ -228,9 +229,8 @@ public enum ModelFile {
     let missing = expected.subtracting(tensors.keys).sorted()
     let extra = Set(tensors.keys).subtracting(expected).sorted()
     if !missing.isEmpty || !extra.isEmpty {
-      var parts: [String] = []
-      if !missing.isEmpty { parts.append("missing tensors: \(missing.joined(separator: ", "))") }
-      if !extra.isEmpty { parts.append("unexpected tensors: \(extra.joined(separator: ", "))") }
+      let parts = [("missing", missing), ("unexpected", extra)].filter { !$0.1.isEmpty }
+        .map { "\($0.0) tensors: \($0.1.joined(separator: ", "))" }
       throw TrainingError.modelFile(path: path, reason: "does not match the model (\(parts.joined(separator: "; ")))")
     }
     var mismatches: [String] = []
@@ -283,15 +283,14 @@ public enum ModelFile {
 
   /// Format version 1's checksum: FNV-1a (64-bit) over the tensors' names and bytes in name order.
   public static func fnv1a64Checksum(_ tensors: [String: SafeTensors.Tensor]) -> String {
-    var h: UInt64 = 0xCBF2_9CE4_8422_2325
-    @inline(__always) func mix(_ b: UInt8) { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+    var h = FNV1a.offsetBasis
     for name in tensors.keys.sorted() {
-      for b in name.utf8 { mix(b) }
+      h = FNV1a.hash(name.utf8, seed: h)
       let t = tensors[name]!
       if t.dtype == .f32 {
-        t.values.withUnsafeBytes { for b in $0 { mix(b) } }
+        t.values.withUnsafeBytes { h = FNV1a.hash($0, seed: h) }
       } else {
-        t.words.withUnsafeBytes { for b in $0 { mix(b) } }
+        t.words.withUnsafeBytes { h = FNV1a.hash($0, seed: h) }
       }
     }
     return String(h, radix: 16)

@@ -1,4 +1,5 @@
 import CZlib
+import FlipBNN
 import FlipTensor
 import Foundation
 
@@ -112,68 +113,19 @@ public enum SafeTensors {
   /// `decode`, also returning the data section's CRC-32.
   public static func decodeContents(_ data: Data, path: String) throws -> Contents {
     func bad(_ why: String) -> TrainingError { .modelFile(path: path, reason: "not a valid safetensors file: \(why)") }
-    guard data.count >= 8 else { throw bad("\(data.count) bytes is too short for the 8-byte header length") }
-    var length: UInt64 = 0
-    for i in 0..<8 { length |= UInt64(data[data.startIndex + i]) << (8 * UInt64(i)) }
-    guard length <= UInt64(maxHeaderBytes) else {
-      throw bad("header length \(length) exceeds the limit of \(maxHeaderBytes) bytes")
-    }
-    guard 8 + Int(length) <= data.count else {
-      throw bad("header length \(length) runs past the end of the file (\(data.count) bytes)")
-    }
-    let dataStart = 8 + Int(length)
-    let headerData = data.subdata(in: (data.startIndex + 8)..<(data.startIndex + dataStart))
-    guard let object = try? JSONSerialization.jsonObject(with: headerData), let header = object as? [String: Any] else {
-      throw bad("the header is not a JSON object")
-    }
+    let (header, dataStart) = try readHeader(data, bad: bad)
     var metadata: [String: String] = [:]
     if let m = header["__metadata__"] {
-      guard let map = m as? [String: Any] else { throw bad("__metadata__ is not an object") }
+      guard case .map(let map) = m else { throw bad("__metadata__ is not an object") }
       for (k, v) in map {
-        guard let s = v as? String else { throw bad("__metadata__[\(k)] is not a string") }
-        metadata[k] = s
+        guard case .string(let text) = v else { throw bad("__metadata__[\(k)] is not a string") }
+        metadata[k] = text
       }
     }
     let dataSize = data.count - dataStart
-    struct Entry {
-      var name: String
-      var dtype: DType
-      var shape: [Int]
-      var range: Range<Int>
-    }
     var entries: [Entry] = []
     for (name, entry) in header where name != "__metadata__" {
-      guard let e = entry as? [String: Any] else { throw bad("entry \(name) is not an object") }
-      guard let dtypeName = e["dtype"] as? String else { throw bad("tensor \(name) has no dtype") }
-      guard let dtype = DType(rawValue: dtypeName) else {
-        throw bad("tensor \(name) has dtype \(dtypeName); Flip reads F32 and U32")
-      }
-      guard let shapeAny = e["shape"] as? [Any], let offsetsAny = e["data_offsets"] as? [Any], offsetsAny.count == 2
-      else {
-        throw bad("tensor \(name) needs a shape and two data_offsets")
-      }
-      guard shapeAny.count <= 8 else { throw bad("tensor \(name) has \(shapeAny.count) dimensions (at most 8)") }
-      let shape = try shapeAny.map { v -> Int in
-        guard let n = v as? Int, n >= 0, n < (1 << 40) else { throw bad("tensor \(name) has a bad shape \(shapeAny)") }
-        return n
-      }
-      let offsets = try offsetsAny.map { v -> Int in
-        guard let n = v as? Int, n >= 0 else { throw bad("tensor \(name) has bad data_offsets \(offsetsAny)") }
-        return n
-      }
-      var count = 1
-      for d in shape {
-        let (p, o) = count.multipliedReportingOverflow(by: d)
-        guard !o, p < (1 << 40) else { throw bad("tensor \(name) shape \(shape) is too large") }
-        count = p
-      }
-      guard offsets[0] <= offsets[1], offsets[1] <= dataSize else {
-        throw bad("tensor \(name) data_offsets \(offsets) fall outside the \(dataSize) data bytes")
-      }
-      guard offsets[1] - offsets[0] == count * 4 else {
-        throw bad("tensor \(name) has \(offsets[1] - offsets[0]) bytes but shape \(shape) needs \(count * 4)")
-      }
-      entries.append(Entry(name: name, dtype: dtype, shape: shape, range: offsets[0]..<offsets[1]))
+      entries.append(try Entry(name: name, entry, dataSize: dataSize, bad: bad))
     }
     // Offsets must tile the data section exactly: sorted, no overlap, no gap, nothing after.
     entries.sort { ($0.range.lowerBound, $0.range.upperBound) < ($1.range.lowerBound, $1.range.upperBound) }
@@ -189,30 +141,96 @@ public enum SafeTensors {
     data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
       let payload = UnsafeRawBufferPointer(rebasing: raw[dataStart...])
       crc = crc32Hex(payload)
-      for e in entries {
-        let src = UnsafeRawBufferPointer(rebasing: payload[e.range])
-        let n = e.range.count / 4
-        switch e.dtype {
-        case .f32:
-          var values = [Float](repeating: 0, count: n)
-          values.withUnsafeMutableBytes { $0.copyMemory(from: src) }
-          #if _endian(big)
-            values = values.map { Float(bitPattern: UInt32(littleEndian: $0.bitPattern)) }
-          #endif
-          tensors[e.name] = Tensor(shape: e.shape, values: values)
-        case .u32:
-          var words = [UInt32](repeating: 0, count: n)
-          words.withUnsafeMutableBytes { $0.copyMemory(from: src) }
-          #if _endian(big)
-            words = words.map { UInt32(littleEndian: $0) }
-          #endif
-          tensors[e.name] = Tensor(shape: e.shape, words: words)
-        }
-      }
+      for e in entries { tensors[e.name] = e.tensor(in: payload) }
     }
     var offsets: [String: Range<Int>] = [:]
     for e in entries { offsets[e.name] = e.range }
     return Contents(tensors: tensors, metadata: metadata, offsets: offsets, payloadCRC32: crc)
+  }
+
+  /// The header's JSON object and where the data section starts.
+  static func readHeader(_ data: Data, bad: (String) -> TrainingError) throws -> ([String: ConfigValue], Int) {
+    guard data.count >= 8 else { throw bad("\(data.count) bytes is too short for the 8-byte header length") }
+    var length: UInt64 = 0
+    for i in 0..<8 { length |= UInt64(data[data.startIndex + i]) << (8 * UInt64(i)) }
+    guard length <= UInt64(maxHeaderBytes) else {
+      throw bad("header length \(length) exceeds the limit of \(maxHeaderBytes) bytes")
+    }
+    guard 8 + Int(length) <= data.count else {
+      throw bad("header length \(length) runs past the end of the file (\(data.count) bytes)")
+    }
+    let dataStart = 8 + Int(length)
+    let headerData = data.subdata(in: (data.startIndex + 8)..<(data.startIndex + dataStart))
+    guard case .map(let header)? = try? JSONDecoder().decode(ConfigValue.self, from: headerData) else {
+      throw bad("the header is not a JSON object")
+    }
+    return (header, dataStart)
+  }
+
+  /// One tensor's entry in the header, checked against the data section's size.
+  struct Entry {
+    var name: String
+    var dtype: DType
+    var shape: [Int]
+    var range: Range<Int>
+
+    init(name: String, _ entry: ConfigValue, dataSize: Int, bad: (String) -> TrainingError) throws {
+      guard case .map(let e) = entry else { throw bad("entry \(name) is not an object") }
+      guard case .string(let dtypeName)? = e["dtype"] else { throw bad("tensor \(name) has no dtype") }
+      guard let dtype = DType(rawValue: dtypeName) else {
+        throw bad("tensor \(name) has dtype \(dtypeName); Flip reads F32 and U32")
+      }
+      guard case .list(let shapeAny)? = e["shape"], case .list(let offsetsAny)? = e["data_offsets"], offsetsAny.count == 2
+      else {
+        throw bad("tensor \(name) needs a shape and two data_offsets")
+      }
+      guard shapeAny.count <= 8 else { throw bad("tensor \(name) has \(shapeAny.count) dimensions (at most 8)") }
+      let shape = try shapeAny.map { v -> Int in
+        guard case .int(let n) = v, n >= 0, n < (1 << 40) else {
+          throw bad("tensor \(name) has a bad shape \(ConfigValue.list(shapeAny))")
+        }
+        return n
+      }
+      let offsets = try offsetsAny.map { v -> Int in
+        guard case .int(let n) = v, n >= 0 else { throw bad("tensor \(name) has bad data_offsets \(ConfigValue.list(offsetsAny))") }
+        return n
+      }
+      var count = 1
+      for d in shape {
+        let (p, o) = count.multipliedReportingOverflow(by: d)
+        guard !o, p < (1 << 40) else { throw bad("tensor \(name) shape \(shape) is too large") }
+        count = p
+      }
+      guard offsets[0] <= offsets[1], offsets[1] <= dataSize else {
+        throw bad("tensor \(name) data_offsets \(offsets) fall outside the \(dataSize) data bytes")
+      }
+      guard offsets[1] - offsets[0] == count * 4 else {
+        throw bad("tensor \(name) has \(offsets[1] - offsets[0]) bytes but shape \(shape) needs \(count * 4)")
+      }
+      (self.name, self.dtype, self.shape, self.range) = (name, dtype, shape, offsets[0]..<offsets[1])
+    }
+
+    /// The tensor's values, copied out of the data section.
+    func tensor(in payload: UnsafeRawBufferPointer) -> Tensor {
+      let src = UnsafeRawBufferPointer(rebasing: payload[range])
+      let n = range.count / 4
+      switch dtype {
+      case .f32:
+        var values = [Float](repeating: 0, count: n)
+        values.withUnsafeMutableBytes { $0.copyMemory(from: src) }
+        #if _endian(big)
+          values = values.map { Float(bitPattern: UInt32(littleEndian: $0.bitPattern)) }
+        #endif
+        return Tensor(shape: shape, values: values)
+      case .u32:
+        var words = [UInt32](repeating: 0, count: n)
+        words.withUnsafeMutableBytes { $0.copyMemory(from: src) }
+        #if _endian(big)
+          words = words.map { UInt32(littleEndian: $0) }
+        #endif
+        return Tensor(shape: shape, words: words)
+      }
+    }
   }
 
   /// A tensor's bytes in place (F32 or U32 elements, little-endian memory), for writing a
@@ -237,17 +255,20 @@ public enum SafeTensors {
   /// The 8-byte length and the padded JSON header for `refs` (sorted by name, packed in that
   /// order) and `metadata`.
   public static func header(_ refs: [TensorRef], metadata: [String: String]) throws -> Data {
-    var header: [String: Any] = ["__metadata__": metadata]
+    var header = Header(metadata: metadata)
     var offset = 0
     for t in refs {
       guard t.shape.reduce(1, *) * 4 == t.bytes.count else {
         throw TrainingError.invalidArgument(
           "tensor \(t.name): shape \(t.shape) does not hold \(t.bytes.count / 4) values")
       }
-      header[t.name] = ["dtype": t.dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + t.bytes.count]]
+      header.tensors[t.name] = Header.Entry(
+        dtype: t.dtype.rawValue, shape: t.shape, dataOffsets: [offset, offset + t.bytes.count])
       offset += t.bytes.count
     }
-    var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    var json = try encoder.encode(header)
     while json.count % 8 != 0 { json.append(0x20) }
     var out = Data(capacity: 8 + json.count)
     var n = UInt64(json.count).littleEndian
@@ -297,5 +318,36 @@ public enum SafeTensors {
 
   public static func crc32Hex(_ data: Data) -> String {
     data.withUnsafeBytes { crc32Hex($0) }
+  }
+}
+
+extension SafeTensors {
+  /// The header a file starts with: `__metadata__` beside one entry per tensor.
+  struct Header: Encodable {
+    struct Entry: Encodable {
+      var dtype: String
+      var shape: [Int]
+      var dataOffsets: [Int]
+      enum CodingKeys: String, CodingKey {
+        case dtype, shape
+        case dataOffsets = "data_offsets"
+      }
+    }
+    var metadata: [String: String]
+    var tensors: [String: Entry] = [:]
+
+    struct Key: CodingKey {
+      var stringValue: String
+      var intValue: Int? { nil }
+      init(_ s: String) { stringValue = s }
+      init?(stringValue: String) { self.stringValue = stringValue }
+      init?(intValue: Int) { nil }
+    }
+
+    func encode(to encoder: Encoder) throws {
+      var c = encoder.container(keyedBy: Key.self)
+      try c.encode(metadata, forKey: Key("__metadata__"))
+      for (name, entry) in tensors { try c.encode(entry, forKey: Key(name)) }
+    }
   }
 }

@@ -121,7 +121,19 @@ public struct EpochResult: Sendable {
   public var seconds: Double
 }
 
-/// Runs epochs of data-parallel training: the data path of DESIGN.md, step by step.
+/// What watches a trainer: rank 0's metrics log, TensorBoard files and progress display, every
+/// rank's timeline and stall inspector. Given at construction; nil means none.
+public struct TrainingObservers {
+  public var metrics: MetricsLog?
+  public var tensorBoard: TensorBoardLog?
+  public var timeline: Timeline?
+  public var stallInspector: StallInspector?
+  public var progress: ProgressReporter
+  public init(progress: ProgressReporter = ProgressReporter(enabled: false)) { self.progress = progress }
+}
+
+/// Runs epochs of data-parallel training, step by step: data → forward/backward → the
+/// exchange's synchronized optimizer step.
 public final class Trainer {
   public let model: Model
   public let optimizer: Optimizer
@@ -130,30 +142,22 @@ public final class Trainer {
   public let options: TrainingOptions
   public let sampler: EpochSampler
   public let logger: Logger
-  public var metrics: MetricsLog?
+  public let metrics: MetricsLog?
   /// TensorBoard event files (rank 0).
-  public var tensorBoard: TensorBoardLog?
-  /// Rank 0's watch on collectives that do not complete (every rank sets one: the
-  /// positions it publishes feed rank 0's).
-  public var stallInspector: StallInspector? {
-    didSet {
-      exchange.willWait = stallInspector.map { inspector in
-        { [unowned self] phase in try inspector.enter(step: self.clock.step + 1, phase, waiting: true) }
-      }
-    }
-  }
-  /// A Chrome trace of a window of steps on every rank (every rank sets the same one).
-  public var timeline: Timeline? {
-    didSet { connectTimeline() }
-  }
-  public var progress: ProgressReporter
+  public let tensorBoard: TensorBoardLog?
+  /// Rank 0's watch on collectives that do not complete (every rank has one: the positions
+  /// it publishes feed rank 0's).
+  public let stallInspector: StallInspector?
+  /// A Chrome trace of a window of steps on every rank (every rank has the same one).
+  public let timeline: Timeline?
+  public let progress: ProgressReporter
   public internal(set) var clock = TrainingClock()
   /// Where training stands (restored from a checkpoint by `restore`).
   public internal(set) var position = TrainingPosition()
   /// Set when training stopped early on a stop request agreed by all ranks.
   public private(set) var stopRequest: StopRequest?
   /// Checkpoints: when to write them (nil: never).
-  public var checkpointPolicy: CheckpointPolicy?
+  public let checkpointPolicy: CheckpointPolicy?
   /// Time split of the steps since `startTiming()` (see `StepTiming`).
   public var timing: StepTiming { timer.timing }
   private let timer = StepTimer()
@@ -161,10 +165,10 @@ public final class Trainer {
   /// to the end of its backward, and `timing.communication` at the step's end.
   private var stepEnds: [(backward: Double, communication: UInt64)] = []
   /// How the ranks combine gradients and reach the same weights each step.
-  public let exchange: GradientExchange
+  public let exchange: any GradientExchange & ExchangeDiagnostics
   /// Called with the global step number (1-based) before each step: tests inject faults here
   /// (`FaultInjection`).
-  public var beforeStep: ((Int) throws -> Void)?
+  var beforeStep: ((Int) throws -> Void)?
   /// The forward kernel of each quantized layer, chosen for this rank's batch on this CPU.
   public private(set) var binaryForwardChoices: [BinaryForwardChoice] = []
   /// The checkpoints this trainer wrote, oldest first.
@@ -180,8 +184,57 @@ public final class Trainer {
 
   public init(
     model: Model, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
-    options: TrainingOptions, logger: Logger, progress: ProgressReporter
+    options: TrainingOptions, logger: Logger, observers: TrainingObservers = TrainingObservers(),
+    checkpoints: CheckpointPolicy? = nil
   ) throws {
+    try Self.check(model: model, data: data, options: options, worldSize: communicator.size)
+    self.model = model
+    self.optimizer = optimizer
+    self.communicator = communicator
+    self.data = data
+    self.options = options
+    self.logger = logger
+    metrics = observers.metrics
+    tensorBoard = observers.tensorBoard
+    timeline = observers.timeline
+    stallInspector = observers.stallInspector
+    progress = observers.progress
+    checkpointPolicy = checkpoints
+    sampler = try EpochSampler(
+      datasetSize: data.train.count, globalBatch: options.batchSize, seed: options.seed,
+      rank: communicator.rank, worldSize: communicator.size)
+    let perMicroStep = options.batchSize / communicator.size / options.accumulate
+    localCapacity = perMicroStep
+    model.allocate(maxBatch: perMicroStep)
+    binaryForwardChoices = try model.chooseBinaryForward(batch: perMicroStep, policy: options.binaryForward)
+    loss = SparseCategoricalCrossentropy(classes: data.train.classes)
+    images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
+    labels = .allocate(capacity: perMicroStep)
+    try optimizer.prepare(store: model.store)
+    if options.syncBatchNorm && communicator.size > 1 {
+      model.sumBatchStatistics { [unowned communicator] p, n in try communicator.allreduceSum(p, count: n) }
+    }
+    exchange = try makeGradientExchange(
+      model: model, optimizer: optimizer, communicator: communicator, options: options)
+    if !options.injectedFaults.isEmpty { injectFaults(options.injectedFaults) }
+    if let inspector = stallInspector {
+      exchange.willWait = { [unowned self] phase in try inspector.enter(step: self.clock.step + 1, phase, waiting: true) }
+    }
+    connectTimeline()
+    let flipLayers = model.flipCountingLayers.count
+    position.flipSums = Array(repeating: 0, count: flipLayers)
+    position.flipCounts = Array(repeating: 0, count: flipLayers)
+    // Every rank starts from rank 0's parameters and state.
+    try communicator.broadcast(model.store.values.pointer, count: model.store.values.count, root: 0)
+    try communicator.broadcast(model.store.state.pointer, count: model.store.state.count, root: 0)
+  }
+
+  deinit { labels.deallocate() }
+
+  /// Checks that `model`, `data` and `options` can train together on `worldSize` ranks, before
+  /// anything is allocated: shapes, classes, augmentation, and the batch's split over the
+  /// ranks and micro-steps.
+  public static func check(model: Model, data: DataSplits, options: TrainingOptions, worldSize: Int) throws {
     guard options.epochs > 0 else {
       throw TrainingError.invalidArgument("epochs must be positive, got \(options.epochs)")
     }
@@ -194,47 +247,18 @@ public final class Trainer {
         "the model outputs \(model.outputShape) but the data set has \(data.train.classes) classes; make the last layer's units \(data.train.classes)"
       )
     }
-    self.model = model
-    self.optimizer = optimizer
-    self.communicator = communicator
-    self.data = data
-    self.options = options
-    self.logger = logger
-    self.progress = progress
-    sampler = try EpochSampler(
-      datasetSize: data.train.count, globalBatch: options.batchSize, seed: options.seed,
-      rank: communicator.rank, worldSize: communicator.size)
     try options.augmentation?.validate(sampleShape: data.train.sampleShape)
     guard options.accumulate >= 1 else {
       throw TrainingError.invalidArgument("accumulate must be at least 1, got \(options.accumulate)")
     }
-    guard options.batchSize % (communicator.size * options.accumulate) == 0 else {
+    _ = try EpochSampler(datasetSize: data.train.count, globalBatch: options.batchSize, seed: 0, rank: 0, worldSize: worldSize)
+    guard options.batchSize % (worldSize * options.accumulate) == 0 else {
       throw TrainingError.invalidArgument(
-        "global batch size \(options.batchSize) is not divisible by ranks × micro-steps = \(communicator.size) × \(options.accumulate); choose a multiple of \(communicator.size * options.accumulate)"
+        "global batch size \(options.batchSize) is not divisible by ranks × micro-steps = \(worldSize) × \(options.accumulate); choose a multiple of \(worldSize * options.accumulate)"
       )
     }
-    let perRank = options.batchSize / communicator.size
-    let perMicroStep = perRank / options.accumulate
-    localCapacity = perMicroStep
-    try model.checkBatchFits(perMicroStep)
-    model.allocate(maxBatch: perMicroStep)
-    binaryForwardChoices = try model.chooseBinaryForward(batch: perMicroStep, policy: options.binaryForward)
-    loss = SparseCategoricalCrossentropy(classes: data.train.classes)
-    images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
-    labels = .allocate(capacity: perMicroStep)
-    try optimizer.prepare(store: model.store)
-    exchange = try makeGradientExchange(
-      model: model, optimizer: optimizer, communicator: communicator, options: options)
-    if !options.injectedFaults.isEmpty { injectFaults(options.injectedFaults) }
-    let flipLayers = model.flipCountingLayers.count
-    position.flipSums = Array(repeating: 0, count: flipLayers)
-    position.flipCounts = Array(repeating: 0, count: flipLayers)
-    // Every rank starts from rank 0's parameters and state.
-    try communicator.broadcast(model.store.values.pointer, count: model.store.values.count, root: 0)
-    try communicator.broadcast(model.store.state.pointer, count: model.store.state.count, root: 0)
+    try model.checkBatchFits(options.batchSize / worldSize / options.accumulate)
   }
-
-  deinit { labels.deallocate() }
 
   /// Trains for `options.epochs` epochs, evaluating on the test set after each. Continues from `position` (a restored checkpoint) and stops early, with a checkpoint,
   /// when any rank receives a stop signal (`stopRequest` says so).
@@ -319,7 +343,8 @@ public final class Trainer {
     return t
   }
 
-  /// Points the model's, the step timer's and the exchange's trace hooks at the timeline.
+  /// Points the model's, the step timer's and the exchange's trace hooks at the timeline (or
+  /// disconnects them once it has finished).
   func connectTimeline() {
     guard let t = timeline, !t.finished else {
       model.layerTrace = nil
@@ -345,15 +370,15 @@ public final class Trainer {
   }
 
   /// `step`, recorded in the timeline when it is in its window (which ends after its last step).
-  public func tracedStep(order: [Int], stepInEpoch: Int) throws -> (loss: Double, correct: Double, count: Double) {
+  public func tracedStep(order: [Int], stepInEpoch: Int) throws -> StepSums {
     try stallInspector?.enter(step: clock.step + 1, .compute, waiting: false)
-    guard let t = timeline, !t.finished else { return try step(order: order, stepInEpoch: stepInEpoch) }
+    guard let t = timeline, !t.finished else { return StepSums(try step(order: order, stepInEpoch: stepInEpoch)) }
     try t.stepWillStart(clock.step + 1, communicator: communicator)
     let start = DispatchTime.now().uptimeNanoseconds
     let r = try step(order: order, stepInEpoch: stepInEpoch)
     t.record("step \(clock.step)", track: .step, start: start, end: DispatchTime.now().uptimeNanoseconds)
     if t.ends(after: clock.step) { try finishTimeline() }
-    return r
+    return StepSums(r)
   }
 
   /// Micro-step `micro` of `k`: the shard's `micro`-th of `k` nearly equal contiguous parts.
@@ -380,53 +405,21 @@ public final class Trainer {
     let steps = sampler.stepsPerEpoch
     let order = sampler.permutation(epoch: epoch)
     progress.epochStarted(epoch + 1, of: options.epochs)
-    let flipLayers = model.flipCountingLayers
-    var totals = position.epochTotals.map(Double.init(bitPattern:))  // loss sum, correct, samples (global)
-    var flipSums = position.flipSums.map(Double.init(bitPattern:))
-    let samplesBefore = totals[2]
+    var running = EpochTotals(position)
+    let samplesBefore = running.samples
     let hyperparameters = optimizer.hyperparameters(clock)
-    let learningRate = hyperparameters["learning_rate"]
     let start = DispatchTime.now()
     for s in position.stepInEpoch..<steps {
       let local = try tracedStep(order: order, stepInEpoch: s)
-      // The stop flag rides on the step's metrics all-reduce: every rank sees every request.
-      let signal = flip_signals_stop_requested()
-      // So does rank 0's news of a checkpoint that failed to write in the background.
-      let writeFailure = checkpointWriter?.poll()
-      let failedStep: Double = writeFailure.map { Double($0.step + 1) } ?? 0
-      var stepTotals: [Double] = [local.loss, local.correct, local.count, signal != 0 ? 1 : 0, failedStep]
-      try stallInspector?.enter(step: clock.step, .metrics, waiting: true)
-      try communicator.allreduceSum(&stepTotals)
-      guard stepTotals[0].isFinite else {
-        throw TrainingError.nonFinite(
-          "the loss became \(stepTotals[0]) at step \(clock.step) (epoch \(epoch + 1)); lower the learning rate")
-      }
-      if stepTotals[4] > 0, let policy = checkpointPolicy {
-        try checkpointFailed(step: Int(stepTotals[4]) - 1, writeFailure, policy: policy)
-      }
-      for i in 0..<3 { totals[i] += stepTotals[i] }
-      for (name, ratio) in model.flipRatios {
-        if let i = flipLayers.firstIndex(of: name) {
-          flipSums[i] += ratio
-          position.flipCounts[i] += 1
-        }
-      }
+      let global = try agree(on: local)
+      running.add(global, flipRatios: model.flipRatios, layers: model.flipCountingLayers)
       position.stepInEpoch = s + 1
-      position.epochTotals = totals.map(\.bitPattern)
-      position.flipSums = flipSums.map(\.bitPattern)
-      if options.checkEverySteps > 0 && clock.step % options.checkEverySteps == 0 { try checkReplicas() }
-      let elapsed = seconds(since: start)
-      progress.step(s + 1, of: steps, seconds: elapsed, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2])
-      if options.logEverySteps > 0 && clock.step % options.logEverySteps == 0 {
-        try metrics?.write([
-          "kind": "step", "epoch": epoch + 1, "step": clock.step, "loss": totals[0] / totals[2],
-          "accuracy": totals[1] / totals[2], "seconds": elapsed,
-        ])
-        try tensorBoard?.step(step: clock.step, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2])
-      }
-      if stepTotals[3] > 0 {
-        stopRequest = StopRequest(step: clock.step, ranks: Int(stepTotals[3]), localSignal: signal)
-        progress.epochFinished(steps: s + 1, seconds: elapsed, summary: "stopped at step \(clock.step)")
+      running.store(into: &position)
+      // Everything that follows in the step is diagnostics and bookkeeping.
+      try afterStep(s + 1, of: steps, running: running, seconds: seconds(since: start), epoch: epoch)
+      if global.stopRequests > 0 {
+        stopRequest = StopRequest(step: clock.step, ranks: global.stopRequests, localSignal: global.signal)
+        progress.epochFinished(steps: s + 1, seconds: seconds(since: start), summary: "stopped at step \(clock.step)")
         if let policy = checkpointPolicy { try saveCheckpoint(policy, wait: true) }
         return nil
       }
@@ -435,50 +428,92 @@ public final class Trainer {
       }
     }
     let trainSeconds = seconds(since: start)
-    try synchronizeBatchNormStatistics()
-    let evaluationStart = DispatchTime.now().uptimeNanoseconds
-    let (testLoss, testAccuracy) = try evaluate(data.test)
-    timeline?.record("evaluation", track: .evaluation, start: evaluationStart, end: DispatchTime.now().uptimeNanoseconds)
-    var flipRatio: [String: Double] = [:]
-    for (i, name) in flipLayers.enumerated() where position.flipCounts[i] > 0 {
-      flipRatio[name] = flipSums[i] / Double(position.flipCounts[i])
-    }
-    let result = EpochResult(
-      epoch: epoch + 1, step: clock.step, loss: totals[0] / totals[2], accuracy: totals[1] / totals[2],
-      testLoss: testLoss, testAccuracy: testAccuracy, learningRate: learningRate, flipRatio: flipRatio,
-      imagesPerSecond: (totals[2] - samplesBefore) / trainSeconds, seconds: seconds(since: start))
+    let result = try finishEpoch(
+      epoch, running: running, hyperparameters: hyperparameters,
+      imagesPerSecond: (running.samples - samplesBefore) / trainSeconds, start: start)
     progress.epochFinished(
       steps: steps, seconds: trainSeconds,
       summary: String(
         format: "loss: %.4f - accuracy: %.4f - test_loss: %.4f - test_accuracy: %.4f - %.0f images/s",
-        result.loss, result.accuracy, testLoss, testAccuracy, result.imagesPerSecond))
-    if let metrics {
-      var row: [String: Any] = [
-        "kind": "epoch", "epoch": result.epoch, "step": result.step, "loss": result.loss,
-        "accuracy": result.accuracy, "test_loss": testLoss, "test_accuracy": testAccuracy,
-        "flip_ratio": flipRatio, "images_per_second": result.imagesPerSecond, "seconds": result.seconds,
-      ]
-      row["learning_rate"] = learningRate ?? NSNull()
-      try metrics.write(row)
+        result.loss, result.accuracy, result.testLoss, result.testAccuracy, result.imagesPerSecond))
+    try record(result, hyperparameters: hyperparameters)
+    try startNextEpoch(after: epoch)
+    return result
+  }
+
+  /// Sums one step's figures over the ranks. The stop flag and rank 0's news of a checkpoint
+  /// that failed to write in the background ride on the same all-reduce, so every rank sees
+  /// every request at the same step.
+  func agree(on local: StepSums) throws -> StepSums {
+    var local = local
+    local.signal = flip_signals_stop_requested()
+    local.stopRequests = local.signal != 0 ? 1 : 0
+    let writeFailure = checkpointWriter?.poll()
+    local.failedCheckpointStep = writeFailure.map { $0.step + 1 } ?? 0
+    try stallInspector?.enter(step: clock.step, .metrics, waiting: true)
+    let global = try local.summed(over: communicator)
+    guard global.loss.isFinite else {
+      throw TrainingError.nonFinite(
+        "the loss became \(global.loss) at step \(clock.step) (epoch \(clock.epoch + 1)); lower the learning rate")
     }
+    if global.failedCheckpointStep > 0, let policy = checkpointPolicy {
+      try checkpointFailed(step: global.failedCheckpointStep - 1, writeFailure, policy: policy)
+    }
+    return global
+  }
+
+  /// The step's replica check, progress line and step row.
+  func afterStep(_ done: Int, of steps: Int, running: EpochTotals, seconds elapsed: Double, epoch: Int) throws {
+    if options.checkEverySteps > 0 && clock.step % options.checkEverySteps == 0 { try checkReplicas() }
+    progress.step(done, of: steps, seconds: elapsed, loss: running.meanLoss, accuracy: running.accuracy)
+    guard options.logEverySteps > 0 && clock.step % options.logEverySteps == 0 else { return }
+    try metrics?.write(
+      MetricsRow(
+        kind: "step", epoch: epoch + 1, step: clock.step, loss: running.meanLoss, accuracy: running.accuracy,
+        seconds: elapsed))
+    try tensorBoard?.step(step: clock.step, loss: running.meanLoss, accuracy: running.accuracy)
+  }
+
+  /// Averages the BatchNorm statistics, evaluates, and makes the epoch's figures.
+  func finishEpoch(
+    _ epoch: Int, running: EpochTotals, hyperparameters: [String: Double], imagesPerSecond: Double,
+    start: DispatchTime
+  ) throws -> EpochResult {
+    try synchronizeBatchNormStatistics()
+    let evaluationStart = DispatchTime.now().uptimeNanoseconds
+    let (testLoss, testAccuracy) = try evaluate(data.test)
+    timeline?.record("evaluation", track: .evaluation, start: evaluationStart, end: DispatchTime.now().uptimeNanoseconds)
+    return EpochResult(
+      epoch: epoch + 1, step: clock.step, loss: running.meanLoss, accuracy: running.accuracy,
+      testLoss: testLoss, testAccuracy: testAccuracy, learningRate: hyperparameters["learning_rate"],
+      flipRatio: running.flipRatios(layers: model.flipCountingLayers, counts: position.flipCounts),
+      imagesPerSecond: imagesPerSecond, seconds: seconds(since: start))
+  }
+
+  /// The epoch's row in metrics.jsonl and TensorBoard, and its kernel histograms.
+  func record(_ result: EpochResult, hyperparameters: [String: Double]) throws {
+    try metrics?.write(MetricsRow(result))
     try tensorBoard?.epoch(result, hyperparameters: hyperparameters)
     if options.kernelHistograms {
       // The latent weights as a whole (a sharded step keeps each rank's own slices only).
       try exchange.gatherState()
       try tensorBoard?.kernelHistograms(model.store, step: clock.step)
     }
-    // The next epoch starts: a checkpoint from here continues with its first batch.
+  }
+
+  /// The next epoch starts: a checkpoint from here continues with its first batch.
+  func startNextEpoch(after epoch: Int) throws {
+    let flipLayers = model.flipCountingLayers.count
     position.stepInEpoch = 0
     position.epochTotals = [0, 0, 0]
-    position.flipSums = Array(repeating: 0, count: flipLayers.count)
-    position.flipCounts = Array(repeating: 0, count: flipLayers.count)
+    position.flipSums = Array(repeating: 0, count: flipLayers)
+    position.flipCounts = Array(repeating: 0, count: flipLayers)
     clock.epoch = epoch + 1
     if let policy = checkpointPolicy {
       let byEpoch = policy.everyEpochs > 0 && (epoch + 1) % policy.everyEpochs == 0
       let byStep = policy.everySteps > 0 && clock.step % policy.everySteps == 0
       if byEpoch || byStep { try saveCheckpoint(policy) }
     }
-    return result
   }
 
   /// Mean test loss and accuracy over `dataset`, sharded over the ranks, count-weighted.

@@ -23,21 +23,15 @@ public final class MetricsLog {
 
   deinit { try? handle.close() }
 
-  /// Appends one row. Values must be JSON-representable (numbers, strings, maps of them).
-  public func write(_ row: [String: Any]) throws {
-    let cleaned = row.mapValues(Self.finite)
-    var data = try JSONSerialization.data(withJSONObject: cleaned, options: [.sortedKeys])
+  /// Appends one row as a line of JSON with sorted keys.
+  public func write<Row: Encodable>(_ row: Row) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    var data = try encoder.encode(row)
     data.append(0x0A)
     do { try handle.write(contentsOf: data) } catch {
       throw TrainingError.unwritable(path: path, reason: error.localizedDescription)
     }
-  }
-
-  /// JSON has no NaN or infinity: such values are written as null.
-  static func finite(_ v: Any) -> Any {
-    if let d = v as? Double, !d.isFinite { return NSNull() }
-    if let m = v as? [String: Any] { return m.mapValues(finite) }
-    return v
   }
 }
 
@@ -48,9 +42,9 @@ extension MetricsLog {
     guard let data = FileManager.default.contents(atPath: path) else { return }
     var kept = Data()
     for line in data.split(separator: 0x0A, omittingEmptySubsequences: true) {
-      let row = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any]
-      if let s = row?["step"] as? Int, s > step { continue }
-      guard row != nil else { continue }  // a line cut short by the kill
+      struct Row: Decodable { var step: Int? }
+      guard let row = try? JSONDecoder().decode(Row.self, from: Data(line)) else { continue }  // cut short by the kill
+      if let s = row.step, s > step { continue }
       kept.append(Data(line))
       kept.append(0x0A)
     }

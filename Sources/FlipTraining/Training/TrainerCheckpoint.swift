@@ -1,6 +1,7 @@
 import FlipBNN
 import FlipComm
 import Foundation
+import Logging
 
 /// Checkpoints of a `Trainer`: the collective save (rank 0 writes) and the restore.
 ///
@@ -93,35 +94,32 @@ extension Trainer {
   }
 
   func checkpointMetadata(_ policy: CheckpointPolicy) throws -> [String: String] {
-    func json(_ object: Any) throws -> String {
-      String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+    func json<T: Encodable>(_ value: T) throws -> String {
+      String(decoding: try JSONEncoder.sorted.encode(value), as: UTF8.self)
     }
-    var m = policy.metadata
+    var m: [String: String] = [:]
+    if let settings = policy.settings {
+      m["model"] = settings.model
+      m[SettingsEntry.key] = try SettingsEntry.text(settings)
+    }
     m["step"] = String(clock.step)
     m["epoch"] = String(clock.epoch)
     m["world_size"] = String(communicator.size)
     var position = position
     position.step = clock.step
     position.epoch = clock.epoch
-    m["position"] = String(decoding: try JSONEncoder.sorted.encode(position), as: UTF8.self)
-    m["optimizer"] = try json(["name": optimizer.name, "iterations": optimizer.iterations])
-    m["training"] = try json([
-      "global_batch": options.batchSize, "seed": String(options.seed), "accumulate": options.accumulate,
-      "sync_batch_norm": options.syncBatchNorm, "epochs": options.epochs,
-      "train_samples": data.train.count, "test_samples": data.test.count,
-    ])
-    m["data_order"] = try json([
-      "sampler": "permutation of the training set seeded by (seed, epoch); global batch i is positions [i·B, (i+1)·B)",
-      "seed": String(options.seed), "epoch": clock.epoch, "next_batch": position.stepInEpoch,
-    ])
-    m["rng"] = try json([
-      "generator": "splitmix64", "seed": String(options.seed),
-      "dropout": "reseeded from (seed, step, micro-step, rank) at every micro-step; no state to carry",
-    ])
-    m["schedule"] = try json([
-      "step": clock.step, "epoch": clock.epoch,
-      "values": optimizer.hyperparameters(clock).mapValues { $0.isFinite ? $0 : 0 },
-    ])
+    m["position"] = try json(position)
+    m["optimizer"] = try json(OptimizerRecord(name: optimizer.name, iterations: optimizer.iterations))
+    m["training"] = try json(
+      TrainingRecord(
+        globalBatch: options.batchSize, seed: String(options.seed), epochs: options.epochs,
+        trainSamples: data.train.count, testSamples: data.test.count))
+    m["data_order"] = try json(
+      DataOrderRecord(seed: String(options.seed), epoch: clock.epoch, nextBatch: position.stepInEpoch))
+    m["rng"] = try json(RNGRecord(seed: String(options.seed)))
+    m["schedule"] = try json(
+      ScheduleRecord(
+        step: clock.step, epoch: clock.epoch, values: optimizer.hyperparameters(clock).mapValues { $0.isFinite ? $0 : 0 }))
     return m
   }
 
@@ -138,21 +136,19 @@ extension Trainer {
       let position = try? JSONDecoder().decode(TrainingPosition.self, from: Data(positionText.utf8))
     else { throw bad("the metadata has no readable position") }
     guard let optimizerText = metadata["optimizer"],
-      let info = try? JSONSerialization.jsonObject(with: Data(optimizerText.utf8)) as? [String: Any],
-      let name = info["name"] as? String, let iterations = info["iterations"] as? Int, iterations >= 0
+      let info = try? JSONDecoder().decode(OptimizerRecord.self, from: Data(optimizerText.utf8)), info.iterations >= 0
     else { throw bad("the metadata has no readable optimizer state") }
-    guard name == optimizer.name else {
-      throw bad("its optimizer is \(name) but this run's is \(optimizer.name)")
+    guard info.name == optimizer.name else {
+      throw bad("its optimizer is \(info.name) but this run's is \(optimizer.name)")
     }
-    if let trainingText = metadata["training"],
-      let training = try? JSONSerialization.jsonObject(with: Data(trainingText.utf8)) as? [String: Any]
-    {
-      if let b = training["global_batch"] as? Int, b != options.batchSize {
-        throw bad("it was trained with global batch \(b), this run uses \(options.batchSize)")
-      }
-      if let n = training["train_samples"] as? Int, n != data.train.count {
-        throw bad("it was trained on \(n) training images, the data set has \(data.train.count)")
-      }
+    guard let trainingText = metadata["training"],
+      let training = try? JSONDecoder().decode(TrainingRecord.self, from: Data(trainingText.utf8))
+    else { throw bad("the metadata has no readable training entry (global_batch, train_samples)") }
+    if training.globalBatch != options.batchSize {
+      throw bad("it was trained with global batch \(training.globalBatch), this run uses \(options.batchSize)")
+    }
+    if training.trainSamples != data.train.count {
+      throw bad("it was trained on \(training.trainSamples) training images, the data set has \(data.train.count)")
     }
     let flipLayers = model.flipCountingLayers.count
     guard position.step >= 0, position.epoch >= 0, position.stepInEpoch >= 0,
@@ -176,7 +172,7 @@ extension Trainer {
     }
     let extra = tensors.keys.filter { $0.hasPrefix(ModelFile.optimizerPrefix) && !expected.contains($0) }.sorted()
     guard extra.isEmpty else { throw bad("unexpected optimizer state: \(extra.joined(separator: ", "))") }
-    optimizer.iterations = iterations
+    optimizer.iterations = info.iterations
     self.position = position
     clock = TrainingClock(step: position.step, epoch: position.epoch)
     checkpointWrites = []
@@ -189,5 +185,96 @@ extension JSONEncoder {
     let e = JSONEncoder()
     e.outputFormatting = [.sortedKeys]
     return e
+  }
+}
+
+/// The records a checkpoint's metadata holds beside the settings: what the optimizer has
+/// done, what the run trained on, and where the data order, generators and schedules stand.
+struct OptimizerRecord: Codable {
+  var name: String
+  var iterations: Int
+}
+
+struct TrainingRecord: Codable {
+  var globalBatch: Int
+  var seed: String?
+  var epochs: Int?
+  var trainSamples: Int
+  var testSamples: Int?
+  enum CodingKeys: String, CodingKey {
+    case globalBatch = "global_batch"
+    case seed, epochs
+    case trainSamples = "train_samples"
+    case testSamples = "test_samples"
+  }
+}
+
+struct DataOrderRecord: Encodable {
+  var sampler = "permutation of the training set seeded by (seed, epoch); global batch i is positions [i·B, (i+1)·B)"
+  var seed: String
+  var epoch: Int
+  var nextBatch: Int
+  enum CodingKeys: String, CodingKey {
+    case sampler, seed, epoch
+    case nextBatch = "next_batch"
+  }
+  init(seed: String, epoch: Int, nextBatch: Int) { (self.seed, self.epoch, self.nextBatch) = (seed, epoch, nextBatch) }
+}
+
+struct RNGRecord: Encodable {
+  var generator = "splitmix64"
+  var seed: String
+  var dropout = "reseeded from (seed, step, micro-step, rank) at every micro-step; no state to carry"
+  init(seed: String) { self.seed = seed }
+}
+
+struct ScheduleRecord: Encodable {
+  var step: Int
+  var epoch: Int
+  var values: [String: Double]
+}
+
+/// A checkpoint rank 0 read and validated, broadcast to every rank.
+public struct LoadedCheckpoint {
+  public var path: String
+  public var tensors: [String: SafeTensors.Tensor]
+  public var metadata: [String: String]
+
+  /// The newest valid checkpoint of `directory`: rank 0 reads it and sends its bytes to every
+  /// rank, so all decode the same file.
+  public static func broadcastNewest(in directory: String, communicator: Communicator, logger: Logger) throws
+    -> LoadedCheckpoint
+  {
+    var path = Data()
+    var bytes = Data()
+    var failure: Error?
+    if communicator.isRoot {
+      do {
+        let found = try CheckpointFiles.newestValid(directory, logger: logger)
+        path = Data(found.path.utf8)
+        bytes = found.data
+      } catch { failure = error }
+    }
+    path = try communicator.broadcast(path, root: 0)
+    bytes = try communicator.broadcast(bytes, root: 0)
+    if let failure { throw failure }
+    guard !bytes.isEmpty else {
+      throw TrainingError.invalidArgument("rank 0 found no valid checkpoint in \(directory)")
+    }
+    let file = String(decoding: path, as: UTF8.self)
+    let (tensors, metadata) = try ModelFile.decode(bytes, path: file)
+    guard ModelFile.kind(metadata) == .checkpoint else {
+      throw TrainingError.modelFile(
+        path: file, reason: "not a training checkpoint (format \(metadata["format"] ?? "missing")); --resume needs ckpt-*.safetensors")
+    }
+    return LoadedCheckpoint(path: file, tensors: tensors, metadata: metadata)
+  }
+
+  /// Where the run stood when the checkpoint was written.
+  public func position() throws -> TrainingPosition {
+    guard let text = metadata["position"],
+      let position = try? JSONDecoder().decode(TrainingPosition.self, from: Data(text.utf8))
+    else { throw TrainingError.modelFile(path: path, reason: "the metadata has no readable position") }
+    return position
   }
 }

@@ -69,3 +69,18 @@ extension Trainer {
     }
   }
 }
+
+extension InjectedFault {
+  /// The faults `FLIP_TEST_FAULT` asks for (`action:rank:step[,...]`); none when it is unset.
+  public static func fromEnvironment() throws -> [InjectedFault] {
+    guard let faults = ProcessInfo.processInfo.environment["FLIP_TEST_FAULT"] else { return [] }
+    return try faults.split(separator: ",").map { text in
+      guard let f = InjectedFault(String(text)) else {
+        throw TrainingError.invalidArgument(
+          "FLIP_TEST_FAULT must be action:rank:step[,...] (action: fail, kill, usr1, term, int, stop, perturb, unscaled-int8), got \(faults)"
+        )
+      }
+      return f
+    }
+  }
+}

@@ -1,0 +1,73 @@
+import ArgumentParser
+import FlipBNN
+import FlipTraining
+
+/// The run-setting flags `train` and `bench` share. Each overrides the key of the same name
+/// in the run's settings (`--sync-bn` is `sync_bn`); one not given keeps the config's value,
+/// or the default `RunSettings` states.
+struct SharedSettingsOptions: ParsableArguments {
+  @Option(name: .long, help: "Global batch size over all ranks (default: the config's, else \(RunSettings().batchSize)).")
+  var batchSize: Int?
+  @Option(
+    name: .long,
+    help: "Directory with the four IDX files (raw or .gz) or CIFAR-10's batches (default: \(RunSettings().data)).")
+  var data: String?
+  @Option(name: .long, help: "Training-image augmentation: none, crop or crop-flip (default: the config's).")
+  var augment: AugmentationMode?
+  @Option(name: .long, help: "Adam/SGD learning rate as a constant (overrides the config's).")
+  var learningRate: Double?
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "Gradient accumulation: K micro-steps of batch/(ranks·K) samples per rank before one update (default 1).",
+      discussion: "The global batch stays the batch of one update; BatchNorm statistics are those of each micro-step."))
+  var accumulate: Int?
+  @Flag(
+    name: .customLong("sync-bn"), inversion: .prefixedNo,
+    help: "Sync BatchNorm: normalize with the statistics of the global batch (default: each rank's own).")
+  var syncBN: Bool?
+  @Flag(
+    inversion: .prefixedNo,
+    help: "Under mpirun: the sharded optimizer step (ZeRO stage 1, the default), or (--no-shard-optimizer) the bucketed all-reduce.")
+  var shardOptimizer: Bool?
+  @Option(name: .long, help: "Under mpirun: all-reduce buckets of about this many MiB (0: one after backward; default 4).")
+  var bucketMb: Double?
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "Under mpirun, the sharded step's wire: fp32, compact (bf16 gradients, binary kernels as sign bits), or auto (fp32 on one host, compact across hosts; the default).",
+      discussion: "compact sends a quarter of fp32's bytes for a BNN; its gradients are rounded to bfloat16, so results differ in the last bits."))
+  var wire: WirePolicy?
+  @Option(name: .long, help: "Write a Chrome trace of the steps on every rank to this file (train: --timeline-steps).")
+  var timeline: String?
+
+  /// The keys these flags set.
+  func overrides() -> [RunSettings.CodingKeys: ConfigValue] {
+    var o: [RunSettings.CodingKeys: ConfigValue] = [:]
+    if let batchSize { o[.batchSize] = .int(batchSize) }
+    if let data { o[.data] = .string(data) }
+    if let augment { o[.augment] = .string(augment.rawValue) }
+    if let accumulate { o[.accumulate] = .int(accumulate) }
+    if let syncBN { o[.syncBN] = .bool(syncBN) }
+    if let shardOptimizer { o[.shardOptimizer] = .bool(shardOptimizer) }
+    if let bucketMb { o[.bucketMB] = .double(bucketMb) }
+    if let wire { o[.wire] = .string(wire.rawValue) }
+    if let timeline { o[.timeline] = .string(timeline) }
+    return o
+  }
+}
+
+/// The model and its settings: a preset (`--model`) or a YAML config (`--config`), with the
+/// shared flags applied.
+extension ModelOptions {
+  func settings(_ shared: SharedSettingsOptions, _ compute: ComputeOptions, defaultPreset: ModelPreset? = nil)
+    throws -> RunSettings
+  {
+    var settings = try resolve(defaultPreset: defaultPreset)
+    if let lr = shared.learningRate { settings.optimizer = try settings.optimizer.withLearningRate(lr) }
+    var overrides = shared.overrides()
+    if let threads = compute.threads { overrides[.threads] = .int(threads) }
+    if let policy = compute.binaryForward { overrides[.binaryForward] = .string(policy.rawValue) }
+    return try settings.overriding(overrides, source: "the command line")
+  }
+}

@@ -1,0 +1,126 @@
+import FlipBNN
+import FlipComm
+import FlipTensor
+import Foundation
+import Logging
+
+/// The pieces of a run built from its settings and data, each checked, before anything in
+/// the run directory changes: the model, the optimizer, the trainer's options.
+struct RunParts {
+  let settings: RunSettings
+  let data: DataSplits
+  let environment: RunEnvironment
+  let model: Model
+  let options: TrainingOptions
+
+  init(settings: RunSettings, data: DataSplits, environment env: RunEnvironment, startStep: Int) throws {
+    try checkSameSettingsOnEveryRank(settings, communicator: env.communicator)
+    self.settings = settings
+    self.data = data
+    environment = env
+    model = try Model(specs: settings.layers, inputShape: settings.inputShape ?? data.train.sampleShape, seed: settings.seed)
+    var options = TrainingOptions(settings)
+    options.injectedFaults = env.faults
+    self.options = options
+    try Trainer.check(model: model, data: data, options: options, worldSize: env.communicator.size)
+    if env.faults.contains(InjectedFault(action: .unscaledInt8, rank: env.communicator.rank, step: 1)) {
+      ConvolutionPrimitives.int8KernelScale = 1
+    }
+    if !env.skipSelftest {
+      try checkKernelsAtStartup(
+        specs: settings.layers, inputShape: model.inputShape, rank: env.communicator.rank, logger: env.logger)
+    }
+  }
+
+  /// The trainer, with its checkpoints in `directory` and its observers.
+  func makeTrainer(directory: String, observers: TrainingObservers) throws -> Trainer {
+    let env = environment
+    var observers = observers
+    if let path = settings.timeline { observers.timeline = Timeline(path: path, window: settings.timelineSteps.range) }
+    if settings.stallWarning > 0 {
+      observers.stallInspector = try StallInspector(
+        communicator: env.communicator, warning: settings.stallWarning, timeout: settings.stallTimeout,
+        logger: env.logger)
+    }
+    let trainer = try Trainer(
+      model: model, optimizer: try settings.optimizer.make(), communicator: env.communicator, data: data,
+      options: options, logger: env.logger, observers: observers,
+      checkpoints: CheckpointPolicy(directory: directory, settings: settings))
+    env.logger.info("gradient exchange: \(trainer.exchange.description)")
+    for choice in trainer.binaryForwardChoices {
+      env.logger.info("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")
+    }
+    if let warning = settings.binaryForward.unusedWarning(trainer.binaryForwardChoices) {
+      env.logger.warning("\(warning)")
+    }
+    env.logger.info(
+      "model \(settings.model): \(model.store.parameterCount) trainable parameters; \(trainer.sampler.stepsPerEpoch) steps per epoch of global batch \(settings.batchSize)"
+    )
+    return trainer
+  }
+}
+
+extension TrainingOptions {
+  /// The trainer's options for `settings`.
+  public init(_ settings: RunSettings) {
+    self.init(
+      epochs: settings.epochs, batchSize: settings.batchSize, seed: settings.seed, logEverySteps: settings.logEvery,
+      checkEverySteps: settings.checkEvery)
+    accumulate = settings.accumulate
+    syncBatchNorm = settings.syncBN
+    bucketBytes = Int(settings.bucketMB * 1_048_576)
+    shardOptimizer = settings.shardOptimizer
+    wire = settings.wire
+    binaryForward = settings.binaryForward
+    augmentation = Augmentation(mode: settings.augment)
+    kernelHistograms = settings.tensorboard
+  }
+}
+
+extension CheckpointPolicy {
+  /// The policy `settings` ask for, writing into `directory`.
+  public init(directory: String, settings: RunSettings) {
+    self.init(directory: directory)
+    everySteps = settings.checkpointEvery
+    everyEpochs = settings.checkpointEveryEpochs
+    keep = settings.keepCheckpoints
+    continueOnError = settings.onCheckpointError == .continue
+    self.settings = settings
+  }
+}
+
+/// Every rank must train the same run: compares a hash of the settings across ranks before the
+/// first collective that depends on them (an MPMD launch such as `mpirun -np 1 flip train
+/// --seed 0 : -np 1 flip train --seed 1` would otherwise train inconsistent replicas or hang).
+func checkSameSettingsOnEveryRank(_ settings: RunSettings, communicator: Communicator) throws {
+  guard communicator.size > 1 else { return }
+  var run = settings
+  // Per-rank choices that cannot make the replicas differ.
+  run.threads = nil
+  let h = FNV1a.hash(try SettingsEntry.text(run).utf8)
+  let all = try communicator.allgather(h)
+  let differing = all.indices.filter { all[$0] != all[0] }
+  guard differing.isEmpty else {
+    throw TrainingError.invalidArgument(
+      "ranks \(differing.map(String.init).joined(separator: ", ")) were started with other settings than rank 0 (config or flags differ: hash \(String(all[differing[0]], radix: 16)) vs \(String(all[0], radix: 16))); start every rank with the same flags and config file"
+    )
+  }
+}
+
+/// A line on a data set for the log: `60000 training and 10000 test images of [28, 28, 1], 10 classes`.
+func describe(_ data: DataSplits) -> String {
+  "\(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes"
+}
+
+/// `flip train`'s start-up check: the model's fast kernels against their references on this
+/// rank's CPU. A failure names the kernels, the rank and the host.
+public func checkKernelsAtStartup(specs: [LayerSpec], inputShape: [Int], rank: Int, logger: Logger) throws {
+  let start = DispatchTime.now().uptimeNanoseconds
+  let checks = try KernelSelfTest.run(specs: specs, inputShape: inputShape)
+  let failures = checks.filter { !$0.passed }
+  guard failures.isEmpty else {
+    throw TrainingError.kernelCheckFailed(rank: rank, host: ProcessInfo.processInfo.hostName, failures: failures)
+  }
+  let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+  logger.info("kernel self-check: \(checks.count) kernels agree with their references (\(String(format: "%.0f", ms)) ms)")
+}
