@@ -16,16 +16,11 @@ import PackageDescription
 // alone: 0.01 %); wall time is the same within this machine's noise.
 let optimize: [SwiftSetting] = [.unsafeFlags(["-O", "-wmo"], .when(configuration: .release))]
 
-// FlipXNOR (the XNOR-popcount product of ±1 matrices) is optimized in every configuration and,
-// on x86_64, compiled for Haswell (AVX2, POPCNT): its popcounts become AVX2 byte lookups, about
-// 2.4x faster than the baseline x86-64 code. FlipTensor calls it only after checking that the
-// CPU has every Haswell extension (CPUID) and oneDNN runs AVX2 (`XNORProduct.isAvailable`), so
-// the binary still runs on older CPUs.
-#if arch(x86_64)
-  let bitKernels: [SwiftSetting] = [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
-#else
-  let bitKernels: [SwiftSetting] = [.unsafeFlags(["-O"])]
-#endif
+// FlipXNOR (the XNOR-popcount product of ±1 matrices) is C: its fast kernels carry
+// `__attribute__((target("avx2,bmi2,popcnt")))` on x86_64, so only they use AVX2 and the rest
+// of the binary runs on any x86-64. FlipTensor runs them only after checking that the CPU has
+// every Haswell extension (CPUID) and oneDNN runs AVX2 (`XNORProduct.isAvailable`); the
+// portable C kernels beside them serve other CPUs and the tests.
 
 let package = Package(
   name: "Flip",
@@ -46,10 +41,10 @@ let package = Package(
     // Stop requests from signals (async-signal-safe handlers, polled at step boundaries).
     .target(name: "CSignals"),
 
-    // CPUID: the x86 features FlipXNOR's Haswell code may use.
+    // CPUID: the x86 features FlipXNOR's AVX2 code needs (checked as Haswell's whole set).
     .target(name: "CCPUFeatures"),
-    // Packed sign bits and their XNOR-popcount product (called through FlipTensor only).
-    .target(name: "FlipXNOR", swiftSettings: bitKernels),
+    // Packed sign bits and their XNOR-popcount product, in C (called through FlipTensor only).
+    .target(name: "FlipXNOR"),
     // Tensor core: buffers, GEMM and convolution through oneDNN, im2col, the XNOR product.
     .target(name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"], swiftSettings: optimize),
     // BNN library: quantizers, layers, constraints, models, optimizers, schedules, summary.
