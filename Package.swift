@@ -29,7 +29,10 @@ let package = Package(
   name: "Flip",
   platforms: [.macOS(.v13)],
   products: [
-    .executable(name: "flip", targets: ["flip"])
+    .executable(name: "flip", targets: ["flip"]),
+    // The library: tensor core, BNN layers, quantizers and optimizers, communication, training
+    // (examples/two-layer-bnn uses it as a dependency).
+    .library(name: "Flip", targets: ["FlipTensor", "FlipBNN", "FlipComm", "FlipTraining"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
