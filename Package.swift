@@ -5,33 +5,34 @@ import PackageDescription
 // Targets follow the parts in DESIGN.md: C shims -> tensor core -> BNN library,
 // communication -> training -> the `flip` executable.
 
-// Release builds: -O, with bounds, overflow and precondition checks on, for every target.
-// Untrusted bytes reach most of them: FlipTraining reads model files, checkpoints and IDX
-// data, FlipCLI YAML run configs, FlipComm other ranks' messages, and the sizes in a config
-// or an IDX header reach FlipBNN's and FlipTensor's shape arithmetic (where -Ounchecked let
+// Release builds (`swift build -c release`) compile every Swift target with -O and whole-module
+// optimization, and every C target with -O2: SwiftPM's defaults, with nothing in this file
+// (a package others use as a versioned dependency may carry no unsafe compiler flags). Check
+// with `swift build -c release -v` (swiftc: `-O -whole-module-optimization`; clang: `-O2`).
+// That is -O, with bounds, overflow and precondition checks on, for every target: untrusted
+// bytes reach most of them. FlipTraining reads model files, checkpoints and IDX data, FlipCLI
+// YAML run configs, FlipComm other ranks' messages, and the sizes in a config or an IDX header
+// reach FlipBNN's and FlipTensor's shape arithmetic (where -Ounchecked let
 // `filters: 4611686018427387904` wrap silently; -O traps). Measured against -Ounchecked with
 // callgrind on `flip bench --batch-size 256 --steps 4 --warmup 1 --threads 1`: -O costs 0.3 %
 // more instructions per step for binarynet-mlp and 1.2 % for larq-cnn, nearly all in FlipBNN's
 // MaxPool2D, Adam and ste_sign kernel loops (checks in FlipTraining, FlipCLI and FlipComm
 // alone: 0.01 %); wall time is the same within this machine's noise.
-let optimize: [SwiftSetting] = [.unsafeFlags(["-O", "-wmo"], .when(configuration: .release))]
-
-// FlipXNOR (the XNOR-popcount product of ±1 matrices) is optimized in every configuration and,
-// on x86_64, compiled for Haswell (AVX2, POPCNT): its popcounts become AVX2 byte lookups, about
-// 2.4x faster than the baseline x86-64 code. FlipTensor calls it only after checking that the
-// CPU has every Haswell extension (CPUID) and oneDNN runs AVX2 (`XNORProduct.isAvailable`), so
-// the binary still runs on older CPUs.
-#if arch(x86_64)
-  let bitKernels: [SwiftSetting] = [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
-#else
-  let bitKernels: [SwiftSetting] = [.unsafeFlags(["-O"])]
-#endif
+//
+// FlipXNOR (the XNOR-popcount product of ±1 matrices) is C: its fast kernels carry
+// `__attribute__((target("avx2,bmi2,popcnt")))` on x86_64, so only they use AVX2 and the rest
+// of the binary runs on any x86-64. FlipTensor runs them only after checking that the CPU has
+// every Haswell extension (CPUID) and oneDNN runs AVX2 (`XNORProduct.isAvailable`); the
+// portable C kernels beside them serve other CPUs and the tests.
 
 let package = Package(
   name: "Flip",
   platforms: [.macOS(.v13)],
   products: [
-    .executable(name: "flip", targets: ["flip"])
+    .executable(name: "flip", targets: ["flip"]),
+    // The library: tensor core, BNN layers, quantizers and optimizers, communication, training
+    // (examples/two-layer-bnn uses it as a dependency).
+    .library(name: "Flip", targets: ["FlipTensor", "FlipBNN", "FlipComm", "FlipTraining"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -46,16 +47,16 @@ let package = Package(
     // Stop requests from signals (async-signal-safe handlers, polled at step boundaries).
     .target(name: "CSignals"),
 
-    // CPUID: the x86 features FlipXNOR's Haswell code may use.
+    // CPUID: the x86 features FlipXNOR's AVX2 code needs (checked as Haswell's whole set).
     .target(name: "CCPUFeatures"),
-    // Packed sign bits and their XNOR-popcount product (called through FlipTensor only).
-    .target(name: "FlipXNOR", swiftSettings: bitKernels),
+    // Packed sign bits and their XNOR-popcount product, in C (called through FlipTensor only).
+    .target(name: "FlipXNOR"),
     // Tensor core: buffers, GEMM and convolution through oneDNN, im2col, the XNOR product.
-    .target(name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"], swiftSettings: optimize),
+    .target(name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"]),
     // BNN library: quantizers, layers, constraints, models, optimizers, schedules, summary.
-    .target(name: "FlipBNN", dependencies: ["FlipTensor"], swiftSettings: optimize),
+    .target(name: "FlipBNN", dependencies: ["FlipTensor"]),
     // Communication: the Communicator protocol and its implementations.
-    .target(name: "FlipComm", dependencies: ["CMPI"], swiftSettings: optimize),
+    .target(name: "FlipComm", dependencies: ["CMPI"]),
     // Training: data sets, sampler, trainer loop, model files, metrics.
     .target(
       name: "FlipTraining",
@@ -63,8 +64,7 @@ let package = Package(
         "FlipBNN", "FlipComm", "CZlib", "CSignals",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Yams", package: "Yams"),
-      ],
-      swiftSettings: optimize),
+      ]),
     // The command line: argument parsing, config files, wiring (a library so tests reach it).
     .target(
       name: "FlipCLI",
@@ -73,8 +73,7 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Yams", package: "Yams"),
-      ],
-      swiftSettings: optimize),
+      ]),
     // The `flip` executable: only calls into FlipCLI.
     .executableTarget(name: "flip", dependencies: ["FlipCLI"]),
     // The file reader's fuzz target: replays inputs; scripts/fuzz.sh builds it with libFuzzer.

@@ -15,11 +15,13 @@ import FlipXNOR
 /// AMD EPYC (Zen 3, AVX2), one thread, a 512 × 1024 × 1024 product takes 2.5–3.1 ms; oneDNN's
 /// int8 GEMM runs the same shape at about 120 GOP/s, 9 ms.
 public final class XNORProduct {
-  /// Whether the kernels can run here. On x86_64 `FlipXNOR` is compiled for Haswell, whose code
-  /// may use AVX2, FMA, F16C, MOVBE, POPCNT, BMI1, BMI2 and LZCNT: it runs only where CPUID
-  /// reports all of them and oneDNN dispatches to AVX2 or later (so the OS saves the AVX
-  /// registers). With `ONEDNN_MAX_CPU_ISA` below AVX2 (an older CPU, or a test of one) this is
-  /// false and layers keep their int8 and fp32 forwards.
+  /// Whether the kernels can run here. On x86_64 `FlipXNOR`'s fast kernels are compiled for
+  /// AVX2, BMI2 and POPCNT (per function; the rest of the program stays baseline x86-64): they
+  /// run only where CPUID reports every Haswell extension (a superset: AVX, AVX2, FMA, F16C,
+  /// MOVBE, POPCNT, BMI1, BMI2, LZCNT) and oneDNN dispatches to AVX2 or later (so the OS saves
+  /// the AVX registers). With `ONEDNN_MAX_CPU_ISA` below AVX2 (an older CPU, or a test of one)
+  /// this is false and layers keep their int8 and fp32 forwards. Elsewhere the portable C
+  /// kernels run.
   public static let isAvailable: Bool = {
     #if arch(x86_64)
       let avx2 = dnnl_cpu_isa_avx2.rawValue
@@ -29,6 +31,11 @@ public final class XNORProduct {
     #endif
   }()
 
+  /// The kernels a product runs by default: AVX2 on x86_64 (where `isAvailable` has checked the
+  /// CPU), the portable C ones elsewhere.
+  public static let defaultKernel: flip_xnor_kernel =
+    flip_xnor_has_avx2_kernels() == 1 ? FLIP_XNOR_AVX2 : FLIP_XNOR_BASELINE
+
   /// The name the forward-kernel choice logs.
   #if arch(x86_64)
     public static let implementation = "Flip XNOR-popcount (AVX2)"
@@ -36,6 +43,8 @@ public final class XNORProduct {
     public static let implementation = "Flip XNOR-popcount"
   #endif
 
+  /// The kernels this product runs.
+  public let kernel: flip_xnor_kernel
   public let length: Int, outputs: Int
   /// 64-bit words per packed row (a multiple of 4).
   public let words: Int
@@ -52,8 +61,13 @@ public final class XNORProduct {
   static let blocksPerChunk = 4
   static let rowsPerChunk = 16
 
-  public init(length: Int, outputs: Int) {
-    precondition(Self.isAvailable, "XNORProduct needs AVX2 and Haswell's extensions (check XNORProduct.isAvailable)")
+  /// A product of (R, `length`) by (`length`, `outputs`). `kernel` `FLIP_XNOR_BASELINE` runs the
+  /// portable C kernels on any CPU (the tests compare both); the AVX2 ones need `isAvailable`.
+  public init(length: Int, outputs: Int, kernel: flip_xnor_kernel = XNORProduct.defaultKernel) {
+    precondition(
+      kernel == FLIP_XNOR_BASELINE || Self.isAvailable,
+      "XNORProduct needs AVX2 and Haswell's extensions (check XNORProduct.isAvailable)")
+    self.kernel = kernel
     precondition(length > 0 && outputs > 0, "XNORProduct: empty product")
     self.length = length
     self.outputs = outputs
@@ -84,9 +98,10 @@ public final class XNORProduct {
     let (l, n, k) = (length, outputs, words)
     let bits = kernelBits
     let scratch = scratch
+    let kernel = kernel
     Parallel.forRanges(count: (l + 63) / 64, grain: Self.blocksPerChunk) { blocks in
       let row = scratch + blocks.lowerBound / Self.blocksPerChunk * n
-      SignBits.packColumns(w, length: l, columns: n, words: k, blocks: blocks, into: bits, scratch: row)
+      flip_xnor_pack_columns(kernel, w, l, n, k, blocks.lowerBound, blocks.upperBound, bits, row)
     }
   }
 
@@ -105,9 +120,10 @@ public final class XNORProduct {
     let (l, n, k) = (length, outputs, words)
     let a = inputBits!
     let b = UnsafePointer(kernelBits)
+    let kernel = kernel
     Parallel.forRanges(count: rows, grain: Self.rowsPerChunk) { r in
-      SignBits.packRows(x, length: l, words: k, rows: r, into: a)
-      SignBits.product(UnsafePointer(a), b, length: l, words: k, rows: r, outputs: n, bias: bias, into: y)
+      flip_xnor_pack_rows(kernel, x, l, k, r.lowerBound, r.upperBound, a)
+      flip_xnor_product(kernel, a, b, l, k, r.lowerBound, r.upperBound, n, bias, y)
     }
   }
 }

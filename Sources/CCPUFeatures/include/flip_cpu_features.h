@@ -1,9 +1,10 @@
-// The x86 features the Haswell-compiled FlipXNOR kernels may use, read with CPUID.
+// The x86 features FlipXNOR's AVX2 kernels need (and the rest of Haswell's), read with CPUID.
 #ifndef FLIP_CPU_FEATURES_H
 #define FLIP_CPU_FEATURES_H
 
 // 1 when the CPU reports every instruction set extension of LLVM's `haswell` target that
-// compiled code can contain (AVX, AVX2, FMA, F16C, MOVBE, POPCNT, BMI1, BMI2, LZCNT); 0
+// compiled code can contain (AVX, AVX2, FMA, F16C, MOVBE, POPCNT, BMI1, BMI2, LZCNT: a superset
+// of FlipXNOR's `target("avx2,bmi2,popcnt")`); 0
 // otherwise, and on other architectures. Whether the OS saves the AVX registers is oneDNN's
 // check (its effective ISA).
 int flip_cpu_has_haswell_features(void);
