@@ -2,8 +2,8 @@
 import PackageDescription
 
 // Flip: a trainer for binary neural networks, data-parallel over MPI.
-// Targets follow the parts in DESIGN.md: C shims -> tensor core -> BNN library,
-// communication -> training -> the `flip` executable.
+// Targets follow the parts of the design: C shims -> tensor core -> BNN library,
+// communication -> training -> the `flip` executable (docs/architecture.md).
 
 // Release builds (`swift build -c release`) compile every Swift target with -O and whole-module
 // optimization, and every C target with -O2: SwiftPM's defaults, with nothing in this file
@@ -72,7 +72,6 @@ let package = Package(
         "FlipTraining", "CSignals",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
-        .product(name: "Yams", package: "Yams"),
       ]),
     // The `flip` executable: only calls into FlipCLI.
     .executableTarget(name: "flip", dependencies: ["FlipCLI"]),
