@@ -198,3 +198,32 @@ struct SettingsTests {
     #expect(written.layers == run.settings.layers && written.batchSize == 32)
   }
 }
+
+extension SettingsTests {
+  /// A checkpoint whose settings entry lost a key (checksums re-stamped, as a buggy writer or
+  /// another tool would leave them) is refused by --resume, naming the entry and the key;
+  /// the intact one resumes.
+  @Test func resumeRefusesADamagedSettingsEntry() throws {
+    let dir = try ResumeTests.setUp()
+    let first = try ResumeTests.train(dir, out: dir + "/run", extra: ["--epochs", "1", "--keep-checkpoints", "1"])
+    #expect(first.status == 0, "\(first.stderr)")
+    let path = try #require(try CheckpointFiles.list(dir + "/run").last?.path)
+    let data = try Data(contentsOf: URL(fileURLWithPath: path))
+    let length = (0..<8).reduce(0) { $0 | Int(data[$1]) << (8 * $1) }
+    var header = try #require(try JSONSerialization.jsonObject(with: data[8..<(8 + length)]) as? [String: Any])
+    var metadata = try #require(header["__metadata__"] as? [String: String])
+    let entry = try #require(metadata[SettingsEntry.key])
+    metadata[SettingsEntry.key] = entry.replacingOccurrences(of: #""sync_bn":false,"#, with: "")
+    #expect(metadata[SettingsEntry.key] != entry)
+    header["__metadata__"] = metadata
+    let json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+    var damaged = Data((0..<8).map { UInt8(truncatingIfNeeded: json.count >> (8 * $0)) })
+    damaged.append(json)
+    damaged.append(data[(8 + length)...])
+    try FileMutationTests.restamped(damaged).write(to: URL(fileURLWithPath: path))
+    _ = try ModelFile.read(path: path)  // the checksums hold: only the entry is wrong
+    let resumed = try runFlip(["train", "--resume", dir + "/run", "--epochs", "2", "--threads", "1", "--quiet"])
+    #expect(resumed.status != 0)
+    #expect(resumed.stderr.contains("(settings entry): sync_bn: is missing"), "\(resumed.stderr)")
+  }
+}
