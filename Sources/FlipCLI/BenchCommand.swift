@@ -83,8 +83,10 @@ struct BenchCommand: ParsableCommand {
       config.adaptOutput(toClasses: splits.train.classes)
       config.optimizer = config.optimizer.resolvingRunLength(
         totalSteps: config.epochs * max(1, splits.train.count / batchSize))
+      let profiler = GEMMProfiler()
       let model = try Model(
-        specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0)
+        specs: config.layers, inputShape: config.inputShape ?? splits.train.sampleShape, seed: 0,
+        compute: Compute(threads: threads, profiler: profiler))
       if im2col { for case let conv as QuantConv2D in model.layers { conv.usePrimitives = false } }
       var options = TrainingOptions(epochs: 1, batchSize: batchSize, seed: 0, logEverySteps: 0)
       options.bucketBytes = Int(bucketMb * 1_048_576)
@@ -113,14 +115,14 @@ struct BenchCommand: ParsableCommand {
       if let timeline {
         trainer.timeline = Timeline(path: timeline, window: (warmup + 1)..<(warmup + steps + 1))
       }
-      GEMMProfiler.reset()
-      GEMMProfiler.enabled = true
+      profiler.reset()
+      profiler.enabled = true
       trainer.startTiming()
       try communicator.barrier()
       let start = DispatchTime.now().uptimeNanoseconds
       for _ in 0..<steps { try next() }
       let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-      GEMMProfiler.enabled = false
+      profiler.enabled = false
       try trainer.finishTimeline()
       // The step's time split, averaged over the ranks (ms per step), and the same
       // communication run alone, for the fraction of it that the step hides.
@@ -133,9 +135,9 @@ struct BenchCommand: ParsableCommand {
       split = split.map { $0 / Double(communicator.size) }
       let hidden = communicator.size > 1 && split[4] > 0 ? 1 - split[2] / split[4] : 0
       let imagesPerSecond = Double(steps * batchSize) / seconds
-      let f32 = GEMMProfiler.float32
-      let i8 = GEMMProfiler.int8
-      let xnor = GEMMProfiler.xnor
+      let f32 = profiler.float32
+      let i8 = profiler.int8
+      let xnor = profiler.xnor
       let gemmShare = Double(f32.nanoseconds + i8.nanoseconds + xnor.nanoseconds) / 1e9 / seconds
       let name = config.model
       guard communicator.isRoot else { return }

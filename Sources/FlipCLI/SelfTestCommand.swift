@@ -119,10 +119,15 @@ enum CPUInfo {
 }
 
 /// `flip train`'s start-up check: the model's fast kernels against their references on this
-/// rank's CPU. A failure names the kernels, the rank and the host.
-func checkKernelsAtStartup(specs: [LayerSpec], inputShape: [Int], rank: Int, logger: Logger) throws {
+/// rank's CPU (on `compute`'s threads, the int8 convolutions' kernel levels scaled by
+/// `int8KernelScale`, as the model runs them). A failure names the kernels, the rank and the host.
+func checkKernelsAtStartup(
+  specs: [LayerSpec], inputShape: [Int], rank: Int, logger: Logger, compute: Compute,
+  int8KernelScale: Float
+) throws {
   let start = DispatchTime.now().uptimeNanoseconds
-  let checks = try KernelSelfTest.run(specs: specs, inputShape: inputShape)
+  let checks = try KernelSelfTest.run(
+    specs: specs, inputShape: inputShape, compute: compute, int8KernelScale: int8KernelScale)
   let failures = checks.filter { !$0.passed }
   guard failures.isEmpty else {
     throw TrainingError.kernelCheckFailed(rank: rank, host: ProcessInfo.processInfo.hostName, failures: failures)

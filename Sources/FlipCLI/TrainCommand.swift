@@ -389,8 +389,10 @@ struct TrainCommand: ParsableCommand {
     communicator: Communicator, logger: Logger, savedPolicy saved: [String: Any] = [:]
   ) throws -> Trainer {
     try checkSameSettingsOnEveryRank(config: config, options: base, communicator: communicator)
+    let threads = Runtime.configureThreads(compute.threads, localRanks: communicator.localSize)
     let model = try Model(
-      specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed)
+      specs: config.layers, inputShape: config.inputShape ?? data.train.sampleShape, seed: config.seed,
+      compute: Compute(threads: threads))
     if let initFrom, communicator.isRoot {
       // Rank 0 reads the file; the trainer broadcasts its variables to the other ranks.
       let (tensors, metadata) = try ModelFile.read(path: initFrom)
@@ -415,11 +417,12 @@ struct TrainCommand: ParsableCommand {
       }
     }
     if options.injectedFaults.contains(InjectedFault(action: .unscaledInt8, rank: communicator.rank, step: 1)) {
-      ConvolutionPrimitives.int8KernelScale = 1
+      model.int8KernelScale = 1
     }
     if !skipSelftest {
       try checkKernelsAtStartup(
-        specs: config.layers, inputShape: model.inputShape, rank: communicator.rank, logger: logger)
+        specs: config.layers, inputShape: model.inputShape, rank: communicator.rank, logger: logger,
+        compute: model.compute, int8KernelScale: model.int8KernelScale)
     }
     let trainer = try Trainer(
       model: model, optimizer: optimizer, communicator: communicator, data: data, options: options,
