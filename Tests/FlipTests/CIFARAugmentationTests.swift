@@ -275,8 +275,13 @@ struct AugmentationTests {
     let threaded = augmented(data, Array(0..<40), a, epoch: 3, compute: Compute(threads: 2, threadLog: parallel))
     #expect(parallel.loopTeams == [2])
     #expect(threaded == all)
-    // The draw alone is a function of (seed, epoch, index).
-    #expect(a.draw(seed: 5, epoch: 3, index: 17) == a.draw(seed: 5, epoch: 3, index: 17))
+    // The draw alone is a function of (seed, epoch, index): another augmentation with the same
+    // settings, drawing the indices in the opposite order, draws the same.
+    let again = Augmentation(mode: .cropFlip, padding: 2)
+    let draws = (0..<40).map { a.draw(seed: 5, epoch: 3, index: $0) }
+    let reversedDraws = (0..<40).reversed().map { again.draw(seed: 5, epoch: 3, index: $0) }
+    #expect(draws == Array(reversedDraws.reversed()))
+    #expect(Set(draws).count > 1)
   }
 
   @Test func epochsAndSeedsDiffer() throws {
