@@ -51,11 +51,13 @@ let package = Package(
     // Packed sign bits and their XNOR-popcount product (called through FlipTensor only).
     .target(name: "FlipXNOR", swiftSettings: bitKernels),
     // Tensor core: buffers, GEMM and convolution through oneDNN, im2col, the XNOR product.
-    .target(name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"], swiftSettings: optimize),
+    .target(
+      name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"],
+      swiftSettings: optimize + [.swiftLanguageMode(.v6)]),
     // BNN library: quantizers, layers, constraints, models, optimizers, schedules, summary.
-    .target(name: "FlipBNN", dependencies: ["FlipTensor"], swiftSettings: optimize),
+    .target(name: "FlipBNN", dependencies: ["FlipTensor"], swiftSettings: optimize + [.swiftLanguageMode(.v6)]),
     // Communication: the Communicator protocol and its implementations.
-    .target(name: "FlipComm", dependencies: ["CMPI"], swiftSettings: optimize),
+    .target(name: "FlipComm", dependencies: ["CMPI"], swiftSettings: optimize + [.swiftLanguageMode(.v6)]),
     // Training: data sets, sampler, trainer loop, model files, metrics.
     .target(
       name: "FlipTraining",
