@@ -412,9 +412,16 @@ func onThreads(_ threads: Int, repeating: Int, _ body: () throws -> [Float]) -> 
   let results = UnsafeMutableBufferPointer<Result<[Float], any Error>?>.allocate(capacity: threads)
   defer { results.deallocate() }
   results.initialize(repeating: nil)
+  /// What the threads share. `@unchecked Sendable`: running `body` on several threads at once
+  /// is what the callers test, and each thread writes only its own slot of `results`.
+  struct Shared: @unchecked Sendable {
+    let body: () throws -> [Float]
+    let results: UnsafeMutableBufferPointer<Result<[Float], any Error>?>
+  }
   withoutActuallyEscaping(body) { body in
+    let shared = Shared(body: body, results: results)
     DispatchQueue.concurrentPerform(iterations: threads) { i in
-      results[i] = Result { try (0..<repeating).map { _ in try body() }.last! }
+      shared.results[i] = Result { try (0..<repeating).map { _ in try shared.body() }.last! }
     }
   }
   return results.map { $0! }
