@@ -52,11 +52,13 @@ let package = Package(
     // Packed sign bits and their XNOR-popcount product, in C (called through FlipTensor only).
     .target(name: "FlipXNOR"),
     // Tensor core: buffers, GEMM and convolution through oneDNN, im2col, the XNOR product.
-    .target(name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"]),
+    .target(
+      name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"],
+      swiftSettings: [.swiftLanguageMode(.v6)]),
     // BNN library: quantizers, layers, constraints, models, optimizers, schedules, summary.
-    .target(name: "FlipBNN", dependencies: ["FlipTensor"]),
+    .target(name: "FlipBNN", dependencies: ["FlipTensor"], swiftSettings: [.swiftLanguageMode(.v6)]),
     // Communication: the Communicator protocol and its implementations.
-    .target(name: "FlipComm", dependencies: ["CMPI"]),
+    .target(name: "FlipComm", dependencies: ["CMPI"], swiftSettings: [.swiftLanguageMode(.v6)]),
     // Training: data sets, sampler, trainer loop, model files, metrics.
     .target(
       name: "FlipTraining",

@@ -32,7 +32,8 @@ struct EvaluateCommand: ParsableCommand {
 
   func run() throws {
     try Runtime.run(verbose: compute.verbose) { communicator, logger in
-      Runtime.configureThreads(compute.threads, localRanks: communicator.localSize, logger: logger, communicator: communicator)
+      let threads = Runtime.configureThreads(
+        compute.threads, localRanks: communicator.localSize, logger: logger, communicator: communicator)
       var config: RunSettings
       let path: String
       let tensors: [String: SafeTensors.Tensor]
@@ -48,7 +49,8 @@ struct EvaluateCommand: ParsableCommand {
       if let data { config.data = data }
       let splits = try DataSplits.load(directory: config.data)
       let model = try Model(
-        specs: config.layers, inputShape: config.inputShape ?? splits.test.sampleShape, seed: config.seed)
+        specs: config.layers, inputShape: config.inputShape ?? splits.test.sampleShape, seed: config.seed,
+        compute: Compute(threads: threads))
       guard model.inputShape == splits.test.sampleShape else {
         throw TrainingError.datasetMismatch(
           "the model expects inputs of shape \(model.inputShape) but the images are \(splits.test.sampleShape)")

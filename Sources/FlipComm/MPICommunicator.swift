@@ -44,7 +44,8 @@ public final class MPICommunicator: Communicator {
   /// locked for the whole run), and its memory there.
   private var board: MPI_Win?
   private var boardMemory: UnsafeMutablePointer<Int64>?
-  nonisolated(unsafe) private static var finalized = false
+  /// Whether MPI was finalized (by any communicator of the process: MPI_Finalize runs once).
+  private static let finalized = Once()
   /// With a progress thread: it pokes Open MPI's progress engine while reductions are
   /// outstanding, instead of `MPI_Testall` calls between layers (an experiment; see README).
   private let progress: ProgressThread?
@@ -420,8 +421,7 @@ public final class MPICommunicator: Communicator {
 
   /// Finalizes MPI (once; later calls do nothing).
   public func finalize() {
-    guard !Self.finalized else { return }
-    Self.finalized = true
+    guard Self.finalized.claim() else { return }
     if let window = board {
       var w: MPI_Win? = window
       MPI_Win_unlock_all(window)
@@ -444,6 +444,22 @@ public final class MPICommunicator: Communicator {
       let n = min(piece, count - offset)
       try body(offset, Int32(n))
       offset += n
+    }
+  }
+}
+
+/// A flag that is set once: `claim()` returns true to its first caller only, on any thread.
+///
+/// `@unchecked Sendable`: `claimed` is read and written only under `lock` (a lock rather than
+/// `Mutex`, which needs macOS 15 and the package supports macOS 13).
+final class Once: @unchecked Sendable {
+  private let lock = NSLock()
+  private var claimed = false
+
+  func claim() -> Bool {
+    lock.withLock {
+      defer { claimed = true }
+      return !claimed
     }
   }
 }

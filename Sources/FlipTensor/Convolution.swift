@@ -11,11 +11,18 @@ import CDNNL
 ///
 /// Measured on binary layers of larq-cnn (1 thread): forward 1.3–1.7× faster than im2col +
 /// GEMM, backward data 1.2× (no col2im), backward weights as fast without needing the columns.
+///
+/// The primitives are created for, and run on, `compute.oneDNNThreads` threads (oneDNN fixes a
+/// primitive's thread count when it creates it).
 public final class ConvolutionPrimitives {
   public let batch: Int
   public let geometry: ConvGeometry
   public let filters: Int
   public let int8Forward: Bool
+  /// The factor of the int8 kernel's levels (see `exactInt8KernelScale`).
+  public let int8KernelScale: Float
+  /// The threads the primitives were created for and run on.
+  public let compute: Compute
 
   private var forwardStep: Step
   private var backwardDataStep: Step
@@ -28,20 +35,26 @@ public final class ConvolutionPrimitives {
   /// back: a ±1 level would become ±0.5 and round to 0, while a ±2 level becomes an exact ±1.
   /// With VNNI there is no halving and the ±2 products are halved exactly (even integers).
   ///
-  /// Tests set it to 1 (the scale before this fix) to reproduce wrong int8 convolutions on
-  /// ISAs without VNNI, as `flip train`'s start-up check must catch.
-  nonisolated(unsafe) public static var int8KernelScale: Float = 2
+  /// Tests (and `flip train`'s fault injection) pass 1 instead, the scale before this fix, to
+  /// reproduce wrong int8 convolutions on ISAs without VNNI, as `flip train`'s start-up check
+  /// must catch.
+  public static let exactInt8KernelScale: Float = 2
 
-  /// - Parameter int8KernelScale: the factor of the int8 kernel's levels (tests pass 1 to
-  ///   reproduce the halved weights of ISAs without VNNI).
+  /// - Parameters:
+  ///   - int8KernelScale: the factor of the int8 kernel's levels (tests pass 1 to reproduce
+  ///     the halved weights of ISAs without VNNI).
+  ///   - compute: the threads the primitives are created for and run on.
   public init(
     batch: Int, geometry g: ConvGeometry, filters: Int, int8Forward: Bool,
-    int8KernelScale: Float = ConvolutionPrimitives.int8KernelScale
+    int8KernelScale: Float = ConvolutionPrimitives.exactInt8KernelScale, compute: Compute
   ) throws {
     self.batch = batch
     self.geometry = g
     self.filters = filters
     self.int8Forward = int8Forward
+    self.int8KernelScale = int8KernelScale
+    self.compute = compute
+    compute.applyToOneDNN()
     let engine = try Self.engine()
     let src: [Int64] = [Int64(batch), Int64(g.channels), Int64(g.inputHeight), Int64(g.inputWidth)]
     let wei: [Int64] = [Int64(filters), Int64(g.channels), Int64(g.kernelHeight), Int64(g.kernelWidth)]
@@ -78,7 +91,7 @@ public final class ConvolutionPrimitives {
         dnnl_convolution_forward_desc_init(
           &desc8, dnnl_forward_inference, dnnl_convolution_direct, &src8, &weiAny8, nil, &dst32, strides, padL, padR),
         "dnnl_convolution_forward_desc_init (int8)")
-      // The kernel levels are doubled in the reorder and the products halved: see `int8KernelScale`.
+      // The kernel levels are doubled in the reorder and the products halved: see `exactInt8KernelScale`.
       let attributes = try OneDNN.Attributes(outputScale: 1 / int8KernelScale)
       var pd: dnnl_primitive_desc_t?
       try OneDNN.check(
@@ -125,6 +138,7 @@ public final class ConvolutionPrimitives {
   /// `dst (B, OH, OW, F) = conv(src (B, H, W, C), kernel (KH, KW, C, F))`: fp32 in and out, or
   /// (int8 forward) int8 src and kernel with int32 dst.
   public func forward(src: UnsafeRawPointer, kernel: UnsafeRawPointer, dst: UnsafeMutableRawPointer) throws {
+    compute.applyToOneDNN()
     try forwardStep.run(
       plain: [UnsafeMutableRawPointer(mutating: src), dst], kernel: UnsafeMutableRawPointer(mutating: kernel),
       on: stream)
@@ -134,6 +148,7 @@ public final class ConvolutionPrimitives {
   public func backwardData(
     diffDst: UnsafePointer<Float>, kernel: UnsafePointer<Float>, diffSrc: UnsafeMutablePointer<Float>
   ) throws {
+    compute.applyToOneDNN()
     try backwardDataStep.run(
       plain: [UnsafeMutableRawPointer(mutating: diffDst), UnsafeMutableRawPointer(diffSrc)],
       kernel: UnsafeMutableRawPointer(mutating: kernel), on: stream)
@@ -143,6 +158,7 @@ public final class ConvolutionPrimitives {
   public func backwardWeights(
     src: UnsafePointer<Float>, diffDst: UnsafePointer<Float>, diffKernel: UnsafeMutablePointer<Float>
   ) throws {
+    compute.applyToOneDNN()
     try backwardWeightsStep.run(
       plain: [UnsafeMutableRawPointer(mutating: src), UnsafeMutableRawPointer(mutating: diffDst)],
       kernel: UnsafeMutableRawPointer(diffKernel), on: stream)
@@ -165,16 +181,22 @@ public final class ConvolutionPrimitives {
   /// exactly once even when threads race to it (an earlier lazily set `static var` let two
   /// threads each create an engine and run primitives of one on the stream of the other,
   /// which oneDNN rejects as invalid arguments).
-  private static let sharedEngine: Result<dnnl_engine_t, TensorError> = {
+  private static let sharedEngine: Result<Engine, TensorError> = {
     var e: dnnl_engine_t?
     let status = dnnl_engine_create(&e, dnnl_cpu, 0)
     guard status == dnnl_success, let e else {
       return .failure(.onednn(function: "dnnl_engine_create", status: Int(status.rawValue)))
     }
-    return .success(e)
+    return .success(Engine(handle: e))
   }()
 
-  static func engine() throws -> dnnl_engine_t { try sharedEngine.get() }
+  /// The engine's handle. `@unchecked Sendable`: it is created once and never destroyed, and a
+  /// oneDNN engine may be used by several threads at once.
+  struct Engine: @unchecked Sendable {
+    let handle: dnnl_engine_t
+  }
+
+  static func engine() throws -> dnnl_engine_t { try sharedEngine.get().handle }
 
   /// One primitive with its plain (NHWC) arguments, and its kernel argument in the layout
   /// the primitive chose, reordered from or (`toUser`) to the HWIO user layout.

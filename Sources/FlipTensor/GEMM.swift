@@ -1,5 +1,6 @@
 import CDNNL
 import Dispatch
+import Foundation
 
 /// The precision of a GEMM's operands. fp32 is the reference path; the binary layers' faster
 /// paths (exact int8, bit-packed XNOR-popcount, bf16 on AMX) plug in here and are tested
@@ -20,23 +21,25 @@ public enum Transpose: Sendable {
 /// (forward, dX, dW of each layer) goes through this one entry point; fp32 runs oneDNN's
 /// `dnnl_sgemm`, which picks AVX-512/AMX kernels from the CPU with no environment variable,
 /// except `A · Bᵀ` with alpha 1 and beta 0 (the input gradients), which runs on oneDNN's
-/// matmul primitive (`MatmulNT`).
+/// matmul primitive (`MatmulNT`). oneDNN runs it on `compute.oneDNNThreads` threads.
 @inlinable
 public func gemm(
   _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
   alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
   b: UnsafePointer<Float>, ldb: Int,
   beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
-  precision: GEMMPrecision = .float32
+  precision: GEMMPrecision = .float32, compute: Compute
 ) throws {
   if m == 0 || n == 0 { return }
   switch precision {
   case .float32:
-    let start = GEMMProfiler.enabled ? DispatchTime.now().uptimeNanoseconds : 0
-    defer { if GEMMProfiler.enabled { GEMMProfiler.record(&GEMMProfiler.float32, since: start, m: m, n: n, k: k) } }
+    let start = compute.profiler?.start()
+    defer { if let start { compute.profiler?.record(.float32, since: start, m: m, n: n, k: k) } }
+    compute.applyToOneDNN()
     if transA == .none && transB == .transposed && alpha == 1 && beta == 0 && k > 0 {
       // Input gradients, dX = dY · Wᵀ: faster on the matmul primitive (see `MatmulNT`).
-      return try MatmulNT.run(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc)
+      return try MatmulNT.run(
+        m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc, threads: compute.oneDNNThreads)
     }
     let status = dnnl_sgemm(
       transA.flag, transB.flag, dnnl_dim_t(m), dnnl_dim_t(n), dnnl_dim_t(k),
@@ -48,9 +51,12 @@ public func gemm(
 }
 
 /// The oneDNN implementation that runs `gemm(.none, .transposed, ...)` (alpha 1, beta 0) for a
-/// dense (m, k) · (n, k)ᵀ product, e.g. `gemm:jit` or `brg:avx512_core` (for logs and `flip selftest`).
-public func transposedProductImplementation(m: Int, n: Int, k: Int) throws -> String {
-  try MatmulNT.entry(.init(m: m, n: n, k: k, lda: k, ldb: k, ldc: n)).implementation
+/// dense (m, k) · (n, k)ᵀ product on `compute.oneDNNThreads` threads, e.g. `gemm:jit` or
+/// `brg:avx512_core` (for logs and `flip selftest`).
+public func transposedProductImplementation(m: Int, n: Int, k: Int, compute: Compute) throws -> String {
+  compute.applyToOneDNN()
+  let shape = MatmulNT.Shape(m: m, n: n, k: k, lda: k, ldb: k, ldc: n, threads: compute.oneDNNThreads)
+  return try MatmulNT.entry(shape).implementation
 }
 
 /// The plain triple loop that `gemm` must equal (a test oracle and a readable definition).
@@ -75,9 +81,13 @@ public func referenceGEMM(
 }
 
 /// Opt-in accounting of the time and arithmetic of every GEMM call, per precision (for
-/// `flip bench`: the rate that a training step's GEMMs reach). Off by default; costs two clock
-/// reads a call.
-public enum GEMMProfiler {
+/// `flip bench`: the rate that a training step's GEMMs reach). Counts the GEMMs and XNOR
+/// products of the work whose `Compute` holds it, while `enabled`; costs two clock reads and two
+/// lock round trips a call.
+///
+/// `@unchecked Sendable`: every stored property but the lock is read and written only under
+/// `lock` (a lock rather than `Mutex`, which needs macOS 15 and the package supports macOS 13).
+public final class GEMMProfiler: @unchecked Sendable {
   public struct Totals: Sendable {
     public var nanoseconds: UInt64 = 0
     /// Multiply-adds counted as 2 operations.
@@ -86,23 +96,56 @@ public enum GEMMProfiler {
     /// Giga-operations per second (GFLOP/s for fp32, GOP/s for int8 and XNOR).
     public var rate: Double { nanoseconds == 0 ? 0 : operations / Double(nanoseconds) }
   }
-  nonisolated(unsafe) public static var enabled = false
-  nonisolated(unsafe) public static var float32 = Totals()
-  nonisolated(unsafe) public static var int8 = Totals()
-  /// XNOR–popcount products (`XNORProduct`), one multiply-add per bit pair.
-  nonisolated(unsafe) public static var xnor = Totals()
 
-  public static func reset() {
-    float32 = Totals()
-    int8 = Totals()
-    xnor = Totals()
+  /// The kinds of product counted apart.
+  public enum Kind: Sendable {
+    case float32, int8
+    /// XNOR–popcount products (`XNORProduct`), one multiply-add per bit pair.
+    case xnor
   }
 
+  private let lock = NSLock()
+  private var isEnabled = false
+  private var totals = (float32: Totals(), int8: Totals(), xnor: Totals())
+
+  /// Off until enabled.
+  public init() {}
+
+  /// Whether calls are counted.
+  public var enabled: Bool {
+    get { lock.withLock { isEnabled } }
+    set { lock.withLock { isEnabled = newValue } }
+  }
+  public var float32: Totals { lock.withLock { totals.float32 } }
+  public var int8: Totals { lock.withLock { totals.int8 } }
+  public var xnor: Totals { lock.withLock { totals.xnor } }
+
+  public func reset() {
+    lock.withLock { totals = (Totals(), Totals(), Totals()) }
+  }
+
+  /// The start time of a call to count, or nil while disabled.
   @usableFromInline
-  static func record(_ totals: inout Totals, since start: UInt64, m: Int, n: Int, k: Int) {
-    totals.nanoseconds += DispatchTime.now().uptimeNanoseconds - start
-    totals.operations += 2 * Double(m) * Double(n) * Double(k)
-    totals.calls += 1
+  func start() -> UInt64? {
+    enabled ? DispatchTime.now().uptimeNanoseconds : nil
+  }
+
+  /// Counts a call of `kind` that started at `start` (from `start()`).
+  @usableFromInline
+  func record(_ kind: Kind, since start: UInt64, m: Int, n: Int, k: Int) {
+    let nanoseconds = DispatchTime.now().uptimeNanoseconds - start
+    lock.withLock {
+      func add(_ t: inout Totals) {
+        t.nanoseconds += nanoseconds
+        t.operations += 2 * Double(m) * Double(n) * Double(k)
+        t.calls += 1
+      }
+      switch kind {
+      case .float32: add(&totals.float32)
+      case .int8: add(&totals.int8)
+      case .xnor: add(&totals.xnor)
+      }
+    }
   }
 }
 
@@ -113,11 +156,12 @@ public enum GEMMProfiler {
 public func gemmInt8(
   _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
   a: UnsafePointer<Int8>, lda: Int, b: UnsafePointer<Int8>, ldb: Int,
-  c: UnsafeMutablePointer<Int32>, ldc: Int
+  c: UnsafeMutablePointer<Int32>, ldc: Int, compute: Compute
 ) throws {
   if m == 0 || n == 0 { return }
-  let start = GEMMProfiler.enabled ? DispatchTime.now().uptimeNanoseconds : 0
-  defer { if GEMMProfiler.enabled { GEMMProfiler.record(&GEMMProfiler.int8, since: start, m: m, n: n, k: k) } }
+  let start = compute.profiler?.start()
+  defer { if let start { compute.profiler?.record(.int8, since: start, m: m, n: n, k: k) } }
+  compute.applyToOneDNN()
   var zero: Int32 = 0
   let status = dnnl_gemm_s8s8s32(
     transA.flag, transB.flag, CChar(UInt8(ascii: "F")), dnnl_dim_t(m), dnnl_dim_t(n), dnnl_dim_t(k), 1,
@@ -128,9 +172,9 @@ public func gemmInt8(
 }
 
 /// Converts `count` floats that hold small integers (quantizer levels, within ±127) to int8,
-/// split over the compute threads.
-public func convertToInt8(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Int8>, count: Int) {
-  Parallel.forEach(count: count) { r in convertToInt8Serially(x + r.lowerBound, y + r.lowerBound, count: r.count) }
+/// split over `compute`'s threads.
+public func convertToInt8(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Int8>, count: Int, compute: Compute) {
+  compute.forEach(count: count) { r in convertToInt8Serially(x + r.lowerBound, y + r.lowerBound, count: r.count) }
 }
 
 /// `convertToInt8` on the calling thread (for a chunk of a pass that is already split).
@@ -155,12 +199,13 @@ public func convertToInt8Serially(_ x: UnsafePointer<Float>, _ y: UnsafeMutableP
   }
 }
 
-/// `y[r, c] = Float(x[r, c]) (+ bias[c])` for a (rows, columns) int32 matrix.
+/// `y[r, c] = Float(x[r, c]) (+ bias[c])` for a (rows, columns) int32 matrix, split over
+/// `compute`'s threads.
 public func convertToFloat(
   _ x: UnsafePointer<Int32>, _ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int,
-  bias: UnsafePointer<Float>? = nil
+  bias: UnsafePointer<Float>? = nil, compute: Compute
 ) {
-  Parallel.forRanges(count: rows, grain: max(1, (1 << 15) / max(columns, 1))) { r in
+  compute.forRanges(count: rows, grain: max(1, (1 << 15) / max(columns, 1))) { r in
     for row in r {
       let xr = x + row * columns
       let yr = y + row * columns

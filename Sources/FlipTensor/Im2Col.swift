@@ -60,14 +60,14 @@ public struct ConvGeometry: Sendable, Equatable {
 
 /// Unfolds `batch` NHWC images `x` (B, H, W, C) into `columns` (B·OH·OW, KH·KW·C); positions in
 /// the padding take `padValue` (Larq's `pad_values`). Generic so the exact int8 path unfolds
-/// int8 data directly.
+/// int8 data directly. Split over `compute`'s threads by image.
 @inlinable
 public func im2col<T>(
   _ x: UnsafePointer<T>, batch: Int, geometry g: ConvGeometry, padValue: T,
-  into columns: UnsafeMutablePointer<T>
+  into columns: UnsafeMutablePointer<T>, compute: Compute
 ) {
   let c = g.channels
-  Parallel.forRanges(count: batch, grain: 8) { images in
+  compute.forRanges(count: batch, grain: 8) { images in
     var row = columns + images.lowerBound * g.outputPixels * g.patchSize
     for b in images {
       let image = x + b * g.inputSize
@@ -109,13 +109,14 @@ public func im2col<T>(
 }
 
 /// The adjoint of `im2col`: adds each column entry back onto the input position it came
-/// from. `dx` (B, H, W, C) is overwritten; padding positions are dropped.
+/// from. `dx` (B, H, W, C) is overwritten; padding positions are dropped. Split over
+/// `compute`'s threads by image.
 public func col2im(
   _ columns: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
-  into dx: UnsafeMutablePointer<Float>
+  into dx: UnsafeMutablePointer<Float>, compute: Compute
 ) {
   let c = g.channels
-  Parallel.forRanges(count: batch, grain: 8) { images in
+  compute.forRanges(count: batch, grain: 8) { images in
     (dx + images.lowerBound * g.inputSize).update(repeating: 0, count: images.count * g.inputSize)
     var row = columns + images.lowerBound * g.outputPixels * g.patchSize
     for b in images {

@@ -7,15 +7,21 @@ import Foundation
 /// 2 threads, 106 against 98 on 1 (the NN and TN shapes of the forward and dW GEMMs gain
 /// nothing, so they stay on `dnnl_sgemm`).
 ///
-/// A primitive per shape is created on first use and kept (shapes are few: the batch sizes
-/// of training, the last batch and evaluation). Memory objects and a stream are made per
-/// call, so threads may run GEMMs at the same time.
+/// A primitive per shape and thread count is created on first use and kept (shapes are few:
+/// the batch sizes of training, the last batch and evaluation). oneDNN fixes a primitive's
+/// thread count when it creates it, so the count is part of the key. Memory objects and a
+/// stream are made per call, so threads may run GEMMs at the same time.
 @usableFromInline
 enum MatmulNT {
   struct Shape: Hashable {
     var m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int
+    /// The OpenMP thread count the primitive is created with.
+    var threads: Int
   }
 
+  /// A primitive and its memory descriptors. `@unchecked Sendable`: it never changes after
+  /// `init`, and oneDNN allows one primitive to execute on several threads at once (each call
+  /// with its own memory objects and stream, as `run` makes them).
   final class Entry: @unchecked Sendable {
     let primitive: dnnl_primitive_t
     let a: dnnl_memory_desc_t
@@ -35,14 +41,21 @@ enum MatmulNT {
     }
   }
 
-  private static let lock = NSLock()
-  nonisolated(unsafe) private static var cache: [Shape: Entry] = [:]
+  /// The primitives by shape. `@unchecked Sendable`: `entries` is read and written only under
+  /// `lock` (a lock rather than `Mutex`, which needs macOS 15 and the package supports macOS 13).
+  final class Cache: @unchecked Sendable {
+    let lock = NSLock()
+    var entries: [Shape: Entry] = [:]
+  }
 
-  /// The primitive for `shape`, created on first use.
+  private static let cache = Cache()
+
+  /// The primitive for `shape`, created on first use (by a thread whose OpenMP thread count is
+  /// `shape.threads`).
   static func entry(_ shape: Shape) throws -> Entry {
-    lock.lock()
-    defer { lock.unlock() }
-    if let e = cache[shape] { return e }
+    cache.lock.lock()
+    defer { cache.lock.unlock() }
+    if let e = cache.entries[shape] { return e }
     func md(_ dims: [Int64], _ strides: [Int64]) throws -> dnnl_memory_desc_t {
       var m = dnnl_memory_desc_t()
       try OneDNN.check(
@@ -64,17 +77,18 @@ enum MatmulNT {
     var p: dnnl_primitive_t?
     try OneDNN.check(dnnl_primitive_create(&p, pd), "dnnl_primitive_create (matmul)")
     let e = Entry(primitive: p!, a: a, b: b, c: c, implementation: OneDNN.implementation(of: pd!))
-    cache[shape] = e
+    cache.entries[shape] = e
     return e
   }
 
-  /// `c (m, n) = a (m, k) · bᵀ` where b is stored (n, k).
+  /// `c (m, n) = a (m, k) · bᵀ` where b is stored (n, k), on `threads` threads (the calling
+  /// thread's OpenMP thread count must be `threads`: `Compute.applyToOneDNN()`).
   @usableFromInline
   static func run(
     m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-    c: UnsafeMutablePointer<Float>, ldc: Int
+    c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int
   ) throws {
-    let e = try entry(Shape(m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc))
+    let e = try entry(Shape(m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, threads: threads))
     let engine = try ConvolutionPrimitives.engine()
     // Local copies: threads share the entry, and only read it.
     var descriptors = (a: e.a, b: e.b, c: e.c)

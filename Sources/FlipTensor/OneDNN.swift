@@ -13,18 +13,19 @@ public enum OneDNN {
     return "\(v.pointee.major).\(v.pointee.minor).\(v.pointee.patch)"
   }
 
-  /// Sets the number of OpenMP threads oneDNN's kernels use from now on (and Flip's own
-  /// elementwise loops, through `Parallel.threads`).
+  /// Sets the number of OpenMP threads of the calling thread (OpenMP's `nthreads-var` is per
+  /// thread): what an OpenMP region that this thread starts uses by default. Flip's own work
+  /// does not depend on it: its loops and oneDNN calls run with the thread count of their
+  /// `Compute`, which every oneDNN call sets first (`Compute.applyToOneDNN()`).
   ///
   /// libgomp reads `OMP_NUM_THREADS` only when it loads, so Flip sets the count through
   /// `omp_set_num_threads` instead. Returns false when no OpenMP runtime is loaded.
   @discardableResult
   public static func setThreads(_ n: Int) -> Bool {
-    Parallel.threads = max(1, n)
-    return flip_omp_set_num_threads(Int32(max(1, n))) == 0
+    flip_omp_set_num_threads(Int32(max(1, n))) == 0
   }
 
-  /// The thread count the next oneDNN call will use (-1 without OpenMP).
+  /// The thread count the next oneDNN call from the calling thread will use (-1 without OpenMP).
   public static var threads: Int { Int(flip_omp_get_max_threads()) }
 
   static func isaName(_ isa: dnnl_cpu_isa_t) -> String {

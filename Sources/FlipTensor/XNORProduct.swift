@@ -93,35 +93,33 @@ public final class XNORProduct {
     inputBits = .allocate(capacity: rows * words)
   }
 
-  /// Packs the signs of the (L, N) kernel `w` (each value ±1) for the products that follow.
-  public func setKernel(_ w: UnsafePointer<Float>) {
+  /// Packs the signs of the (L, N) kernel `w` (each value ±1) for the products that follow,
+  /// split over `compute`'s threads.
+  public func setKernel(_ w: UnsafePointer<Float>, compute: Compute) {
     let (l, n, k) = (length, outputs, words)
     let bits = kernelBits
     let scratch = scratch
     let kernel = kernel
-    Parallel.forRanges(count: (l + 63) / 64, grain: Self.blocksPerChunk) { blocks in
+    compute.forRanges(count: (l + 63) / 64, grain: Self.blocksPerChunk) { blocks in
       let row = scratch + blocks.lowerBound / Self.blocksPerChunk * n
       flip_xnor_pack_columns(kernel, w, l, n, k, blocks.lowerBound, blocks.upperBound, bits, row)
     }
   }
 
   /// `y (R, N) = x (R, L) · w (+ bias)` for the kernel of the last `setKernel`; every value of
-  /// `x` must be ±1.
+  /// `x` must be ±1. Split over `compute`'s threads.
   public func run(
-    _ x: UnsafePointer<Float>, rows: Int, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>
+    _ x: UnsafePointer<Float>, rows: Int, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>,
+    compute: Compute
   ) {
     precondition(rows <= capacity, "XNORProduct.run: \(rows) rows, allocated for \(capacity)")
-    let start = GEMMProfiler.enabled ? DispatchTime.now().uptimeNanoseconds : 0
-    defer {
-      if GEMMProfiler.enabled {
-        GEMMProfiler.record(&GEMMProfiler.xnor, since: start, m: rows, n: outputs, k: length)
-      }
-    }
+    let start = compute.profiler?.start()
+    defer { if let start { compute.profiler?.record(.xnor, since: start, m: rows, n: outputs, k: length) } }
     let (l, n, k) = (length, outputs, words)
     let a = inputBits!
     let b = UnsafePointer(kernelBits)
     let kernel = kernel
-    Parallel.forRanges(count: rows, grain: Self.rowsPerChunk) { r in
+    compute.forRanges(count: rows, grain: Self.rowsPerChunk) { r in
       flip_xnor_pack_rows(kernel, x, l, k, r.lowerBound, r.upperBound, a)
       flip_xnor_product(kernel, a, b, l, k, r.lowerBound, r.upperBound, n, bias, y)
     }

@@ -55,7 +55,8 @@ func errorMessage(_ body: () throws -> Void) -> String {
 
 /// Fills `indices` of `dataset` with the training fill; returns the images.
 func augmented(
-  _ dataset: Dataset, _ indices: [Int], _ augmentation: Augmentation?, seed: UInt64 = 5, epoch: Int = 0
+  _ dataset: Dataset, _ indices: [Int], _ augmentation: Augmentation?, seed: UInt64 = 5, epoch: Int = 0,
+  compute: Compute = .serial
 ) -> [Float] {
   var x = [Float](repeating: .nan, count: indices.count * dataset.sampleSize)
   var y = [Int32](repeating: -1, count: indices.count)
@@ -63,7 +64,7 @@ func augmented(
     y.withUnsafeMutableBufferPointer { yp in
       dataset.fill(
         indices[...], images: xp.baseAddress!, labels: yp.baseAddress!, augmentation: augmentation, seed: seed,
-        epoch: epoch)
+        epoch: epoch, compute: compute)
     }
   }
   for (k, i) in indices.enumerated() { precondition(y[k] == dataset.labels[i]) }
@@ -246,7 +247,9 @@ struct AugmentationTests {
     let data = try randomDataset(40, shape: [8, 6, 3])
     let a = Augmentation(mode: .cropFlip, padding: 2)
     let size = data.sampleSize
-    let all = augmented(data, Array(0..<40), a, epoch: 3)
+    let serial = ThreadLog()
+    let all = augmented(data, Array(0..<40), a, epoch: 3, compute: Compute(threads: 1, threadLog: serial))
+    #expect(serial.loopTeams == [1])
     // Reversed order, in odd batches, and as 3 ranks' shards of a permuted global batch.
     let order = Array((0..<40).reversed())
     let reversed = augmented(data, order, a, epoch: 3)
@@ -267,14 +270,18 @@ struct AugmentationTests {
         }
       }
     }
-    // More threads: the same bytes.
-    let saved = Parallel.threads
-    Parallel.threads = 2
-    let threaded = augmented(data, Array(0..<40), a, epoch: 3)
-    Parallel.threads = saved
+    // More threads: the same bytes (the 40 samples are 2 chunks, one per thread).
+    let parallel = ThreadLog()
+    let threaded = augmented(data, Array(0..<40), a, epoch: 3, compute: Compute(threads: 2, threadLog: parallel))
+    #expect(parallel.loopTeams == [2])
     #expect(threaded == all)
-    // The draw alone is a function of (seed, epoch, index).
-    #expect(a.draw(seed: 5, epoch: 3, index: 17) == a.draw(seed: 5, epoch: 3, index: 17))
+    // The draw alone is a function of (seed, epoch, index): another augmentation with the same
+    // settings, drawing the indices in the opposite order, draws the same.
+    let again = Augmentation(mode: .cropFlip, padding: 2)
+    let draws = (0..<40).map { a.draw(seed: 5, epoch: 3, index: $0) }
+    let reversedDraws = (0..<40).reversed().map { again.draw(seed: 5, epoch: 3, index: $0) }
+    #expect(draws == Array(reversedDraws.reversed()))
+    #expect(Set(draws).count > 1)
   }
 
   @Test func epochsAndSeedsDiffer() throws {

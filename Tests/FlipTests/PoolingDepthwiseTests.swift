@@ -559,11 +559,10 @@ struct PoolingDepthwiseTests {
       dense.units = 5
       return [d1, pool, d2, gap, dense]
     }
-    func step(threads: Int) throws -> [Float] {
-      let saved = Parallel.threads
-      Parallel.threads = threads
-      defer { Parallel.threads = saved }
-      let model = try Model(specs: specs(), inputShape: [9, 9, 2], seed: 6)
+    func step(threads: Int) throws -> (bits: [Float], log: ThreadLog) {
+      let log = ThreadLog()
+      let model = try Model(
+        specs: specs(), inputShape: [9, 9, 2], seed: 6, compute: Compute(threads: threads, threadLog: log))
       model.allocate(maxBatch: 40)
       let optimizer = try OptimizerSpec.adam(learningRate: 0.01).make()
       try optimizer.prepare(store: model.store)
@@ -577,12 +576,15 @@ struct PoolingDepthwiseTests {
           optimizer.apply(store: model.store, clock: TrainingClock(), gradientScale: 1 / 40)
         }
       }
-      return model.store.values.array + model.store.gradients.array
+      return (model.store.values.array + model.store.gradients.array, log)
     }
     let one = try step(threads: 1)
     let two = try step(threads: 2)
-    #expect(one.contains { $0 != 0 })
-    #expect(one == two)
+    // The loops ran on the threads asked for (those of a single chunk inline), and so did oneDNN.
+    #expect(one.log.loopTeams == [1] && two.log.loopTeams == [1, 2])
+    #expect(one.log.oneDNNThreads == [1] && two.log.oneDNNThreads == [2])
+    #expect(one.bits.contains { $0 != 0 })
+    #expect(one.bits == two.bits)
   }
 
   // MARK: Configs

@@ -52,7 +52,7 @@ struct TensorTests {
         try got.withUnsafeMutableBufferPointer { cp in
           try gemm(
             t.transA, t.transB, m: t.m, n: t.n, k: t.k, alpha: t.alpha, a: ap.baseAddress!, lda: lda,
-            b: bp.baseAddress!, ldb: ldb, beta: t.beta, c: cp.baseAddress!, ldc: ldc)
+            b: bp.baseAddress!, ldb: ldb, beta: t.beta, c: cp.baseAddress!, ldc: ldc, compute: .serial)
         }
         want.withUnsafeMutableBufferPointer { cp in
           referenceGEMM(
@@ -84,9 +84,11 @@ struct TensorTests {
     let a: [Float] = [1, 2, 3, 4]
     let b: [Float] = [1, 0, 0, 1]
     var c = [Float](repeating: .nan, count: 4)
-    try gemm(.none, .none, m: 2, n: 2, k: 2, a: a, lda: 2, b: b, ldb: 2, c: &c, ldc: 2)
+    try gemm(.none, .none, m: 2, n: 2, k: 2, a: a, lda: 2, b: b, ldb: 2, c: &c, ldc: 2, compute: .serial)
     #expect(c == [1, 2, 3, 4])
-    try gemm(.transposed, .none, m: 2, n: 2, k: 2, alpha: 2, a: a, lda: 2, b: b, ldb: 2, beta: 1, c: &c, ldc: 2)
+    try gemm(
+      .transposed, .none, m: 2, n: 2, k: 2, alpha: 2, a: a, lda: 2, b: b, ldb: 2, beta: 1, c: &c, ldc: 2,
+      compute: .serial)
     #expect(c == [3, 8, 7, 12])
   }
 
@@ -95,8 +97,8 @@ struct TensorTests {
     let a: [Float] = [1]
     let b: [Float] = [1]
     var c: [Float] = [42]
-    try gemm(.none, .none, m: 0, n: 1, k: 1, a: a, lda: 1, b: b, ldb: 1, c: &c, ldc: 1)
-    try gemm(.none, .none, m: 1, n: 0, k: 1, a: a, lda: 1, b: b, ldb: 1, c: &c, ldc: 1)
+    try gemm(.none, .none, m: 0, n: 1, k: 1, a: a, lda: 1, b: b, ldb: 1, c: &c, ldc: 1, compute: .serial)
+    try gemm(.none, .none, m: 1, n: 0, k: 1, a: a, lda: 1, b: b, ldb: 1, c: &c, ldc: 1, compute: .serial)
     #expect(c == [42])
   }
 
@@ -119,8 +121,8 @@ struct TensorTests {
     let c = randomValues(columnCount, seed: 20 + UInt64(index))
     var cols = [Float](repeating: .nan, count: columnCount)
     var dx = [Float](repeating: .nan, count: x.count)
-    im2col(x, batch: batch, geometry: g, padValue: 0, into: &cols)
-    col2im(c, batch: batch, geometry: g, into: &dx)
+    im2col(x, batch: batch, geometry: g, padValue: 0, into: &cols, compute: .serial)
+    col2im(c, batch: batch, geometry: g, into: &dx, compute: .serial)
     var lhs = 0.0
     var rhs = 0.0
     var magnitude = 0.0
@@ -144,7 +146,7 @@ struct TensorTests {
     let padValue: Float = 7
     let x = randomValues(batch * g.inputSize, seed: 30 + UInt64(index))
     var cols = [Float](repeating: .nan, count: batch * g.outputPixels * g.patchSize)
-    im2col(x, batch: batch, geometry: g, padValue: padValue, into: &cols)
+    im2col(x, batch: batch, geometry: g, padValue: padValue, into: &cols, compute: .serial)
     let total = max((g.outputHeight - 1) * p.s + p.kh - p.h, 0)
     let top = p.padding == .same ? total / 2 : 0
     let totalW = max((g.outputWidth - 1) * p.s + p.kw - p.w, 0)
@@ -180,7 +182,7 @@ struct TensorTests {
       strideWidth: 1, padding: .same)
     let ones = [Float](repeating: 1, count: g.outputPixels * g.patchSize)
     var dx = [Float](repeating: 5, count: 9)
-    col2im(ones, batch: 1, geometry: g, into: &dx)
+    col2im(ones, batch: 1, geometry: g, into: &dx, compute: .serial)
     #expect(dx == [4, 6, 4, 6, 9, 6, 4, 6, 4])
   }
 
@@ -321,7 +323,7 @@ struct TensorTests {
     var x = (-127...127).map(Float.init) + [-0.0]
     x += x.reversed().prefix(13)
     var y = [Int8](repeating: 99, count: x.count)
-    convertToInt8(x, &y, count: x.count)
+    convertToInt8(x, &y, count: x.count, compute: .serial)
     #expect(y == x.map { Int8($0) })
   }
 

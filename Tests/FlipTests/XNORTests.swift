@@ -77,10 +77,12 @@ struct XNORTests {
     let bias = randomValues(outputs, seed: 3)
     let product = XNORProduct(length: length, outputs: outputs, kernel: kernel)
     product.allocate(rows: rows)
-    product.setKernel(w)
+    product.setKernel(w, compute: .serial)
     for useBias in [false, true] {
       var y = [Float](repeating: .nan, count: rows * outputs)
-      bias.withUnsafeBufferPointer { b in product.run(x, rows: rows, bias: useBias ? b.baseAddress : nil, into: &y) }
+      bias.withUnsafeBufferPointer { b in
+        product.run(x, rows: rows, bias: useBias ? b.baseAddress : nil, into: &y, compute: .serial)
+      }
       var wrong = 0
       for r in 0..<rows {
         for n in 0..<outputs {
@@ -94,12 +96,12 @@ struct XNORTests {
     }
     // A new kernel replaces the old one entirely (no bits left from before).
     let flipped = w.map { -$0 }
-    product.setKernel(flipped)
+    product.setKernel(flipped, compute: .serial)
     var y = [Float](repeating: .nan, count: rows * outputs)
-    product.run(x, rows: rows, bias: nil, into: &y)
+    product.run(x, rows: rows, bias: nil, into: &y, compute: .serial)
     var z = [Float](repeating: .nan, count: rows * outputs)
-    product.setKernel(w)
-    product.run(x, rows: rows, bias: nil, into: &z)
+    product.setKernel(w, compute: .serial)
+    product.run(x, rows: rows, bias: nil, into: &z, compute: .serial)
     #expect(zip(y, z).allSatisfy { $0 == -$1 })
   }
 
@@ -108,18 +110,21 @@ struct XNORTests {
     let (rows, length, outputs) = (100, 700, 30)
     let x = Self.signs(rows * length, seed: 1)
     let w = Self.signs(length * outputs, seed: 2)
-    func run(threads: Int, kernel: flip_xnor_kernel = Self.kernels.last!) -> [Float] {
-      let saved = Parallel.threads
-      defer { Parallel.threads = saved }
-      Parallel.threads = threads
+    func run(threads: Int, kernel: flip_xnor_kernel = Self.kernels.last!) -> (y: [Float], teams: Set<Int>) {
+      let log = ThreadLog()
+      let compute = Compute(threads: threads, threadLog: log)
       let product = XNORProduct(length: length, outputs: outputs, kernel: kernel)
       product.allocate(rows: rows)
-      product.setKernel(w)
+      product.setKernel(w, compute: compute)
       var y = [Float](repeating: .nan, count: rows * outputs)
-      product.run(x, rows: rows, bias: nil, into: &y)
-      return y
+      product.run(x, rows: rows, bias: nil, into: &y, compute: compute)
+      return (y, log.loopTeams)
     }
-    #expect(run(threads: 1) == run(threads: 2))
-    #expect(run(threads: 1, kernel: FLIP_XNOR_BASELINE) == run(threads: 2))
+    let one = run(threads: 1)
+    let two = run(threads: 2)
+    // The kernel packing is 3 chunks and the product 7: every loop split on 2 threads.
+    #expect(one.teams == [1] && two.teams == [2])
+    #expect(one.y == two.y)
+    #expect(run(threads: 1, kernel: FLIP_XNOR_BASELINE).y == two.y)
   }
 }

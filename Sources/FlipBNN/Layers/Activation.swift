@@ -17,6 +17,7 @@ public enum ActivationKind: String, CaseIterable, Sendable {
 ///   In training the loss takes the logits before a final softmax directly (as Keras does).
 public final class Activation: Layer {
   public var name = "activation"
+  public var compute = Compute.serial
   public let typeName = "activation"
   public let kind: ActivationKind
   public let inputShape: [Int]
@@ -115,6 +116,7 @@ public func softmaxRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Flo
 /// a resumed run draws the same masks as an uninterrupted one.
 public final class Dropout: Layer, StochasticLayer {
   public var name = "dropout"
+  public var compute = Compute.serial
   public let typeName = "dropout"
   public let rate: Float
   public let inputShape: [Int]

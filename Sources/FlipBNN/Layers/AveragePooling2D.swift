@@ -16,6 +16,7 @@ import FlipTensor
 /// backward: `dx[b, iy, ix, c] = Σ_{windows (oy, ox) holding (iy, ix)} dy[b, oy, ox, c] / n(oy, ox)`.
 public final class AveragePooling2D: Layer {
   public var name = "average_pooling2d"
+  public var compute = Compute.serial
   public let typeName = "average_pooling2d"
   public let inputShape: [Int]
   public let outputShape: [Int]
@@ -70,7 +71,7 @@ public final class AveragePooling2D: Layer {
     let c = g.channels
     let out = y.pointer
     let divisors = UnsafePointer(counts.pointer)
-    Parallel.forRanges(count: batch, grain: 8) { images in
+    compute.forRanges(count: batch, grain: 8) { images in
       for b in images {
         let image = x + b * g.inputSize
         for oy in 0..<g.outputHeight {
@@ -102,7 +103,7 @@ public final class AveragePooling2D: Layer {
     let c = g.channels
     let d = dx.pointer
     let divisors = UnsafePointer(counts.pointer)
-    Parallel.forRanges(count: batch, grain: 8) { images in
+    compute.forRanges(count: batch, grain: 8) { images in
       for b in images {
         let image = d + b * g.inputSize
         image.update(repeating: 0, count: g.inputSize)
@@ -137,6 +138,7 @@ public final class AveragePooling2D: Layer {
 /// backward: `dx[b, h, w, c] = dy[b, c] / (H·W)`.
 public final class GlobalAveragePooling2D: Layer {
   public var name = "global_average_pooling2d"
+  public var compute = Compute.serial
   public let typeName = "global_average_pooling2d"
   public let inputShape: [Int]
   public let outputShape: [Int]
@@ -173,7 +175,7 @@ public final class GlobalAveragePooling2D: Layer {
     let pixels = inputShape[0] * inputShape[1]
     let n = Float(pixels)
     let out = y.pointer
-    Parallel.forRanges(count: batch, grain: 8) { images in
+    compute.forRanges(count: batch, grain: 8) { images in
       for b in images {
         let o = out + b * c
         o.update(repeating: 0, count: c)
@@ -195,7 +197,7 @@ public final class GlobalAveragePooling2D: Layer {
     let pixels = inputShape[0] * inputShape[1]
     let n = Float(pixels)
     let d = dx.pointer
-    Parallel.forRanges(count: batch, grain: 8) { images in
+    compute.forRanges(count: batch, grain: 8) { images in
       for b in images {
         let gradient = dy + b * c
         let image = d + b * pixels * c

@@ -15,6 +15,7 @@ import FlipTensor
 /// backward: `dx = γ/√(σ²+ε) · (dy − mean_R(dy) − x̂·mean_R(dy·x̂))`, `dγ += Σ dy·x̂`, `dβ += Σ dy`.
 public final class BatchNormalization: Layer {
   public var name = "batch_normalization"
+  public var compute = Compute.serial
   public let typeName = "batch_normalization"
   public let inputShape: [Int]
   public var outputShape: [Int] { inputShape }
@@ -146,7 +147,7 @@ public final class BatchNormalization: Layer {
     let p1 = partial.pointer
     let p2 = partial2.pointer
     let grain = blockRows
-    Parallel.forRanges(count: rows, grain: grain) { r in
+    compute.forRanges(count: rows, grain: grain) { r in
       let block = r.lowerBound / grain
       let a = p1 + block * c
       let b = p2 + block * c
@@ -178,7 +179,7 @@ public final class BatchNormalization: Layer {
         s[ch] = k
         m[ch] = (center ? beta![ch] : 0) - movingMean[ch] * k
       }
-      Parallel.forRanges(count: rows, grain: blockRows) { r in
+      compute.forRanges(count: rows, grain: blockRows) { r in
         for row in r {
           let xr = x + row * c
           let yr = out + row * c
@@ -219,7 +220,7 @@ public final class BatchNormalization: Layer {
     let xh = normalized.pointer
     let g = gamma.map { UnsafePointer($0) }
     let b = beta.map { UnsafePointer($0) }
-    Parallel.forRanges(count: rows, grain: blockRows) { r in
+    compute.forRanges(count: rows, grain: blockRows) { r in
       for row in r {
         let xr = x + row * c
         let hr = xh + row * c
@@ -273,7 +274,7 @@ public final class BatchNormalization: Layer {
     }
     let out = dx.pointer
     let bc = bCoefficient
-    Parallel.forRanges(count: rows, grain: blockRows) { r in
+    compute.forRanges(count: rows, grain: blockRows) { r in
       for row in r {
         let dr = dy + row * c
         let hr = xh + row * c

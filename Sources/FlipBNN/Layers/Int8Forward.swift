@@ -36,23 +36,25 @@ final class Int8Forward {
   /// (R, K) the int8 input, for callers that fill it themselves (im2col of int8 data).
   var inputBuffer: UnsafeMutablePointer<Int8> { input! }
 
-  /// `y (R, N) = inputBuffer (R, K) · w8 (K, N) (+ bias)`.
+  /// `y (R, N) = inputBuffer (R, K) · w8 (K, N) (+ bias)`, on `compute`'s threads.
   func runOnInputBuffer(
-    rows: Int, kernel w8: UnsafePointer<Int8>, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>
+    rows: Int, kernel w8: UnsafePointer<Int8>, bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>,
+    compute: Compute
   ) throws {
     let c = product!
     try gemmInt8(
       .none, .none, m: rows, n: outputs, k: reduction, a: input!, lda: reduction, b: w8, ldb: outputs, c: c,
-      ldc: outputs)
-    convertToFloat(c, y, rows: rows, columns: outputs, bias: bias)
+      ldc: outputs, compute: compute)
+    convertToFloat(c, y, rows: rows, columns: outputs, bias: bias, compute: compute)
   }
 
-  /// `y (R, N) = x (R, K) · w8 (K, N) (+ bias)` where x holds integer levels.
+  /// `y (R, N) = x (R, K) · w8 (K, N) (+ bias)` where x holds integer levels, on `compute`'s
+  /// threads.
   func run(
     _ x: UnsafePointer<Float>, rows: Int, kernel w8: UnsafePointer<Int8>, bias: UnsafePointer<Float>?,
-    into y: UnsafeMutablePointer<Float>
+    into y: UnsafeMutablePointer<Float>, compute: Compute
   ) throws {
-    convertToInt8(x, inputBuffer, count: rows * reduction)
-    try runOnInputBuffer(rows: rows, kernel: w8, bias: bias, into: y)
+    convertToInt8(x, inputBuffer, count: rows * reduction, compute: compute)
+    try runOnInputBuffer(rows: rows, kernel: w8, bias: bias, into: y, compute: compute)
   }
 }

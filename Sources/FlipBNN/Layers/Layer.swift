@@ -16,6 +16,9 @@ public protocol Layer: AnyObject {
   var outputShape: [Int] { get }
   /// Variables this layer needs, in order; the model lays them out in its store.
   var parameterSpecs: [ParameterSpec] { get }
+  /// The threads (and profiler) its loops and kernels run with: the model's (`Model.compute`),
+  /// one thread for a layer on its own.
+  var compute: Compute { get set }
   /// Receives the views of the variables declared in `parameterSpecs`, in the same order.
   func bind(store: ParameterStore, views: [ParameterView])
   /// Sizes every buffer for batches of up to `maxBatch` samples.
@@ -73,9 +76,9 @@ public struct LayerProfile: Sendable, Equatable {
 @inline(__always)
 func quantizerGradient(
   _ quantizer: Quantizer?, _ x: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, count: Int,
-  channels: Int
+  channels: Int, compute: Compute
 ) {
-  quantizer?.parallelBackward(x, UnsafePointer(d), d, count: count, channels: channels)
+  quantizer?.parallelBackward(x, UnsafePointer(d), d, count: count, channels: channels, compute: compute)
 }
 
 /// The kernel of a quantized layer: the latent weights, their quantized copy used by the
@@ -144,8 +147,9 @@ final class QuantizedKernel {
   /// The quantized kernel of the last forward (nil without a quantizer).
   var quantized: FloatBuffer? { buffers.isEmpty ? nil : buffers[active] }
 
-  /// The weights the forward GEMM uses: `q(latent)`, recomputed every forward.
-  func forward(training: Bool) -> UnsafePointer<Float> {
+  /// The weights the forward GEMM uses: `q(latent)`, recomputed every forward on `compute`'s
+  /// threads.
+  func forward(training: Bool, compute: Compute) -> UnsafePointer<Float> {
     guard let q = quantizer else { return UnsafePointer(latent) }
     let old = UnsafePointer(buffers[active].pointer)
     let new = buffers[1 - active].pointer
@@ -158,7 +162,7 @@ final class QuantizedKernel {
       let grain = Self.grain
       flipCounts.withUnsafeMutableBufferPointer { c in
         chunkWithinBound.withUnsafeMutableBufferPointer { inside in
-          Parallel.forRanges(count: count, grain: grain) { r in
+          compute.forRanges(count: count, grain: grain) { r in
             let lo = r.lowerBound
             (c[lo / grain], inside[lo / grain]) = q.forwardKernelChunk(
               w + lo, new + lo, previous: countFlips ? old + lo : nil, count: r.count)
@@ -169,7 +173,7 @@ final class QuantizedKernel {
       gradientPassesThrough = bound != nil && !chunkWithinBound.contains(false)
     } else {
       q.forward(latent, new, count: count, channels: channels)
-      if fillsInt8, let k8 = int8 { convertToInt8(new, k8, count: count) }
+      if fillsInt8, let k8 = int8 { convertToInt8(new, k8, count: count, compute: compute) }
       for i in flipCounts.indices { flipCounts[i] = 0 }
       flipCounts[0] = countFlips ? countDifferences(old, new, count: count) : 0
       gradientPassesThrough = bound.map { allMagnitudes(w, count: count, atMost: $0) } ?? false
@@ -191,22 +195,22 @@ final class QuantizedKernel {
   /// After the kernel's gradient was written to `source`: the pseudo-gradient through the
   /// quantizer and the accumulation into the latent's gradient (nothing when `source` is
   /// the latent's gradient itself, which `gemmGradientTarget` accumulated into).
-  func finishBackward(from source: UnsafeMutablePointer<Float>) {
+  func finishBackward(from source: UnsafeMutablePointer<Float>, compute: Compute) {
     let dst = gradient!
     guard source != dst else { return }
     let w = UnsafePointer(latent!)
     guard let q = quantizer, !gradientPassesThrough else {
-      Parallel.forEach(count: count) { r in for i in r { dst[i] += source[i] } }
+      compute.forEach(count: count) { r in for i in r { dst[i] += source[i] } }
       return
     }
     if q.isElementwise {
-      Parallel.forEach(count: count) { r in
+      compute.forEach(count: count) { r in
         q.backward(w + r.lowerBound, source + r.lowerBound, source + r.lowerBound, count: r.count, channels: 1)
         for i in r { dst[i] += source[i] }
       }
     } else {
       q.backward(w, source, source, count: count, channels: channels)
-      Parallel.forEach(count: count) { r in for i in r { dst[i] += source[i] } }
+      compute.forEach(count: count) { r in for i in r { dst[i] += source[i] } }
     }
   }
 }

@@ -7,6 +7,7 @@ import FlipTensor
 /// (TensorFlow's choice on ties). With `same` padding, padded positions never win.
 public final class MaxPool2D: Layer {
   public var name = "max_pooling2d"
+  public var compute = Compute.serial
   public let typeName = "max_pooling2d"
   public let inputShape: [Int]
   public let outputShape: [Int]
@@ -61,7 +62,7 @@ public final class MaxPool2D: Layer {
       forwardSIMD(x, batch: batch)
       return UnsafePointer(out)
     }
-    Parallel.forRanges(count: batch, grain: 8) { images in
+    compute.forRanges(count: batch, grain: 8) { images in
       for b in images {
         let imageOffset = b * g.inputSize
         for oy in 0..<g.outputHeight {
@@ -111,7 +112,7 @@ public final class MaxPool2D: Layer {
     var lanes = SIMD16<Int32>()
     for l in 0..<16 { lanes[l] = Int32(l) }
     let laneOffsets = lanes
-    Parallel.forRanges(count: batch, grain: 8) { images in
+    compute.forRanges(count: batch, grain: 8) { images in
       for b in images {
         let imageOffset = b * g.inputSize
         for oy in 0..<g.outputHeight {
@@ -156,7 +157,7 @@ public final class MaxPool2D: Layer {
     let arg = argmax!
     let inSize = inputSize
     let outSize = outputSize
-    Parallel.forRanges(count: batch, grain: 8) { images in
+    compute.forRanges(count: batch, grain: 8) { images in
       (d + images.lowerBound * inSize).update(repeating: 0, count: images.count * inSize)
       for o in (images.lowerBound * outSize)..<(images.upperBound * outSize) { d[Int(arg[o])] += dy[o] }
     }
@@ -171,6 +172,7 @@ public final class MaxPool2D: Layer {
 /// `Flatten`: reshapes (B, ...) to (B, ∏...); data and gradients pass through untouched.
 public final class Flatten: Layer {
   public var name = "flatten"
+  public var compute = Compute.serial
   public let typeName = "flatten"
   public let inputShape: [Int]
   public let outputShape: [Int]

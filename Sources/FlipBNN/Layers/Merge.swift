@@ -31,6 +31,7 @@ extension MergeLayer {
 /// Keras's `Add`: `y = x_1 + x_2 + … + x_n` for inputs of one shape; each input's gradient is `dy`.
 public final class Add: MergeLayer {
   public var name = "add"
+  public var compute = Compute.serial
   public let typeName = "add"
   public let inputShapes: [[Int]]
   public var inputShape: [Int] { inputShapes[0] }
@@ -58,7 +59,7 @@ public final class Add: MergeLayer {
   public func forward(_ inputs: [UnsafePointer<Float>], batch: Int, training: Bool) throws -> UnsafePointer<Float> {
     let out = y.pointer
     let count = batch * outputSize
-    Parallel.forEach(count: count) { r in
+    compute.forEach(count: count) { r in
       for i in r {
         var s = inputs[0][i]
         for k in 1..<inputs.count { s += inputs[k][i] }
@@ -77,6 +78,7 @@ public final class Add: MergeLayer {
 /// other axes must agree.
 public final class Concatenate: MergeLayer {
   public var name = "concatenate"
+  public var compute = Compute.serial
   public let typeName = "concatenate"
   public let inputShapes: [[Int]]
   public var inputShape: [Int] { inputShapes[0] }
@@ -116,7 +118,7 @@ public final class Concatenate: MergeLayer {
     let total = channels.reduce(0, +)
     let out = y.pointer
     let channels = channels
-    Parallel.forRanges(count: batch * positions, grain: 256) { r in
+    compute.forRanges(count: batch * positions, grain: 256) { r in
       for p in r {
         var at = out + p * total
         for (k, c) in channels.enumerated() {
@@ -132,7 +134,7 @@ public final class Concatenate: MergeLayer {
     let total = channels.reduce(0, +)
     let channels = channels
     let targets = dx.map(\.pointer)
-    Parallel.forRanges(count: batch * positions, grain: 256) { r in
+    compute.forRanges(count: batch * positions, grain: 256) { r in
       for p in r {
         var from = dy + p * total
         for (k, c) in channels.enumerated() {

@@ -15,6 +15,17 @@ import FlipTensor
 /// convolution primitives instead of im2col + GEMM (faster, measured; no columns at all).
 public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   public var name: String
+  /// The threads its loops and kernels run with (see `Layer.compute`); the primitives are made
+  /// for them, so a change drops those made before.
+  public var compute = Compute.serial {
+    didSet { primitives.removeAll() }
+  }
+  /// The factor of the int8 kernel levels of its oneDNN primitives
+  /// (`ConvolutionPrimitives.exactInt8KernelScale`; tests pass 1 to reproduce the wrong int8
+  /// convolutions of ISAs without VNNI). A change drops the primitives made before.
+  public var int8KernelScale = ConvolutionPrimitives.exactInt8KernelScale {
+    didSet { primitives.removeAll() }
+  }
   public let typeName: String
   public let inputShape: [Int]
   public let outputShape: [Int]
@@ -133,7 +144,9 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     let key = 2 * batch + (int8 ? 1 : 0)
     if let p = primitives[key] { return p }
     if primitives.count >= 4 { primitives.removeAll() }
-    let p = try ConvolutionPrimitives(batch: batch, geometry: geometry, filters: filters, int8Forward: int8)
+    let p = try ConvolutionPrimitives(
+      batch: batch, geometry: geometry, filters: filters, int8Forward: int8, int8KernelScale: int8KernelScale,
+      compute: compute)
     primitives[key] = p
     return p
   }
@@ -147,10 +160,9 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   /// The implementations of the input-gradient and kernel-gradient passes for `batch`.
   public func backwardImplementations(batch: Int) throws -> (data: String, weights: String) {
     if usePrimitives { return try primitives(batch: batch).backwardImplementations }
-    return (
-      "matmul (\(try transposedProductImplementation(m: batch * geometry.outputPixels, n: geometry.patchSize, k: filters))) + col2im",
-      "im2col + dnnl_sgemm"
-    )
+    let matmul = try transposedProductImplementation(
+      m: batch * geometry.outputPixels, n: geometry.patchSize, k: filters, compute: compute)
+    return ("matmul (\(matmul)) + col2im", "im2col + dnnl_sgemm")
   }
 
   public var kernelQuantizer: Quantizer? { kernel.quantizer }
@@ -201,34 +213,37 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     input = x
     var source = x
     if let q = inputQuantizer, let xq = quantizedInput {
-      q.parallelForward(x, xq.pointer, count: batch * inputSize, channels: g.channels)
+      q.parallelForward(x, xq.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
       source = UnsafePointer(xq.pointer)
     }
     columnSource = source
-    let w = kernel.forward(training: training)
+    let w = kernel.forward(training: training, compute: compute)
     let rows = batch * g.outputPixels
     columnsReady = false
     if usePrimitives {
       let p = try primitives(batch: batch)
       if p.int8Forward, let x8 = quantizedInput8, let w8 = kernel.int8, let c = product32 {
-        convertToInt8(source, x8, count: batch * inputSize)
+        convertToInt8(source, x8, count: batch * inputSize, compute: compute)
         try p.forward(src: x8, kernel: w8, dst: c)
-        convertToFloat(c, y.pointer, rows: rows, columns: filters, bias: bias.map { UnsafePointer($0) })
+        convertToFloat(
+          c, y.pointer, rows: rows, columns: filters, bias: bias.map { UnsafePointer($0) }, compute: compute)
       } else {
         try p.forward(src: source, kernel: w, dst: y.pointer)
         if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
       }
     } else if forwardKernel == .int8, let int8 = int8Forward, let x8 = quantizedInput8 {
-      convertToInt8(source, x8, count: batch * inputSize)
-      im2col(UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer)
+      convertToInt8(source, x8, count: batch * inputSize, compute: compute)
+      im2col(
+        UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer,
+        compute: compute)
       try int8.runOnInputBuffer(
-        rows: rows, kernel: kernel.int8!, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+        rows: rows, kernel: kernel.int8!, bias: bias.map { UnsafePointer($0) }, into: y.pointer, compute: compute)
     } else {
-      im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch))
+      im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch), compute: compute)
       columnsReady = true
       try gemm(
         .none, .none, m: rows, n: filters, k: g.patchSize, a: columns.pointer, lda: g.patchSize, b: w,
-        ldb: filters, c: y.pointer, ldc: filters)
+        ldb: filters, c: y.pointer, ldc: filters, compute: compute)
       if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
     }
     return UnsafePointer(y.pointer)
@@ -243,33 +258,36 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
       // The primitive overwrites its output: it writes to scratch, then accumulates.
       let scratch = (kernel.quantizedGradient ?? kernelGradientScratch)!.pointer
       try p.backwardWeights(src: columnSource, diffDst: dy, diffKernel: scratch)
-      kernel.finishBackward(from: scratch)
+      kernel.finishBackward(from: scratch, compute: compute)
       if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
       guard needInputGradient else { return nil }
       let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
       try p.backwardData(diffDst: dy, kernel: w, diffSrc: dx.pointer)
-      quantizerGradient(inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels)
+      quantizerGradient(
+        inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
       return UnsafePointer(dx.pointer)
     }
     if !columnsReady {
-      im2col(columnSource, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch))
+      im2col(
+        columnSource, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch), compute: compute)
       columnsReady = true
     }
     let (target, beta) = kernel.gemmGradientTarget
     try gemm(
       .transposed, .none, m: g.patchSize, n: filters, k: rows, a: columns.pointer, lda: g.patchSize,
-      b: dy, ldb: filters, beta: beta, c: target, ldc: filters)
-    kernel.finishBackward(from: target)
+      b: dy, ldb: filters, beta: beta, c: target, ldc: filters, compute: compute)
+    kernel.finishBackward(from: target, compute: compute)
     if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
     guard needInputGradient else { return nil }
     // The columns are no longer needed: reuse them for the gradient of the columns.
     let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
     try gemm(
       .none, .transposed, m: rows, n: g.patchSize, k: filters, a: dy, lda: filters, b: w, ldb: filters,
-      c: columns.pointer, ldc: g.patchSize)
+      c: columns.pointer, ldc: g.patchSize, compute: compute)
     columnsReady = false
-    col2im(columns.pointer, batch: batch, geometry: g, into: dx.pointer)
-    quantizerGradient(inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels)
+    col2im(columns.pointer, batch: batch, geometry: g, into: dx.pointer, compute: compute)
+    quantizerGradient(
+        inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
     return UnsafePointer(dx.pointer)
   }
 

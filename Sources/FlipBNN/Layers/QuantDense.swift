@@ -9,6 +9,7 @@ import FlipTensor
 /// `dx = q̃_in'(x) ⊙ (dy · q_k(W)ᵀ)`.
 public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
   public var name: String
+  public var compute = Compute.serial
   public let typeName: String
   public let inputShape: [Int]
   public let outputShape: [Int]
@@ -41,7 +42,8 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
 
   /// The implementations of the input-gradient and kernel-gradient GEMMs for `batch`.
   public func backwardImplementations(batch: Int) throws -> (data: String, weights: String) {
-    ("matmul (\(try transposedProductImplementation(m: batch, n: inputSize, k: units)))", "dnnl_sgemm")
+    let matmul = try transposedProductImplementation(m: batch, n: inputSize, k: units, compute: compute)
+    return ("matmul (\(matmul))", "dnnl_sgemm")
   }
   var bias: UnsafeMutablePointer<Float>?
   var biasGradient: UnsafeMutablePointer<Float>?
@@ -147,19 +149,22 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     let i = inputSize
     input = x
     if let q = inputQuantizer, let xq = quantizedInput {
-      q.parallelForward(x, xq.pointer, count: batch * i, channels: i)
+      q.parallelForward(x, xq.pointer, count: batch * i, channels: i, compute: compute)
       gemmInput = UnsafePointer(xq.pointer)
     } else {
       gemmInput = x
     }
-    let w = kernel.forward(training: training)
+    let w = kernel.forward(training: training, compute: compute)
     if forwardKernel == .int8, let int8 = int8Forward, let w8 = kernel.int8 {
-      try int8.run(gemmInput, rows: batch, kernel: w8, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+      try int8.run(
+        gemmInput, rows: batch, kernel: w8, bias: bias.map { UnsafePointer($0) }, into: y.pointer, compute: compute)
     } else if forwardKernel == .xnor, let xnor = xnorForward {
-      xnor.setKernel(w)
-      xnor.run(gemmInput, rows: batch, bias: bias.map { UnsafePointer($0) }, into: y.pointer)
+      xnor.setKernel(w, compute: compute)
+      xnor.run(gemmInput, rows: batch, bias: bias.map { UnsafePointer($0) }, into: y.pointer, compute: compute)
     } else {
-      try gemm(.none, .none, m: batch, n: units, k: i, a: gemmInput, lda: i, b: w, ldb: units, c: y.pointer, ldc: units)
+      try gemm(
+        .none, .none, m: batch, n: units, k: i, a: gemmInput, lda: i, b: w, ldb: units, c: y.pointer, ldc: units,
+        compute: compute)
       if let b = bias { addBias(y.pointer, rows: batch, columns: units, bias: b) }
     }
     return UnsafePointer(y.pointer)
@@ -175,15 +180,17 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
       let rows = Self.kernelGradientRows(block: b, of: blocks, rows: i)
       try gemm(
         .transposed, .none, m: rows.count, n: units, k: batch, a: gemmInput + rows.lowerBound, lda: i, b: dy,
-        ldb: units, beta: beta, c: target + rows.lowerBound * units, ldc: units)
+        ldb: units, beta: beta, c: target + rows.lowerBound * units, ldc: units, compute: compute)
       // Final now unless the pseudo-gradient pass below still has to run.
       if b < blocks - 1, target == kernel.gradient { try kernelRowsFinished?(rows.upperBound) }
     }
-    kernel.finishBackward(from: target)
+    kernel.finishBackward(from: target, compute: compute)
     guard needInputGradient else { return nil }
     let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
-    try gemm(.none, .transposed, m: batch, n: i, k: units, a: dy, lda: units, b: w, ldb: units, c: dx.pointer, ldc: i)
-    quantizerGradient(inputQuantizer, input, dx.pointer, count: batch * i, channels: i)
+    try gemm(
+      .none, .transposed, m: batch, n: i, k: units, a: dy, lda: units, b: w, ldb: units, c: dx.pointer, ldc: i,
+      compute: compute)
+    quantizerGradient(inputQuantizer, input, dx.pointer, count: batch * i, channels: i, compute: compute)
     return UnsafePointer(dx.pointer)
   }
 

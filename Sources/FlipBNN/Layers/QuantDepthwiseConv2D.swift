@@ -30,6 +30,7 @@ import FlipTensor
 /// AVX-512 FMA.) Unequal strides are allowed (TensorFlow's CPU kernel refuses them).
 public final class QuantDepthwiseConv2D: Layer, FlipCounting {
   public var name: String
+  public var compute = Compute.serial
   public let typeName: String
   public let inputShape: [Int]
   public let outputShape: [Int]
@@ -149,13 +150,13 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     input = x
     var source = x
     if let q = inputQuantizer, let xq = quantizedInput {
-      q.parallelForward(x, xq.pointer, count: batch * inputSize, channels: c)
+      q.parallelForward(x, xq.pointer, count: batch * inputSize, channels: c, compute: compute)
       source = UnsafePointer(xq.pointer)
     }
     // With M > 1, each input value is repeated M times, so every loop runs over F contiguous lanes.
     if let e = expandedInput {
       let pixels = batch * g.inputHeight * g.inputWidth
-      Parallel.forEach(count: pixels) { r in
+      compute.forEach(count: pixels) { r in
         for p in r {
           let from = source + p * c
           let to = e.pointer + p * c * multiplier
@@ -166,10 +167,11 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     }
     productInput = source
     let loops = DepthwiseLoops(
-      geometry: g, lanes: filters, padValue: padValue, input: source, kernel: kernel.forward(training: training))
+      geometry: g, lanes: filters, padValue: padValue, input: source,
+      kernel: kernel.forward(training: training, compute: compute))
     let b = bias.map { UnsafePointer($0) }
     let out = y.pointer
-    Parallel.forRanges(count: batch, grain: 1) { images in
+    compute.forRanges(count: batch, grain: 1) { images in
       for n in images { loops.forward(image: n, bias: b, into: out) }
     }
     return UnsafePointer(out)
@@ -190,7 +192,7 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     // Each piece of the batch sums its kernel gradient apart and writes its images' dx.
     let grain = max(1, (batch + pieces - 1) / pieces)
     let pieceCount = (batch + grain - 1) / grain
-    Parallel.forRanges(count: batch, grain: grain) { images in
+    compute.forRanges(count: batch, grain: grain) { images in
       let piece = images.lowerBound / grain
       let dk = partial + piece * kernelCount
       dk.update(repeating: 0, count: kernelCount)
@@ -223,19 +225,19 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     // the latent's, accumulating, when the pseudo-gradient is the identity); then through the
     // quantizer's pseudo-gradient into the latent's.
     let (target, beta) = kernel.gemmGradientTarget
-    Parallel.forEach(count: kernelCount) { r in
+    compute.forEach(count: kernelCount) { r in
       for i in r {
         var s: Float = beta == 0 ? 0 : target[i]
         for p in 0..<pieceCount { s += partial[p * kernelCount + i] }
         target[i] = s
       }
     }
-    kernel.finishBackward(from: target)
+    kernel.finishBackward(from: target, compute: compute)
     if let db = biasGradient {
       accumulateColumnSums(dy, rows: batch * g.outputPixels, columns: filters, into: db)
     }
     guard needInputGradient else { return nil }
-    quantizerGradient(inputQuantizer, input, d, count: batch * inputSize, channels: c)
+    quantizerGradient(inputQuantizer, input, d, count: batch * inputSize, channels: c, compute: compute)
     return UnsafePointer(d)
   }
 

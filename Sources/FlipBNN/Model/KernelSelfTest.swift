@@ -28,11 +28,15 @@ public enum KernelSelfTest {
   /// at most about K·2⁻²⁴ of it (6·10⁻⁵ for K = 1024); a wrong kernel is off by O(1).
   public static let float32Tolerance = 1e-4
 
-  /// Checks the fast kernels of a model built from `specs` for `inputShape`, on `batch` samples.
-  public static func run(specs: [LayerSpec], inputShape: [Int], batch: Int = 3, seed: UInt64 = 7) throws
-    -> [KernelCheck]
-  {
-    let model = try Model(specs: specs, inputShape: inputShape, seed: seed)
+  /// Checks the fast kernels of a model built from `specs` for `inputShape`, on `batch` samples,
+  /// as they run on `compute`'s threads, with the convolutions' int8 kernel levels scaled by
+  /// `int8KernelScale` (`Model.int8KernelScale`).
+  public static func run(
+    specs: [LayerSpec], inputShape: [Int], batch: Int = 3, seed: UInt64 = 7, compute: Compute = .serial,
+    int8KernelScale: Float = ConvolutionPrimitives.exactInt8KernelScale
+  ) throws -> [KernelCheck] {
+    let model = try Model(specs: specs, inputShape: inputShape, seed: seed, compute: compute)
+    model.int8KernelScale = int8KernelScale
     model.allocate(maxBatch: batch)
     var checks: [KernelCheck] = []
     var random = SplitMix64(seed: seed)

@@ -29,6 +29,20 @@ public final class Model {
   /// Whether the config named inputs (Keras's functional API; its summary shows the input).
   public let isGraph: Bool
   public private(set) var maxBatch = 0
+  /// The threads (and profiler) every layer and the store run with; set when the model is
+  /// built, and handed to them whenever it changes.
+  public var compute: Compute {
+    didSet {
+      for layer in layers { layer.compute = compute }
+      store.compute = compute
+    }
+  }
+  /// The factor of the int8 kernel levels of the convolutions' oneDNN primitives
+  /// (`ConvolutionPrimitives.exactInt8KernelScale`; tests and `flip train`'s fault injection
+  /// set 1 to reproduce the wrong int8 convolutions of ISAs without VNNI).
+  public var int8KernelScale = ConvolutionPrimitives.exactInt8KernelScale {
+    didSet { for case let conv as QuantConv2D in layers { conv.int8KernelScale = int8KernelScale } }
+  }
   /// Called after each layer's forward (`backward` false) or backward in training with the
   /// layer's index and its start and end times (`DispatchTime` nanoseconds): the timeline's
   /// per-layer spans. One branch per layer when nil.
@@ -58,8 +72,9 @@ public final class Model {
   /// The most elements one sample's output, or one layer's variables, may have.
   public static let largestTensor = 1 << 31
 
-  /// Builds the layers for samples of `inputShape` and initializes the variables from `seed`.
-  public init(specs: [LayerSpec], inputShape: [Int], seed: UInt64) throws {
+  /// Builds the layers for samples of `inputShape` and initializes the variables from `seed`;
+  /// they run on `compute`'s threads.
+  public init(specs: [LayerSpec], inputShape: [Int], seed: UInt64, compute: Compute = .serial) throws {
     guard !specs.isEmpty else {
       throw BNNError.invalidParameter(owner: "model", parameter: "layers", reason: "a model needs at least one layer")
     }
@@ -128,7 +143,10 @@ public final class Model {
     store = ParameterStore(layerNames: layers.map(\.name), specs: layers.map(\.parameterSpecs), random: &random)
     for (i, layer) in layers.enumerated() {
       layer.bind(store: store, views: store.views(ofLayer: i))
+      layer.compute = compute
     }
+    store.compute = compute
+    self.compute = compute
     self.layers = layers
     self.inputsOf = inputsOf
     var needed: [Bool] = []
@@ -285,7 +303,7 @@ public final class Model {
     let count = batch * layers[j].outputSize
     if let buffer = summing[j] {
       let p = buffer.pointer
-      Parallel.forEach(count: count) { r in for e in r { p[e] += g[e] } }
+      compute.forEach(count: count) { r in for e in r { p[e] += g[e] } }
       return
     }
     let buffer: FloatBuffer

@@ -128,10 +128,14 @@ public final class ParameterStore {
     views.filter { $0.layerIndex == index } + stateViews.filter { $0.layerIndex == index }
   }
 
+  /// The threads of the passes over the whole store (zeroing, optimizer steps): its model's
+  /// (`Model.compute`).
+  public var compute = Compute.serial
+
   /// Sets every gradient to zero (the start of a step).
   public func zeroGradients() {
     let g = gradients.pointer
-    Parallel.forEach(count: gradients.count) { r in (g + r.lowerBound).update(repeating: 0, count: r.count) }
+    compute.forEach(count: gradients.count) { r in (g + r.lowerBound).update(repeating: 0, count: r.count) }
   }
 
   /// Applies each view's kernel constraint (after every optimizer step).

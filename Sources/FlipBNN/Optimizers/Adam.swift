@@ -64,7 +64,7 @@ public final class Adam: Optimizer {
       let mp = m.pointer + view.offset
       let vp = v.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
-      forEachChunk(of: view, within: slices) { range in
+      forEachChunk(of: view, within: slices, compute: store.compute) { range in
         // 16 lanes at a time (explicit SIMD: the compiler does not vectorize the scalar loop
         // over four pointers that may alias), then the same arithmetic on the tail: every
         // operation is elementwise IEEE, so both give the same bits.
@@ -157,7 +157,7 @@ public final class SGD: Optimizer {
       let g = store.gradients.pointer + view.offset
       let b = velocity.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
-      forEachChunk(of: view, within: slices) { range in
+      forEachChunk(of: view, within: slices, compute: store.compute) { range in
         for i in range {
           let gi = g[i] * gradientScale
           var wi = w[i]
@@ -217,7 +217,7 @@ public final class Bop: Optimizer {
       let grad = store.gradients.pointer + view.offset
       let mp = m.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
-      forEachChunk(of: view, within: slices) { range in
+      forEachChunk(of: view, within: slices, compute: store.compute) { range in
         for i in range {
           let mi = mp[i] + g * (grad[i] * gradientScale - mp[i])
           mp[i] = mi

@@ -144,18 +144,20 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
   }
 }
 
-/// Calls `body` with chunks (split over the compute threads) of the view's own element indices
+/// Calls `body` with chunks (split over `compute`'s threads) of the view's own element indices
 /// that fall inside `slices` of the flat buffer (all of them without slices).
 @inlinable
-func forEachChunk(of view: ParameterView, within slices: [Range<Int>]?, _ body: (Range<Int>) -> Void) {
+func forEachChunk(
+  of view: ParameterView, within slices: [Range<Int>]?, compute: Compute, _ body: (Range<Int>) -> Void
+) {
   guard let slices else {
-    if view.count > 0 { Parallel.forEach(count: view.count) { r in body(r) } }
+    if view.count > 0 { compute.forEach(count: view.count) { r in body(r) } }
     return
   }
   for slice in slices {
     let lo = max(0, slice.lowerBound - view.offset)
     let hi = min(view.count, slice.upperBound - view.offset)
     guard lo < hi else { continue }
-    Parallel.forEach(count: hi - lo) { r in body((r.lowerBound + lo)..<(r.upperBound + lo)) }
+    compute.forEach(count: hi - lo) { r in body((r.lowerBound + lo)..<(r.upperBound + lo)) }
   }
 }

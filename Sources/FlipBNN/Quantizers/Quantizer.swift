@@ -54,21 +54,23 @@ extension Quantizer {
     return (changed, straightThroughBound.map { allMagnitudes(x, count: count, atMost: $0) } ?? false)
   }
 
-  /// `forward`, split over the compute threads when the quantizer is elementwise.
-  public func parallelForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
+  /// `forward`, split over `compute`'s threads when the quantizer is elementwise.
+  public func parallelForward(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int, compute: Compute
+  ) {
     guard isElementwise else { return forward(x, y, count: count, channels: channels) }
-    Parallel.forEach(count: count) { r in
+    compute.forEach(count: count) { r in
       forward(x + r.lowerBound, y + r.lowerBound, count: r.count, channels: 1)
     }
   }
 
-  /// `backward`, split over the compute threads when the quantizer is elementwise.
+  /// `backward`, split over `compute`'s threads when the quantizer is elementwise.
   public func parallelBackward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, count: Int,
-    channels: Int
+    channels: Int, compute: Compute
   ) {
     guard isElementwise else { return backward(x, dy, dx, count: count, channels: channels) }
-    Parallel.forEach(count: count) { r in
+    compute.forEach(count: count) { r in
       backward(x + r.lowerBound, dy + r.lowerBound, dx + r.lowerBound, count: r.count, channels: 1)
     }
   }

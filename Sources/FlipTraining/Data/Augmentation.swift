@@ -188,18 +188,18 @@ extension Dataset {
   /// Writes the samples `indices`, augmented, into `x` (B, H, W, C) and their labels into `y`:
   /// the training fill. Each sample's crop and flip depend on `(seed, epoch, indices[i])` only
   /// (see `Augmentation`). `augmentation` nil, or `none` without normalization, is exactly
-  /// `fill(_:images:labels:)`. Allocates nothing; `Parallel.threads` threads over the samples.
+  /// `fill(_:images:labels:)`. Allocates nothing; `compute`'s threads over the samples.
   /// Call `augmentation.validate(sampleShape:)` once beforehand (the shape must be (H, W, C)).
   public func fill(
     _ indices: ArraySlice<Int>, images x: UnsafeMutablePointer<Float>, labels y: UnsafeMutablePointer<Int32>,
-    augmentation: Augmentation?, seed: UInt64, epoch: Int
+    augmentation: Augmentation?, seed: UInt64, epoch: Int, compute: Compute = .serial
   ) {
     guard let a = augmentation, !a.isIdentity else {
-      fill(indices, images: x, labels: y)
+      fill(indices, images: x, labels: y, compute: compute)
       return
     }
     if a.mode == .none {
-      fill(indices, images: x, labels: y, normalization: a.normalization)
+      fill(indices, images: x, labels: y, normalization: a.normalization, compute: compute)
       return
     }
     precondition(sampleShape.count == 3, "augmentation needs (H, W, C) samples; call Augmentation.validate first")
@@ -209,7 +209,7 @@ extension Dataset {
     withScalingTable(a.normalization, channels: c) { table, stride in
       images.withUnsafeBufferPointer { px in
         labels.withUnsafeBufferPointer { lb in
-          Parallel.forRanges(count: indices.count, grain: 32) { rows in
+          compute.forRanges(count: indices.count, grain: 32) { rows in
             for row in rows {
               let i = indices[start + row]
               let d = a.draw(seed: seed, epoch: epoch, index: i)
@@ -225,13 +225,13 @@ extension Dataset {
   }
 
   /// The plain fill with per-channel normalization (nil: exactly `fill(_:images:labels:)`):
-  /// evaluation's fill when training normalizes.
+  /// evaluation's fill when training normalizes. `compute`'s threads over the samples.
   public func fill(
     _ indices: ArraySlice<Int>, images x: UnsafeMutablePointer<Float>, labels y: UnsafeMutablePointer<Int32>,
-    normalization: ChannelNormalization?
+    normalization: ChannelNormalization?, compute: Compute = .serial
   ) {
     guard let normalization else {
-      fill(indices, images: x, labels: y)
+      fill(indices, images: x, labels: y, compute: compute)
       return
     }
     let c = sampleShape.last ?? 1
@@ -241,7 +241,7 @@ extension Dataset {
     normalization.table.withUnsafeBufferPointer { t in
       images.withUnsafeBufferPointer { px in
         labels.withUnsafeBufferPointer { lb in
-          Parallel.forRanges(count: indices.count, grain: 64) { rows in
+          compute.forRanges(count: indices.count, grain: 64) { rows in
             for row in rows {
               let i = indices[start + row]
               mapPixels(px.baseAddress! + i * size, x + row * size, pixels: size / c, channels: c, t.baseAddress!, 256)

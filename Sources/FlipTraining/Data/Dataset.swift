@@ -31,15 +31,17 @@ public struct Dataset: Sendable {
     self.classes = classes
   }
 
-  /// Writes the samples `indices` as floats in [−1, 1] into `x` (B, H, W, C) and their labels.
+  /// Writes the samples `indices` as floats in [−1, 1] into `x` (B, H, W, C) and their labels,
+  /// `compute`'s threads over the samples.
   public func fill(
-    _ indices: ArraySlice<Int>, images x: UnsafeMutablePointer<Float>, labels y: UnsafeMutablePointer<Int32>
+    _ indices: ArraySlice<Int>, images x: UnsafeMutablePointer<Float>, labels y: UnsafeMutablePointer<Int32>,
+    compute: Compute = .serial
   ) {
     let size = sampleSize
     let start = indices.startIndex
     images.withUnsafeBufferPointer { px in
       labels.withUnsafeBufferPointer { lb in
-        Parallel.forRanges(count: indices.count, grain: 64) { rows in
+        compute.forRanges(count: indices.count, grain: 64) { rows in
           for row in rows {
             let i = indices[start + row]
             let src = px.baseAddress! + i * size

@@ -56,7 +56,7 @@ final class CheckpointWriter: @unchecked Sendable {
     queue.async(group: group) {
       let writeStart = DispatchTime.now().uptimeNanoseconds
       do {
-        let bytes = try ModelFile.write(frozen, metadata: metadata, kind: .checkpoint, to: path, parallel: false)
+        let bytes = try ModelFile.write(frozen, metadata: metadata, kind: .checkpoint, to: path)
         try CheckpointFiles.prune(directory, keep: keep)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - writeStart) / 1e9
         logger.debug("checkpoint \(path): \(bytes) bytes written in \(String(format: "%.3f", seconds)) s (background)")

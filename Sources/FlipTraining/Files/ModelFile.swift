@@ -1,5 +1,6 @@
 import FlipBNN
 import FlipComm
+import FlipTensor
 import Foundation
 
 /// Flip's files in the safetensors layout — trained models (`model.safetensors`), training
@@ -44,7 +45,7 @@ public enum ModelFile {
 
   /// Writes the model to `path` atomically (a temporary file in the same directory, then rename).
   public static func save(_ model: Model, to path: String, metadata extra: [String: String]) throws {
-    try write(refs(of: model), metadata: extra, kind: .model, to: path)
+    try write(refs(of: model), metadata: extra, kind: .model, to: path, compute: model.compute)
   }
 
   /// Encodes `tensors` with Flip's metadata (kind, version, checksums).
@@ -52,7 +53,7 @@ public enum ModelFile {
     throws -> Data
   {
     try SafeTensors.withPacked(tensors) { refs, payload in
-      var out = try SafeTensors.header(refs, metadata: stamp(refs, metadata: extra, kind: kind, parallel: true))
+      var out = try SafeTensors.header(refs, metadata: stamp(refs, metadata: extra, kind: kind, compute: .serial))
       out.append(payload)
       return out
     }
@@ -60,7 +61,7 @@ public enum ModelFile {
 
   /// `extra` plus Flip's keys for the tensors `refs` (in file order): the kind, the format
   /// version, and the header and payload checksums.
-  static func stamp(_ refs: [SafeTensors.TensorRef], metadata extra: [String: String], kind: Kind, parallel: Bool)
+  static func stamp(_ refs: [SafeTensors.TensorRef], metadata extra: [String: String], kind: Kind, compute: Compute)
     -> [String: String]
   {
     var metadata = extra
@@ -74,7 +75,7 @@ public enum ModelFile {
       return (t.name, t.dtype, t.shape, at..<(at + t.bytes.count))
     }
     metadata[headerChecksumKey] = headerChecksum(metadata: metadata, index: index)
-    metadata["payload_crc32"] = SafeTensors.crc32Hex(refs, parallel: parallel)
+    metadata["payload_crc32"] = SafeTensors.crc32Hex(refs, compute: compute)
     return metadata
   }
 
@@ -178,14 +179,15 @@ public enum ModelFile {
 
   /// Writes a Flip file straight from tensors in memory (a checkpoint from the model's and
   /// the optimizer's buffers): checksums computed in place, header and tensors written with
-  /// no intermediate copy, atomically as `writeAtomically`. Returns the file's size.
+  /// no intermediate copy, atomically as `writeAtomically`; the payload's checksum on
+  /// `compute`'s threads. Returns the file's size.
   @discardableResult
   public static func write(
     _ unsorted: [SafeTensors.TensorRef], metadata extra: [String: String], kind: Kind, to path: String,
-    parallel: Bool = true
+    compute: Compute = .serial
   ) throws -> Int {
     let refs = unsorted.sorted { $0.name < $1.name }
-    let header = try SafeTensors.header(refs, metadata: stamp(refs, metadata: extra, kind: kind, parallel: parallel))
+    let header = try SafeTensors.header(refs, metadata: stamp(refs, metadata: extra, kind: kind, compute: compute))
     #if _endian(big)
       // Memory is not the file's byte order: go through the converting encoder.
       var tensors: [String: SafeTensors.Tensor] = [:]

@@ -277,9 +277,9 @@ public enum SafeTensors {
     return out
   }
 
-  /// CRC-32 of the concatenated bytes of `refs`, computed in 1 MiB pieces on the compute
+  /// CRC-32 of the concatenated bytes of `refs`, computed in 1 MiB pieces on `compute`'s
   /// threads and combined (`crc32_combine`): the same value as one pass.
-  public static func crc32Hex(_ refs: [TensorRef], parallel: Bool = true) -> String {
+  public static func crc32Hex(_ refs: [TensorRef], compute: Compute = .serial) -> String {
     let piece = 1 << 20
     var pieces: [(UnsafeRawBufferPointer)] = []
     for t in refs {
@@ -297,8 +297,8 @@ public enum SafeTensors {
           out[i] = CZlib.crc32_z(0, pieces[i].baseAddress!.assumingMemoryBound(to: UInt8.self), pieces[i].count)
         }
       }
-      // Off the training thread (a background writer), stay on one core.
-      if parallel { Parallel.forRanges(count: pieces.count, grain: 1, crc) } else { crc(0..<pieces.count) }
+      // Off the training thread (a background writer), stay on one core (`.serial`).
+      compute.forRanges(count: pieces.count, grain: 1, crc)
     }
     var crc = CZlib.crc32_z(0, nil, 0)
     for (c, p) in zip(crcs, pieces) { crc = CZlib.crc32_combine(crc, c, off_t(p.count)) }

@@ -107,7 +107,10 @@ extension TrainingRun {
     options.checkEverySteps = 0
     options.kernelHistograms = false
     options.measureImbalance = env.communicator.size > 1
-    let model = try Model(specs: settings.layers, inputShape: settings.inputShape ?? splits.train.sampleShape, seed: 0)
+    let profiler = GEMMProfiler()
+    let model = try Model(
+      specs: settings.layers, inputShape: settings.inputShape ?? splits.train.sampleShape, seed: 0,
+      compute: Compute(threads: plan.threads, profiler: profiler))
     if plan.im2col { for case let conv as QuantConv2D in model.layers { conv.usePrimitives = false } }
     var observers = TrainingObservers()
     if let path = env.timelinePath {
@@ -116,7 +119,7 @@ extension TrainingRun {
     let trainer = try Trainer(
       model: model, optimizer: try settings.optimizer.make(), communicator: env.communicator, data: splits,
       options: options, logger: env.logger, observers: observers)
-    return try measure(trainer, settings: settings, plan: plan, environment: env)
+    return try measure(trainer, settings: settings, plan: plan, profiler: profiler, environment: env)
   }
 
   static func syntheticData(shape: [Int], count n: Int) throws -> DataSplits {
@@ -128,9 +131,9 @@ extension TrainingRun {
     return DataSplits(train: set, test: set)
   }
 
-  static func measure(_ trainer: Trainer, settings: RunSettings, plan: BenchPlan, environment env: RunEnvironment)
-    throws -> BenchResult
-  {
+  static func measure(
+    _ trainer: Trainer, settings: RunSettings, plan: BenchPlan, profiler: GEMMProfiler, environment env: RunEnvironment
+  ) throws -> BenchResult {
     let communicator = env.communicator
     // Full batches only: skip the epoch's last, partial batch.
     let fullSteps = max(1, trainer.data.train.count / settings.batchSize)
@@ -145,14 +148,14 @@ extension TrainingRun {
       cursor += 1
     }
     for _ in 0..<plan.warmup { try next() }
-    GEMMProfiler.reset()
-    GEMMProfiler.enabled = true
+    profiler.reset()
+    profiler.enabled = true
     trainer.startTiming()
     try communicator.barrier()
     let start = DispatchTime.now().uptimeNanoseconds
     for _ in 0..<plan.steps { try next() }
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-    GEMMProfiler.enabled = false
+    profiler.enabled = false
     try trainer.finishTimeline()
     // The step's time split, averaged over the ranks (ms per step), and the same
     // communication run alone, for the fraction of it that the step hides.
@@ -163,14 +166,15 @@ extension TrainingRun {
     split.insert(try trainer.exchange.communicationAlone(repeats: 20), at: 4)
     try communicator.allreduceSum(&split)
     split = split.map { $0 / Double(communicator.size) }
-    return result(trainer, settings: settings, plan: plan, seconds: seconds, split: split)
+    return result(trainer, settings: settings, plan: plan, profiler: profiler, seconds: seconds, split: split)
   }
 
-  static func result(_ trainer: Trainer, settings: RunSettings, plan: BenchPlan, seconds: Double, split: [Double])
-    -> BenchResult
-  {
+  static func result(
+    _ trainer: Trainer, settings: RunSettings, plan: BenchPlan, profiler: GEMMProfiler, seconds: Double,
+    split: [Double]
+  ) -> BenchResult {
     let size = trainer.communicator.size
-    let (f32, i8, xnor) = (GEMMProfiler.float32, GEMMProfiler.int8, GEMMProfiler.xnor)
+    let (f32, i8, xnor) = (profiler.float32, profiler.int8, profiler.xnor)
     let model = trainer.model
     func share(_ ns: UInt64) -> Double { Double(ns) / 1e9 / seconds }
     return BenchResult(

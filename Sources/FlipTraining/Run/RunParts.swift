@@ -13,22 +13,26 @@ struct RunParts {
   let model: Model
   let options: TrainingOptions
 
-  init(settings: RunSettings, data: DataSplits, environment env: RunEnvironment, startStep: Int) throws {
+  init(settings: RunSettings, data: DataSplits, environment env: RunEnvironment, compute: Compute) throws {
     try checkSameSettingsOnEveryRank(settings, communicator: env.communicator)
     self.settings = settings
     self.data = data
     environment = env
-    model = try Model(specs: settings.layers, inputShape: settings.inputShape ?? data.train.sampleShape, seed: settings.seed)
+    model = try Model(
+      specs: settings.layers, inputShape: settings.inputShape ?? data.train.sampleShape, seed: settings.seed,
+      compute: compute)
     var options = TrainingOptions(settings)
     options.injectedFaults = env.faults
     self.options = options
     try Trainer.check(model: model, data: data, options: options, worldSize: env.communicator.size)
     if env.faults.contains(InjectedFault(action: .unscaledInt8, rank: env.communicator.rank, step: 1)) {
-      ConvolutionPrimitives.int8KernelScale = 1
+      // A test of the start-up check: the int8 convolutions' kernel levels not doubled.
+      model.int8KernelScale = 1
     }
     if !env.skipSelftest {
       try checkKernelsAtStartup(
-        specs: settings.layers, inputShape: model.inputShape, rank: env.communicator.rank, logger: env.logger)
+        specs: settings.layers, inputShape: model.inputShape, rank: env.communicator.rank, logger: env.logger,
+        compute: compute, int8KernelScale: model.int8KernelScale)
     }
   }
 
@@ -114,9 +118,13 @@ func describe(_ data: DataSplits) -> String {
 
 /// `flip train`'s start-up check: the model's fast kernels against their references on this
 /// rank's CPU. A failure names the kernels, the rank and the host.
-public func checkKernelsAtStartup(specs: [LayerSpec], inputShape: [Int], rank: Int, logger: Logger) throws {
+public func checkKernelsAtStartup(
+  specs: [LayerSpec], inputShape: [Int], rank: Int, logger: Logger, compute: Compute = .serial,
+  int8KernelScale: Float = ConvolutionPrimitives.exactInt8KernelScale
+) throws {
   let start = DispatchTime.now().uptimeNanoseconds
-  let checks = try KernelSelfTest.run(specs: specs, inputShape: inputShape)
+  let checks = try KernelSelfTest.run(
+    specs: specs, inputShape: inputShape, compute: compute, int8KernelScale: int8KernelScale)
   let failures = checks.filter { !$0.passed }
   guard failures.isEmpty else {
     throw TrainingError.kernelCheckFailed(rank: rank, host: ProcessInfo.processInfo.hostName, failures: failures)

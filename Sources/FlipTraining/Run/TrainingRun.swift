@@ -64,7 +64,7 @@ public final class TrainingRun {
   ) throws -> TrainingRun {
     let isRoot = env.communicator.isRoot
     try settings.validate()
-    _ = env.configureThreads(settings.threads)
+    let compute = Compute(threads: env.configureThreads(settings.threads))
     if isRoot { try RunDirectory.check(directory, overwrite: overwrite) }
     if isRoot, let timeline = settings.timeline { try RunDirectory.checkWritable(file: timeline) }
     let data = try DataSplits.load(directory: settings.data)
@@ -74,7 +74,7 @@ public final class TrainingRun {
     if settings.lrScaling != .none || settings.warmupEpochs > 0 {
       env.logger.info("learning rate: \(settings.lrScaling == .linear ? "linear scaling ×\(Double(settings.batchSize) / Double(settings.lrReferenceBatch))" : "unscaled")\(settings.warmupEpochs > 0 ? ", \(settings.warmupEpochs) warmup epoch(s)" : "")")
     }
-    let parts = try RunParts(settings: resolved, data: data, environment: env, startStep: 0)
+    let parts = try RunParts(settings: resolved, data: data, environment: env, compute: compute)
     if let initFrom = resolved.initFrom, isRoot {
       // Rank 0 reads the file; the trainer broadcasts its variables to the other ranks.
       let (tensors, metadata) = try ModelFile.read(path: initFrom)
@@ -114,10 +114,10 @@ public final class TrainingRun {
     let saved = try SettingsEntry.read(checkpoint.metadata, file: checkpoint.path)
     let settings = try saved.overriding(overrides, source: "the command line")
     try settings.validate()
-    _ = env.configureThreads(settings.threads)
+    let compute = Compute(threads: env.configureThreads(settings.threads))
     let data = try DataSplits.load(directory: settings.data)
     let position = try checkpoint.position()
-    let parts = try RunParts(settings: settings, data: data, environment: env, startStep: position.step)
+    let parts = try RunParts(settings: settings, data: data, environment: env, compute: compute)
     var observers = TrainingObservers(progress: env.progress)
     if env.communicator.isRoot && position.epoch < settings.epochs {
       let metricsPath = directory + "/metrics.jsonl"

@@ -299,7 +299,7 @@ public final class Trainer {
       if part.isEmpty && !needsEmptyMicroStep(stepInEpoch, micro) { continue }
       data.train.fill(
         order[part], images: images.pointer, labels: labels, augmentation: options.augmentation, seed: options.seed,
-        epoch: clock.epoch)
+        epoch: clock.epoch, compute: model.compute)
       timer.lap(\.data)
       model.reseedStochasticLayers(stream: dropoutStream(micro: micro))
       // On the last micro-step the exchange sees each gradient as soon as backward finishes it.
@@ -580,7 +580,7 @@ public func evaluateModel(
   var start = lo
   while start < hi {
     let end = min(start + batch, hi)
-    dataset.fill(all[start..<end], images: x.pointer, labels: y)
+    dataset.fill(all[start..<end], images: x.pointer, labels: y, compute: model.compute)
     let r = try model.evaluate(x.pointer, labels: y, batch: end - start, loss: lossFunction)
     totals[0] += r.lossSum
     totals[1] += Double(r.correct)
