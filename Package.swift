@@ -53,12 +53,11 @@ let package = Package(
     .target(name: "FlipXNOR"),
     // Tensor core: buffers, GEMM and convolution through oneDNN, im2col, the XNOR product.
     .target(
-      name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"],
-      swiftSettings: [.swiftLanguageMode(.v6)]),
+      name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"]),
     // BNN library: quantizers, layers, constraints, models, optimizers, schedules, summary.
-    .target(name: "FlipBNN", dependencies: ["FlipTensor"], swiftSettings: [.swiftLanguageMode(.v6)]),
+    .target(name: "FlipBNN", dependencies: ["FlipTensor"]),
     // Communication: the Communicator protocol and its implementations.
-    .target(name: "FlipComm", dependencies: ["CMPI"], swiftSettings: [.swiftLanguageMode(.v6)]),
+    .target(name: "FlipComm", dependencies: ["CMPI"]),
     // Training: data sets, sampler, trainer loop, model files, metrics.
     .target(
       name: "FlipTraining",
@@ -83,5 +82,5 @@ let package = Package(
       name: "FlipTests",
       dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm", "FlipXNOR", "CCPUFeatures"]),
   ],
-  swiftLanguageModes: [.v5]
+  swiftLanguageModes: [.v6]
 )

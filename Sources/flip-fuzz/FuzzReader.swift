@@ -13,8 +13,17 @@ import Foundation
 //                                     and a version 1 model file of `fuzzModel`
 //   flip-fuzz --write-dict FILE       a libFuzzer dictionary of the seeds' JSON tokens
 
-/// The tiny model fuzz inputs are loaded into (the seed corpus is written from it).
-let fuzzModel: Model = {
+/// The tiny model fuzz inputs are loaded into (the seed corpus is written from it). One model
+/// for every input, since libFuzzer's C callback cannot carry one: libFuzzer and the replay loop
+/// call it from one thread at a time, which is what makes sharing it safe.
+final class FuzzTarget: @unchecked Sendable {
+  let model: Model
+  init(_ model: Model) { self.model = model }
+}
+
+var fuzzModel: Model { fuzzTarget.model }
+
+let fuzzTarget = FuzzTarget({
   var dense = LayerSpec(.quantDense)
   dense.units = 3
   dense.kernelQuantizer = QuantizerSpec("ste_sign")
@@ -23,7 +32,7 @@ let fuzzModel: Model = {
   var bn = LayerSpec(.batchNormalization)
   bn.momentum = 0.9
   return try! Model(specs: [LayerSpec(.flatten), dense, bn], inputShape: [2, 2, 1], seed: 1)
-}()
+}())
 
 /// The seed corpus: one file of each kind the reader accepts, all of `fuzzModel`.
 func seedFiles() throws -> [(name: String, data: Data)] {
