@@ -9,8 +9,10 @@ import Foundation
 ///
 /// A primitive per shape and thread count is created on first use and kept (shapes are few:
 /// the batch sizes of training, the last batch and evaluation). oneDNN fixes a primitive's
-/// thread count when it creates it, so the count is part of the key. Memory objects and a
-/// stream are made per call, so threads may run GEMMs at the same time.
+/// thread count when it creates it, so the count is part of the key. Memory objects, a stream
+/// and the scratchpad are made per call, so threads may run the same primitive at the same
+/// time (with oneDNN's default, library-owned scratchpad they would share one buffer: in-process
+/// ranks running GEMMs of one shape at once then corrupted each other's input gradients).
 @usableFromInline
 enum MatmulNT {
   struct Shape: Hashable {
@@ -20,13 +22,17 @@ enum MatmulNT {
   }
 
   /// A primitive and its memory descriptors. `@unchecked Sendable`: it never changes after
-  /// `init`, and oneDNN allows one primitive to execute on several threads at once (each call
-  /// with its own memory objects and stream, as `run` makes them).
+  /// `init`, and oneDNN allows one primitive with a user-provided scratchpad to execute on
+  /// several threads at once (each call with its own memory objects, stream and scratchpad, as
+  /// `run` makes them).
   final class Entry: @unchecked Sendable {
     let primitive: dnnl_primitive_t
     let a: dnnl_memory_desc_t
     let b: dnnl_memory_desc_t
     let c: dnnl_memory_desc_t
+    /// The scratchpad each execution needs (`scratchpadBytes` may be 0).
+    var scratchpad = dnnl_memory_desc_t()
+    var scratchpadBytes = 0
     /// oneDNN's name of the implementation it picked, e.g. `brg:avx512_core`.
     let implementation: String
     init(
@@ -69,14 +75,23 @@ enum MatmulNT {
     var c = try md([m, n], [Int64(shape.ldc), 1])
     var desc = dnnl_matmul_desc_t()
     try OneDNN.check(dnnl_matmul_desc_init(&desc, &a, &b, nil, &c), "dnnl_matmul_desc_init")
+    var attr: dnnl_primitive_attr_t?
+    try OneDNN.check(dnnl_primitive_attr_create(&attr), "dnnl_primitive_attr_create")
+    defer { dnnl_primitive_attr_destroy(attr) }
+    try OneDNN.check(
+      dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "dnnl_primitive_attr_set_scratchpad_mode")
     var pd: dnnl_primitive_desc_t?
     try OneDNN.check(
-      dnnl_primitive_desc_create(&pd, &desc, nil, try ConvolutionPrimitives.engine(), nil),
+      dnnl_primitive_desc_create(&pd, &desc, attr, try ConvolutionPrimitives.engine(), nil),
       "dnnl_primitive_desc_create (matmul)")
     defer { dnnl_primitive_desc_destroy(pd) }
     var p: dnnl_primitive_t?
     try OneDNN.check(dnnl_primitive_create(&p, pd), "dnnl_primitive_create (matmul)")
     let e = Entry(primitive: p!, a: a, b: b, c: c, implementation: OneDNN.implementation(of: pd!))
+    if let scratchpad = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0) {
+      e.scratchpad = scratchpad.pointee
+      e.scratchpadBytes = dnnl_memory_desc_get_size(scratchpad)
+    }
     cache.entries[shape] = e
     return e
   }
@@ -91,8 +106,8 @@ enum MatmulNT {
     let e = try entry(Shape(m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, threads: threads))
     let engine = try ConvolutionPrimitives.engine()
     // Local copies: threads share the entry, and only read it.
-    var descriptors = (a: e.a, b: e.b, c: e.c)
-    var memories: [dnnl_memory_t?] = [nil, nil, nil]
+    var descriptors = (a: e.a, b: e.b, c: e.c, scratchpad: e.scratchpad)
+    var memories: [dnnl_memory_t?] = [nil, nil, nil, nil]
     defer { for mem in memories where mem != nil { dnnl_memory_destroy(mem) } }
     try OneDNN.check(
       dnnl_memory_create(&memories[0], &descriptors.a, engine, UnsafeMutableRawPointer(mutating: a)),
@@ -110,7 +125,16 @@ enum MatmulNT {
       dnnl_exec_arg_t(arg: flip_dnnl_arg_weights(), memory: memories[1]),
       dnnl_exec_arg_t(arg: flip_dnnl_arg_dst(), memory: memories[2]),
     ]
-    try OneDNN.check(dnnl_primitive_execute(e.primitive, stream, 3, &args), "dnnl_primitive_execute (matmul)")
+    // This call's own scratchpad (oneDNN's kernels want it 64-byte aligned).
+    let scratch = e.scratchpadBytes > 0 ? UnsafeMutableRawPointer.allocate(byteCount: e.scratchpadBytes, alignment: 64) : nil
+    defer { scratch?.deallocate() }
+    if let scratch {
+      try OneDNN.check(
+        dnnl_memory_create(&memories[3], &descriptors.scratchpad, engine, scratch), "dnnl_memory_create (scratchpad)")
+      args.append(dnnl_exec_arg_t(arg: Int32(DNNL_ARG_SCRATCHPAD), memory: memories[3]))
+    }
+    try OneDNN.check(
+      dnnl_primitive_execute(e.primitive, stream, Int32(args.count), &args), "dnnl_primitive_execute (matmul)")
     try OneDNN.check(dnnl_stream_wait(stream), "dnnl_stream_wait")
   }
 }
