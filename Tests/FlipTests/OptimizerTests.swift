@@ -386,24 +386,24 @@ struct OptimizerTests {
       let store = model.store
       let g = randomValues(store.gradients.count, seed: 3)
       // One optimizer per slice, as each rank has its own: each updates only its slice.
-      func run(slices: [[Range<Int>]?]) throws -> [Float] {
+      func run(parts: [ParameterPart]) throws -> [Float] {
         let copy = try Model(specs: layers, inputShape: [4, 4, 1], seed: 1)
-        let optimizers = try slices.map { _ in try spec.make() }
+        let optimizers = try parts.map { _ in try spec.make() }
         for o in optimizers { try o.prepare(store: copy.store) }
         for step in 0..<3 {
           g.withUnsafeBufferPointer { copy.store.gradients.pointer.update(from: $0.baseAddress!, count: g.count) }
-          for (o, s) in zip(optimizers, slices) {
-            o.apply(store: copy.store, clock: TrainingClock(step: step), gradientScale: 0.5, slices: s)
+          for (o, part) in zip(optimizers, parts) {
+            o.apply(store: copy.store, clock: TrainingClock(step: step), gradientScale: 0.5, part: part)
           }
         }
         return copy.store.values.array
       }
       let p = store.values.count
-      let full = try run(slices: [nil])
-      let thirds = try run(slices: [[0..<(p / 3)], [(p / 3)..<(2 * p / 3 + 5)], [(2 * p / 3 + 5)..<p]])
+      let full = try run(parts: [.whole])
+      let thirds = try run(parts: [.init([0..<(p / 3)]), .init([(p / 3)..<(2 * p / 3 + 5)]), .init([(2 * p / 3 + 5)..<p])])
       #expect(full == thirds, "\(spec)")
       // Several parts per optimizer, as the bucketed sharded step gives each rank.
-      let interleaved = try run(slices: [[0..<7, 20..<(p / 2)], [7..<20, (p / 2)..<p]])
+      let interleaved = try run(parts: [.init([0..<7, 20..<(p / 2)]), .init([7..<20, (p / 2)..<p])])
       #expect(full == interleaved, "\(spec)")
     }
   }

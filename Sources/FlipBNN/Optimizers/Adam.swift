@@ -50,7 +50,7 @@ public final class Adam: Optimizer {
     [("adam.m", m, views), ("adam.v", v, views)]
   }
 
-  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, part: ParameterPart) {
     let b1 = beta1.value(clock)
     let b2 = beta2.value(clock)
     let t = Double(iterations + 1)
@@ -64,7 +64,7 @@ public final class Adam: Optimizer {
       let mp = m.pointer + view.offset
       let vp = v.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
-      forEachChunk(of: view, within: slices, compute: store.compute) { range in
+      part.forEachChunk(of: view, compute: store.compute) { range in
         // 16 lanes at a time (explicit SIMD: the compiler does not vectorize the scalar loop
         // over four pointers that may alias), then the same arithmetic on the tail: every
         // operation is elementwise IEEE, so both give the same bits.
@@ -149,7 +149,7 @@ public final class SGD: Optimizer {
     [("sgd.momentum", velocity, views)]
   }
 
-  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, part: ParameterPart) {
     let lr = Float(learningRate.value(clock))
     let mu = Float(momentum.value(clock))
     for view in views {
@@ -157,7 +157,7 @@ public final class SGD: Optimizer {
       let g = store.gradients.pointer + view.offset
       let b = velocity.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
-      forEachChunk(of: view, within: slices, compute: store.compute) { range in
+      part.forEachChunk(of: view, compute: store.compute) { range in
         for i in range {
           let gi = g[i] * gradientScale
           var wi = w[i]
@@ -209,7 +209,7 @@ public final class Bop: Optimizer {
     [("bop.m", m, views)]
   }
 
-  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, part: ParameterPart) {
     let g = Float(gamma.value(clock))
     let tau = Float(threshold.value(clock))
     for view in views {
@@ -217,7 +217,7 @@ public final class Bop: Optimizer {
       let grad = store.gradients.pointer + view.offset
       let mp = m.pointer + view.offset
       let (lo, hi) = view.constraint.bounds
-      forEachChunk(of: view, within: slices, compute: store.compute) { range in
+      part.forEachChunk(of: view, compute: store.compute) { range in
         for i in range {
           let mi = mp[i] + g * (grad[i] * gradientScale - mp[i])
           mp[i] = mi
@@ -271,9 +271,9 @@ public final class CaseOptimizer: Optimizer {
     }
   }
 
-  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
+  public func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, part: ParameterPart) {
     // `apply` counts the step on this optimizer, which sets the routed ones' counts too.
-    for o in active { o.update(store: store, clock: clock, gradientScale: gradientScale, slices: slices) }
+    for o in active { o.update(store: store, clock: clock, gradientScale: gradientScale, part: part) }
   }
 
   public func hyperparameters(_ clock: TrainingClock) -> [String: Double] {

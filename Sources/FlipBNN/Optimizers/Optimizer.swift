@@ -13,10 +13,10 @@ public protocol Optimizer: AnyObject {
   /// gradients into means), without counting the step. Each view's kernel constraint is applied
   /// right after its update, in the same pass over memory.
   ///
-  /// With `slices` (ranges of the flat parameter buffer), only the elements inside them are
-  /// updated: the sharded (ZeRO-1) step, where each rank updates its 1/N of the variables,
-  /// one bucket at a time as the bucket's reduction completes. `apply` then counts the step.
-  func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?)
+  /// Only the elements in `part` are updated (`.whole` for all; the sharded step's exchange
+  /// hands each rank's optimizer the part it owns, a bucket at a time). `apply` then counts the
+  /// step.
+  func update(store: ParameterStore, clock: TrainingClock, gradientScale: Float, part: ParameterPart)
   /// Current hyperparameter values by name (for logs and metrics).
   func hyperparameters(_ clock: TrainingClock) -> [String: Double]
   /// Optimizer state as named flat buffers (name suffix, buffer with the store's layout, views
@@ -27,24 +27,16 @@ public protocol Optimizer: AnyObject {
 
 extension Optimizer {
   /// One step: `update`, then the step counted (`iterations += 1`).
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slices: [Range<Int>]?) {
-    update(store: store, clock: clock, gradientScale: gradientScale, slices: slices)
+  public func apply(
+    store: ParameterStore, clock: TrainingClock, gradientScale: Float, part: ParameterPart = .whole
+  ) {
+    update(store: store, clock: clock, gradientScale: gradientScale, part: part)
     iterations += 1
   }
 
   /// One update from the gradients as they are.
   public func apply(store: ParameterStore, clock: TrainingClock) {
-    apply(store: store, clock: clock, gradientScale: 1, slices: nil)
-  }
-
-  /// One update of every owned variable from `gradientScale · store.gradients`.
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float) {
-    apply(store: store, clock: clock, gradientScale: gradientScale, slices: nil)
-  }
-
-  /// One update of the owned variables inside one range of the flat buffer.
-  public func apply(store: ParameterStore, clock: TrainingClock, gradientScale: Float, slice: Range<Int>) {
-    apply(store: store, clock: clock, gradientScale: gradientScale, slices: [slice])
+    apply(store: store, clock: clock, gradientScale: 1)
   }
 
   /// Prepares the optimizer for all trainable variables of `store`.
@@ -141,23 +133,5 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
     case .caseOptimizer(let cases, let fallback):
       return CaseOptimizer(cases: try cases.map { ($0.0, try $0.1.make()) }, default: try fallback?.make())
     }
-  }
-}
-
-/// Calls `body` with chunks (split over `compute`'s threads) of the view's own element indices
-/// that fall inside `slices` of the flat buffer (all of them without slices).
-@inlinable
-func forEachChunk(
-  of view: ParameterView, within slices: [Range<Int>]?, compute: Compute, _ body: (Range<Int>) -> Void
-) {
-  guard let slices else {
-    if view.count > 0 { compute.forEach(count: view.count) { r in body(r) } }
-    return
-  }
-  for slice in slices {
-    let lo = max(0, slice.lowerBound - view.offset)
-    let hi = min(view.count, slice.upperBound - view.offset)
-    guard lo < hi else { continue }
-    compute.forEach(count: hi - lo) { r in body((r.lowerBound + lo)..<(r.upperBound + lo)) }
   }
 }

@@ -217,7 +217,7 @@ final class ShardedExchange: GradientExchange, ExchangeDiagnostics {
         return
       }
       if let trace { trace("reduce-scatter bucket \(b)", 100 + b, reductionStarts[b], DispatchTime.now().uptimeNanoseconds) }
-      optimizer.update(store: store, clock: clock, gradientScale: scale, slices: [layout.mine[b]])
+      optimizer.update(store: store, clock: clock, gradientScale: scale, part: ParameterPart([layout.mine[b]]))
       if trace != nil { gatherStarts.append(DispatchTime.now().uptimeNanoseconds) }
       try startGather(b)
       updated += 1
