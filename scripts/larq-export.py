@@ -4,7 +4,7 @@
 What it does
   1. Builds the model exactly as the Larq peer does: the model-building functions and the
      Fashion-MNIST reader are imported (not copied) from the peer's train.py
-     (/work/shared/peers/larq/train.py, or --larq-train). The training loop repeats train.py's:
+     (the Larq training script given by --larq-train). The training loop repeats train.py's:
      same thread settings, `tf.keras.utils.set_random_seed(seed)`, Adam(lr), a tf.data pipeline
      shuffled with the seed, one `model.fit` per epoch followed by `model.evaluate` on the test
      set. So `--model M --epochs 10 --seed 0` repeats train.py's run of M (checked: epoch 1 of
@@ -24,16 +24,15 @@ What it does
      metadata, then one `name dtype [shape] begin end` line per tensor in name order, exactly as
      ModelFile.headerChecksum computes it).
 
-The `config` metadata is the effective run config exactly as Flip writes it (RunConfig.yaml():
-Yams, sorted keys, every layer written out, float parameters as Float32 widened to Double), NOT
-configs/<model>.yaml: those files leave out epsilon, center, padding, pad_values, clip_value,
-input_shape, data, log_every_steps and Adam's betas and epsilon. It is emitted from the Keras
-model's own layer settings; for both presets at --epochs 10 --seed 0 --batch-size 512 the text is
-byte-identical to the config.yaml that `flip train --model M --epochs 10 --seed 0` writes.
+The `config` metadata is a run config in the YAML of earlier Flip versions (sorted keys, every
+layer written out, float parameters as Float32 widened to Double), which Flip still reads as a
+model file's settings. It is emitted from the Keras model's own layer settings; for both presets
+at --epochs 10 --seed 0 --batch-size 512 it describes the run `flip train --model M --epochs 10
+--seed 0` trains (Flip now writes its settings as a `settings` entry, every key included).
 --flip-config FILE uses the text of a Flip run's config.yaml (or of a Flip file's `config`
 metadata) verbatim instead, and reports whether it equals the emitted text.
 
-Run (in the Larq peer's venv: bash /work/shared/peers/larq/setup.sh; numpy, tensorflow, larq only)
+Run in a Python environment with numpy, tensorflow and larq (a Larq 0.14 / TensorFlow 2.15 venv)
     V=~/.cache/flip-peers/larq-venv/bin/python
     $V scripts/larq-export.py --model binarynet-mlp --epochs 10 --seed 0 \\
         --out /tmp/larq-export/binarynet-mlp-seed0.safetensors
@@ -64,7 +63,7 @@ import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DEFAULT_LARQ_TRAIN = "/work/shared/peers/larq/train.py"
+DEFAULT_LARQ_TRAIN = os.environ.get("FLIP_LARQ_TRAIN")
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -103,7 +102,8 @@ def parse_args(argv=None):
                         "(other files symlinked): `flip evaluate --checkpoint OUT --data DIR` then reports "
                         "the fraction of test images on which Flip predicts what Larq predicts")
     p.add_argument("--larq-train", default=DEFAULT_LARQ_TRAIN,
-                   help="the Larq peer's train.py, whose model builders and data reader are used")
+                   help="the Larq training script (train.py) whose model builders and data reader are used "
+                        "(default: $FLIP_LARQ_TRAIN)")
     p.add_argument("--intra-op-threads", type=int, default=2)
     p.add_argument("--inter-op-threads", type=int, default=1)
     p.add_argument("--out", required=True, help="Flip model file to write (.safetensors)")
@@ -121,7 +121,7 @@ def parse_args(argv=None):
 
 def check_inputs(args):
     """Fails early (before TensorFlow is imported) on missing files and unwritable output."""
-    if not os.path.isfile(args.larq_train):
+    if not args.larq_train or not os.path.isfile(args.larq_train):
         raise ExportError(f"the Larq peer's train.py is not at {args.larq_train} (give --larq-train PATH)")
     if not os.path.isdir(args.data_dir):
         raise ExportError(

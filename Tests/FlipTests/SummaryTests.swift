@@ -4,7 +4,7 @@ import Testing
 @testable import FlipBNN
 
 // The model summary must print exactly what `larq.models.summary` prints for the two presets
-// (Larq's own output, copied here from /work/shared/reference so the tests do not read it).
+// (Larq's own output, as in docs/reference).
 
 /// Larq's `larq.models.summary` for `binarynet-mlp` on 28×28×1 inputs.
 let larqSummaryBinarynetMLP = """
