@@ -336,18 +336,10 @@ extension SafeTensors {
     var metadata: [String: String]
     var tensors: [String: Entry] = [:]
 
-    struct Key: CodingKey {
-      var stringValue: String
-      var intValue: Int? { nil }
-      init(_ s: String) { stringValue = s }
-      init?(stringValue: String) { self.stringValue = stringValue }
-      init?(intValue: Int) { nil }
-    }
-
     func encode(to encoder: Encoder) throws {
-      var c = encoder.container(keyedBy: Key.self)
-      try c.encode(metadata, forKey: Key("__metadata__"))
-      for (name, entry) in tensors { try c.encode(entry, forKey: Key(name)) }
+      var c = encoder.container(keyedBy: AnyKey.self)
+      try c.encode(metadata, forKey: AnyKey("__metadata__"))
+      for (name, entry) in tensors { try c.encode(entry, forKey: AnyKey(name)) }
     }
   }
 }

@@ -154,7 +154,7 @@ extension CodingUserInfoKey {
   static let everySettingRequired = CodingUserInfoKey(rawValue: "flip.everySettingRequired")!
 }
 
-/// Any key of a mapping (to find the unknown ones).
+/// Any key of a mapping (to find the unknown ones, or to write keys known only at run time).
 struct AnyKey: CodingKey {
   var stringValue: String
   var intValue: Int? { nil }
