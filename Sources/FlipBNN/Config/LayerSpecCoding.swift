@@ -102,8 +102,8 @@ extension LayerSpec: Codable {
       padding = value
     }
     if let d = try m.int("depth_multiplier") { depthMultiplier = d }
-    keepdims = try m.bool("keepdims") ?? false
-    useBias = try m.bool("use_bias") ?? true
+    keepdims = try m.bool("keepdims") ?? keepdims
+    useBias = try m.bool("use_bias") ?? useBias
   }
 
   private mutating func readQuantization(_ m: ConfigMap) throws {
@@ -130,8 +130,8 @@ extension LayerSpec: Codable {
       guard v > 0 else { throw m.error("epsilon", "must be positive, got \(v)") }
       epsilon = Float(v)
     }
-    center = try m.bool("center") ?? true
-    scale = try m.bool("scale") ?? true
+    center = try m.bool("center") ?? center
+    scale = try m.bool("scale") ?? scale
     if let a = try m.string("activation") {
       guard let kind = ActivationKind(rawValue: a) else {
         throw m.error("activation", BNNError.unknownActivation(a).description)

@@ -18,15 +18,19 @@ extension OptimizerSpec: Codable {
     }
     switch type {
     case "adam":
+      let d = OptimizerDefaults.self
       self = .adam(
-        learningRate: try Self.hyper(m, "learning_rate", 1e-3), beta1: try Self.hyper(m, "beta_1", 0.9),
-        beta2: try Self.hyper(m, "beta_2", 0.999), epsilon: try Self.hyper(m, "epsilon", 1e-7))
+        learningRate: try Self.hyper(m, "learning_rate", d.adamLearningRate),
+        beta1: try Self.hyper(m, "beta_1", d.adamBeta1), beta2: try Self.hyper(m, "beta_2", d.adamBeta2),
+        epsilon: try Self.hyper(m, "epsilon", d.adamEpsilon))
     case "sgd":
       self = .sgd(
-        learningRate: try Self.hyper(m, "learning_rate", 0.01), momentum: try Self.hyper(m, "momentum", 0),
-        nesterov: try m.bool("nesterov") ?? false)
+        learningRate: try Self.hyper(m, "learning_rate", OptimizerDefaults.sgdLearningRate),
+        momentum: try Self.hyper(m, "momentum", OptimizerDefaults.sgdMomentum), nesterov: try m.bool("nesterov") ?? false)
     case "bop":
-      self = .bop(gamma: try Self.hyper(m, "gamma", 1e-4), threshold: try Self.hyper(m, "threshold", 1e-8))
+      self = .bop(
+        gamma: try Self.hyper(m, "gamma", OptimizerDefaults.bopGamma),
+        threshold: try Self.hyper(m, "threshold", OptimizerDefaults.bopThreshold))
     case "case":
       var cases: [(VariablePredicate, OptimizerSpec)] = []
       for (i, item) in (try m.list("cases") ?? []).enumerated() {

@@ -17,7 +17,7 @@ public enum ModelPreset: String, CaseIterable, Sendable {
     case .binarynetMLP, .larqCNN: return nil
     case .birealnet, .quicknet:
       let cosine = Hyperparameter(.cosineDecay(initial: 1e-3, decaySteps: Schedule.runLength, alpha: 0))
-      return .adam(learningRate: cosine, beta1: .constant(0.9), beta2: .constant(0.999), epsilon: .constant(1e-7))
+      return .adam(learningRate: cosine)
     }
   }
 

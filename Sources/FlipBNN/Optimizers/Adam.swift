@@ -24,8 +24,10 @@ public final class Adam: Optimizer {
   private var v = FloatBuffer(count: 0)
 
   public init(
-    learningRate: Hyperparameter = .constant(1e-3), beta1: Hyperparameter = .constant(0.9),
-    beta2: Hyperparameter = .constant(0.999), epsilon: Hyperparameter = .constant(1e-7)
+    learningRate: Hyperparameter = .constant(OptimizerDefaults.adamLearningRate),
+    beta1: Hyperparameter = .constant(OptimizerDefaults.adamBeta1),
+    beta2: Hyperparameter = .constant(OptimizerDefaults.adamBeta2),
+    epsilon: Hyperparameter = .constant(OptimizerDefaults.adamEpsilon)
   ) {
     self.learningRate = learningRate
     self.beta1 = beta1
@@ -129,7 +131,8 @@ public final class SGD: Optimizer {
   private var velocity = FloatBuffer(count: 0)
 
   public init(
-    learningRate: Hyperparameter = .constant(0.01), momentum: Hyperparameter = .constant(0), nesterov: Bool = false
+    learningRate: Hyperparameter = .constant(OptimizerDefaults.sgdLearningRate),
+    momentum: Hyperparameter = .constant(OptimizerDefaults.sgdMomentum), nesterov: Bool = false
   ) {
     self.learningRate = learningRate
     self.momentum = momentum
@@ -191,7 +194,10 @@ public final class Bop: Optimizer {
   /// (P) momentum.
   private var m = FloatBuffer(count: 0)
 
-  public init(gamma: Hyperparameter = .constant(1e-4), threshold: Hyperparameter = .constant(1e-8)) {
+  public init(
+    gamma: Hyperparameter = .constant(OptimizerDefaults.bopGamma),
+    threshold: Hyperparameter = .constant(OptimizerDefaults.bopThreshold)
+  ) {
     self.gamma = gamma
     self.threshold = threshold
   }

@@ -69,9 +69,16 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
   /// Larq CaseOptimizer: each (predicate, optimizer) claims variables; the rest go to `default`.
   case caseOptimizer(cases: [(VariablePredicate, OptimizerSpec)], default: OptimizerSpec?)
 
-  public static func adam(learningRate: Double = 1e-3) -> OptimizerSpec {
+  /// Adam with Keras's defaults but for the learning rate.
+  public static func adam(learningRate: Double = OptimizerDefaults.adamLearningRate) -> OptimizerSpec {
+    .adam(learningRate: .constant(learningRate))
+  }
+
+  /// Adam with Keras's defaults but for the learning rate's schedule.
+  public static func adam(learningRate: Hyperparameter) -> OptimizerSpec {
     .adam(
-      learningRate: .constant(learningRate), beta1: .constant(0.9), beta2: .constant(0.999), epsilon: .constant(1e-7))
+      learningRate: learningRate, beta1: .constant(OptimizerDefaults.adamBeta1),
+      beta2: .constant(OptimizerDefaults.adamBeta2), epsilon: .constant(OptimizerDefaults.adamEpsilon))
   }
 
   public static func == (a: OptimizerSpec, b: OptimizerSpec) -> Bool {
@@ -134,4 +141,17 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
       return CaseOptimizer(cases: try cases.map { ($0.0, try $0.1.make()) }, default: try fallback?.make())
     }
   }
+}
+
+/// Keras 2.15's and Larq's optimizer defaults, stated once: for the optimizers' initializers,
+/// the specs and config files.
+public enum OptimizerDefaults {
+  public static let adamLearningRate = 1e-3
+  public static let adamBeta1 = 0.9
+  public static let adamBeta2 = 0.999
+  public static let adamEpsilon = 1e-7
+  public static let sgdLearningRate = 0.01
+  public static let sgdMomentum = 0.0
+  public static let bopGamma = 1e-4
+  public static let bopThreshold = 1e-8
 }
