@@ -1,9 +1,10 @@
 import FlipBNN
 import FlipComm
-import FlipTraining
 import Foundation
 import Logging
 import Testing
+
+@testable import FlipTraining
 
 /// `RunSettings`: strict YAML, one rule set for every source, the checkpoint's settings entry,
 /// and a run that validates everything before it touches its directory.
@@ -29,6 +30,13 @@ struct SettingsTests {
     #expect(try RunSettings.parse(yaml: text, file: "again") == s)
     // The file a run writes is a config another run can start from.
     #expect(try RunSettings.parse(yaml: try RunSettings(preset: .birealnet).yaml(), file: "b") == RunSettings(preset: .birealnet))
+  }
+
+  @Test func everyKeyIsReadAndWrittenOnce() throws {
+    #expect(RunSettings.fields.map(\.key) == RunSettings.CodingKeys.allCases)
+    // Every key a written entry holds is one the settings have, and each reads back.
+    guard case .map(let written) = try RunSettings(preset: .larqCNN).config else { throw ConfigError(path: "", message: "not a map") }
+    #expect(Set(written.keys) == Set(RunSettings.CodingKeys.allCases.map(\.stringValue)))
   }
 
   @Test func unknownAndMistypedKeysNameTheirPath() {

@@ -49,10 +49,10 @@ extension RunSettings: Codable {
         path: ConfigPath.text(decoder.codingPath + [AnyKey(key)]),
         message: "unknown key '\(key)' (accepted: \(CodingKeys.allCases.map(\.stringValue).joined(separator: ", ")))")
     }
-    var r = SettingsReader(container: try decoder.container(keyedBy: CodingKeys.self), strict: strict)
+    let r = SettingsReader(container: try decoder.container(keyedBy: CodingKeys.self), strict: strict)
     self.init()
-    try r.read(.model, &model)
-    if let preset = ModelPreset(rawValue: model) { layers = preset.layers }
+    if !strict, let old = try any.decodeIfPresent(Int.self, forKey: AnyKey("log_every_steps")) { logEvery = old }
+    for field in Self.fields { try field.read(r, &self) }
     if r.container.contains(.model) && !r.container.contains(.layers) && ModelPreset(rawValue: model) == nil {
       throw ConfigError(
         path: "model",
@@ -60,93 +60,77 @@ extension RunSettings: Codable {
           "unknown preset '\(model)' (known: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", "))); or list the layers under 'layers'"
       )
     }
-    try readModelAndData(&r)
-    try readOptimization(&r)
-    try readRunKeeping(&r, legacy: strict ? nil : any)
-  }
-
-  private mutating func readModelAndData(_ r: inout SettingsReader) throws {
-    try r.read(.layers, &layers)
-    try r.read(.inputShape, &inputShape)
-    try r.read(.realValued, &realValued)
-    try r.read(.initFrom, &initFrom)
-    try r.read(.data, &data)
-    try r.choice(.augment, &augment)
-  }
-
-  private mutating func readOptimization(_ r: inout SettingsReader) throws {
-    try r.read(.optimizer, &optimizer)
-    try r.choice(.lrScaling, &lrScaling)
-    try r.read(.lrReferenceBatch, &lrReferenceBatch)
-    try r.read(.warmupEpochs, &warmupEpochs)
-    try r.read(.epochs, &epochs)
-    try r.read(.batchSize, &batchSize)
-    try r.read(.seed, &seed)
-    try r.read(.accumulate, &accumulate)
-    try r.read(.syncBN, &syncBN)
-    try r.read(.shardOptimizer, &shardOptimizer)
-    try r.read(.bucketMB, &bucketMB)
-    try r.choice(.wire, &wire)
-  }
-
-  private mutating func readRunKeeping(_ r: inout SettingsReader, legacy: KeyedDecodingContainer<AnyKey>?) throws {
-    try r.read(.checkpointEvery, &checkpointEvery)
-    try r.read(.checkpointEveryEpochs, &checkpointEveryEpochs)
-    try r.read(.keepCheckpoints, &keepCheckpoints)
-    try r.choice(.onCheckpointError, &onCheckpointError)
-    if let legacy, let old = try legacy.decodeIfPresent(Int.self, forKey: AnyKey("log_every_steps")) { logEvery = old }
-    try r.read(.logEvery, &logEvery)
-    try r.read(.checkEvery, &checkEvery)
-    try r.read(.tensorboard, &tensorboard)
-    try r.read(.stallWarning, &stallWarning)
-    try r.read(.stallTimeout, &stallTimeout)
-    try r.read(.timeline, &timeline)
-    var window = timelineSteps.description
-    try r.read(.timelineSteps, &window)
-    guard let steps = StepWindow(window) else {
-      throw ConfigError(path: "timeline_steps", message: "must be A:B with 1 ≤ A < B, got '\(window)'")
-    }
-    timelineSteps = steps
-    try r.choice(.binaryForward, &binaryForward)
-    try r.read(.threads, &threads)
   }
 
   /// Writes every key (a missing one is an error when a checkpoint's entry is read back).
   public func encode(to encoder: Encoder) throws {
     var c = encoder.container(keyedBy: CodingKeys.self)
-    try c.encode(model, forKey: .model)
-    try c.encode(layers, forKey: .layers)
-    try c.encode(inputShape, forKey: .inputShape)
-    try c.encode(realValued, forKey: .realValued)
-    try c.encode(initFrom, forKey: .initFrom)
-    try c.encode(data, forKey: .data)
-    try c.encode(augment.rawValue, forKey: .augment)
-    try c.encode(optimizer, forKey: .optimizer)
-    try c.encode(lrScaling.rawValue, forKey: .lrScaling)
-    try c.encode(lrReferenceBatch, forKey: .lrReferenceBatch)
-    try c.encode(warmupEpochs, forKey: .warmupEpochs)
-    try c.encode(epochs, forKey: .epochs)
-    try c.encode(batchSize, forKey: .batchSize)
-    try c.encode(seed, forKey: .seed)
-    try c.encode(accumulate, forKey: .accumulate)
-    try c.encode(syncBN, forKey: .syncBN)
-    try c.encode(shardOptimizer, forKey: .shardOptimizer)
-    try c.encode(bucketMB, forKey: .bucketMB)
-    try c.encode(wire.rawValue, forKey: .wire)
-    try c.encode(checkpointEvery, forKey: .checkpointEvery)
-    try c.encode(checkpointEveryEpochs, forKey: .checkpointEveryEpochs)
-    try c.encode(keepCheckpoints, forKey: .keepCheckpoints)
-    try c.encode(onCheckpointError.rawValue, forKey: .onCheckpointError)
-    try c.encode(logEvery, forKey: .logEvery)
-    try c.encode(checkEvery, forKey: .checkEvery)
-    try c.encode(tensorboard, forKey: .tensorboard)
-    try c.encode(stallWarning, forKey: .stallWarning)
-    try c.encode(stallTimeout, forKey: .stallTimeout)
-    try c.encode(timeline, forKey: .timeline)
-    try c.encode(timelineSteps.description, forKey: .timelineSteps)
-    try c.encode(binaryForward.rawValue, forKey: .binaryForward)
-    try c.encode(threads, forKey: .threads)
+    for field in Self.fields { try field.write(self, &c) }
   }
+
+  /// How each key is read and written, in the order of `CodingKeys` (a test checks both list
+  /// the same keys).
+  static let fields: [SettingField] = [
+    .model,
+    .value(.layers, \.layers), .value(.inputShape, \.inputShape), .value(.realValued, \.realValued),
+    .value(.initFrom, \.initFrom), .value(.data, \.data), .choice(.augment, \.augment),
+    .value(.optimizer, \.optimizer), .choice(.lrScaling, \.lrScaling), .value(.lrReferenceBatch, \.lrReferenceBatch),
+    .value(.warmupEpochs, \.warmupEpochs), .value(.epochs, \.epochs), .value(.batchSize, \.batchSize),
+    .value(.seed, \.seed), .value(.accumulate, \.accumulate), .value(.syncBN, \.syncBN),
+    .value(.shardOptimizer, \.shardOptimizer), .value(.bucketMB, \.bucketMB), .choice(.wire, \.wire),
+    .value(.checkpointEvery, \.checkpointEvery), .value(.checkpointEveryEpochs, \.checkpointEveryEpochs),
+    .value(.keepCheckpoints, \.keepCheckpoints), .choice(.onCheckpointError, \.onCheckpointError),
+    .value(.logEvery, \.logEvery), .value(.checkEvery, \.checkEvery), .value(.tensorboard, \.tensorboard),
+    .value(.stallWarning, \.stallWarning), .value(.stallTimeout, \.stallTimeout), .value(.timeline, \.timeline),
+    .timelineSteps, .choice(.binaryForward, \.binaryForward), .value(.threads, \.threads),
+  ]
+}
+
+/// One key of the settings: how it is read into its field and written from it.
+struct SettingField: Sendable {
+  let key: RunSettings.CodingKeys
+  let read: @Sendable (SettingsReader, inout RunSettings) throws -> Void
+  let write: @Sendable (RunSettings, inout KeyedEncodingContainer<RunSettings.CodingKeys>) throws -> Void
+
+  /// A field stored as it is coded.
+  static func value<T: Codable & Sendable>(
+    _ key: RunSettings.CodingKeys, _ path: WritableKeyPath<RunSettings, T> & Sendable
+  ) -> SettingField {
+    SettingField(
+      key: key, read: { r, s in try r.read(key, &s[keyPath: path]) },
+      write: { s, c in try c.encode(s[keyPath: path], forKey: key) })
+  }
+
+  /// A field whose value is one of a fixed set of names (`wire: compact`).
+  static func choice<T: RawRepresentable & CaseIterable & Sendable>(
+    _ key: RunSettings.CodingKeys, _ path: WritableKeyPath<RunSettings, T> & Sendable
+  ) -> SettingField where T.RawValue == String {
+    SettingField(
+      key: key, read: { r, s in try r.choice(key, &s[keyPath: path]) },
+      write: { s, c in try c.encode(s[keyPath: path].rawValue, forKey: key) })
+  }
+
+  /// `model`: a preset's name also gives the preset's layers (a `layers` key replaces them).
+  static let model = SettingField(
+    key: .model,
+    read: { r, s in
+      try r.read(.model, &s.model)
+      if let preset = ModelPreset(rawValue: s.model) { s.layers = preset.layers }
+    },
+    write: { s, c in try c.encode(s.model, forKey: .model) })
+
+  /// `timeline_steps: A:B`.
+  static let timelineSteps = SettingField(
+    key: .timelineSteps,
+    read: { r, s in
+      var window = s.timelineSteps.description
+      try r.read(.timelineSteps, &window)
+      guard let steps = StepWindow(window) else {
+        throw ConfigError(path: "timeline_steps", message: "must be A:B with 1 ≤ A < B, got '\(window)'")
+      }
+      s.timelineSteps = steps
+    },
+    write: { s, c in try c.encode(s.timelineSteps.description, forKey: .timelineSteps) })
 }
 
 extension CodingUserInfoKey {
