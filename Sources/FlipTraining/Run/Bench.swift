@@ -99,7 +99,6 @@ extension TrainingRun {
     var plan = plan
     plan.threads = env.configureThreads(settings.threads)
     let splits = try plan.synthetic ? syntheticData(shape: settings.inputShape ?? [28, 28, 1], count: settings.batchSize * 4) : DataSplits.load(directory: settings.data)
-    settings.epochs = 1
     settings.timeline = nil
     settings = try settings.resolved(trainSamples: splits.train.count, sampleShape: splits.train.sampleShape, classes: splits.train.classes)
     var options = TrainingOptions(settings)

@@ -93,9 +93,8 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
   public var testAccuracy: Double?
   public var flipRatio: [String: Double]?
   public var imagesPerSecond: Double?
+  /// Epoch rows only (null when the optimizer has none).
   public var learningRate: Double?
-  /// Whether `learning_rate` is written (as null when nil): epoch rows always have it.
-  var writesLearningRate = false
 
   public init(kind: String, epoch: Int, step: Int, loss: Double, accuracy: Double, seconds: Double) {
     (self.kind, self.epoch, self.step, self.loss, self.accuracy, self.seconds) = (kind, epoch, step, loss, accuracy, seconds)
@@ -111,7 +110,6 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
     flipRatio = result.flipRatio
     imagesPerSecond = result.imagesPerSecond
     learningRate = result.learningRate
-    writesLearningRate = true
   }
 
   enum CodingKeys: String, CodingKey {
@@ -139,7 +137,7 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
       try finite(testAccuracy, .testAccuracy)
       try c.encode((flipRatio ?? [:]).filter { $0.value.isFinite }, forKey: .flipRatio)
       try finite(imagesPerSecond, .imagesPerSecond)
+      try finite(learningRate, .learningRate)
     }
-    if writesLearningRate { try finite(learningRate, .learningRate) }
   }
 }
