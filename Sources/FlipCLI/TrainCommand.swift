@@ -20,7 +20,7 @@ struct TrainCommand: ParsableCommand {
       step boundary; rank 0 writes a checkpoint and every rank exits 0. A second SIGINT exits at \
       once. `flip train --resume DIR` continues from the newest valid checkpoint in DIR, on any \
       number of ranks that divides the global batch, with the run's own settings (only \
-      --epochs, --data and the compute, logging and checkpoint options may be given).
+      --epochs, --data and the compute, exchange, logging and checkpoint options may be given).
       """)
 
   @OptionGroup var modelOptions: ModelOptions
@@ -52,7 +52,7 @@ struct TrainCommand: ParsableCommand {
     let given = fixed.compactMap { $0 }.sorted()
     if !given.isEmpty {
       throw ValidationError(
-        "\(given.joined(separator: ", ")) cannot be given with --resume: the run's settings come from its checkpoint (only --epochs, --data and compute, logging and checkpoint options may change)"
+        "\(given.joined(separator: ", ")) cannot be given with --resume: the run's settings come from its checkpoint (only --epochs, --data and compute, exchange, logging and checkpoint options may change)"
       )
     }
   }
