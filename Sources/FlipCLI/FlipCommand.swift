@@ -89,4 +89,12 @@ struct ComputeOptions: ParsableArguments {
   func validate() throws {
     if let threads, threads <= 0 { throw ValidationError("--threads must be positive, got \(threads)") }
   }
+
+  /// The run-setting keys these flags set (`threads`, `binary_forward`).
+  func overrides() -> [RunSettings.CodingKeys: ConfigValue] {
+    var o: [RunSettings.CodingKeys: ConfigValue] = [:]
+    if let threads { o[.threads] = .int(threads) }
+    if let binaryForward { o[.binaryForward] = .string(binaryForward.rawValue) }
+    return o
+  }
 }

@@ -65,9 +65,7 @@ extension ModelOptions {
   {
     var settings = try resolve(defaultPreset: defaultPreset)
     if let lr = shared.learningRate { settings.optimizer = try settings.optimizer.withLearningRate(lr) }
-    var overrides = shared.overrides()
-    if let threads = compute.threads { overrides[.threads] = .int(threads) }
-    if let policy = compute.binaryForward { overrides[.binaryForward] = .string(policy.rawValue) }
+    let overrides = shared.overrides().merging(compute.overrides()) { a, _ in a }
     return try settings.overriding(overrides, source: "the command line")
   }
 }

@@ -47,14 +47,18 @@ struct TrainCommand: ParsableCommand {
     // The run's settings come from its checkpoint; flags that would change them are errors.
     var fixed = [modelOptions.model.map { _ in "--model" }, modelOptions.config.map { _ in "--config" }]
     fixed += [out.map { _ in "--out" }, overwrite ? "--overwrite" : nil, shared.learningRate.map { _ in "--learning-rate" }]
-    fixed += (shared.overrides().keys.map { $0 } + own.overrides().keys.map { $0 })
-      .filter { !RunSettings.resumableKeys.contains($0) }.map(\.flag)
+    fixed += overrides().keys.filter { !RunSettings.resumableKeys.contains($0) }.map(\.flag)
     let given = fixed.compactMap { $0 }.sorted()
     if !given.isEmpty {
       throw ValidationError(
         "\(given.joined(separator: ", ")) cannot be given with --resume: the run's settings come from its checkpoint (only --epochs, --data and compute, exchange, logging and checkpoint options may change)"
       )
     }
+  }
+
+  /// Every run-setting key the flags set.
+  func overrides() -> [RunSettings.CodingKeys: ConfigValue] {
+    shared.overrides().merging(own.overrides()) { a, _ in a }.merging(compute.overrides()) { a, _ in a }
   }
 
   func run() throws {
@@ -67,10 +71,7 @@ struct TrainCommand: ParsableCommand {
       env.configureThreads = { Runtime.configureThreads($0, localRanks: communicator.localSize, logger: logger, communicator: communicator) }
       let run: TrainingRun
       if let resume {
-        var overrides = shared.overrides().merging(own.overrides()) { a, _ in a }
-        if let threads = compute.threads { overrides[.threads] = .int(threads) }
-        if let policy = compute.binaryForward { overrides[.binaryForward] = .string(policy.rawValue) }
-        run = try TrainingRun.resume(resume, overrides: overrides, environment: env)
+        run = try TrainingRun.resume(resume, overrides: overrides(), environment: env)
       } else {
         var settings = try modelOptions.settings(shared, compute)
         settings = try settings.overriding(own.overrides(), source: "the command line")

@@ -49,8 +49,6 @@ public final class ConfigMap {
     ConfigError(path: path(of: key), message: message)
   }
 
-  public func has(_ key: String) -> Bool { values[key] != nil }
-
   /// The value of `key` (nil when missing or null), marked as read.
   public func raw(_ key: String) -> ConfigValue? {
     used.insert(key)

@@ -38,12 +38,12 @@ extension RunSettings: Codable {
   }
 
   /// Config files of earlier Flip versions named `log_every` so; still read from YAML.
-  static let legacyKeys = ["log_every_steps": CodingKeys.logEvery]
+  static let legacyLogEvery = "log_every_steps"
 
   public init(from decoder: Decoder) throws {
     let strict = decoder.userInfo[.everySettingRequired] as? Bool == true
     let any = try decoder.container(keyedBy: AnyKey.self)
-    let accepted = CodingKeys.allCases.map(\.stringValue) + (strict ? [] : Array(Self.legacyKeys.keys))
+    let accepted = CodingKeys.allCases.map(\.stringValue) + (strict ? [] : [Self.legacyLogEvery])
     for key in any.allKeys.map(\.stringValue).sorted() where !accepted.contains(key) {
       throw ConfigError(
         path: ConfigPath.text(decoder.codingPath + [AnyKey(key)]),
@@ -51,7 +51,7 @@ extension RunSettings: Codable {
     }
     let r = SettingsReader(container: try decoder.container(keyedBy: CodingKeys.self), strict: strict)
     self.init()
-    if !strict, let old = try any.decodeIfPresent(Int.self, forKey: AnyKey("log_every_steps")) { logEvery = old }
+    if !strict, let old = try any.decodeIfPresent(Int.self, forKey: AnyKey(Self.legacyLogEvery)) { logEvery = old }
     for field in Self.fields { try field.read(r, &self) }
     if r.container.contains(.model) && !r.container.contains(.layers) && ModelPreset(rawValue: model) == nil {
       throw ConfigError(
