@@ -2,10 +2,12 @@
 # Installs the Debian packages Flip builds on, when they are missing:
 #   Open MPI (libopenmpi-dev openmpi-bin), oneDNN (libdnnl-dev), zlib (zlib1g-dev) and the
 #   Fashion-MNIST data set (dataset-fashion-mnist, in /usr/share/datasets/fashion-mnist), and
-#   iproute2 (ip netns: the tests on emulated hosts, scripts/cluster.sh).
+#   iproute2 (ip netns: the tests on emulated hosts, scripts/cluster.sh), and libjpeg-turbo and
+#   libpng (libjpeg62-turbo-dev libpng-dev: decoding ImageNet-format data).
 # Works without a terminal (CI): apt runs non-interactively.
 set -euo pipefail
-packages=(libopenmpi-dev openmpi-bin libdnnl-dev zlib1g-dev dataset-fashion-mnist pkg-config iproute2)
+packages=(libopenmpi-dev openmpi-bin libdnnl-dev zlib1g-dev dataset-fashion-mnist pkg-config iproute2
+  libjpeg62-turbo-dev libpng-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
