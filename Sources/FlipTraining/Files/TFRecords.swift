@@ -1,6 +1,8 @@
 import Foundation
 
-/// TFRecord framing.
+/// TFRecord framing: each record is its length (UInt64, little-endian), the masked CRC-32C of
+/// those 8 bytes, the data, and the masked CRC-32C of the data. TensorBoard event files and
+/// TFDS data shards are both sequences of records.
 enum TFRecords {
   /// A record's bytes in the file, and those of its data.
   struct Record {
@@ -22,7 +24,7 @@ enum TFRecords {
       let length = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: UInt64.self))
       let lengthCRC = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: at + 8, as: UInt32.self))
       guard CRC32C.masked(CRC32C.checksum(lengthBytes)) == lengthCRC else {
-        let reason = "the record at byte \(at): the checksum of its length does not match (not an event file?)"
+        let reason = "the record at byte \(at): the checksum of its length does not match (not a TFRecord file?)"
         throw .corruptData(path: path, reason: reason)
       }
       guard n - at >= 16, length <= UInt64(n - at - 16) else { return (records, n - at) }
