@@ -46,6 +46,9 @@ let package = Package(
     .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
     // Stop requests from signals (async-signal-safe handlers, polled at step boundaries).
     .target(name: "CSignals"),
+    // JPEG and PNG decoding (ImageNet-format data) over libjpeg-turbo's libjpeg API and libpng's
+    // simplified API; libjpeg's setjmp/longjmp error handling stays inside the C.
+    .target(name: "CImageCodec", linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png")]),
 
     // CPUID: the x86 features FlipXNOR's AVX2 code needs (checked as Haswell's whole set).
     .target(name: "CCPUFeatures"),
@@ -62,7 +65,7 @@ let package = Package(
     .target(
       name: "FlipTraining",
       dependencies: [
-        "FlipBNN", "FlipComm", "CZlib", "CSignals",
+        "FlipBNN", "FlipComm", "CZlib", "CSignals", "CImageCodec",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Yams", package: "Yams"),
       ]),
