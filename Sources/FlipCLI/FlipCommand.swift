@@ -20,11 +20,13 @@ public struct FlipCommand: ParsableCommand {
         flip bench --model larq-cnn --steps 60
         flip selftest --model larq-cnn
         flip plot runs/mlp runs/cnn --out curves.png
+        flip data check /data/imagenet
+        flip train --model birealnet --data /data/imagenet --image-size 224 --batch-size 64
         mpirun -np 2 flip mpi-check
       """,
     subcommands: [
       TrainCommand.self, EvaluateCommand.self, SummaryCommand.self, BenchCommand.self, CheckpointCommand.self,
-      MPICheckCommand.self, SelfTestCommand.self, PlotCommand.self,
+      MPICheckCommand.self, SelfTestCommand.self, PlotCommand.self, DataCommand.self,
     ])
   public init() {}
 }

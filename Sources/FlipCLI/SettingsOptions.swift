@@ -10,10 +10,26 @@ struct SharedSettingsOptions: ParsableArguments {
   var batchSize: Int?
   @Option(
     name: .long,
-    help: "Directory with the four IDX files (raw or .gz) or CIFAR-10's batches (default: \(RunSettings().data)).")
+    help: ArgumentHelp(
+      "Data set directory: IDX files, CIFAR-10 batches, or ImageNet-format images (default: \(RunSettings().data)).",
+      discussion:
+        "ImageNet-format: an image folder (train/<class>/*, val/<class>/*), TFDS TFRecords (<name>/<version>/<name>-train.tfrecord-*) or WebDataset tar shards (train/*.tar, val/*.tar); check one with `flip data check DIR`."
+    ))
   var data: String?
-  @Option(name: .long, help: "Training-image augmentation: none, crop or crop-flip (default: the config's).")
+  @Option(
+    name: .long,
+    help: "Training-image augmentation: none, crop or crop-flip (default: the config's, else crop-flip for ImageNet-format data and none otherwise).")
   var augment: AugmentationMode?
+  @Option(name: .long, help: "ImageNet-format data: the side of the square images the model sees (default 224).")
+  var imageSize: Int?
+  @Option(
+    name: .long,
+    help: "ImageNet-format data: decoding threads per rank (default: as many as the rank's compute threads).")
+  var dataThreads: Int?
+  @Option(
+    name: .long,
+    help: "ImageNet-format data: a file that does not decode cleanly is reported and replaced by another image (replace, the default) or stops the job (error).")
+  var badImages: BadImagePolicy?
   @Option(name: .long, help: "Adam/SGD learning rate as a constant (overrides the config's).")
   var learningRate: Double?
   @Option(
@@ -47,6 +63,9 @@ struct SharedSettingsOptions: ParsableArguments {
     if let batchSize { o[.batchSize] = .int(batchSize) }
     if let data { o[.data] = .string(data) }
     if let augment { o[.augment] = .string(augment.rawValue) }
+    if let imageSize { o[.imageSize] = .int(imageSize) }
+    if let dataThreads { o[.dataThreads] = .int(dataThreads) }
+    if let badImages { o[.badImages] = .string(badImages.rawValue) }
     if let accumulate { o[.accumulate] = .int(accumulate) }
     if let syncBN { o[.syncBN] = .bool(syncBN) }
     if let shardOptimizer { o[.shardOptimizer] = .bool(shardOptimizer) }
@@ -69,3 +88,4 @@ extension ModelOptions {
     return try settings.overriding(overrides, source: "the command line")
   }
 }
+extension BadImagePolicy: ExpressibleByArgument {}

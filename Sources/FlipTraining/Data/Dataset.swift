@@ -61,18 +61,27 @@ public enum DataFormat: String, Sendable, Equatable {
   case idx = "IDX"
   /// CIFAR-10's binary batches (`data_batch_N.bin`, `test_batch.bin`).
   case cifar10 = "CIFAR-10 binary"
+  /// ImageNet-format data: image folders, TFDS TFRecords or WebDataset tar shards.
+  case imageFolder = "image folder"
+  case tfrecord = "TFDS TFRecords"
+  case webDataset = "WebDataset tar shards"
+
+  /// Whether samples are decoded from image files as they are needed (not held in memory).
+  public var isStreamed: Bool { self != .idx && self != .cifar10 }
 }
 
-/// The train and test splits of a data directory (IDX or CIFAR-10 binary).
+/// The train and test splits of a data directory: in memory (IDX, CIFAR-10 binary) or
+/// streamed from image files (`StreamedImages`).
 public struct DataSplits: Sendable {
-  public let train: Dataset
-  public let test: Dataset
+  public let train: any SampleSet
+  public let test: any SampleSet
   /// The format it was read from (nil: made in memory).
   public let format: DataFormat?
-  /// The class names the directory lists, if it does (CIFAR-10's `batches.meta.txt`).
+  /// The class names the directory lists, if it does (CIFAR-10's `batches.meta.txt`, the
+  /// image layouts' folder names or `label.labels.txt`).
   public let classNames: [String]?
 
-  public init(train: Dataset, test: Dataset, format: DataFormat? = nil, classNames: [String]? = nil) {
+  public init(train: any SampleSet, test: any SampleSet, format: DataFormat? = nil, classNames: [String]? = nil) {
     self.train = train
     self.test = test
     self.format = format
@@ -87,14 +96,15 @@ public struct DataSplits: Sendable {
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
   ]
 
-  /// Loads the data set in `directory`, recognizing its format by its files: IDX (any of
-  /// `idxFiles`, raw or .gz, present) or CIFAR-10 binary (any `data_batch_N.bin` or
-  /// `test_batch.bin` present); see `loadIDX(directory:)` and `CIFAR10`. A directory with
-  /// neither, or both, is an error that says what it looked for.
-  public static func load(directory: String) throws -> DataSplits {
+  /// Loads the data set in `directory`, recognizing its format by its files (`detectFormat`):
+  /// IDX and CIFAR-10 binary into memory (see `loadIDX(directory:)` and `CIFAR10`), the
+  /// ImageNet-format layouts as an index of their image files, decoded as batches need them
+  /// with `images`' preprocessing and threads (`loadImages`).
+  public static func load(directory: String, images: ImageDataOptions = ImageDataOptions()) throws -> DataSplits {
     switch try detectFormat(directory: directory) {
     case .idx: return try loadIDX(directory: directory)
     case .cifar10: return try CIFAR10.load(directory: directory)
+    case .imageFolder, .tfrecord, .webDataset: return try loadImages(directory: directory, options: images)
     }
   }
 
@@ -113,7 +123,7 @@ public struct DataSplits: Sendable {
 
   /// The format of the data set in `directory`, by the names of its files.
   public static func detectFormat(directory: String) throws -> DataFormat {
-    try requireDirectory(directory, holding: "the four IDX files or CIFAR-10's binary batches")
+    try requireDirectory(directory, holding: "the four IDX files, CIFAR-10's binary batches or ImageNet-format images")
     let names: [String]
     do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
       throw TrainingError.unreadable(
@@ -128,6 +138,7 @@ public struct DataSplits: Sendable {
       throw TrainingError.invalidArgument(
         "\(directory) holds both IDX files and CIFAR-10 batches; pass a directory that holds one data set")
     case (false, false):
+      if let layout = ImageDataSet.detect(directory: directory) { return DataFormat(layout) }
       let shown = names.sorted().prefix(12)
       let found =
         names.isEmpty
@@ -140,7 +151,7 @@ public struct DataSplits: Sendable {
         hint = " Extract cifar-10-binary.tar.gz first (tar xzf) and pass its cifar-10-batches-bin directory."
       }
       throw TrainingError.invalidArgument(
-        "\(directory): no data set found (\(found)). Flip reads IDX (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each raw or .gz) or CIFAR-10 binary (data_batch_1.bin … data_batch_5.bin and test_batch.bin).\(hint)"
+        "\(directory): no data set found (\(found)). Flip reads IDX (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each raw or .gz) or CIFAR-10 binary (data_batch_1.bin … data_batch_5.bin and test_batch.bin), or ImageNet-format images: an image folder (train/<class>/*.JPEG and val/<class>/*), TFDS TFRecords (<name>/<version>/<name>-train.tfrecord-00000-of-01024 …) or WebDataset tar shards (train/*.tar and val/*.tar).\(hint)"
       )
     }
   }

@@ -18,6 +18,8 @@ public struct TrainingPosition: Codable, Equatable, Sendable {
   /// Per flip-counting layer: the sum of step flip ratios (bit patterns) and their count.
   public var flipSums: [UInt64] = []
   public var flipCounts: [Int] = []
+  /// Bad images replaced so far in the run, over all ranks (ImageNet-format data).
+  public var badImages = 0
 
   public init() {}
 
@@ -27,6 +29,19 @@ public struct TrainingPosition: Codable, Equatable, Sendable {
     case epochTotals = "epoch_totals"
     case flipSums = "flip_sums"
     case flipCounts = "flip_counts"
+    case badImages = "bad_images"
+  }
+
+  public init(from decoder: Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    step = try c.decode(Int.self, forKey: .step)
+    epoch = try c.decode(Int.self, forKey: .epoch)
+    stepInEpoch = try c.decode(Int.self, forKey: .stepInEpoch)
+    epochTotals = try c.decode([UInt64].self, forKey: .epochTotals)
+    flipSums = try c.decode([UInt64].self, forKey: .flipSums)
+    flipCounts = try c.decode([Int].self, forKey: .flipCounts)
+    // Checkpoints from before bad-image counting have none.
+    badImages = try c.decodeIfPresent(Int.self, forKey: .badImages) ?? 0
   }
 }
 

@@ -98,9 +98,14 @@ extension TrainingRun {
     try settings.validate()
     var plan = plan
     plan.threads = env.configureThreads(settings.threads)
-    let splits = try plan.synthetic ? syntheticData(shape: settings.inputShape ?? [28, 28, 1], count: settings.batchSize * 4) : DataSplits.load(directory: settings.data)
+    let splits =
+      try plan.synthetic
+      ? syntheticData(shape: settings.inputShape ?? [28, 28, 1], count: settings.batchSize * 4)
+      : loadData(settings, environment: env, compute: Compute(threads: plan.threads))
     settings.timeline = nil
-    settings = try settings.resolved(trainSamples: splits.train.count, sampleShape: splits.train.sampleShape, classes: splits.train.classes)
+    settings = try settings.resolved(
+      trainSamples: splits.train.count, sampleShape: splits.train.sampleShape, classes: splits.train.classes,
+      streamed: splits.format?.isStreamed ?? false)
     var options = TrainingOptions(settings)
     options.logEverySteps = 0
     options.checkEverySteps = 0

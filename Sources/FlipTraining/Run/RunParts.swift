@@ -76,7 +76,7 @@ extension TrainingOptions {
     shardOptimizer = settings.shardOptimizer
     wire = settings.wire
     binaryForward = settings.binaryForward
-    augmentation = Augmentation(mode: settings.augment)
+    augmentation = Augmentation(mode: settings.augment ?? .none)
     kernelHistograms = settings.tensorboard
   }
 }
@@ -109,6 +109,34 @@ func checkSameSettingsOnEveryRank(_ settings: RunSettings, communicator: Communi
       "ranks \(differing.map(String.init).joined(separator: ", ")) were started with other settings than rank 0 (config or flags differ: hash \(String(all[differing[0]], radix: 16)) vs \(String(all[0], radix: 16))); start every rank with the same flags and config file"
     )
   }
+}
+
+/// The data set `settings` name: IDX and CIFAR-10 in memory, ImageNet-format data indexed
+/// and decoded as `settings` ask (`image_size`, `augment`, `mean`, `std`, `data_threads`:
+/// by default as many as the rank's compute threads, `bad_images`; a bad file is logged as a
+/// warning naming this rank).
+func loadData(_ settings: RunSettings, environment env: RunEnvironment, compute: Compute) throws -> DataSplits {
+  var images = ImageDataOptions()
+  images.preprocessing = ImagePreprocessing(
+    imageSize: settings.imageSize ?? ImagePreprocessing.defaultImageSize, augment: settings.augment ?? .cropFlip,
+    mean: settings.mean.map(Float.init), std: settings.std.map(Float.init))
+  images.threads = settings.dataThreads ?? max(1, compute.threads)
+  images.badImages = settings.badImages
+  let (logger, rank) = (env.logger, env.communicator.rank)
+  images.report = { message in logger.warning("rank \(rank): bad image \(message)") }
+  // Rank 0 indexes shards first (one scan of every shard per core), the others then find its
+  // index cache (on a shared home, also on the other hosts).
+  let communicator = env.communicator
+  if communicator.rank > 0 { try communicator.barrier() }
+  let loaded = Result { try DataSplits.load(directory: settings.data, images: images) }
+  if communicator.rank == 0 && communicator.size > 1 { try communicator.barrier() }
+  let data = try loaded.get()
+  if !(data.format?.isStreamed ?? false), settings.imageSize != nil {
+    throw TrainingError.invalidArgument(
+      "image_size (--image-size) applies to ImageNet-format data only; \(settings.data) holds \(data.format?.rawValue ?? "in-memory") images of \(data.train.sampleShape)"
+    )
+  }
+  return data
 }
 
 /// A line on a data set for the log: `60000 training and 10000 test images of [28, 28, 1], 10 classes`.

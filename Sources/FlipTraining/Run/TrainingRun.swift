@@ -67,10 +67,13 @@ public final class TrainingRun {
     let compute = Compute(threads: env.configureThreads(settings.threads))
     if isRoot { try RunDirectory.check(directory, overwrite: overwrite) }
     if isRoot, let timeline = settings.timeline { try RunDirectory.checkWritable(file: timeline) }
-    let data = try DataSplits.load(directory: settings.data)
-    env.logger.info("data \(settings.data) (\(data.format?.rawValue ?? "IDX")): \(describe(data)); augmentation \(settings.augment.rawValue)")
+    let data = try loadData(settings, environment: env, compute: compute)
     let resolved = try settings.resolved(
-      trainSamples: data.train.count, sampleShape: data.train.sampleShape, classes: data.train.classes)
+      trainSamples: data.train.count, sampleShape: data.train.sampleShape, classes: data.train.classes,
+      streamed: data.format?.isStreamed ?? false)
+    env.logger.info(
+      "data \(settings.data) (\(data.format?.rawValue ?? "IDX")): \(describe(data)); augmentation \(resolved.augment?.rawValue ?? "none")"
+    )
     if settings.lrScaling != .none || settings.warmupEpochs > 0 {
       env.logger.info("learning rate: \(settings.lrScaling == .linear ? "linear scaling ×\(Double(settings.batchSize) / Double(settings.lrReferenceBatch))" : "unscaled")\(settings.warmupEpochs > 0 ? ", \(settings.warmupEpochs) warmup epoch(s)" : "")")
     }
@@ -86,6 +89,9 @@ public final class TrainingRun {
     if isRoot {
       try RunDirectory.prepare(directory, overwrite: overwrite)
       try RunDirectory.writeText(try resolved.yaml(), to: directory + "/config.yaml")
+      if let names = data.classNames {
+        try RunDirectory.writeText(names.joined(separator: "\n") + "\n", to: directory + "/labels.txt")
+      }
       observers.metrics = try MetricsLog(path: directory + "/metrics.jsonl")
       if resolved.tensorboard {
         let log = try TensorBoardLog(directory: directory + "/tensorboard")
@@ -115,7 +121,7 @@ public final class TrainingRun {
     let settings = try saved.overriding(overrides, source: "the command line")
     try settings.validate()
     let compute = Compute(threads: env.configureThreads(settings.threads))
-    let data = try DataSplits.load(directory: settings.data)
+    let data = try loadData(settings, environment: env, compute: compute)
     let position = try checkpoint.position()
     let parts = try RunParts(settings: settings, data: data, environment: env, compute: compute)
     var observers = TrainingObservers(progress: env.progress)

@@ -25,8 +25,19 @@ public struct RunSettings: Equatable, Sendable {
 
   // MARK: The data
   public var data = DataSplits.defaultDirectory
-  /// Augmentation of the training images.
-  public var augment = AugmentationMode.none
+  /// Augmentation of the training images (nil: the data's own, fixed when the run starts
+  /// (`resolved`): crop-flip for ImageNet-format data, none for in-memory data sets).
+  public var augment: AugmentationMode?
+  /// ImageNet-format data: the side S of the square images the model sees (nil: 224).
+  public var imageSize: Int?
+  /// ImageNet-format data: per-channel mean and standard deviation of pixels in [0, 1],
+  /// normalized as `(x − mean) / std` (ImageNet's, as Larq Zoo).
+  public var mean = ImagePreprocessing.imageNetMean.map(Double.init)
+  public var std = ImagePreprocessing.imageNetStd.map(Double.init)
+  /// ImageNet-format data: decoding threads per rank (nil: as many as the rank's compute threads).
+  public var dataThreads: Int?
+  /// ImageNet-format data: what a file that does not decode cleanly does.
+  public var badImages = BadImagePolicy.replace
 
   // MARK: Optimization
   public var optimizer = OptimizerSpec.adam()
@@ -98,7 +109,7 @@ public struct RunSettings: Equatable, Sendable {
   /// exchanged between ranks.
   /// Every other key is the run's own.
   public static let resumableKeys: Set<CodingKeys> = [
-    .epochs, .data, .logEvery, .checkEvery, .tensorboard, .stallWarning, .stallTimeout, .timeline, .timelineSteps,
+    .epochs, .data, .dataThreads, .badImages, .logEvery, .checkEvery, .tensorboard, .stallWarning, .stallTimeout, .timeline, .timelineSteps,
     .checkpointEvery, .checkpointEveryEpochs, .keepCheckpoints, .onCheckpointError, .binaryForward, .threads,
     .shardOptimizer, .bucketMB, .wire,
   ]

@@ -8,7 +8,12 @@ extension RunSettings: Codable {
     case inputShape = "input_shape"
     case realValued = "real_valued"
     case initFrom = "init_from"
-    case data, augment, optimizer
+    case data, augment
+    case imageSize = "image_size"
+    case mean, std
+    case dataThreads = "data_threads"
+    case badImages = "bad_images"
+    case optimizer
     case lrScaling = "lr_scaling"
     case lrReferenceBatch = "lr_reference_batch"
     case warmupEpochs = "warmup_epochs"
@@ -36,6 +41,9 @@ extension RunSettings: Codable {
     /// The command-line flag that sets the key (`--sync-bn`).
     public var flag: String { "--" + stringValue.replacingOccurrences(of: "_", with: "-") }
   }
+
+  /// Keys that settings entries written before them lack: read with their defaults.
+  static let laterKeys: Set<CodingKeys> = [.imageSize, .mean, .std, .dataThreads, .badImages]
 
   /// Config files of earlier Flip versions named `log_every` so; still read from YAML.
   static let legacyLogEvery = "log_every_steps"
@@ -73,7 +81,9 @@ extension RunSettings: Codable {
   static let fields: [SettingField] = [
     .model,
     .value(.layers, \.layers), .value(.inputShape, \.inputShape), .value(.realValued, \.realValued),
-    .value(.initFrom, \.initFrom), .value(.data, \.data), .choice(.augment, \.augment),
+    .value(.initFrom, \.initFrom), .value(.data, \.data), .optionalChoice(.augment, \.augment),
+    .value(.imageSize, \.imageSize), .value(.mean, \.mean), .value(.std, \.std), .value(.dataThreads, \.dataThreads),
+    .choice(.badImages, \.badImages),
     .value(.optimizer, \.optimizer), .choice(.lrScaling, \.lrScaling), .value(.lrReferenceBatch, \.lrReferenceBatch),
     .value(.warmupEpochs, \.warmupEpochs), .value(.epochs, \.epochs), .value(.batchSize, \.batchSize),
     .value(.seed, \.seed), .value(.accumulate, \.accumulate), .value(.syncBN, \.syncBN),
@@ -108,6 +118,25 @@ struct SettingField: Sendable {
     SettingField(
       key: key, read: { r, s in try r.choice(key, &s[keyPath: path]) },
       write: { s, c in try c.encode(s[keyPath: path].rawValue, forKey: key) })
+  }
+
+  /// A field that is one of a fixed set of names or null.
+  static func optionalChoice<T: RawRepresentable & CaseIterable & Sendable>(
+    _ key: RunSettings.CodingKeys, _ path: WritableKeyPath<RunSettings, T?> & Sendable
+  ) -> SettingField where T.RawValue == String {
+    SettingField(
+      key: key,
+      read: { r, s in
+        guard r.container.contains(key) else {
+          var absent = ""
+          return try r.read(key, &absent)  // an error only where every key is required
+        }
+        if try r.container.decodeNil(forKey: key) { return s[keyPath: path] = nil }
+        var v = s[keyPath: path] ?? T.allCases.first!
+        try r.choice(key, &v)
+        s[keyPath: path] = v
+      },
+      write: { s, c in try c.encode(s[keyPath: path]?.rawValue, forKey: key) })
   }
 
   /// `model`: a preset's name also gives the preset's layers (a `layers` key replaces them).
@@ -155,7 +184,7 @@ struct SettingsReader {
 
   func read<T: Decodable>(_ key: RunSettings.CodingKeys, _ value: inout T) throws {
     guard container.contains(key) else {
-      if strict { throw ConfigError(path: key.stringValue, message: "is missing") }
+      if strict && !RunSettings.laterKeys.contains(key) { throw ConfigError(path: key.stringValue, message: "is missing") }
       return
     }
     value = try container.decode(T.self, forKey: key)

@@ -27,6 +27,14 @@ extension RunSettings {
       throw bad(.inputShape, "must be positive sizes, got \(shape)")
     }
     if data.isEmpty { throw bad(.data, "must name a directory") }
+    if let s = imageSize, !(8...4096).contains(s) { throw bad(.imageSize, "must be in 8...4096 pixels, got \(s)") }
+    if let t = dataThreads, !(1...256).contains(t) { throw bad(.dataThreads, "must be in 1...256, got \(t)") }
+    if mean.count != 3 || !mean.allSatisfy(\.isFinite) {
+      throw bad(.mean, "must be 3 finite values (R, G, B of pixels in [0, 1]), got \(mean)")
+    }
+    if std.count != 3 || !std.allSatisfy({ $0 > 0 && $0.isFinite }) {
+      throw bad(.std, "must be 3 positive values (R, G, B of pixels in [0, 1]), got \(std)")
+    }
     do { try optimizer.validate() } catch let e as BNNError {
       throw ConfigError(path: CodingKeys.optimizer.stringValue, message: e.description)
     }
@@ -42,8 +50,12 @@ extension RunSettings {
   /// the input shape is the data's, the real-valued variant is built, and the learning-rate
   /// schedule is fixed for the run (`decay_steps: run` resolved to its step count, linear
   /// scaling and warm-up folded into the schedules). A resumed run reads these back as they are.
-  public func resolved(trainSamples: Int, sampleShape: [Int], classes: Int) throws -> RunSettings {
+  public func resolved(trainSamples: Int, sampleShape: [Int], classes: Int, streamed: Bool = false) throws
+    -> RunSettings
+  {
     var s = self
+    s.augment = augment ?? (streamed ? .cropFlip : AugmentationMode.none)
+    if streamed { s.imageSize = imageSize ?? ImagePreprocessing.defaultImageSize }
     if ModelPreset(rawValue: model) != nil,
       let last = s.layers.lastIndex(where: { $0.kind == .dense || $0.kind == .quantDense })
     {

@@ -14,23 +14,27 @@ public struct StepSums: Equatable, Sendable {
   public var signal: Int32 = 0
   /// 1 + the step of a checkpoint rank 0 failed to write in the background (0: none).
   public var failedCheckpointStep = 0
+  /// Images of the step that stood in for bad ones.
+  public var badImages = 0
 
   public init() {}
 
-  init(_ step: (loss: Double, correct: Double, count: Double)) {
+  init(_ step: (loss: Double, correct: Double, count: Double, badImages: Int)) {
     loss = step.loss
     correct = step.correct
     samples = step.count
+    badImages = step.badImages
   }
 
   /// The sums over every rank (collective); `signal` stays this rank's.
   func summed(over communicator: Communicator) throws -> StepSums {
-    var values = [loss, correct, samples, Double(stopRequests), Double(failedCheckpointStep)]
+    var values = [loss, correct, samples, Double(stopRequests), Double(failedCheckpointStep), Double(badImages)]
     try communicator.allreduceSum(&values)
     var s = self
     (s.loss, s.correct, s.samples) = (values[0], values[1], values[2])
     s.stopRequests = Int(values[3])
     s.failedCheckpointStep = Int(values[4])
+    s.badImages = Int(values[5])
     return s
   }
 }
@@ -95,6 +99,10 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
   public var imagesPerSecond: Double?
   /// Epoch rows only (null when the optimizer has none).
   public var learningRate: Double?
+  /// Seconds the steps since the last row waited for their data (epoch rows: the epoch's).
+  public var dataWaitSeconds: Double?
+  /// Bad images replaced so far in the run (ImageNet-format data only).
+  public var badImages: Int?
 
   public init(kind: String, epoch: Int, step: Int, loss: Double, accuracy: Double, seconds: Double) {
     (self.kind, self.epoch, self.step, self.loss, self.accuracy, self.seconds) = (kind, epoch, step, loss, accuracy, seconds)
@@ -110,6 +118,8 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
     flipRatio = result.flipRatio
     imagesPerSecond = result.imagesPerSecond
     learningRate = result.learningRate
+    dataWaitSeconds = result.dataWaitSeconds
+    badImages = result.badImages
   }
 
   enum CodingKeys: String, CodingKey {
@@ -119,6 +129,8 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
     case flipRatio = "flip_ratio"
     case imagesPerSecond = "images_per_second"
     case learningRate = "learning_rate"
+    case dataWaitSeconds = "data_wait_seconds"
+    case badImages = "bad_images"
   }
 
   public func encode(to encoder: Encoder) throws {
@@ -132,6 +144,8 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
     try finite(loss, .loss)
     try finite(accuracy, .accuracy)
     try finite(seconds, .seconds)
+    if let dataWaitSeconds { try finite(dataWaitSeconds, .dataWaitSeconds) }
+    if let badImages { try c.encode(badImages, forKey: .badImages) }
     if kind == "epoch" {
       try finite(testLoss, .testLoss)
       try finite(testAccuracy, .testAccuracy)

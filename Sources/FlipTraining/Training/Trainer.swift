@@ -119,6 +119,11 @@ public struct EpochResult: Sendable {
   public var flipRatio: [String: Double]
   public var imagesPerSecond: Double
   public var seconds: Double
+  /// Seconds the slowest rank's steps waited for data in the epoch's last stretch (since the
+  /// last step row, or the whole epoch when none).
+  public var dataWaitSeconds: Double = 0
+  /// Bad images replaced so far in the run (nil: in-memory data).
+  public var badImages: Int?
 }
 
 /// What watches a trainer: rank 0's metrics log, TensorBoard files and progress display, every
@@ -177,10 +182,22 @@ public final class Trainer {
   var checkpointWriter: CheckpointWriter?
 
   private let loss: SparseCategoricalCrossentropy
-  /// (b, H, W, C) this rank's images of the current batch, and (b) labels; b = local batch.
-  private let images: FloatBuffer
-  private let labels: UnsafeMutablePointer<Int32>
+  /// This rank's training batches (b, H, W, C) and labels, b ≤ the micro-step's batch; an
+  /// image data set's are decoded ahead in background threads.
+  private let trainFeed: BatchFeed
+  /// The epoch and step whose batches the feed hands over next (nil: none announced).
+  private var feedNext: (epoch: Int, step: Int)?
   private let localCapacity: Int
+  /// Nanoseconds the steps waited for `trainFeed` (fill time for an in-memory data set), and
+  /// the figure at the last metrics row.
+  private var dataWait: UInt64 = 0
+  private var dataWaitAtRow: UInt64 = 0
+  /// When the last metrics row (or the epoch) started, for the data wait's share of it.
+  private var rowStart = DispatchTime.now().uptimeNanoseconds
+  /// Whether the data-wait warning was given (once per run).
+  private var warnedDataWait = false
+  /// Whether the data set is decoded from image files (bad images counted, data wait warned).
+  private var streamsImages: Bool { data.train is StreamedImages }
 
   public init(
     model: Model, optimizer: Optimizer, communicator: Communicator, data: DataSplits,
@@ -208,8 +225,9 @@ public final class Trainer {
     model.allocate(maxBatch: perMicroStep)
     binaryForwardChoices = try model.chooseBinaryForward(batch: perMicroStep, policy: options.binaryForward)
     loss = SparseCategoricalCrossentropy(classes: data.train.classes)
-    images = FloatBuffer(count: perMicroStep * data.train.sampleSize)
-    labels = .allocate(capacity: perMicroStep)
+    trainFeed = data.train.makeFeed(
+      batch: perMicroStep, training: true, seed: options.seed, augmentation: options.augmentation,
+      compute: model.compute)
     try optimizer.prepare(store: model.store)
     if options.syncBatchNorm && communicator.size > 1 {
       model.sumBatchStatistics { [unowned communicator] p, n in try communicator.allreduceSum(p, count: n) }
@@ -228,8 +246,6 @@ public final class Trainer {
     try communicator.broadcast(model.store.values.pointer, count: model.store.values.count, root: 0)
     try communicator.broadcast(model.store.state.pointer, count: model.store.state.count, root: 0)
   }
-
-  deinit { labels.deallocate() }
 
   /// Checks that `model`, `data` and `options` can train together on `worldSize` ranks, before
   /// anything is allocated: shapes, classes, augmentation, and the batch's split over the
@@ -283,37 +299,57 @@ public final class Trainer {
   }
 
   /// One optimizer step on global batch `stepInEpoch` of `order`; returns this rank's summed
-  /// loss, correct count and sample count.
-  public func step(order: [Int], stepInEpoch: Int) throws -> (loss: Double, correct: Double, count: Double) {
+  /// loss, correct count, sample count and replaced bad images. Steps taken in order through
+  /// an epoch find their batches prepared (`startFeed`); any other step announces the rest of
+  /// the epoch from it.
+  public func step(order: [Int], stepInEpoch: Int) throws -> (
+    loss: Double, correct: Double, count: Double, badImages: Int
+  ) {
     try beforeStep?(clock.step + 1)
+    if feedNext?.epoch != clock.epoch || feedNext?.step != stepInEpoch {
+      try startFeed(order: order, epoch: clock.epoch, from: stepInEpoch)
+    }
     let shard = sampler.shard(step: stepInEpoch)
     model.store.zeroGradients()
     timer.restart()
     let start = DispatchTime.now().uptimeNanoseconds
     let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
     try exchange.beginStep(gradientScale: scale, clock: clock, timer: timer)
-    var sums: (loss: Double, correct: Int) = (0, 0)
+    var sums: (loss: Double, correct: Int, bad: Int) = (0, 0, 0)
     let k = options.accumulate
     for micro in 0..<k {
-      let part = microPart(shard, micro, of: k)
-      if part.isEmpty && !needsEmptyMicroStep(stepInEpoch, micro) { continue }
-      data.train.fill(
-        order[part], images: images.pointer, labels: labels, augmentation: options.augmentation, seed: options.seed,
-        epoch: clock.epoch, compute: model.compute)
+      guard runsMicroStep(stepInEpoch, micro) else { continue }
+      let waitStart = DispatchTime.now().uptimeNanoseconds
+      let batch = try trainFeed.next()
+      dataWait += DispatchTime.now().uptimeNanoseconds - waitStart
       timer.lap(\.data)
       model.reseedStochasticLayers(stream: dropoutStream(micro: micro))
       // On the last micro-step the exchange sees each gradient as soon as backward finishes it.
       let observer = micro == k - 1 && exchange.overlapsBackward ? exchange : nil
       let m = try model.accumulateGradients(
-        images.pointer, labels: labels, batch: part.count, loss: loss, observer: observer)
-      sums = (sums.loss + m.lossSum, sums.correct + m.correct)
+        batch.images, labels: batch.labels, batch: batch.count, loss: loss, observer: observer)
+      sums = (sums.loss + m.lossSum, sums.correct + m.correct, sums.bad + batch.badImages)
       timer.lap(\.compute)
     }
     let backwardEnd = Double(DispatchTime.now().uptimeNanoseconds - start)
     try exchange.finishStep()
     if options.measureImbalance { stepEnds.append((backwardEnd, timer.timing.communication)) }
     clock.step += 1
-    return (sums.loss, Double(sums.correct), Double(shard.count))
+    feedNext = (clock.epoch, stepInEpoch + 1)
+    return (sums.loss, Double(sums.correct), Double(shard.count), sums.bad)
+  }
+
+  /// Announces to the feed the micro-batches of this rank from step `first` of the epoch on.
+  func startFeed(order: [Int], epoch: Int, from first: Int) throws {
+    var batches: [ArraySlice<Int>] = []
+    for s in first..<sampler.stepsPerEpoch {
+      let shard = sampler.shard(step: s)
+      for micro in 0..<options.accumulate where runsMicroStep(s, micro) {
+        batches.append(order[microPart(shard, micro, of: options.accumulate)])
+      }
+    }
+    try trainFeed.begin(epoch: epoch, batches: batches)
+    feedNext = (epoch, first)
   }
 
   /// Starts a fresh time split (`timing`) from the next step on.
@@ -386,11 +422,13 @@ public final class Trainer {
     (shard.lowerBound + micro * shard.count / k)..<(shard.lowerBound + (micro + 1) * shard.count / k)
   }
 
-  /// Whether a rank with no samples in a micro-step must still run it: under sync BatchNorm,
-  /// whose collectives need every rank, when any rank has samples in it.
-  func needsEmptyMicroStep(_ step: Int, _ micro: Int) -> Bool {
-    options.syncBatchNorm
-      && (0..<sampler.worldSize).contains { !microPart(sampler.shard(step: step, rank: $0), micro, of: options.accumulate).isEmpty }
+  /// Whether this rank runs micro-step `micro` of `step`: when it has samples in it, or under
+  /// sync BatchNorm (whose collectives need every rank) when any rank has.
+  func runsMicroStep(_ step: Int, _ micro: Int) -> Bool {
+    let k = options.accumulate
+    if !microPart(sampler.shard(step: step), micro, of: k).isEmpty { return true }
+    return options.syncBatchNorm
+      && (0..<sampler.worldSize).contains { !microPart(sampler.shard(step: step, rank: $0), micro, of: k).isEmpty }
   }
 
   /// Dropout masks depend on (seed, step, micro-step, rank) only: resumed runs repeat them.
@@ -409,16 +447,20 @@ public final class Trainer {
     let samplesBefore = running.samples
     let hyperparameters = optimizer.hyperparameters(clock)
     let start = DispatchTime.now()
+    startDataWaitWindow()
     for s in position.stepInEpoch..<steps {
       let local = try tracedStep(order: order, stepInEpoch: s)
       let global = try agree(on: local)
       running.add(global, flipRatios: model.flipRatios, layers: model.flipCountingLayers)
       position.stepInEpoch = s + 1
+      position.badImages += global.badImages
       running.store(into: &position)
       // Everything that follows in the step is diagnostics and bookkeeping.
       try afterStep(s + 1, of: steps, running: running, seconds: seconds(since: start), epoch: epoch)
       if global.stopRequests > 0 {
         stopRequest = StopRequest(step: clock.step, ranks: global.stopRequests, localSignal: global.signal)
+        trainFeed.end()
+        feedNext = nil
         progress.epochFinished(steps: s + 1, seconds: seconds(since: start), summary: "stopped at step \(clock.step)")
         if let policy = checkpointPolicy { try saveCheckpoint(policy, wait: true) }
         return nil
@@ -467,11 +509,38 @@ public final class Trainer {
     if options.checkEverySteps > 0 && clock.step % options.checkEverySteps == 0 { try checkReplicas() }
     progress.step(done, of: steps, seconds: elapsed, loss: running.meanLoss, accuracy: running.accuracy)
     guard options.logEverySteps > 0 && clock.step % options.logEverySteps == 0 else { return }
-    try metrics?.write(
-      MetricsRow(
-        kind: "step", epoch: epoch + 1, step: clock.step, loss: running.meanLoss, accuracy: running.accuracy,
-        seconds: elapsed))
-    try tensorBoard?.step(step: clock.step, loss: running.meanLoss, accuracy: running.accuracy)
+    var row = MetricsRow(
+      kind: "step", epoch: epoch + 1, step: clock.step, loss: running.meanLoss, accuracy: running.accuracy,
+      seconds: elapsed)
+    row.dataWaitSeconds = try takeDataWait()
+    row.badImages = streamsImages ? position.badImages : nil
+    try metrics?.write(row)
+    try tensorBoard?.step(
+      step: clock.step, loss: running.meanLoss, accuracy: running.accuracy, dataWaitSeconds: row.dataWaitSeconds ?? 0)
+  }
+
+  func startDataWaitWindow() {
+    dataWaitAtRow = dataWait
+    rowStart = DispatchTime.now().uptimeNanoseconds
+  }
+
+  /// Collective: the seconds the slowest rank waited for data since the last row (or the
+  /// epoch's start), and, when that is over 10 % of the time, a warning (once) on rank 0
+  /// that suggests more data threads.
+  func takeDataWait() throws -> Double {
+    var waited = [Double(dataWait - dataWaitAtRow) / 1e9]
+    let span = Double(DispatchTime.now().uptimeNanoseconds - rowStart) / 1e9
+    try communicator.allreduceMax(&waited)
+    startDataWaitWindow()
+    if let images = data.train as? StreamedImages, !warnedDataWait, span > 0, waited[0] > 0.1 * span {
+      warnedDataWait = true
+      if communicator.isRoot {
+        logger.warning(
+          "the steps waited \(Int((100 * waited[0] / span).rounded())) % of their time for data (decoded in \(images.threads) thread\(images.threads == 1 ? "" : "s") per rank); pass --data-threads with more threads, or run fewer ranks per node"
+        )
+      }
+    }
+    return waited[0]
   }
 
   /// Averages the BatchNorm statistics, evaluates, and makes the epoch's figures.
@@ -480,6 +549,7 @@ public final class Trainer {
     start: DispatchTime
   ) throws -> EpochResult {
     try synchronizeBatchNormStatistics()
+    let waited = try takeDataWait()
     let evaluationStart = DispatchTime.now().uptimeNanoseconds
     let (testLoss, testAccuracy) = try evaluate(data.test)
     timeline?.record("evaluation", track: .evaluation, start: evaluationStart, end: DispatchTime.now().uptimeNanoseconds)
@@ -487,7 +557,8 @@ public final class Trainer {
       epoch: epoch + 1, step: clock.step, loss: running.meanLoss, accuracy: running.accuracy,
       testLoss: testLoss, testAccuracy: testAccuracy, learningRate: hyperparameters["learning_rate"],
       flipRatio: running.flipRatios(layers: model.flipCountingLayers, counts: position.flipCounts),
-      imagesPerSecond: imagesPerSecond, seconds: seconds(since: start))
+      imagesPerSecond: imagesPerSecond, seconds: seconds(since: start), dataWaitSeconds: waited,
+      badImages: streamsImages ? position.badImages : nil)
   }
 
   /// The epoch's row in metrics.jsonl and TensorBoard, and its kernel histograms.
@@ -517,10 +588,9 @@ public final class Trainer {
   }
 
   /// Mean test loss and accuracy over `dataset`, sharded over the ranks, count-weighted.
-  public func evaluate(_ dataset: Dataset) throws -> (loss: Double, accuracy: Double) {
+  public func evaluate(_ dataset: any SampleSet) throws -> (loss: Double, accuracy: Double) {
     try stallInspector?.enter(step: clock.step, .evaluation, waiting: true)
-    return try evaluateModel(
-      model, on: dataset, communicator: communicator, batch: localCapacity, images: images, labels: labels, loss: loss)
+    return try evaluateModel(model, on: dataset, communicator: communicator, batch: localCapacity, loss: loss)
   }
 
   /// With local BatchNorm each rank's moving statistics differ: average them so every rank
@@ -561,14 +631,11 @@ func scale(_ buffer: FloatBuffer, by factor: Float) {
 /// Evaluates `model` (inference mode) on this rank's contiguous shard of `dataset` in batches
 /// of `batch`; sums are all-reduced so every rank gets the global mean loss and accuracy.
 public func evaluateModel(
-  _ model: Model, on dataset: Dataset, communicator: Communicator, batch: Int,
-  images: FloatBuffer? = nil, labels: UnsafeMutablePointer<Int32>? = nil,
+  _ model: Model, on dataset: any SampleSet, communicator: Communicator, batch: Int,
   loss: SparseCategoricalCrossentropy? = nil
 ) throws -> (loss: Double, accuracy: Double) {
   model.allocate(maxBatch: batch)
-  let x = images ?? FloatBuffer(count: batch * dataset.sampleSize)
-  let y = labels ?? .allocate(capacity: batch)
-  defer { if labels == nil { y.deallocate() } }
+  let feed = dataset.makeFeed(batch: batch, training: false, seed: 0, augmentation: nil, compute: model.compute)
   let lossFunction = loss ?? SparseCategoricalCrossentropy(classes: dataset.classes)
   let n = dataset.count
   let ranks = communicator.size
@@ -577,14 +644,12 @@ public func evaluateModel(
   let hi = lo + n / ranks + (rank < n % ranks ? 1 : 0)
   let all = Array(0..<n)
   var totals = [0.0, 0.0, Double(hi - lo)]
-  var start = lo
-  while start < hi {
-    let end = min(start + batch, hi)
-    dataset.fill(all[start..<end], images: x.pointer, labels: y, compute: model.compute)
-    let r = try model.evaluate(x.pointer, labels: y, batch: end - start, loss: lossFunction)
+  try feed.begin(epoch: 0, batches: stride(from: lo, to: hi, by: batch).map { all[$0..<min($0 + batch, hi)] })
+  for _ in stride(from: lo, to: hi, by: batch) {
+    let b = try feed.next()
+    let r = try model.evaluate(b.images, labels: b.labels, batch: b.count, loss: lossFunction)
     totals[0] += r.lossSum
     totals[1] += Double(r.correct)
-    start = end
   }
   try communicator.allreduceSum(&totals)
   return (totals[0] / totals[2], totals[1] / totals[2])

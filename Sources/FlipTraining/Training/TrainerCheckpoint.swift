@@ -117,10 +117,29 @@ extension Trainer {
     m["data_order"] = try json(
       DataOrderRecord(seed: String(options.seed), epoch: clock.epoch, nextBatch: position.stepInEpoch))
     m["rng"] = try json(RNGRecord(seed: String(options.seed)))
+    if let names = data.classNames { m["labels"] = try json(names) }
     m["schedule"] = try json(
       ScheduleRecord(
         step: clock.step, epoch: clock.epoch, values: optimizer.hyperparameters(clock).mapValues { $0.isFinite ? $0 : 0 }))
     return m
+  }
+
+  /// The run's label map (class names by index, the `labels` entry of checkpoints that have
+  /// one) must be the data set's: the same index must mean the same class.
+  func checkLabelMap(_ entry: String?, _ bad: (String) -> TrainingError) throws {
+    guard let entry else { return }
+    guard let saved = try? JSONDecoder().decode([String].self, from: Data(entry.utf8)) else {
+      throw bad("its labels entry is not a JSON list of class names")
+    }
+    let names = data.classNames ?? (0..<data.train.classes).map(String.init)
+    guard saved != names else { return }
+    if let i = zip(saved, names).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+      throw bad(
+        "it was trained with another label map: class \(i) is '\(saved[i])' in the run but '\(names[i])' in the data set (\(saved.count) and \(names.count) classes); resume with the data set it was trained on"
+      )
+    }
+    throw bad(
+      "it was trained with \(saved.count) classes but the data set has \(names.count); resume with the data set it was trained on")
   }
 
   /// Restores a checkpoint's state (read and validated by `ModelFile.decode`): model tensors,
@@ -150,6 +169,7 @@ extension Trainer {
     if training.trainSamples != data.train.count {
       throw bad("it was trained on \(training.trainSamples) training images, the data set has \(data.train.count)")
     }
+    try checkLabelMap(metadata["labels"], bad)
     let flipLayers = model.flipCountingLayers.count
     guard position.step >= 0, position.epoch >= 0, position.stepInEpoch >= 0,
       position.stepInEpoch <= sampler.stepsPerEpoch, position.epochTotals.count == 3,
@@ -181,7 +201,7 @@ extension Trainer {
 
 extension JSONEncoder {
   /// An encoder with sorted keys (stable files).
-  static var sorted: JSONEncoder {
+  public static var sorted: JSONEncoder {
     let e = JSONEncoder()
     e.outputFormatting = [.sortedKeys]
     return e

@@ -36,15 +36,18 @@ public final class TensorBoardLog {
     try writer.flush()
   }
 
-  func step(step: Int, loss: Double, accuracy: Double) throws {
-    try writer.addScalars([("step/loss", loss), ("step/accuracy", accuracy)], step: step)
+  func step(step: Int, loss: Double, accuracy: Double, dataWaitSeconds: Double) throws {
+    try writer.addScalars(
+      [("step/loss", loss), ("step/accuracy", accuracy), ("step/data_wait_seconds", dataWaitSeconds)], step: step)
   }
 
   func epoch(_ r: EpochResult, hyperparameters: [String: Double]) throws {
     var values: [(String, Double)] = [
       ("epoch/loss", r.loss), ("epoch/accuracy", r.accuracy), ("epoch/test_loss", r.testLoss),
       ("epoch/test_accuracy", r.testAccuracy), ("epoch/images_per_second", r.imagesPerSecond),
+      ("epoch/data_wait_seconds", r.dataWaitSeconds),
     ]
+    if let bad = r.badImages { values.append(("epoch/bad_images", Double(bad))) }
     values += hyperparameters.sorted { $0.key < $1.key }.map { ("epoch/\($0.key)", $0.value) }
     values += r.flipRatio.sorted { $0.key < $1.key }.map { ("epoch/flip_ratio/\($0.key)", $0.value) }
     try writer.addScalars(values, step: r.step)
