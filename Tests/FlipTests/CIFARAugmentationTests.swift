@@ -106,15 +106,15 @@ struct CIFARReaderTests {
     #expect(splits.train.sampleShape == [32, 32, 3] && splits.test.sampleShape == [32, 32, 3])
     #expect(splits.train.classes == 10)
     #expect(splits.classNames?.first == "airplane" && splits.classNames?.count == 10)
-    #expect(splits.train.labels == (0..<14).map { Int32($0 % 10) })
-    #expect(splits.test.labels == [3, 4, 5, 6, 7])
+    #expect(splits.memoryTrain.labels == (0..<14).map { Int32($0 % 10) })
+    #expect(splits.memoryTest.labels == [3, 4, 5, 6, 7])
     // Record 9 (batch 2, its third record), pixel (row 2, column 5): NHWC offset (2·32 + 5)·3 + c.
     // Its file bytes: label at 0, R plane at 1 + 2·32 + 5, G at 1 + 1024 + …, B at 1 + 2048 + ….
     let fileBytes = [UInt8](FileManager.default.contents(atPath: dir + "/data_batch_2.bin")!)
     let record = Array(fileBytes[(2 * 3073)..<(3 * 3073)])
     #expect(record[0] == 9)
     let o = 9 * 3072 + (2 * 32 + 5) * 3
-    let rgb = Array(splits.train.images[o..<(o + 3)])
+    let rgb = Array(splits.memoryTrain.images[o..<(o + 3)])
     #expect(rgb == [record[1 + 69], record[1 + 1024 + 69], record[1 + 2048 + 69]])
     // By the generator's formula: (9·7 + 2·5 + 5·3 + c·101) mod 256 = 88, 189, 34.
     #expect(rgb == [88, 189, 34])
@@ -123,7 +123,7 @@ struct CIFARReaderTests {
       for r in [0, 17, 31] {
         for q in [0, 9, 31] {
           for c in 0..<3 {
-            let v = splits.test.images[i * 3072 + (r * 32 + q) * 3 + c]
+            let v = splits.memoryTest.images[i * 3072 + (r * 32 + q) * 3 + c]
             #expect(Int(v) == ((1000 + i) * 7 + r * 5 + q * 3 + c * 101) % 256)
           }
         }

@@ -83,15 +83,15 @@ struct DataTests {
     var x = [Float](repeating: 0, count: 12)
     var y: [Int32] = [0]
     x.withUnsafeMutableBufferPointer { xp in
-      y.withUnsafeMutableBufferPointer { yp in splits.train.fill([3], images: xp.baseAddress!, labels: yp.baseAddress!)
+      y.withUnsafeMutableBufferPointer { yp in splits.memoryTrain.fill([3], images: xp.baseAddress!, labels: yp.baseAddress!)
       }
     }
     for (i, v) in x.enumerated() {
-      let byte = Float(splits.train.images[3 * 12 + i])
+      let byte = Float(splits.memoryTrain.images[3 * 12 + i])
       #expect(abs(v - (byte / 127.5 - 1)) < 1e-6)
     }
     #expect(x.allSatisfy { $0 >= -1 && $0 <= 1 })
-    #expect(y[0] == splits.train.labels[3])
+    #expect(y[0] == splits.memoryTrain.labels[3])
   }
 
   @Test func missingAndMismatchedFilesAreNamed() throws {

@@ -2,6 +2,7 @@ import FlipTensor
 import Testing
 
 @testable import FlipBNN
+@testable import FlipTraining
 
 // Shared helpers of the numeric tests (quantizers, layer gradients, optimizers, summary, tensor).
 
@@ -79,4 +80,11 @@ func makeStore(_ specs: [ParameterSpec], layerName: String = "l", seed: UInt64 =
 /// Copies `count` floats from a pointer into an array.
 func copyOut(_ p: UnsafePointer<Float>, _ count: Int) -> [Float] {
   Array(UnsafeBufferPointer(start: p, count: count))
+}
+
+extension DataSplits {
+  /// The training split of an in-memory data set (IDX, CIFAR-10).
+  var memoryTrain: Dataset { train as! Dataset }
+  /// The test split of an in-memory data set.
+  var memoryTest: Dataset { test as! Dataset }
 }
