@@ -25,7 +25,7 @@ struct ImagePreprocessingTests {
         if c.width == w && c.height == h { continue }  // the fallback
         let area = Float(c.width * c.height) / Float(w * h)
         #expect(area >= 0.08 && area <= 1)
-        // The crop covers at least 0.1 of the (W − 1) × (H − 1) box.
+        // The crop covers at least 0.1 of the image.
         #expect(ImageCrops.covers(c, width: w, height: h, fraction: 0.1))
         // The aspect ratio is the drawn one up to rounding the width to whole pixels.
         let ratio = Float(c.width) / Float(c.height)
@@ -33,6 +33,51 @@ struct ImagePreprocessingTests {
         // TensorFlow's Uniform(n) excludes n: the crop never touches the far edges unless full.
         if c.height < h { #expect(c.y + c.height < h) }
         if c.width < w { #expect(c.x + c.width < w) }
+      }
+    }
+  }
+
+  /// TensorFlow's own `sample_distorted_bounding_box` (200,000 draws per image size by
+  /// scripts/crop-reference.py, in Fixtures/crop-reference.json): Flip's crops have the same
+  /// area and aspect-ratio histograms within sampling noise (0.006 per bin at 50,000 draws),
+  /// the same mean area within 0.005, and the same share of whole-image results.
+  @Test func cropHistogramsMatchTensorFlows() throws {
+    struct Reference: Decodable {
+      struct Size: Decodable {
+        var height: Int, width: Int
+        var whole_image_fraction: Double, area_hist: [Double], aspect_hist: [Double], mean_area: Double
+      }
+      var sizes: [Size]
+    }
+    let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+      "Fixtures/crop-reference.json")
+    let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: path))
+    #expect(reference.sizes.count == 3)
+    var g = SplitMix64(seed: 3)
+    for r in reference.sizes {
+      let draws = 50_000
+      var area = [Double](repeating: 0, count: 20)
+      var aspect = [Double](repeating: 0, count: 20)
+      var whole = 0.0
+      var areaSum = 0.0
+      for _ in 0..<draws {
+        let c = ImageCrops.sampleDistorted(width: r.width, height: r.height, generator: &g)
+        if c.width == r.width && c.height == r.height {
+          whole += 1
+          continue
+        }
+        let a = Double(c.width * c.height) / Double(r.width * r.height)
+        areaSum += a
+        area[min(19, Int(a * 20))] += 1
+        let q = (Double(c.width) / Double(c.height) - 0.7) / 0.7 * 20
+        aspect[max(0, min(19, Int(q)))] += 1
+      }
+      let kept = Double(draws) - whole
+      #expect(abs(whole / Double(draws) - r.whole_image_fraction) < 0.002, "\(r.width)×\(r.height)")
+      #expect(abs(areaSum / kept - r.mean_area) < 0.005, "\(r.width)×\(r.height): \(areaSum / kept)")
+      for k in 0..<20 {
+        #expect(abs(area[k] / kept - r.area_hist[k]) < 0.006, "area bin \(k) of \(r.width)×\(r.height)")
+        #expect(abs(aspect[k] / kept - r.aspect_hist[k]) < 0.006, "aspect bin \(k) of \(r.width)×\(r.height)")
       }
     }
   }

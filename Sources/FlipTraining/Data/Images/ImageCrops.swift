@@ -32,8 +32,7 @@ public enum ImageCrops {
   /// `sample_distorted_bounding_box_op.cc`: the height uniform over the integers whose
   /// `round(height · ratio) × height` area lies within the bounds (`lrintf`: half to even),
   /// then the corner uniform over `[0, H − h)` × `[0, W − w)` (TensorFlow's `Uniform(n)` is
-  /// exclusive of n), and the crop must cover 0.1 of the box, whose pixel extent is
-  /// `(W − 1) × (H − 1)` as TensorFlow scales box coordinates. The draws come from `g`
+  /// exclusive of n), and the crop must cover 0.1 of the image. The draws come from `g`
   /// (Flip's generator, not TensorFlow's Philox), so the distribution is TensorFlow's, the
   /// numbers are Flip's own.
   public static func sampleDistorted(
@@ -97,14 +96,12 @@ public enum ImageCrops {
     return PixelRect(x: x, y: y, width: w, height: h)
   }
 
-  /// `SatisfiesOverlapConstraints` for the whole-image box: the part of it inside `crop`
-  /// is at least `fraction` of it (box corners at 0 and `W − 1`, `H − 1`, as TensorFlow scales
-  /// `[0, 0, 1, 1]`).
+  /// `SatisfiesOverlapConstraints` for the whole-image box: the crop covers at least
+  /// `fraction` of the image (TensorFlow's draws of 48 × 64 images never go below 0.1 of
+  /// W·H: Fixtures/crop-reference.json).
   static func covers(_ crop: PixelRect, width: Int, height: Int, fraction: Float) -> Bool {
-    let boxArea = Float((width - 1) * (height - 1))
-    guard boxArea > 0 else { return true }
-    let ix = max(0, min(crop.x + crop.width, width - 1) - max(crop.x, 0))
-    let iy = max(0, min(crop.y + crop.height, height - 1) - max(crop.y, 0))
-    return Float(ix * iy) / boxArea >= fraction
+    let ix = max(0, min(crop.x + crop.width, width) - max(crop.x, 0))
+    let iy = max(0, min(crop.y + crop.height, height) - max(crop.y, 0))
+    return Float(ix * iy) / Float(width * height) >= fraction
   }
 }
