@@ -83,7 +83,9 @@ let package = Package(
     .executableTarget(name: "flip-fuzz", dependencies: ["FlipTraining"]),
     .testTarget(
       name: "FlipTests",
-      dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm", "FlipXNOR", "CCPUFeatures"]),
+      dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm", "FlipXNOR", "CCPUFeatures"],
+      // Read through #filePath by the tests that use them.
+      exclude: ["Fixtures"]),
   ],
   swiftLanguageModes: [.v6]
 )

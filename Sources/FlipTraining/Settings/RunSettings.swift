@@ -101,7 +101,7 @@ public struct RunSettings: Equatable, Sendable {
     layers = preset.layers
     if let o = preset.optimizer { optimizer = o }
     batchSize = preset.batchSize
-    augment = preset == .birealnet || preset == .quicknet ? .cropFlip : .none
+    augment = preset == .birealnet || preset == .quicknet ? .cropFlip : nil
   }
 
   /// The settings a run may change when it is resumed (`flip train --resume DIR ...`): how
