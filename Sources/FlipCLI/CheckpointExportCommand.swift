@@ -65,7 +65,8 @@ struct CheckpointExportCommand: ParsableCommand {
     if !inputShape.isEmpty { return inputShape }
     if let shape = file.config.inputShape { return shape }
     do {
-      return try DataSplits.load(directory: file.config.data).test.sampleShape
+      let images = ImageDataOptions(file.config, computeThreads: 1) { _ in }
+      return try DataSplits.load(directory: file.config.data, images: images).test.sampleShape
     } catch {
       throw ValidationError(
         "\(file.path): its config has no input_shape and its data set cannot be read (\(error)); pass --input-shape H W C"

@@ -47,7 +47,10 @@ struct EvaluateCommand: ParsableCommand {
         (config, path, tensors, metadata) = (file.config, file.path, file.tensors, file.metadata)
       }
       if let data { config.data = data }
-      let splits = try DataSplits.load(directory: config.data)
+      let rank = communicator.rank
+      let splits = try DataSplits.load(
+        directory: config.data,
+        images: ImageDataOptions(config, computeThreads: threads) { logger.warning("rank \(rank): bad image \($0)") })
       let model = try Model(
         specs: config.layers, inputShape: config.inputShape ?? splits.test.sampleShape, seed: config.seed,
         compute: Compute(threads: threads))

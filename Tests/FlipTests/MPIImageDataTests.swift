@@ -40,6 +40,10 @@ extension MPITests {
     #expect(config.contains("augment: crop-flip\n") && config.contains("image_size: 16\n"), "\(config)")
     let rows = try readMetrics(dir + "/whole/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
     #expect(rows.count == 3 && rows.allSatisfy { $0["bad_images"] as? Int == 0 && $0["data_wait_seconds"] != nil })
+    // flip evaluate reads the run's image size and evaluation transform from its config.
+    let evaluated = try runFlip(["evaluate", "--run", dir + "/whole", "--threads", "1"], environment: env)
+    let accuracy = rows.last?["test_accuracy"] as? Double ?? -1
+    #expect(evaluated.status == 0 && evaluated.stdout.contains(String(format: "test_accuracy: %.4f", accuracy)), "\(evaluated.stdout) \(evaluated.stderr)")
     let killed = try launch(2, args(dir + "/run"), environment: env.merging(["FLIP_TEST_FAULT": "kill:1:11"]) { a, _ in a })
     #expect(killed.status != 0)
     let resumed = try launch(2, ["train", "--resume", dir + "/run", "--threads", "1", "--quiet"], environment: env)

@@ -116,14 +116,10 @@ func checkSameSettingsOnEveryRank(_ settings: RunSettings, communicator: Communi
 /// by default as many as the rank's compute threads, `bad_images`; a bad file is logged as a
 /// warning naming this rank).
 func loadData(_ settings: RunSettings, environment env: RunEnvironment, compute: Compute) throws -> DataSplits {
-  var images = ImageDataOptions()
-  images.preprocessing = ImagePreprocessing(
-    imageSize: settings.imageSize ?? ImagePreprocessing.defaultImageSize, augment: settings.augment ?? .cropFlip,
-    mean: settings.mean.map(Float.init), std: settings.std.map(Float.init))
-  images.threads = settings.dataThreads ?? max(1, compute.threads)
-  images.badImages = settings.badImages
   let (logger, rank) = (env.logger, env.communicator.rank)
-  images.report = { message in logger.warning("rank \(rank): bad image \(message)") }
+  let images = ImageDataOptions(settings, computeThreads: compute.threads) { message in
+    logger.warning("rank \(rank): bad image \(message)")
+  }
   // Rank 0 indexes shards first (one scan of every shard per core), the others then find its
   // index cache (on a shared home, also on the other hosts).
   let communicator = env.communicator

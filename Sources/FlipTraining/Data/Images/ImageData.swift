@@ -15,6 +15,18 @@ public struct ImageDataOptions: Sendable {
   /// (nil: built each time).
   public var cache: IndexCache? = IndexCache()
   public init() {}
+
+  /// The options `settings` ask for: `image_size`, `augment`, `mean`, `std`,
+  /// `data_threads` (by default as many as the rank's compute threads: they sleep while the
+  /// prefetch is full) and `bad_images`; bad files reported to `report`.
+  public init(_ settings: RunSettings, computeThreads: Int, report: @escaping @Sendable (String) -> Void) {
+    preprocessing = ImagePreprocessing(
+      imageSize: settings.imageSize ?? ImagePreprocessing.defaultImageSize, augment: settings.augment ?? .cropFlip,
+      mean: settings.mean.map(Float.init), std: settings.std.map(Float.init))
+    threads = settings.dataThreads ?? max(1, computeThreads)
+    badImages = settings.badImages
+    self.report = report
+  }
 }
 
 extension DataFormat {
