@@ -115,8 +115,10 @@ private final class FeedState: @unchecked Sendable {
   /// Per slot: the samples of its batch not yet written, and the bad ones replaced.
   var remaining: [Int]
   var bad: [Int]
-  /// Claims being decoded (a new pass waits for them: they write into slots).
+  /// Claims being decoded (a new pass waits for them: they write into slots), and whether a
+  /// new pass is waiting.
   var inFlight = 0
+  var draining = false
   var failure: Error?
   var stopping = false
   var running = 0
@@ -141,7 +143,9 @@ private final class FeedState: @unchecked Sendable {
     precondition(batches.allSatisfy { $0.count <= capacity }, "a batch larger than the feed's capacity")
     lock.lock()
     defer { lock.unlock() }
+    draining = true
     while inFlight > 0 { lock.wait() }
+    draining = false
     self.epoch = epoch
     self.batches = batches
     handed = 0
@@ -217,10 +221,13 @@ private final class FeedState: @unchecked Sendable {
         labels[s * capacity + c.sample] = label
         bad[s] += replaced ? 1 : 0
         remaining[s] -= 1
+        // Only a finished batch (or a new pass, which waits for in-flight claims) concerns
+        // anyone waiting; the other threads find the next sample without being woken.
+        if remaining[s] == 0 || draining { lock.broadcast() }
       case .failure(let error):
         if failure == nil { failure = error }
+        lock.broadcast()
       }
-      lock.broadcast()
     }
     running -= 1
     lock.broadcast()
