@@ -380,16 +380,18 @@ int flip_jpeg_encode(const unsigned char *pixels, int width, int height, int com
   }
   struct jpeg_compress_struct cinfo;
   flip_jpeg_error error;
-  unsigned char *buffer = NULL;  // malloc'd by jpeg_mem_dest; ours on success and on error
+  // jpeg_mem_dest writes the buffer it mallocs into *out (the caller's memory, not a local, so
+  // its value is defined after a longjmp); ours to free on error.
   unsigned long buffer_size = 0;
   cinfo.err = jpeg_error_init(&error, status);
   if (setjmp(error.jump)) {
     jpeg_destroy_compress(&cinfo);
-    free(buffer);
+    free(*out);
+    *out = NULL;
     return FLIP_IMAGE_CORRUPT;
   }
   jpeg_create_compress(&cinfo);
-  jpeg_mem_dest(&cinfo, &buffer, &buffer_size);
+  jpeg_mem_dest(&cinfo, out, &buffer_size);
   cinfo.image_width = (JDIMENSION)width;
   cinfo.image_height = (JDIMENSION)height;
   cinfo.input_components = components;
@@ -414,7 +416,6 @@ int flip_jpeg_encode(const unsigned char *pixels, int width, int height, int com
   }
   jpeg_finish_compress(&cinfo);
   jpeg_destroy_compress(&cinfo);
-  *out = buffer;
   *out_size = buffer_size;
   return FLIP_IMAGE_OK;
 }

@@ -187,12 +187,22 @@ struct ImageFeedTests {
     #expect(log.messages.contains { $0.contains("class1/img1.JPEG") })
     let strict = try DataSplits.load(directory: dir, images: options(policy: .error)).train as! StreamedImages
     #expect {
-      try feedAll(strict, [all])
+      _ = try feedAll(strict, [all])
     } throws: { e in
       "\(e)".contains("/train/class0/img0.JPEG") || "\(e)".contains("/train/class1/img1.JPEG")
     }
     let report = try DataCheckReport.check(directory: dir, threads: 2, cache: nil)
     #expect(report.bad.map(\.file).sorted().map { ($0 as NSString).lastPathComponent } == ["img0.JPEG", "img1.JPEG"])
+    // A file that cannot be read (replaced by a folder after indexing) is no bad image: it
+    // stops the run whatever the policy, naming the file.
+    let fresh = try DataSplits.load(directory: dir, images: options(log: log)).train as! StreamedImages
+    try FileManager.default.removeItem(atPath: dir + "/train/class1/img3.JPEG")
+    try FileManager.default.createDirectory(atPath: dir + "/train/class1/img3.JPEG", withIntermediateDirectories: false)
+    #expect {
+      _ = try feedAll(fresh, [all])
+    } throws: { e in
+      "\(e)".contains("/train/class1/img3.JPEG")
+    }
   }
 
   @Test func dataBenchTimesThePipeline() throws {

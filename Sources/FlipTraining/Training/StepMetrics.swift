@@ -99,7 +99,8 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
   public var imagesPerSecond: Double?
   /// Epoch rows only (null when the optimizer has none).
   public var learningRate: Double?
-  /// Seconds the steps since the last row waited for their data (epoch rows: the epoch's).
+  /// Seconds the slowest rank's steps waited for their data since the last step row (epoch
+  /// rows: in the whole epoch).
   public var dataWaitSeconds: Double?
   /// Bad images replaced so far in the run (ImageNet-format data only).
   public var badImages: Int?

@@ -119,8 +119,8 @@ public struct EpochResult: Sendable {
   public var flipRatio: [String: Double]
   public var imagesPerSecond: Double
   public var seconds: Double
-  /// Seconds the slowest rank's steps waited for data in the epoch's last stretch (since the
-  /// last step row, or the whole epoch when none).
+  /// Seconds the slowest rank's steps waited for data in the epoch (since the resume, in an
+  /// epoch resumed mid-way).
   public var dataWaitSeconds: Double = 0
   /// Bad images replaced so far in the run (nil: in-memory data).
   public var badImages: Int?
@@ -192,6 +192,7 @@ public final class Trainer {
   /// the figure at the last metrics row.
   private var dataWait: UInt64 = 0
   private var dataWaitAtRow: UInt64 = 0
+  private var dataWaitAtEpoch: UInt64 = 0
   /// When the last metrics row (or the epoch) started, for the data wait's share of it.
   private var rowStart = DispatchTime.now().uptimeNanoseconds
   /// Whether the data-wait warning was given (once per run).
@@ -448,6 +449,7 @@ public final class Trainer {
     let hyperparameters = optimizer.hyperparameters(clock)
     let start = DispatchTime.now()
     startDataWaitWindow()
+    dataWaitAtEpoch = dataWait
     for s in position.stepInEpoch..<steps {
       let local = try tracedStep(order: order, stepInEpoch: s)
       let global = try agree(on: local)
@@ -512,7 +514,7 @@ public final class Trainer {
     var row = MetricsRow(
       kind: "step", epoch: epoch + 1, step: clock.step, loss: running.meanLoss, accuracy: running.accuracy,
       seconds: elapsed)
-    row.dataWaitSeconds = try takeDataWait()
+    row.dataWaitSeconds = try takeDataWait().sinceRow
     row.badImages = streamsImages ? position.badImages : nil
     try metrics?.write(row)
     try tensorBoard?.step(
@@ -525,10 +527,10 @@ public final class Trainer {
   }
 
   /// Collective: the seconds the slowest rank waited for data since the last row (or the
-  /// epoch's start), and, when that is over 10 % of the time, a warning (once) on rank 0
-  /// that suggests more data threads.
-  func takeDataWait() throws -> Double {
-    var waited = [Double(dataWait - dataWaitAtRow) / 1e9]
+  /// epoch's start) and since the epoch's start, and, when the first is over 10 % of the
+  /// time, a warning (once) on rank 0 that suggests more data threads.
+  func takeDataWait() throws -> (sinceRow: Double, sinceEpoch: Double) {
+    var waited = [Double(dataWait - dataWaitAtRow) / 1e9, Double(dataWait - dataWaitAtEpoch) / 1e9]
     let span = Double(DispatchTime.now().uptimeNanoseconds - rowStart) / 1e9
     try communicator.allreduceMax(&waited)
     startDataWaitWindow()
@@ -540,7 +542,7 @@ public final class Trainer {
         )
       }
     }
-    return waited[0]
+    return (waited[0], waited[1])
   }
 
   /// Averages the BatchNorm statistics, evaluates, and makes the epoch's figures.
@@ -549,7 +551,7 @@ public final class Trainer {
     start: DispatchTime
   ) throws -> EpochResult {
     try synchronizeBatchNormStatistics()
-    let waited = try takeDataWait()
+    let waited = try takeDataWait().sinceEpoch
     let evaluationStart = DispatchTime.now().uptimeNanoseconds
     let (testLoss, testAccuracy) = try evaluate(data.test)
     timeline?.record("evaluation", track: .evaluation, start: evaluationStart, end: DispatchTime.now().uptimeNanoseconds)

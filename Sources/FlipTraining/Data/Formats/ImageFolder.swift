@@ -29,6 +29,15 @@ enum ImageFolder {
       throw .corruptData(path: directory, reason: "the split has no samples (no class folders in it)")
     }
     let classDirectories = classNames.map { DataFiles.join(directory, $0) }
+    // Each folder's signature is taken before it is listed, so a file added meanwhile makes
+    // the cached listing stale, never the other way round.
+    var signatures = [splitSignature]
+    for folder in classDirectories {
+      guard let signature = DataFiles.Signature(path: folder) else {
+        throw .unreadable(path: folder, reason: "cannot stat the class folder")
+      }
+      signatures.append(signature)
+    }
     // A folder's images are listed and their sizes read on one thread per core (a million
     // stat calls on a network file system take a while).
     let listed = parallelMap(classDirectories.count) { (c: Int) -> Result<([String], [UInt32]), TrainingError> in
@@ -41,16 +50,11 @@ enum ImageFolder {
     var files: [String] = []
     var lengths: [UInt32] = []
     var labels: [Int32] = []
-    var signatures = [splitSignature]
     for (c, result) in listed.enumerated() {
       let (paths, sizes) = try result.get()
       files += paths
       lengths += sizes
       labels += repeatElement(Int32(c), count: paths.count)
-      guard let signature = DataFiles.Signature(path: classDirectories[c]) else {
-        throw .unreadable(path: classDirectories[c], reason: "cannot stat the class folder")
-      }
-      signatures.append(signature)
     }
     let index = SampleIndex(
       layout: .imageFolder, files: files, fileNumbers: (0..<Int32(files.count)).map { $0 },

@@ -106,6 +106,9 @@ enum TFRecordShards {
       throw .fileNotFound(path: pattern, hint: "The \(split) split has no shards; TFDS writes them there.")
     }
     let total = first.0.of
+    guard total <= 1_000_000 else {
+      throw .corruptData(path: first.1, reason: "names a series of \(total) shards; at most 1,000,000 are read")
+    }
     var byNumber = [String?](repeating: nil, count: total)
     for (s, path) in found {
       guard s.of == total else {
@@ -155,6 +158,9 @@ enum TFRecordShards {
         }
         guard example.label >= Int64(Int32.min), example.label <= Int64(Int32.max) else {
           throw .corruptData(path: path, reason: "the record at byte \(at) has label \(example.label)")
+        }
+        guard example.image.count <= Int(UInt32.max) else {
+          throw .corruptData(path: path, reason: "the record at byte \(at) holds an image of \(example.image.count) bytes (over 4 GiB)")
         }
         let start = record.data.lowerBound + example.image.lowerBound
         offsets.append(Int64(start))

@@ -83,8 +83,8 @@ extension flip_image_status {
 /// covers. One per thread: it reuses its pixel buffer from image to image (no allocation once
 /// the buffer has grown to the largest region).
 ///
-/// JPEG decoding matches TensorFlow's `decode_jpeg` defaults: the accurate integer IDCT
-/// (JDCT_ISLOW), fancy upsampling, grayscale converted to RGB by replication, CMYK and YCCK
+/// JPEG decoding matches TensorFlow's `decode_jpeg` defaults: the fast integer IDCT
+/// (JDCT_IFAST, which TensorFlow's default dct_method "" selects), fancy upsampling, grayscale converted to RGB by replication, CMYK and YCCK
 /// converted with TensorFlow's formula (Adobe-inverted: R = C·K/255). PNG: gray, palette, 16-bit
 /// and alpha images all come out as 8-bit RGB; alpha is dropped (as `decode_png(channels: 3)`).
 public final class ImageDecoder {

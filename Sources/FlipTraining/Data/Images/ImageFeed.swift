@@ -191,7 +191,7 @@ private final class FeedState: @unchecked Sendable {
     while cursor.batch < batches.count && cursor.sample >= batches[cursor.batch].count {
       cursor = (cursor.batch + 1, 0)
     }
-    guard claimable(cursor.batch) else { return nil }
+    guard !draining, claimable(cursor.batch) else { return nil }
     let c = cursor
     cursor.sample += 1
     return c
@@ -242,22 +242,25 @@ private final class FeedState: @unchecked Sendable {
     let index = images.index
     var candidate = i
     for attempt in 0...16 {
-      do {
+      do throws(ImageSampleFailure) {
         try reader.load(
           candidate, from: index, preprocessing: images.preprocessing, training: training, seed: seed, epoch: epoch,
           drawIndex: candidate, into: out)
         return .success((index.label(of: candidate), attempt > 0))
       } catch {
+        // A file that cannot be read stops the job whatever the policy: the fault is the file
+        // system's, and replacing the sample would make the run depend on it.
+        guard case .bad(let message) = error else { return .failure(error.readError) }
         let path = index.describe(candidate)
         if images.badImages == .error {
           return .failure(
             TrainingError.corruptData(
               path: path,
               reason:
-                "\(error.message). Remove or replace the file, or pass --bad-images replace to train on with another image in its place"
+                "\(message). Remove or replace the file, or pass --bad-images replace to train on with another image in its place"
             ))
         }
-        images.reports.report(sample: candidate, "\(path): \(error.message); another image stands in for it")
+        images.reports.report(sample: candidate, "\(path): \(message); another image stands in for it")
       }
       candidate = images.replacement(for: i, attempt: attempt, seed: seed)
     }

@@ -104,9 +104,20 @@ public struct ImagePreprocessing: Sendable, Equatable {
   }
 }
 
-/// Why one sample could not be used: the decoder's error, or the warnings it decoded with.
-struct ImageSampleFailure: Error {
-  var message: String
+/// Why one sample could not be used: its file could not be read (the job stops: a file
+/// system's fault is not the image's), or the image is bad (a decoding error, or the warnings
+/// it decoded with: `bad_images` decides).
+enum ImageSampleFailure: Error {
+  case unreadable(TrainingError)
+  case bad(String)
+
+  /// The error that stops the job (a bad image's message where the policy makes it fatal).
+  var readError: TrainingError {
+    switch self {
+    case .unreadable(let e): return e
+    case .bad(let message): return .invalidArgument(message)
+    }
+  }
 }
 
 /// Turns samples of a `SampleIndex` into model input, one image at a time: read the bytes,
@@ -117,21 +128,21 @@ final class ImageSampleReader {
   private let resampler = ImageResampler()
   private var bytes: [UInt8] = []
 
-  /// Writes sample `i` of `index` as S × S × 3 floats to `out`, drawn as sample `drawIndex`
-  /// (the sample it replaces, when it stands in for a bad one). Throws when the image does
-  /// not decode cleanly (an error, or a libjpeg warning such as a premature end of data).
+  /// Writes sample `i` of `index` as S × S × 3 floats to `out`, its crop and flip drawn as
+  /// sample `drawIndex`'s. Throws when the file cannot be read, or the image does not decode
+  /// cleanly (an error, or a libjpeg warning such as a premature end of data).
   func load(
     _ i: Int, from index: SampleIndex, preprocessing p: ImagePreprocessing, training: Bool, seed: UInt64, epoch: Int,
     drawIndex: Int, into out: UnsafeMutablePointer<Float>
   ) throws(ImageSampleFailure) {
-    do { try index.read(i, into: &bytes) } catch { throw ImageSampleFailure(message: "\(error)") }
+    do { try index.read(i, into: &bytes) } catch { throw .unreadable(error) }
     let failure = bytes.withUnsafeBytes { raw -> ImageDecodeError? in
       do throws(ImageDecodeError) {
         try decode(raw, preprocessing: p, training: training, seed: seed, epoch: epoch, drawIndex: drawIndex, into: out)
         return nil
       } catch { return error }
     }
-    if let failure { throw ImageSampleFailure(message: failure.description) }
+    if let failure { throw .bad(failure.description) }
   }
 
   private func decode(
