@@ -86,8 +86,8 @@ struct ImageFeedTests {
   }
 
   /// The same samples give the same floats whatever the threads, the batches they are cut
-  /// into, or the ranks that share them: rank 0 and rank 1 of two decoding halves of each
-  /// global batch give the one-rank batch.
+  /// into, or the ranks that share them: the shards of 2 or 4 ranks, put together, give the
+  /// one-rank global batches.
   @Test func batchesAreTheSameOnAnyThreadsBatchingAndRanks() throws {
     let dir = temporaryDirectory("image-folder-ranks")
     try writeImageFolder(dir, perClass: 8)
@@ -98,19 +98,20 @@ struct ImageFeedTests {
     let a = try feedAll(one, global, epoch: 1)
     let b = try feedAll(three, global, epoch: 1)
     #expect(a.pixels == b.pixels && a.labels == b.labels && a.bad == 0)
-    var ranks: [(pixels: [Float], labels: [Int32], bad: Int)] = []
-    for rank in 0..<2 {
-      let sampler = try EpochSampler(datasetSize: one.count, globalBatch: 8, seed: 5, rank: rank, worldSize: 2)
-      ranks.append(try feedAll(three, (0..<3).map { order[sampler.shard(step: $0)] }, epoch: 1))
+    for world in [2, 4] {
+      var ranks: [[Float]] = []
+      for rank in 0..<world {
+        let sampler = try EpochSampler(datasetSize: one.count, globalBatch: 8, seed: 5, rank: rank, worldSize: world)
+        ranks.append(try feedAll(three, (0..<3).map { order[sampler.shard(step: $0)] }, epoch: 1).pixels)
+      }
+      let n = one.sampleSize * 8 / world
+      var joined: [Float] = []
+      for s in 0..<3 {
+        let part: Range<Int> = (s * n)..<((s + 1) * n)
+        for r in 0..<world { joined.append(contentsOf: ranks[r][part]) }
+      }
+      #expect(joined == a.pixels, "\(world) ranks")
     }
-    let n = one.sampleSize * 4
-    var joined: [Float] = []
-    for s in 0..<3 {
-      let part: Range<Int> = (s * n)..<((s + 1) * n)
-      joined.append(contentsOf: ranks[0].pixels[part])
-      joined.append(contentsOf: ranks[1].pixels[part])
-    }
-    #expect(joined == a.pixels)
     // Another epoch draws other crops.
     #expect(try feedAll(one, global, epoch: 2).pixels != a.pixels)
   }
@@ -202,6 +203,53 @@ struct ImageFeedTests {
       _ = try feedAll(fresh, [all])
     } throws: { e in
       "\(e)".contains("/train/class1/img3.JPEG")
+    }
+  }
+
+  /// The same JPEGs as an image folder, as TFDS TFRecords and as WebDataset tar shards (in
+  /// the folder's order): the three indices list the same samples with the same labels, and
+  /// their feeds give bit-identical batches.
+  @Test func theThreeLayoutsGiveTheSameBatches() throws {
+    let dir = temporaryDirectory("three-layouts")
+    try writeImageFolder(dir + "/folder", classes: 3, perClass: 4, valPerClass: 2)
+    let folder = try DataSplits.load(directory: dir + "/folder", images: options())
+    let folderTrain = folder.train as! StreamedImages
+    let folderVal = folder.test as! StreamedImages
+    for (split, images) in [("train", folderTrain), ("validation", folderVal)] {
+      var records: [[UInt8]] = []
+      var tar = ImageDataFormatTests.Tar()
+      for i in 0..<images.count {
+        var bytes: [UInt8] = []
+        try images.index.read(i, into: &bytes)
+        let label = images.index.label(of: i)
+        let name = (images.index.file(of: i) as NSString).lastPathComponent
+        records.append(ImageDataFormatTests.example(image: bytes, label: Int64(label), fileName: name))
+        let key = "class\(label)/" + (name as NSString).deletingPathExtension
+        tar.file(key + ".cls", Array(String(label).utf8))
+        tar.file(key + ".jpg", bytes)
+      }
+      tar.end()
+      ImageDataFormatTests.writeShards(
+        [Array(records.prefix(5)), Array(records.dropFirst(5))], name: "toy", split: split, in: dir + "/tfds/toy/1.0.0")
+      ImageDataFormatTests.write(tar.bytes, to: "\(dir)/wds/\(split == "train" ? "train" : "val")/shard-0.tar")
+    }
+    let names = "class0\nclass1\nclass2\n"
+    ImageDataFormatTests.write(names, to: dir + "/tfds/toy/1.0.0/label.labels.txt")
+    ImageDataFormatTests.write(names, to: dir + "/wds/label.labels.txt")
+    let order = try EpochSampler(datasetSize: folderTrain.count, globalBatch: 4, seed: 2).permutation(epoch: 3)
+    let batches = stride(from: 0, to: order.count, by: 4).map { order[$0..<min($0 + 4, order.count)] }
+    let expected = try feedAll(folderTrain, batches, epoch: 3)
+    let expectedVal = try feedAll(folderVal, [Array(0..<folderVal.count)[...]], training: false)
+    for (layout, format) in [("tfds", DataFormat.tfrecord), ("wds", .webDataset)] {
+      let splits = try DataSplits.load(directory: dir + "/" + layout, images: options())
+      #expect(splits.format == format && splits.classNames == ["class0", "class1", "class2"])
+      let train = splits.train as! StreamedImages
+      let val = splits.test as! StreamedImages
+      #expect((0..<train.count).map(train.index.label) == (0..<folderTrain.count).map(folderTrain.index.label))
+      let got = try feedAll(train, batches, epoch: 3)
+      #expect(got.pixels == expected.pixels && got.labels == expected.labels, "\(layout)")
+      let gotVal = try feedAll(val, [Array(0..<val.count)[...]], training: false)
+      #expect(gotVal.pixels == expectedVal.pixels && gotVal.labels == expectedVal.labels, "\(layout)")
     }
   }
 
