@@ -16,7 +16,8 @@ struct DataCheckCommand: ParsableCommand {
     commandName: "check",
     abstract: "Count an ImageNet-format data set's images per split and class and decode every one of them.",
     discussion:
-      "Exits 0 only when every image decodes cleanly; lists each file that does not (decoding errors, libjpeg warnings such as a premature end of data).")
+      "Exits 0 only when every image decodes cleanly; lists each file that does not (decoding errors, libjpeg warnings such as a premature end of data)."
+  )
 
   @Argument(help: "The data set: an image folder, TFDS TFRecords or WebDataset tar shards.")
   var directory: String

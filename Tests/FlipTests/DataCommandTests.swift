@@ -21,7 +21,9 @@ struct DataCommandTests {
     let bad = try runFlip(["data", "check", dir, "--json"], environment: env)
     #expect(bad.status != 0)
     let report = try JSONDecoder().decode(DataCheckReport.self, from: Data(bad.stdout.utf8))
-    #expect(report.bad.count == 1 && report.bad[0].file.hasSuffix("val/class2/img1.JPEG") && report.bad[0].split == "validation")
+    #expect(
+      report.bad.count == 1 && report.bad[0].file.hasSuffix("val/class2/img1.JPEG")
+        && report.bad[0].split == "validation")
     #expect(report.splits.map(\.samples) == [12, 6] && report.classNames == ["class0", "class1", "class2"])
     let missing = try runFlip(["data", "check", dir + "/nowhere"], environment: env)
     #expect(missing.status != 0 && missing.stderr.contains("nowhere"), "\(missing.stderr)")
@@ -35,7 +37,8 @@ struct DataCommandTests {
     let lines = r.stdout.split(separator: "\n")
     #expect(lines.count == 1)
     let row = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
-    #expect((row?["images_per_second"] as? Double ?? 0) > 0 && row?["images"] as? Int == 32 && row?["threads"] as? Int == 2)
+    #expect(
+      (row?["images_per_second"] as? Double ?? 0) > 0 && row?["images"] as? Int == 32 && row?["threads"] as? Int == 2)
   }
 
   /// A model far faster than one thread decodes its 200 × 150 JPEGs: the steps wait for data,
@@ -44,11 +47,11 @@ struct DataCommandTests {
     let dir = temporaryDirectory("data-wait")
     try writeImageFolder(dir, classes: 2, perClass: 64, valPerClass: 2, width: 200, height: 150)
     try """
-      layers:
-        - {type: Flatten}
-        - {type: QuantDense, units: 2, kernel_quantizer: ste_sign, kernel_constraint: weight_clip}
-        - {type: Activation, activation: softmax}
-      """.write(toFile: dir + "/m.yaml", atomically: true, encoding: .utf8)
+    layers:
+      - {type: Flatten}
+      - {type: QuantDense, units: 2, kernel_quantizer: ste_sign, kernel_constraint: weight_clip}
+      - {type: Activation, activation: softmax}
+    """.write(toFile: dir + "/m.yaml", atomically: true, encoding: .utf8)
     let r = try runFlip(
       [
         "train", "--config", dir + "/m.yaml", "--data", dir, "--image-size", "32", "--batch-size", "16", "--epochs",

@@ -122,7 +122,9 @@ struct ImageFeedTests {
     let dir = temporaryDirectory("image-folder-eval")
     try writeImageFolder(dir, classes: 2, perClass: 2, valPerClass: 1)
     var pixels = [UInt8](repeating: 0, count: 64 * 64 * 3)
-    for y in 0..<64 { for x in 0..<64 { for c in 0..<3 { pixels[(y * 64 + x) * 3 + c] = UInt8((x * 3 + y * 5 + c * 70) % 256) } } }
+    for y in 0..<64 {
+      for x in 0..<64 { for c in 0..<3 { pixels[(y * 64 + x) * 3 + c] = UInt8((x * 3 + y * 5 + c * 70) % 256) } }
+    }
     let png = try ImageEncoder.png(pixels, width: 64, height: 64, channels: 3)
     try Data(png).write(to: URL(fileURLWithPath: dir + "/val/class1/img0.JPEG"))
     let splits = try DataSplits.load(directory: dir, images: options(size: 32))
@@ -146,7 +148,8 @@ struct ImageFeedTests {
   @Test func grayscaleCMYKAndPNGAsJPEGDecode() throws {
     let dir = temporaryDirectory("image-folder-odd")
     try writeImageFolder(dir, classes: 2, perClass: 2, valPerClass: 1)
-    let gray = try ImageEncoder.jpeg([UInt8](repeating: 90, count: 30 * 20), width: 30, height: 20, components: 1, quality: 90)
+    let gray = try ImageEncoder.jpeg(
+      [UInt8](repeating: 90, count: 30 * 20), width: 30, height: 20, components: 1, quality: 90)
     try Data(gray).write(to: URL(fileURLWithPath: dir + "/train/class0/gray.JPEG"))
     let cmyk = try ImageEncoder.jpeg(
       (0..<(30 * 20)).flatMap { _ in [UInt8(20), 200, 120, 30] }, width: 30, height: 20, components: 4, quality: 90)

@@ -9,10 +9,13 @@ import Testing
 struct ImagePreprocessingTests {
   @Test func evaluationCropIsLarqZoosCentralCrop() {
     // 224/256 of the shorter side, truncated in float32; offset (side − size + 1) / 2.
-    #expect(ImageCrops.central(width: 500, height: 375, imageSize: 224) == PixelRect(x: 86, y: 24, width: 328, height: 328))
-    #expect(ImageCrops.central(width: 333, height: 500, imageSize: 224) == PixelRect(x: 21, y: 105, width: 291, height: 291))
+    #expect(
+      ImageCrops.central(width: 500, height: 375, imageSize: 224) == PixelRect(x: 86, y: 24, width: 328, height: 328))
+    #expect(
+      ImageCrops.central(width: 333, height: 500, imageSize: 224) == PixelRect(x: 21, y: 105, width: 291, height: 291))
     // Other sizes keep S/(S+32): 128/160 of 100 = 80.
-    #expect(ImageCrops.central(width: 100, height: 120, imageSize: 128) == PixelRect(x: 10, y: 20, width: 80, height: 80))
+    #expect(
+      ImageCrops.central(width: 100, height: 120, imageSize: 128) == PixelRect(x: 10, y: 20, width: 80, height: 80))
     #expect(ImageCrops.central(width: 1, height: 1, imageSize: 224) == PixelRect(x: 0, y: 0, width: 1, height: 1))
   }
 
@@ -45,7 +48,14 @@ struct ImagePreprocessingTests {
     struct Reference: Decodable {
       struct Size: Decodable {
         var height: Int, width: Int
-        var whole_image_fraction: Double, area_hist: [Double], aspect_hist: [Double], mean_area: Double
+        var wholeImageFraction: Double, areaHist: [Double], aspectHist: [Double], meanArea: Double
+        enum CodingKeys: String, CodingKey {
+          case height, width
+          case wholeImageFraction = "whole_image_fraction"
+          case areaHist = "area_hist"
+          case aspectHist = "aspect_hist"
+          case meanArea = "mean_area"
+        }
       }
       var sizes: [Size]
     }
@@ -73,11 +83,11 @@ struct ImagePreprocessingTests {
         aspect[max(0, min(19, Int(q)))] += 1
       }
       let kept = Double(draws) - whole
-      #expect(abs(whole / Double(draws) - r.whole_image_fraction) < 0.002, "\(r.width)×\(r.height)")
-      #expect(abs(areaSum / kept - r.mean_area) < 0.005, "\(r.width)×\(r.height): \(areaSum / kept)")
+      #expect(abs(whole / Double(draws) - r.wholeImageFraction) < 0.002, "\(r.width)×\(r.height)")
+      #expect(abs(areaSum / kept - r.meanArea) < 0.005, "\(r.width)×\(r.height): \(areaSum / kept)")
       for k in 0..<20 {
-        #expect(abs(area[k] / kept - r.area_hist[k]) < 0.006, "area bin \(k) of \(r.width)×\(r.height)")
-        #expect(abs(aspect[k] / kept - r.aspect_hist[k]) < 0.006, "aspect bin \(k) of \(r.width)×\(r.height)")
+        #expect(abs(area[k] / kept - r.areaHist[k]) < 0.006, "area bin \(k) of \(r.width)×\(r.height)")
+        #expect(abs(aspect[k] / kept - r.aspectHist[k]) < 0.006, "aspect bin \(k) of \(r.width)×\(r.height)")
       }
     }
   }
@@ -152,7 +162,9 @@ struct ImagePreprocessingTests {
   @Test func resamplingAWindowOfItsOwnSizeCopiesIt() {
     let f: (Int, Int, Int) -> UInt8 = { x, y, c in UInt8((x * 7 + y * 13 + c * 50) % 256) }
     let out = resample(width: 12, height: 10, window: (3, 2, 9, 8), size: 6, f)
-    for y in 0..<6 { for x in 0..<6 { for c in 0..<3 { #expect(out[(y * 6 + x) * 3 + c] == Float(f(x + 3, y + 2, c))) } } }
+    for y in 0..<6 {
+      for x in 0..<6 { for c in 0..<3 { #expect(out[(y * 6 + x) * 3 + c] == Float(f(x + 3, y + 2, c))) } }
+    }
     let flipped = resample(width: 12, height: 10, window: (3, 2, 9, 8), size: 6, flip: true, f)
     for y in 0..<6 { for x in 0..<6 { #expect(flipped[(y * 6 + x) * 3] == Float(f(3 + 5 - x, y + 2, 0))) } }
   }
@@ -168,7 +180,9 @@ struct ImagePreprocessingTests {
     let out = resample(width: 64, height: 8, window: (0, 0, 64, 8), size: 16) { x, _, _ in UInt8(x) }
     for i in 2..<14 { #expect(abs(out[(3 * 16 + i) * 3] - (Float(4 * i) + 1.5)) < 1e-3) }
     // A one-pixel checkerboard shrunk 4×: antialiasing averages it to mid-gray (no aliasing).
-    let board = resample(width: 64, height: 64, window: (0, 0, 64, 64), size: 16) { x, y, _ in (x + y) % 2 == 0 ? 255 : 0 }
+    let board = resample(width: 64, height: 64, window: (0, 0, 64, 64), size: 16) { x, y, _ in
+      (x + y) % 2 == 0 ? 255 : 0
+    }
     for i in 2..<14 { #expect(abs(board[(8 * 16 + i) * 3] - 127.5) < 2) }
   }
 }

@@ -43,8 +43,11 @@ extension MPITests {
     // flip evaluate reads the run's image size and evaluation transform from its config.
     let evaluated = try runFlip(["evaluate", "--run", dir + "/whole", "--threads", "1"], environment: env)
     let accuracy = rows.last?["test_accuracy"] as? Double ?? -1
-    #expect(evaluated.status == 0 && evaluated.stdout.contains(String(format: "test_accuracy: %.4f", accuracy)), "\(evaluated.stdout) \(evaluated.stderr)")
-    let killed = try launch(2, args(dir + "/run"), environment: env.merging(["FLIP_TEST_FAULT": "kill:1:11"]) { a, _ in a })
+    #expect(
+      evaluated.status == 0 && evaluated.stdout.contains(String(format: "test_accuracy: %.4f", accuracy)),
+      "\(evaluated.stdout) \(evaluated.stderr)")
+    let killed = try launch(
+      2, args(dir + "/run"), environment: env.merging(["FLIP_TEST_FAULT": "kill:1:11"]) { a, _ in a })
     #expect(killed.status != 0)
     let resumed = try launch(2, ["train", "--resume", dir + "/run", "--threads", "1", "--quiet"], environment: env)
     #expect(resumed.status == 0, "\(resumed.stderr)")
@@ -55,6 +58,7 @@ extension MPITests {
     try FileManager.default.moveItem(atPath: dir + "/val/class1", toPath: dir + "/val/class1b")
     let other = try launch(
       1, ["train", "--resume", dir + "/run", "--epochs", "4", "--threads", "1", "--quiet"], environment: env)
-    #expect(other.status != 0 && other.stderr.contains("class 1 is 'class1' in the run but 'class1b'"), "\(other.stderr)")
+    #expect(
+      other.status != 0 && other.stderr.contains("class 1 is 'class1' in the run but 'class1b'"), "\(other.stderr)")
   }
 }

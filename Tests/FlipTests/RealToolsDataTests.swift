@@ -15,7 +15,8 @@ struct RealToolsDataTests {
     var train: [[Entry]]
     var validation: [[Entry]]
     enum Entry: Decodable {
-      case name(String), label(Int)
+      case name(String)
+      case label(Int)
       init(from decoder: Decoder) throws {
         let c = try decoder.singleValueContainer()
         if let n = try? c.decode(Int.self) { self = .label(n) } else { self = .name(try c.decode(String.self)) }
@@ -30,7 +31,8 @@ struct RealToolsDataTests {
     let env = ProcessInfo.processInfo.environment
     let root = env["FLIP_REAL_TOOLS_DATA"]!
     let source = env["FLIP_REAL_TOOLS_SOURCE"]!
-    let expected = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: URL(fileURLWithPath: root + "/expected.json")))
+    let expected = try JSONDecoder().decode(
+      Expected.self, from: Data(contentsOf: URL(fileURLWithPath: root + "/expected.json")))
     let set = try ImageDataSet.open(directory: root + "/" + layout, cache: nil)
     #expect(set.layout == (layout == "tfrecord" ? .tfrecord : .webDataset))
     #expect(set.classNames == expected.classes)
@@ -38,10 +40,14 @@ struct RealToolsDataTests {
       #expect(index.count == rows.count)
       var bytes: [UInt8] = []
       for (i, row) in rows.enumerated() {
-        guard case .name(let name) = row[0], case .label(let label) = row[1] else { Issue.record("bad row \(row)"); return }
+        guard case .name(let name) = row[0], case .label(let label) = row[1] else {
+          Issue.record("bad row \(row)")
+          return
+        }
         #expect(Int(index.label(of: i)) == label, "\(index.describe(i))")
         try index.read(i, into: &bytes)
-        let original = try Data(contentsOf: URL(fileURLWithPath: "\(source)/\(split)/\(expected.classes[label])/\(name)"))
+        let original = try Data(
+          contentsOf: URL(fileURLWithPath: "\(source)/\(split)/\(expected.classes[label])/\(name)"))
         #expect(bytes == [UInt8](original), "\(index.describe(i)) is not \(name)")
       }
     }

@@ -44,7 +44,8 @@ extension Dataset: SampleSet {
   public func makeFeed(batch: Int, training: Bool, seed: UInt64, augmentation: Augmentation?, compute: Compute)
     -> BatchFeed
   {
-    InMemoryFeed(dataset: self, batch: batch, training: training, seed: seed, augmentation: augmentation, compute: compute)
+    InMemoryFeed(
+      dataset: self, batch: batch, training: training, seed: seed, augmentation: augmentation, compute: compute)
   }
 }
 

@@ -160,7 +160,8 @@ enum TFRecordShards {
           throw .corruptData(path: path, reason: "the record at byte \(at) has label \(example.label)")
         }
         guard example.image.count <= Int(UInt32.max) else {
-          throw .corruptData(path: path, reason: "the record at byte \(at) holds an image of \(example.image.count) bytes (over 4 GiB)")
+          throw .corruptData(
+            path: path, reason: "the record at byte \(at) holds an image of \(example.image.count) bytes (over 4 GiB)")
         }
         let start = record.data.lowerBound + example.image.lowerBound
         offsets.append(Int64(start))

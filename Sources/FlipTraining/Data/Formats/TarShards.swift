@@ -29,6 +29,18 @@ enum TarShards {
     var data: Range<Int>
   }
 
+  /// The `path` and `size` records of the pax header at byte `at`.
+  static func paxPathAndSize(_ data: UnsafeRawBufferPointer, path: String, at: Int) throws(TrainingError) -> (
+    path: String?, size: Int?
+  ) {
+    let records = try paxRecords(data, path: path, at: at)
+    guard let s = records["size"] else { return (records["path"], nil) }
+    guard let v = Int(s), v >= 0 else {
+      throw .corruptData(path: path, reason: "the pax header at byte \(at) has size \(s)")
+    }
+    return (records["path"], v)
+  }
+
   /// The regular members of the tar `bytes`, in order, passed to `body`. Throws (naming `path`
   /// and the byte offset) on a header whose checksum does not match, a member running past the
   /// end of the file, or a header cut short.
@@ -77,14 +89,9 @@ enum TarShards {
       case UInt8(ascii: "L"):
         longName = String(decoding: memberData.prefix { $0 != 0 }, as: UTF8.self)
       case UInt8(ascii: "x"):
-        let records = try paxRecords(memberData, path: path, at: at)
-        if let p = records["path"] { paxPath = p }
-        if let s = records["size"] {
-          guard let v = Int(s), v >= 0 else {
-            throw .corruptData(path: path, reason: "the pax header at byte \(at) has size \(s)")
-          }
-          paxSize = v
-        }
+        let pax = try paxPathAndSize(memberData, path: path, at: at)
+        paxPath = pax.path ?? paxPath
+        paxSize = pax.size ?? paxSize
       case UInt8(ascii: "g"), UInt8(ascii: "K"):
         break  // global pax records, GNU long link names: nothing a sample needs
       default:
@@ -194,6 +201,20 @@ enum TarShards {
   /// sample with an image but no `.cls` member or the reverse, two images or labels for one
   /// key, a key whose members are not adjacent (a duplicate key), or an unreadable label.
   static func scan(_ path: String) throws(TrainingError) -> SampleIndex {
+    var samples = SampleCollector(path: path)
+    try DataFiles.withMappedFile(path) { (bytes) throws(TrainingError) in
+      try members(bytes, path: path) { (member) throws(TrainingError) in try samples.add(member, in: bytes) }
+      try samples.finish()
+    }
+    return SampleIndex(
+      layout: .webDataset, files: [path], fileNumbers: [Int32](repeating: 0, count: samples.labels.count),
+      offsets: samples.offsets, lengths: samples.lengths, labels: samples.labels, recordOffsets: samples.recordOffsets,
+      memberNames: samples.names, memberNameEnds: samples.nameEnds)
+  }
+
+  /// Groups a tar's members into samples by key, as `scan` reads them.
+  struct SampleCollector {
+    let path: String
     var offsets: [Int64] = []
     var lengths: [UInt32] = []
     var labels: [Int32] = []
@@ -204,9 +225,53 @@ enum TarShards {
     var key: String?
     var image: Member?
     var label: (value: Int32, member: Member)?
-    var finished: [String: Int] = [:]  // key → where its sample's first member starts
+    /// Key → where its sample's first member starts.
+    var finished: [String: Int] = [:]
 
-    func finish() throws(TrainingError) {
+    init(path: String) { self.path = path }
+
+    /// Adds `member` of the tar `bytes` to its sample (finishing the one before at a new key).
+    mutating func add(_ member: Member, in bytes: UnsafeRawBufferPointer) throws(TrainingError) {
+      guard let (memberKey, ext) = keyAndExtension(member.name) else { return }
+      let place = "member \(member.name) at byte \(member.headerOffset)"
+      if memberKey != key {
+        try finish()
+        if let earlier = finished[memberKey] {
+          throw .corruptData(
+            path: path,
+            reason:
+              "\(place): the key \(memberKey) repeats (a sample with this key starts at byte \(earlier)); keys must be unique and a sample's members adjacent"
+          )
+        }
+        finished[memberKey] = member.headerOffset
+        key = memberKey
+      }
+      let kind = ext.lowercased()
+      if imageExtensions.contains(kind) {
+        if let other = image {
+          throw .corruptData(
+            path: path, reason: "\(place): the sample \(memberKey) has a second image (\(other.name) is the first)")
+        }
+        guard member.data.count <= Int(UInt32.max) else {
+          throw .corruptData(path: path, reason: "\(place): \(member.data.count) bytes is too large for an image")
+        }
+        image = member
+      } else if kind == "cls" {
+        if label != nil {
+          throw .corruptData(path: path, reason: "\(place): the sample \(memberKey) has a second label")
+        }
+        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[member.data]), as: UTF8.self)
+          .trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let value = Int32(text) else {
+          throw .corruptData(path: path, reason: "\(place): the label \"\(text.prefix(40))\" is not a decimal integer")
+        }
+        label = (value, member)
+      }
+    }
+
+    /// Ends the sample being collected: recorded when it has an image and a label, an error
+    /// when it has one of them only.
+    mutating func finish() throws(TrainingError) {
       defer { (key, image, label) = (nil, nil, nil) }
       guard let key else { return }
       switch (image, label) {
@@ -232,50 +297,5 @@ enum TarShards {
       case (nil, nil): break  // other members only (metadata): not a sample
       }
     }
-
-    try DataFiles.withMappedFile(path) { (bytes) throws(TrainingError) in
-      try members(bytes, path: path) { (member) throws(TrainingError) in
-        guard let (memberKey, ext) = keyAndExtension(member.name) else { return }
-        let place = "member \(member.name) at byte \(member.headerOffset)"
-        if memberKey != key {
-          try finish()
-          if let earlier = finished[memberKey] {
-            throw .corruptData(
-              path: path,
-              reason:
-                "\(place): the key \(memberKey) repeats (a sample with this key starts at byte \(earlier)); keys must be unique and a sample's members adjacent"
-            )
-          }
-          finished[memberKey] = member.headerOffset
-          key = memberKey
-        }
-        let kind = ext.lowercased()
-        if imageExtensions.contains(kind) {
-          if let other = image {
-            throw .corruptData(
-              path: path, reason: "\(place): the sample \(memberKey) has a second image (\(other.name) is the first)")
-          }
-          guard member.data.count <= Int(UInt32.max) else {
-            throw .corruptData(path: path, reason: "\(place): \(member.data.count) bytes is too large for an image")
-          }
-          image = member
-        } else if kind == "cls" {
-          if label != nil {
-            throw .corruptData(path: path, reason: "\(place): the sample \(memberKey) has a second label")
-          }
-          let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[member.data]), as: UTF8.self)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
-          guard let value = Int32(text) else {
-            throw .corruptData(
-              path: path, reason: "\(place): the label \"\(text.prefix(40))\" is not a decimal integer")
-          }
-          label = (value, member)
-        }
-      }
-      try finish()
-    }
-    return SampleIndex(
-      layout: .webDataset, files: [path], fileNumbers: [Int32](repeating: 0, count: labels.count), offsets: offsets,
-      lengths: lengths, labels: labels, recordOffsets: recordOffsets, memberNames: names, memberNameEnds: nameEnds)
   }
 }

@@ -108,7 +108,9 @@ public struct DataCheckReport: Codable, Sendable {
       lines.append("\(c)\t" + splits.map { String($0.perClass[c]) }.joined(separator: "\t") + "\t\(classNames[c])")
     }
     let decoded = splits.reduce(0) { $0 + $1.samples }
-    lines.append(String(format: "decoded %d images in %.1f s: ", decoded, seconds) + (bad.isEmpty ? "none bad" : "\(bad.count) bad"))
+    lines.append(
+      String(format: "decoded %d images in %.1f s: ", decoded, seconds)
+        + (bad.isEmpty ? "none bad" : "\(bad.count) bad"))
     for b in bad { lines.append("bad (\(b.split)): \(b.file): \(b.problem)") }
     return lines.joined(separator: "\n")
   }

@@ -21,7 +21,9 @@ public enum ImageCrops {
   /// detects by the shape) the evaluation crop instead.
   public static func training(width: Int, height: Int, imageSize: Int, generator g: inout SplitMix64) -> PixelRect {
     let crop = sampleDistorted(width: width, height: height, generator: &g)
-    if crop.width == width && crop.height == height { return central(width: width, height: height, imageSize: imageSize) }
+    if crop.width == width && crop.height == height {
+      return central(width: width, height: height, imageSize: imageSize)
+    }
     return crop
   }
 

@@ -123,7 +123,8 @@ final class ImageResampler {
         columns.count.withUnsafeBufferPointer { counts in
           columns.weights.withUnsafeBufferPointer { weights in
             let taps = Taps.Pointers(
-              start: starts.baseAddress!, count: counts.baseAddress!, weights: weights.baseAddress!, width: columns.width)
+              start: starts.baseAddress!, count: counts.baseAddress!, weights: weights.baseAddress!,
+              width: columns.width)
             for i in 0..<size {
               let wp = rw.baseAddress! + i * rows.width
               let first = f + (rows.start[i] - firstRow) * columnsUsed
