@@ -185,6 +185,8 @@ public final class Trainer {
   /// This rank's training batches (b, H, W, C) and labels, b ≤ the micro-step's batch; an
   /// image data set's are decoded ahead in background threads.
   private let trainFeed: BatchFeed
+  /// The test set's feed, made at the first evaluation.
+  private var testFeed: BatchFeed?
   /// The epoch and step whose batches the feed hands over next (nil: none announced).
   private var feedNext: (epoch: Int, step: Int)?
   private let localCapacity: Int
@@ -553,7 +555,7 @@ public final class Trainer {
     try synchronizeBatchNormStatistics()
     let waited = try takeDataWait().sinceEpoch
     let evaluationStart = DispatchTime.now().uptimeNanoseconds
-    let (testLoss, testAccuracy) = try evaluate(data.test)
+    let (testLoss, testAccuracy) = try evaluateTestSet()
     timeline?.record("evaluation", track: .evaluation, start: evaluationStart, end: DispatchTime.now().uptimeNanoseconds)
     return EpochResult(
       epoch: epoch + 1, step: clock.step, loss: running.meanLoss, accuracy: running.accuracy,
@@ -595,6 +597,18 @@ public final class Trainer {
     return try evaluateModel(model, on: dataset, communicator: communicator, batch: localCapacity, loss: loss)
   }
 
+  /// `evaluate(data.test)` through one feed kept from epoch to epoch (an image set's decoding
+  /// threads and buffers are made once).
+  func evaluateTestSet() throws -> (loss: Double, accuracy: Double) {
+    try stallInspector?.enter(step: clock.step, .evaluation, waiting: true)
+    let feed =
+      testFeed
+      ?? data.test.makeFeed(batch: localCapacity, training: false, seed: 0, augmentation: nil, compute: model.compute)
+    testFeed = feed
+    return try evaluateModel(
+      model, on: data.test, communicator: communicator, batch: localCapacity, loss: loss, feed: feed)
+  }
+
   /// With local BatchNorm each rank's moving statistics differ: average them so every rank
   /// holds the same model (identity on one process).
   public func synchronizeBatchNormStatistics() throws {
@@ -631,13 +645,15 @@ func scale(_ buffer: FloatBuffer, by factor: Float) {
 }
 
 /// Evaluates `model` (inference mode) on this rank's contiguous shard of `dataset` in batches
-/// of `batch`; sums are all-reduced so every rank gets the global mean loss and accuracy.
+/// of `batch` (through `feed`, one of `dataset`'s evaluation feeds, when given); sums are
+/// all-reduced so every rank gets the global mean loss and accuracy.
 public func evaluateModel(
   _ model: Model, on dataset: any SampleSet, communicator: Communicator, batch: Int,
-  loss: SparseCategoricalCrossentropy? = nil
+  loss: SparseCategoricalCrossentropy? = nil, feed: BatchFeed? = nil
 ) throws -> (loss: Double, accuracy: Double) {
   model.allocate(maxBatch: batch)
-  let feed = dataset.makeFeed(batch: batch, training: false, seed: 0, augmentation: nil, compute: model.compute)
+  let feed =
+    feed ?? dataset.makeFeed(batch: batch, training: false, seed: 0, augmentation: nil, compute: model.compute)
   let lossFunction = loss ?? SparseCategoricalCrossentropy(classes: dataset.classes)
   let n = dataset.count
   let ranks = communicator.size
