@@ -65,6 +65,10 @@ struct SettingsTests {
     ("keep_checkpoints: 0", "keep_checkpoints"),
     ("bucket_mb: -1", "bucket_mb"),
     ("stall_timeout: 0", "stall_timeout"),
+    ("image_size: 2", "image_size"),
+    ("data_threads: 0", "data_threads"),
+    ("mean: [0.5, 0.5]", "mean"),
+    ("std: [0.2, 0, 0.2]", "std"),
   ])
   func outOfRangeValuesAreErrorsWhateverTheirSource(line: String, key: String) throws {
     let message = errorMessage {
@@ -72,6 +76,38 @@ struct SettingsTests {
       try s.validate()
     }
     #expect(message.contains(key) && message.contains("must be"), "\(line): \(message)")
+  }
+
+  /// The ImageNet-format keys: read from YAML, resumable where they change nothing trained
+  /// (decoding threads, the bad-image policy), and absent from the settings entries of
+  /// earlier checkpoints, which read with their defaults.
+  @Test func imageDataKeys() throws {
+    let yaml =
+      Self.tiny
+      + "\nimage_size: 160\naugment: crop\nmean: [0.5, 0.5, 0.5]\nstd: [0.25, 0.25, 0.25]\ndata_threads: 3\nbad_images: error\n"
+    let s = try RunSettings.parse(yaml: yaml, file: "r.yaml")
+    try s.validate()
+    #expect(s.imageSize == 160 && s.augment == .crop && s.mean == [0.5, 0.5, 0.5] && s.dataThreads == 3)
+    #expect(s.badImages == .error)
+    #expect(try RunSettings.parse(yaml: Self.tiny, file: "t").augment == nil)
+    let unknown = errorMessage { _ = try RunSettings.parse(yaml: Self.tiny + "\nbad_images: skip\n", file: "r.yaml") }
+    #expect(unknown.contains("bad_images") && unknown.contains("replace, error"), "\(unknown)")
+    #expect(RunSettings.resumableKeys.isSuperset(of: [.dataThreads, .badImages]))
+    #expect(!RunSettings.resumableKeys.contains(.imageSize) && !RunSettings.resumableKeys.contains(.mean))
+    // Resolved for streamed data: crop-flip and 224 unless given; in-memory data: no augmentation.
+    let tiny = try RunSettings.parse(yaml: Self.tiny, file: "t")
+    let streamed = try tiny.resolved(trainSamples: 10, sampleShape: [224, 224, 3], classes: 2, streamed: true)
+    #expect(streamed.augment == .cropFlip && streamed.imageSize == 224)
+    let memory = try tiny.resolved(trainSamples: 10, sampleShape: [28, 28, 1], classes: 2)
+    #expect(memory.augment == AugmentationMode.none && memory.imageSize == nil)
+    // An entry written before these keys existed.
+    var entry = try JSONSerialization.jsonObject(with: Data(try SettingsEntry.text(s).utf8)) as! [String: Any]
+    var settings = entry["settings"] as! [String: Any]
+    for key in ["image_size", "mean", "std", "data_threads", "bad_images"] { settings[key] = nil }
+    entry["settings"] = settings
+    let text = String(decoding: try JSONSerialization.data(withJSONObject: entry), as: UTF8.self)
+    let old = try SettingsEntry.read([SettingsEntry.key: text], file: "old")
+    #expect(old.imageSize == nil && old.mean == ImagePreprocessing.imageNetMean && old.badImages == .replace)
   }
 
   @Test func aliasBombsAreRefusedQuicklyInBoundedMemory() {

@@ -32,8 +32,8 @@ public struct RunSettings: Equatable, Sendable {
   public var imageSize: Int?
   /// ImageNet-format data: per-channel mean and standard deviation of pixels in [0, 1],
   /// normalized as `(x − mean) / std` (ImageNet's, as Larq Zoo).
-  public var mean = ImagePreprocessing.imageNetMean.map(Double.init)
-  public var std = ImagePreprocessing.imageNetStd.map(Double.init)
+  public var mean = ImagePreprocessing.imageNetMean
+  public var std = ImagePreprocessing.imageNetStd
   /// ImageNet-format data: decoding threads per rank (nil: as many as the rank's compute threads).
   public var dataThreads: Int?
   /// ImageNet-format data: what a file that does not decode cleanly does.

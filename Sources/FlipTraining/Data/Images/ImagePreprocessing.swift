@@ -21,16 +21,16 @@ public struct ImagePreprocessing: Sendable, Equatable {
   public var std: [Float]
 
   /// ImageNet's, as Larq Zoo normalizes (`MEAN_RGB`, `STDDEV_RGB` divided by 255).
-  public static let imageNetMean: [Float] = [0.485, 0.456, 0.406]
-  public static let imageNetStd: [Float] = [0.229, 0.224, 0.225]
+  public static let imageNetMean: [Double] = [0.485, 0.456, 0.406]
+  public static let imageNetStd: [Double] = [0.229, 0.224, 0.225]
   public static let defaultImageSize = 224
   /// The DCT scales n/8 the JPEG decoder may use: full, and the three reduced scales whose
   /// inverse DCTs libjpeg-turbo has SIMD code for (docs/data.md has the measurement).
   public static let decodeScales = [1, 2, 4, 8]
 
   public init(
-    imageSize: Int = defaultImageSize, augment: AugmentationMode = .cropFlip, mean: [Float] = imageNetMean,
-    std: [Float] = imageNetStd
+    imageSize: Int = defaultImageSize, augment: AugmentationMode = .cropFlip,
+    mean: [Float] = imageNetMean.map(Float.init), std: [Float] = imageNetStd.map(Float.init)
   ) {
     self.imageSize = imageSize
     self.augment = augment
