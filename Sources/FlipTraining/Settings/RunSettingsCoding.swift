@@ -131,7 +131,10 @@ struct SettingField: Sendable {
           var absent = ""
           return try r.read(key, &absent)  // an error only where every key is required
         }
-        if try r.container.decodeNil(forKey: key) { return s[keyPath: path] = nil }
+        if try r.container.decodeNil(forKey: key) {
+          s[keyPath: path] = nil
+          return
+        }
         var v = s[keyPath: path] ?? T.allCases.first!
         try r.choice(key, &v)
         s[keyPath: path] = v
