@@ -137,9 +137,12 @@ func loadData(_ settings: RunSettings, environment env: RunEnvironment, compute:
 
 /// A line on a data set for the log: `60000 training and 10000 test images of [28, 28, 1], 10 classes`.
 func describe(_ data: DataSplits) -> String {
-  let decoding = (data.train as? StreamedImages).map { ", decoded in \($0.threads) thread\($0.threads == 1 ? "" : "s") per rank" }
+  let decoding = (data.train as? StreamedImages).map {
+    ", decoded in \($0.threads) thread\($0.threads == 1 ? "" : "s") per rank"
+  }
+  let shape = data.train.sampleShape
   return
-    "\(data.train.count) training and \(data.test.count) test images of \(data.train.sampleShape), \(data.train.classes) classes\(decoding ?? "")"
+    "\(data.train.count) training and \(data.test.count) test images of \(shape), \(data.train.classes) classes\(decoding ?? "")"
 }
 
 /// `flip train`'s start-up check: the model's fast kernels against their references on this
