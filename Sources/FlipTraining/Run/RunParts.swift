@@ -101,6 +101,7 @@ func checkSameSettingsOnEveryRank(_ settings: RunSettings, communicator: Communi
   var run = settings
   // Per-rank choices that cannot make the replicas differ.
   run.threads = nil
+  run.dataThreads = nil
   let h = FNV1a.hash(try SettingsEntry.text(run).utf8)
   let all = try communicator.allgather(h)
   let differing = all.indices.filter { all[$0] != all[0] }
