@@ -474,6 +474,10 @@ public final class Trainer {
       }
     }
     let trainSeconds = seconds(since: start)
+    // The next epoch's first batches decode while this one is evaluated.
+    if epoch + 1 < options.epochs {
+      try startFeed(order: sampler.permutation(epoch: epoch + 1), epoch: epoch + 1, from: 0)
+    }
     let result = try finishEpoch(
       epoch, running: running, hyperparameters: hyperparameters,
       imagesPerSecond: (running.samples - samplesBefore) / trainSeconds, start: start)
