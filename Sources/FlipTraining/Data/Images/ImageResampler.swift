@@ -6,11 +6,8 @@
 final class ImageResampler {
   private var columns = Taps()
   private var rows = Taps()
-  /// The window's rows as floats (rows used × columns × 3), one vertically resampled row (with
-  /// a float of slack for 4-wide loads), and one output row.
-  private var horizontal = Scratch()
+  /// One vertically resampled row (with a float of slack for 4-wide loads).
   private var line = Scratch()
-  private var sum = Scratch()
 
   /// A float buffer that grows and is never shrunk.
   struct Scratch {
@@ -28,9 +25,7 @@ final class ImageResampler {
   }
 
   deinit {
-    horizontal.free()
     line.free()
-    sum.free()
   }
 
   /// The filter taps of one axis: output `i` is `Σ_k weights[i·width + k] · in[start[i] + k]`
@@ -102,22 +97,13 @@ final class ImageResampler {
     precondition(!xPixels.isEmpty && !yPixels.isEmpty, "an empty resampling window")
     columns.compute(from: window.x0, to: window.x1, size: size, pixels: xPixels)
     rows.compute(from: window.y0, to: window.y1, size: size, pixels: yPixels)
-    // Vertically first (contiguous rows, vectorized), over the window's columns only; then
-    // horizontally, on S rows instead of the window's height.
+    // Vertically first (contiguous rows of bytes, vectorized), over the window's columns only;
+    // then horizontally, on S rows instead of the window's height.
     let columnsUsed = xPixels.count * 3
-    let firstRow = rows.start[0]
-    let used = (0..<size).map { rows.start[$0] + rows.count[$0] }.max()! - firstRow
     let rowFloats = size * 3
-    let f = horizontal.reserve(used * columnsUsed)
     let v = line.reserve(columnsUsed + 1)
-    let acc = sum.reserve(rowFloats)
     v[columnsUsed] = 0
-    for r in 0..<used {
-      let src = source + (firstRow + r) * rowBytes + xPixels.lowerBound * 3
-      let dst = f + r * columnsUsed
-      for t in 0..<columnsUsed { dst[t] = Float(src[t]) }
-    }
-    let pattern = Affine(scale: scale, bias: bias)
+    let window = source + xPixels.lowerBound * 3
     rows.weights.withUnsafeBufferPointer { rw in
       columns.start.withUnsafeBufferPointer { starts in
         columns.count.withUnsafeBufferPointer { counts in
@@ -127,16 +113,17 @@ final class ImageResampler {
               width: columns.width)
             for i in 0..<size {
               let wp = rw.baseAddress! + i * rows.width
-              let first = f + (rows.start[i] - firstRow) * columnsUsed
+              let first = window + rows.start[i] * rowBytes
               let w0 = wp[0]
-              for t in 0..<columnsUsed { v[t] = w0 * first[t] }
+              for t in 0..<columnsUsed { v[t] = w0 * Float(first[t]) }
               for k in 1..<max(1, rows.count[i]) {
                 let w = wp[k]
-                let row = first + k * columnsUsed
-                for t in 0..<columnsUsed { v[t] += w * row[t] }
+                let row = first + k * rowBytes
+                for t in 0..<columnsUsed { v[t] += w * Float(row[t]) }
               }
-              Self.resampleRow(v - xPixels.lowerBound * 3, taps: taps, size: size, into: acc)
-              Self.writeRow(acc, size: size, flip: flip, pattern: pattern, into: out + i * rowFloats)
+              Self.resampleRow(
+                v - xPixels.lowerBound * 3, taps: taps, size: size, flip: flip, scale: scale, bias: bias,
+                into: out + i * rowFloats)
             }
           }
         }
@@ -145,10 +132,12 @@ final class ImageResampler {
   }
 
   /// One row of floats (RGB, indexed from the row's pixel 0) resampled horizontally to `size`
-  /// RGB floats; reads one float past a tap's pixel (4-wide loads).
+  /// RGB floats, each channel `c` mapped to `value · scale[c] + bias[c]`, written mirrored when
+  /// `flip`; reads one float past a tap's pixel (4-wide loads).
   @inline(__always)
   private static func resampleRow(
-    _ row: UnsafePointer<Float>, taps: Taps.Pointers, size: Int, into out: UnsafeMutablePointer<Float>
+    _ row: UnsafePointer<Float>, taps: Taps.Pointers, size: Int, flip: Bool, scale: SIMD4<Float>,
+    bias: SIMD4<Float>, into out: UnsafeMutablePointer<Float>
   ) {
     for i in 0..<size {
       var p = UnsafeRawPointer(row + Int(taps.start[i]) * 3)
@@ -158,58 +147,8 @@ final class ImageResampler {
         a += wp[k] * p.loadUnaligned(as: SIMD4<Float>.self)
         p += 12
       }
-      out[3 * i] = a[0]
-      out[3 * i + 1] = a[1]
-      out[3 * i + 2] = a[2]
-    }
-  }
-
-  /// A per-channel affine map over RGB floats: `s[k]`, `b[k]` hold the scales and biases of
-  /// the channels of floats 4k…4k+3 of every 12 (channels 0 1 2 0, 1 2 0 1, 2 0 1 2).
-  struct Affine {
-    var s: (SIMD4<Float>, SIMD4<Float>, SIMD4<Float>)
-    var b: (SIMD4<Float>, SIMD4<Float>, SIMD4<Float>)
-    var scale: SIMD4<Float>
-    var bias: SIMD4<Float>
-    init(scale: SIMD4<Float>, bias: SIMD4<Float>) {
-      func rotate(_ v: SIMD4<Float>, _ k: Int) -> SIMD4<Float> {
-        SIMD4(v[k % 3], v[(k + 1) % 3], v[(k + 2) % 3], v[k % 3])
-      }
-      s = (rotate(scale, 0), rotate(scale, 1), rotate(scale, 2))
-      b = (rotate(bias, 0), rotate(bias, 1), rotate(bias, 2))
-      self.scale = scale
-      self.bias = bias
-    }
-  }
-
-  /// A resampled row normalized per channel into `out`, mirrored when `flip`.
-  @inline(__always)
-  private static func writeRow(
-    _ acc: UnsafeMutablePointer<Float>, size: Int, flip: Bool, pattern: Affine, into out: UnsafeMutablePointer<Float>
-  ) {
-    let n = size * 3
-    var t = 0
-    let raw = UnsafeMutableRawPointer(acc)
-    while t + 12 <= n {
-      let p = raw + t * 4
-      p.storeBytes(of: p.loadUnaligned(as: SIMD4<Float>.self) * pattern.s.0 + pattern.b.0, as: SIMD4<Float>.self)
-      (p + 16).storeBytes(
-        of: (p + 16).loadUnaligned(as: SIMD4<Float>.self) * pattern.s.1 + pattern.b.1, as: SIMD4<Float>.self)
-      (p + 32).storeBytes(
-        of: (p + 32).loadUnaligned(as: SIMD4<Float>.self) * pattern.s.2 + pattern.b.2, as: SIMD4<Float>.self)
-      t += 12
-    }
-    while t < n {
-      acc[t] = acc[t] * pattern.scale[t % 3] + pattern.bias[t % 3]
-      t += 1
-    }
-    if !flip {
-      out.update(from: acc, count: n)
-      return
-    }
-    for q in 0..<size {
-      let a = acc + 3 * q
-      let o = out + 3 * (size - 1 - q)
+      a = a * scale + bias
+      let o = out + 3 * (flip ? size - 1 - i : i)
       o[0] = a[0]
       o[1] = a[1]
       o[2] = a[2]
