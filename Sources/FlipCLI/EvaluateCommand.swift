@@ -65,12 +65,12 @@ struct EvaluateCommand: ParsableCommand {
       let choices = try model.chooseBinaryForward(batch: batchSize, policy: policy)
       for choice in choices { logger.debug("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)") }
       if let warning = policy.unusedWarning(choices) { logger.warning("\(warning)") }
-      let (loss, accuracy) = try evaluateModel(model, on: splits.test, communicator: communicator, batch: batchSize)
+      let r = try evaluateModel(model, on: splits.test, communicator: communicator, batch: batchSize)
       if communicator.isRoot {
         print(
           String(
-            format: "test_loss: %.4f - test_accuracy: %.4f (%d images from %@)", loss, accuracy, splits.test.count,
-            config.data))
+            format: "test_loss: %.4f - test_accuracy: %.4f - test_top5_accuracy: %.4f (%d images from %@)", r.loss,
+            r.accuracy, r.top5Accuracy, splits.test.count, config.data))
       }
     }
   }

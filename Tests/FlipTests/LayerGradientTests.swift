@@ -710,6 +710,23 @@ struct LayerGradientTests {
     #expect(allClose(g1, g2, tol: 1e-5), "max difference \(maxDifference(g1, g2))")
   }
 
+  /// Top-1 takes the first of equal scores; top-5 counts a label when fewer than 5 classes
+  /// score strictly higher (TensorFlow's `in_top_k`: ties at the boundary are in).
+  @Test func topOneAndTopFiveByHand() {
+    let loss = SparseCategoricalCrossentropy(classes: 7)
+    loss.allocate(maxBatch: 4)
+    let scores: [Float] = [7, 6, 5, 4, 3, 2, 1] + [7, 6, 5, 4, 3, 2, 1] + [1, 1, 1, 1, 1, 1, 1] + [9, 1, 2, 3, 4, 5, 6]
+    let labels: [Int32] = [4, 5, 6, 0]
+    let r = scores.withUnsafeBufferPointer { s in
+      labels.withUnsafeBufferPointer { l in
+        loss.evaluate(s.baseAddress!, labels: l.baseAddress!, batch: 4, fromLogits: true, withGradient: false)
+      }
+    }
+    // Sample 0: 4 higher (top-5 only); 1: 5 higher (neither); 2: all tied (top-5 only);
+    // 3: the highest (both).
+    #expect(r.correct == 1 && r.top5 == 3)
+  }
+
   @Test("the loss gradient is softmax − onehot of the logits (sum over samples)")
   func lossGradient() throws {
     var d = LayerSpec(.dense)

@@ -27,7 +27,7 @@ extension MPITests {
       if row["kind"] as? String == "step" {
         for key in ["loss", "accuracy"] { want["step/" + key, default: [:]][step] = row[key] as? Double }
       } else {
-        for key in ["loss", "accuracy", "test_loss", "test_accuracy", "images_per_second"] {
+        for key in ["loss", "accuracy", "test_loss", "test_accuracy", "test_top5_accuracy", "images_per_second"] {
           want["epoch/" + key, default: [:]][step] = row[key] as? Double
         }
         for (layer, ratio) in row["flip_ratio"] as! [String: Double] { want["epoch/flip_ratio/" + layer, default: [:]][step] = ratio }

@@ -22,10 +22,14 @@ public final class SparseCategoricalCrossentropy {
     gradient = FloatBuffer(count: maxBatch * classes)
   }
 
-  /// Sum of losses, number of correct argmax predictions, and (if asked) the gradient.
+  /// Sum of losses, number of correct argmax predictions, number of labels among the five
+  /// highest scores, and (if asked) the gradient.
   public struct Result {
     public var lossSum: Double
     public var correct: Int
+    /// Keras's `sparse_top_k_categorical_accuracy` with k = 5 (TensorFlow's `in_top_k`): fewer
+    /// than 5 classes score strictly higher than the label, so ties at the boundary count.
+    public var top5: Int
     public var gradient: UnsafePointer<Float>?
   }
 
@@ -36,13 +40,17 @@ public final class SparseCategoricalCrossentropy {
     let k = classes
     var lossSum: Double = 0
     var correct = 0
+    var top5 = 0
     let g = gradient.pointer
     for i in 0..<batch {
       let row = input + i * k
       let label = Int(labels[i])
       var best = 0
+      var higher = 0
       for j in 1..<k where row[j] > row[best] { best = j }
+      for j in 0..<k where row[j] > row[label] { higher += 1 }
       if best == label { correct += 1 }
+      if higher < 5 { top5 += 1 }
       if fromLogits {
         let m = row[best]
         var s: Double = 0
@@ -64,7 +72,7 @@ public final class SparseCategoricalCrossentropy {
         }
       }
     }
-    return Result(lossSum: lossSum, correct: correct, gradient: withGradient ? UnsafePointer(g) : nil)
+    return Result(lossSum: lossSum, correct: correct, top5: top5, gradient: withGradient ? UnsafePointer(g) : nil)
   }
 }
 
@@ -83,14 +91,15 @@ extension Model {
     return (r.lossSum, r.correct)
   }
 
-  /// Inference on `batch` samples: summed loss and correct predictions.
+  /// Inference on `batch` samples: summed loss, correct predictions, and labels among the
+  /// five highest scores.
   public func evaluate(
     _ x: UnsafePointer<Float>, labels: UnsafePointer<Int32>, batch: Int, loss: SparseCategoricalCrossentropy
-  ) throws -> (lossSum: Double, correct: Int) {
+  ) throws -> (lossSum: Double, correct: Int, top5: Int) {
     loss.allocate(maxBatch: maxBatch)
     let top = endsInSoftmax ? layers.count - 1 : layers.count
     let out = try forward(x, batch: batch, training: false, through: top)
     let r = loss.evaluate(out, labels: labels, batch: batch, fromLogits: endsInSoftmax, withGradient: false)
-    return (r.lossSum, r.correct)
+    return (r.lossSum, r.correct, r.top5)
   }
 }

@@ -95,6 +95,7 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
   public var seconds: Double
   public var testLoss: Double?
   public var testAccuracy: Double?
+  public var testTop5Accuracy: Double?
   public var flipRatio: [String: Double]?
   public var imagesPerSecond: Double?
   /// Epoch rows only (null when the optimizer has none).
@@ -116,6 +117,7 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
       seconds: result.seconds)
     testLoss = result.testLoss
     testAccuracy = result.testAccuracy
+    testTop5Accuracy = result.testTop5Accuracy
     flipRatio = result.flipRatio
     imagesPerSecond = result.imagesPerSecond
     learningRate = result.learningRate
@@ -127,6 +129,7 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
     case kind, epoch, step, loss, accuracy, seconds
     case testLoss = "test_loss"
     case testAccuracy = "test_accuracy"
+    case testTop5Accuracy = "test_top5_accuracy"
     case flipRatio = "flip_ratio"
     case imagesPerSecond = "images_per_second"
     case learningRate = "learning_rate"
@@ -150,6 +153,7 @@ public struct MetricsRow: Encodable, Equatable, Sendable {
     if kind == "epoch" {
       try finite(testLoss, .testLoss)
       try finite(testAccuracy, .testAccuracy)
+      try finite(testTop5Accuracy, .testTop5Accuracy)
       try c.encode((flipRatio ?? [:]).filter { $0.value.isFinite }, forKey: .flipRatio)
       try finite(imagesPerSecond, .imagesPerSecond)
       try finite(learningRate, .learningRate)

@@ -115,6 +115,8 @@ public struct EpochResult: Sendable {
   public var accuracy: Double
   public var testLoss: Double
   public var testAccuracy: Double
+  /// The share of test images whose label is among the model's five highest scores.
+  public var testTop5Accuracy: Double = 0
   public var learningRate: Double?
   public var flipRatio: [String: Double]
   public var imagesPerSecond: Double
@@ -559,11 +561,12 @@ public final class Trainer {
     try synchronizeBatchNormStatistics()
     let waited = try takeDataWait().sinceEpoch
     let evaluationStart = DispatchTime.now().uptimeNanoseconds
-    let (testLoss, testAccuracy) = try evaluateTestSet()
+    let test = try evaluateTestSet()
     timeline?.record("evaluation", track: .evaluation, start: evaluationStart, end: DispatchTime.now().uptimeNanoseconds)
     return EpochResult(
       epoch: epoch + 1, step: clock.step, loss: running.meanLoss, accuracy: running.accuracy,
-      testLoss: testLoss, testAccuracy: testAccuracy, learningRate: hyperparameters["learning_rate"],
+      testLoss: test.loss, testAccuracy: test.accuracy, testTop5Accuracy: test.top5Accuracy,
+      learningRate: hyperparameters["learning_rate"],
       flipRatio: running.flipRatios(layers: model.flipCountingLayers, counts: position.flipCounts),
       imagesPerSecond: imagesPerSecond, seconds: seconds(since: start), dataWaitSeconds: waited,
       badImages: streamsImages ? position.badImages : nil)
@@ -596,14 +599,14 @@ public final class Trainer {
   }
 
   /// Mean test loss and accuracy over `dataset`, sharded over the ranks, count-weighted.
-  public func evaluate(_ dataset: any SampleSet) throws -> (loss: Double, accuracy: Double) {
+  public func evaluate(_ dataset: any SampleSet) throws -> Evaluation {
     try stallInspector?.enter(step: clock.step, .evaluation, waiting: true)
     return try evaluateModel(model, on: dataset, communicator: communicator, batch: localCapacity, loss: loss)
   }
 
   /// `evaluate(data.test)` through one feed kept from epoch to epoch (an image set's decoding
   /// threads and buffers are made once).
-  func evaluateTestSet() throws -> (loss: Double, accuracy: Double) {
+  func evaluateTestSet() throws -> Evaluation {
     try stallInspector?.enter(step: clock.step, .evaluation, waiting: true)
     let feed =
       testFeed
@@ -648,13 +651,22 @@ func scale(_ buffer: FloatBuffer, by factor: Float) {
   for i in 0..<buffer.count { p[i] *= factor }
 }
 
+/// A model's figures on a test set: mean loss, top-1 and top-5 accuracy.
+public struct Evaluation: Sendable, Equatable {
+  public var loss: Double
+  public var accuracy: Double
+  /// The share of samples whose label is among the five highest scores (Keras's
+  /// `sparse_top_k_categorical_accuracy`, k = 5; 1 with five classes or fewer).
+  public var top5Accuracy: Double
+}
+
 /// Evaluates `model` (inference mode) on this rank's contiguous shard of `dataset` in batches
 /// of `batch` (through `feed`, one of `dataset`'s evaluation feeds, when given); sums are
 /// all-reduced so every rank gets the global mean loss and accuracy.
 public func evaluateModel(
   _ model: Model, on dataset: any SampleSet, communicator: Communicator, batch: Int,
   loss: SparseCategoricalCrossentropy? = nil, feed: BatchFeed? = nil
-) throws -> (loss: Double, accuracy: Double) {
+) throws -> Evaluation {
   model.allocate(maxBatch: batch)
   let feed =
     feed ?? dataset.makeFeed(batch: batch, training: false, seed: 0, augmentation: nil, compute: model.compute)
@@ -665,14 +677,16 @@ public func evaluateModel(
   let lo = rank * (n / ranks) + min(rank, n % ranks)
   let hi = lo + n / ranks + (rank < n % ranks ? 1 : 0)
   let all = Array(0..<n)
-  var totals = [0.0, 0.0, Double(hi - lo)]
+  // Loss sum, correct, samples, top-5 correct.
+  var totals = [0.0, 0.0, Double(hi - lo), 0.0]
   try feed.begin(epoch: 0, batches: stride(from: lo, to: hi, by: batch).map { all[$0..<min($0 + batch, hi)] })
   for _ in stride(from: lo, to: hi, by: batch) {
     let b = try feed.next()
     let r = try model.evaluate(b.images, labels: b.labels, batch: b.count, loss: lossFunction)
     totals[0] += r.lossSum
     totals[1] += Double(r.correct)
+    totals[3] += Double(r.top5)
   }
   try communicator.allreduceSum(&totals)
-  return (totals[0] / totals[2], totals[1] / totals[2])
+  return Evaluation(loss: totals[0] / totals[2], accuracy: totals[1] / totals[2], top5Accuracy: totals[3] / totals[2])
 }

@@ -44,7 +44,8 @@ public final class TensorBoardLog {
   func epoch(_ r: EpochResult, hyperparameters: [String: Double]) throws {
     var values: [(String, Double)] = [
       ("epoch/loss", r.loss), ("epoch/accuracy", r.accuracy), ("epoch/test_loss", r.testLoss),
-      ("epoch/test_accuracy", r.testAccuracy), ("epoch/images_per_second", r.imagesPerSecond),
+      ("epoch/test_accuracy", r.testAccuracy), ("epoch/test_top5_accuracy", r.testTop5Accuracy),
+      ("epoch/images_per_second", r.imagesPerSecond),
       ("epoch/data_wait_seconds", r.dataWaitSeconds),
     ]
     if let bad = r.badImages { values.append(("epoch/bad_images", Double(bad))) }
