@@ -23,7 +23,7 @@ public enum BNNError: Error, CustomStringConvertible, Equatable {
     case .unknownOptimizer(let n):
       return "unknown optimizer '\(n)'; known: adam, sgd, bop, case"
     case .unknownSchedule(let n):
-      return "unknown schedule '\(n)'; known: constant, exponential_decay, step_decay, cosine_decay, linear_warmup"
+      return "unknown schedule '\(n)'; known: constant, exponential_decay, step_decay, cosine_decay, polynomial_decay, linear_warmup"
     case .unknownLayer(let n):
       return "unknown layer type '\(n)'; known: \(LayerKind.allCases.map(\.rawValue).joined(separator: ", "))"
     case .invalidParameter(let owner, let parameter, let reason):

@@ -3,6 +3,7 @@ import Foundation
 import Testing
 
 @testable import FlipBNN
+import FlipTraining
 
 // Optimizers, constraints and schedules against hand-computed values (the formulas of Keras 2.15
 // Adam and SGD, Larq Bop and CaseOptimizer, weight_clip, Keras learning-rate schedules).
@@ -306,6 +307,29 @@ struct OptimizerTests {
     #expect(close(a.value(at: 50), 0.2 * 0.55, tol: 1e-12))
     #expect(close(a.value(at: 100), 0.02, tol: 1e-12))
     #expect(close(a.value(at: 1000), 0.02, tol: 1e-12))
+  }
+
+  /// Keras's PolynomialDecay (cycle off) by hand; power 1 and end 0 is Larq Zoo's Bi-Real Net
+  /// schedule (linear to 0 over the run); `decay_steps: run` is resolved when the run starts;
+  /// the config round-trips with Keras's defaults (end 0.0001, power 1).
+  @Test func polynomialDecay() throws {
+    let linear = Schedule.polynomialDecay(initial: 5e-3, decaySteps: 100, end: 0, power: 1)
+    for (t, v) in [(0, 5e-3), (25, 3.75e-3), (50, 2.5e-3), (100, 0), (400, 0)] {
+      #expect(close(linear.value(at: t), v, tol: 1e-15), "t = \(t)")
+    }
+    let square = Schedule.polynomialDecay(initial: 1, decaySteps: 10, end: 0.1, power: 2)
+    #expect(close(square.value(at: 5), 0.9 * 0.25 + 0.1, tol: 1e-15))
+    #expect(close(square.value(at: 10), 0.1, tol: 1e-15) && close(square.value(at: 11), 0.1, tol: 1e-15))
+    let run = Schedule.polynomialDecay(initial: 1, decaySteps: Schedule.runLength, end: 0, power: 1)
+    #expect(run.resolvingRunLength(40) == .polynomialDecay(initial: 1, decaySteps: 40, end: 0, power: 1))
+    let yaml = "model: larq-cnn\noptimizer: {type: adam, learning_rate: {schedule: polynomial_decay, initial: 0.005, decay_steps: run}}\n"
+    let spec = try RunSettings.parse(yaml: yaml, file: "p.yaml").optimizer
+    guard case .adam(let lr, _, _, _) = spec else { Issue.record("\(spec)"); return }
+    #expect(lr.schedule == .polynomialDecay(initial: 0.005, decaySteps: Schedule.runLength, end: 0.0001, power: 1))
+    #expect(try RunSettings.parse(yaml: try RunSettings.parse(yaml: yaml, file: "p").yaml(), file: "q").optimizer == spec)
+    #expect(throws: BNNError.self) {
+      try Schedule.polynomialDecay(initial: 1, decaySteps: 10, end: 0, power: 0).validate(owner: "adam")
+    }
   }
 
   @Test("linear warmup, then cosine decay from the warmup's end")

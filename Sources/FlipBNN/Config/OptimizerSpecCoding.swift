@@ -179,7 +179,8 @@ extension Schedule {
   init(config s: ConfigMap) throws {
     guard let name = try s.string("schedule") else {
       throw s.error(
-        "schedule", "a schedule needs a name: constant, exponential_decay, step_decay, cosine_decay, linear_warmup")
+        "schedule",
+        "a schedule needs a name: constant, exponential_decay, step_decay, cosine_decay, polynomial_decay, linear_warmup")
     }
     func need(_ k: String) throws -> Double {
       guard let v = try s.double(k) else { throw s.error(k, "is required for \(name)") }
@@ -210,6 +211,14 @@ extension Schedule {
       let steps = run ? Schedule.runLength : try needInt("decay_steps")
       if run { _ = s.raw("decay_steps") }
       self = .cosineDecay(initial: try need("initial"), decaySteps: steps, alpha: try s.double("alpha") ?? 0)
+    case "polynomial_decay":
+      // Keras's PolynomialDecay: end_learning_rate 0.0001 and power 1 unless given.
+      let run = s.values["decay_steps"] == .string("run")
+      let steps = run ? Schedule.runLength : try needInt("decay_steps")
+      if run { _ = s.raw("decay_steps") }
+      self = .polynomialDecay(
+        initial: try need("initial"), decaySteps: steps, end: try s.double("end") ?? 0.0001,
+        power: try s.double("power") ?? 1)
     case "scaled":
       self = .scaled(factor: try need("factor"), inner: try inner("inner", "scaled needs the schedule it scales under 'inner'"))
     case "linear_warmup":
@@ -237,6 +246,12 @@ extension Schedule {
     case .cosineDecay(let i, let steps, let alpha):
       let decaySteps: ConfigValue = steps == Schedule.runLength ? "run" : .int(steps)
       return .map(["schedule": "cosine_decay", "initial": .double(i), "decay_steps": decaySteps, "alpha": .double(alpha)])
+    case .polynomialDecay(let i, let steps, let end, let power):
+      let decaySteps: ConfigValue = steps == Schedule.runLength ? "run" : .int(steps)
+      return .map([
+        "schedule": "polynomial_decay", "initial": .double(i), "decay_steps": decaySteps, "end": .double(end),
+        "power": .double(power),
+      ])
     case .scaled(let factor, let inner):
       return .map(["schedule": "scaled", "factor": .double(factor), "inner": inner.config])
     case .linearWarmup(let w, let start, let then):

@@ -124,7 +124,7 @@ public indirect enum OptimizerSpec: Equatable, Sendable {
   public func make() throws -> Optimizer {
     guard !waitsForRunLength else {
       throw BNNError.invalidParameter(
-        owner: "cosine_decay", parameter: "decay_steps",
+        owner: "schedule", parameter: "decay_steps",
         reason: "'run' needs the run's length: resolve it with resolvingRunLength(totalSteps:) first")
     }
     switch self {

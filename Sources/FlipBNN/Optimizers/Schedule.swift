@@ -14,6 +14,9 @@ public indirect enum Schedule: Equatable, Sendable {
   case stepDecay(boundaries: [Int], values: [Double])
   /// `v = initial · ((1 − α)·½(1 + cos(π·min(t, decay_steps)/decay_steps)) + α)` (Keras's `CosineDecay`).
   case cosineDecay(initial: Double, decaySteps: Int, alpha: Double)
+  /// `v = (initial − end)·(1 − min(t, decay_steps)/decay_steps)^power + end` (Keras's
+  /// `PolynomialDecay` without `cycle`; power 1 and end 0: linear decay to 0).
+  case polynomialDecay(initial: Double, decaySteps: Int, end: Double, power: Double)
   /// `v = start + (then(0) − start)·t/warmup` for `t < warmup`, then `then(t − warmup)`
   /// (Goyal et al. 2017; Keras 3's `warmup_steps`).
   case linearWarmup(warmup: Int, start: Double, then: Schedule)
@@ -34,6 +37,9 @@ public indirect enum Schedule: Equatable, Sendable {
       let progress = Double(min(t, steps)) / Double(steps)
       let cosine = 0.5 * (1 + cos(Double.pi * progress))
       return initial * ((1 - alpha) * cosine + alpha)
+    case .polynomialDecay(let initial, let steps, let end, let power):
+      let progress = Double(min(t, steps)) / Double(steps)
+      return (initial - end) * pow(1 - progress, power) + end
     case .linearWarmup(let warmup, let start, let then):
       if t < warmup { return start + (then.value(at: 0) - start) * Double(t) / Double(warmup) }
       return then.value(at: t - warmup)
@@ -51,6 +57,8 @@ public indirect enum Schedule: Equatable, Sendable {
     switch self {
     case .cosineDecay(let i, let steps, let alpha) where steps == Self.runLength:
       return .cosineDecay(initial: i, decaySteps: totalSteps, alpha: alpha)
+    case .polynomialDecay(let i, let steps, let end, let power) where steps == Self.runLength:
+      return .polynomialDecay(initial: i, decaySteps: totalSteps, end: end, power: power)
     case .linearWarmup(let w, let start, let then):
       return .linearWarmup(warmup: w, start: start, then: then.resolvingRunLength(max(1, totalSteps - w)))
     case .scaled(let factor, let inner): return .scaled(factor: factor, inner: inner.resolvingRunLength(totalSteps))
@@ -77,6 +85,10 @@ public indirect enum Schedule: Equatable, Sendable {
     case .cosineDecay(_, let steps, let alpha):
       if steps < 0 { throw bad("decay_steps", "must be positive (or run), got \(steps)") }
       if alpha < 0 || alpha > 1 { throw bad("alpha", "must be in [0, 1], got \(alpha)") }
+    case .polynomialDecay(_, let steps, let end, let power):
+      if steps < 0 { throw bad("decay_steps", "must be positive (or run), got \(steps)") }
+      if !(power > 0) || !power.isFinite { throw bad("power", "must be positive, got \(power)") }
+      if !end.isFinite { throw bad("end", "must be finite, got \(end)") }
     case .linearWarmup(let warmup, _, let then):
       if warmup <= 0 { throw bad("warmup_steps", "must be positive, got \(warmup)") }
       try then.validate(owner: owner)
