@@ -180,7 +180,8 @@ extension Schedule {
     guard let name = try s.string("schedule") else {
       throw s.error(
         "schedule",
-        "a schedule needs a name: constant, exponential_decay, step_decay, cosine_decay, polynomial_decay, linear_warmup")
+        "a schedule needs a name: constant, exponential_decay, step_decay, cosine_decay, polynomial_decay, "
+          + "linear_warmup")
     }
     func need(_ k: String) throws -> Double {
       guard let v = try s.double(k) else { throw s.error(k, "is required for \(name)") }
