@@ -599,21 +599,21 @@ public final class Trainer {
   }
 
   /// Mean test loss and accuracy over `dataset`, sharded over the ranks, count-weighted.
-  public func evaluate(_ dataset: any SampleSet) throws -> Evaluation {
+  /// Through `feed` when given (one of `dataset`'s evaluation feeds), else a new one.
+  public func evaluate(_ dataset: any SampleSet, feed: BatchFeed? = nil) throws -> Evaluation {
     try stallInspector?.enter(step: clock.step, .evaluation, waiting: true)
-    return try evaluateModel(model, on: dataset, communicator: communicator, batch: localCapacity, loss: loss)
+    return try evaluateModel(
+      model, on: dataset, communicator: communicator, batch: localCapacity, loss: loss, feed: feed)
   }
 
   /// `evaluate(data.test)` through one feed kept from epoch to epoch (an image set's decoding
   /// threads and buffers are made once).
   func evaluateTestSet() throws -> Evaluation {
-    try stallInspector?.enter(step: clock.step, .evaluation, waiting: true)
     let feed =
       testFeed
       ?? data.test.makeFeed(batch: localCapacity, training: false, seed: 0, augmentation: nil, compute: model.compute)
     testFeed = feed
-    return try evaluateModel(
-      model, on: data.test, communicator: communicator, batch: localCapacity, loss: loss, feed: feed)
+    return try evaluate(data.test, feed: feed)
   }
 
   /// With local BatchNorm each rank's moving statistics differ: average them so every rank

@@ -87,10 +87,7 @@ public struct DataCheckReport: Codable, Sendable {
       do throws(ImageDecodeError) {
         let h = try ImageDecoder.header(raw)
         let r = try decoder.decode(raw, scaleEighths: 8, rect: PixelRect(x: 0, y: 0, width: h.width, height: h.height))
-        guard r.warnings == 0 else {
-          return "decodes only with \(r.warnings) libjpeg warning\(r.warnings == 1 ? "" : "s"): \(r.firstWarning ?? "")"
-        }
-        return nil
+        return r.warningProblem
       } catch { return error.description }
     }
   }

@@ -48,6 +48,12 @@ public struct DecodedRegion: Sendable, Equatable {
   /// "Premature end of JPEG file" for a truncated file (whose missing rows are gray).
   public var warnings: Int
   public var firstWarning: String?
+
+  /// Why the region counts as bad though it decoded (its warnings), or nil for a clean decode.
+  public var warningProblem: String? {
+    guard warnings > 0 else { return nil }
+    return "decodes only with \(warnings) libjpeg warning\(warnings == 1 ? "" : "s"): \(firstWarning ?? "")"
+  }
 }
 
 /// Why bytes did not decode. The messages name the problem, not the file: the caller adds the

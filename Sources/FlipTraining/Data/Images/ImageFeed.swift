@@ -151,10 +151,7 @@ private final class FeedState: @unchecked Sendable {
     handed = 0
     cursor = (0, 0)
     failure = nil
-    for k in 0..<slots {
-      remaining[k] = k < batches.count ? batches[k].count : 0
-      bad[k] = 0
-    }
+    for k in 0..<slots { resetSlot(for: k) }
     lock.broadcast()
   }
 
@@ -175,10 +172,10 @@ private final class FeedState: @unchecked Sendable {
       badImages: bad[s])
   }
 
-  /// Makes batch `k`'s slot ready to be filled (called under the lock).
+  /// Makes batch `k`'s slot ready to be filled (called under the lock); past the pass's last
+  /// batch, empty.
   private func resetSlot(for k: Int) {
-    guard k < batches.count else { return }
-    remaining[k % slots] = batches[k].count
+    remaining[k % slots] = k < batches.count ? batches[k].count : 0
     bad[k % slots] = 0
   }
 
@@ -248,19 +245,23 @@ private final class FeedState: @unchecked Sendable {
           drawIndex: candidate, into: out)
         return .success((index.label(of: candidate), attempt > 0))
       } catch {
-        // A file that cannot be read stops the job whatever the policy: the fault is the file
-        // system's, and replacing the sample would make the run depend on it.
-        guard case .bad(let message) = error else { return .failure(error.readError) }
-        let path = index.describe(candidate)
-        if images.badImages == .error {
-          return .failure(
-            TrainingError.corruptData(
-              path: path,
-              reason:
-                "\(message). Remove or replace the file, or pass --bad-images replace to train on with another image in its place"
-            ))
+        switch error {
+        case .unreadable(let e):
+          // A file that cannot be read stops the job whatever the policy: the fault is the file
+          // system's, and replacing the sample would make the run depend on it.
+          return .failure(e)
+        case .bad(let message):
+          let path = index.describe(candidate)
+          if images.badImages == .error {
+            return .failure(
+              TrainingError.corruptData(
+                path: path,
+                reason:
+                  "\(message). Remove or replace the file, or pass --bad-images replace to train on with another image in its place"
+              ))
+          }
+          images.reports.report(sample: candidate, "\(path): \(message); another image stands in for it")
         }
-        images.reports.report(sample: candidate, "\(path): \(message); another image stands in for it")
       }
       candidate = images.replacement(for: i, attempt: attempt, seed: seed)
     }

@@ -110,14 +110,6 @@ public struct ImagePreprocessing: Sendable, Equatable {
 enum ImageSampleFailure: Error {
   case unreadable(TrainingError)
   case bad(String)
-
-  /// The error that stops the job (a bad image's message where the policy makes it fatal).
-  var readError: TrainingError {
-    switch self {
-    case .unreadable(let e): return e
-    case .bad(let message): return .invalidArgument(message)
-    }
-  }
 }
 
 /// Turns samples of a `SampleIndex` into model input, one image at a time: read the bytes,
@@ -162,10 +154,7 @@ final class ImageSampleReader {
     let want = PixelRect(
       x: lo.x, y: lo.y, width: min(sw, Int(x1.rounded(.up))) - lo.x, height: min(sh, Int(y1.rounded(.up))) - lo.y)
     let region = try decoder.decode(raw, scaleEighths: d.scaleEighths, rect: want)
-    if region.warnings > 0 {
-      let s = region.warnings == 1 ? "" : "s"
-      throw .corrupt("decodes only with \(region.warnings) libjpeg warning\(s): \(region.firstWarning ?? "")")
-    }
+    if let problem = region.warningProblem { throw .corrupt(problem) }
     let (scale, bias) = p.affine
     let r = region.rect
     resampler.resample(
