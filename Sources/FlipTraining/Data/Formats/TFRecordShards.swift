@@ -241,21 +241,34 @@ enum TFRecordShards {
     return (image, label)
   }
 
+  /// The first value `first` finds in the lists a `Feature` holds in its oneof field `wanted`
+  /// (1 `bytes_list`, 3 `int64_list`; each occurrence in turn), or nil; an error naming `kind`
+  /// if the feature holds another kind of list.
+  private static func firstValue<T>(
+    _ feature: UnsafeRawBufferPointer, field wanted: Int, kind: String, feature name: String,
+    _ first: (inout ProtobufDecoder) throws(ProtobufDecoder.Malformed) -> T?
+  ) throws(ProtobufDecoder.Malformed) -> T? {
+    var d = ProtobufDecoder(feature)
+    while let (field, wire) = try d.nextKey() {
+      guard field == wanted else {
+        guard (1...3).contains(field) else {
+          try d.skip(wire)
+          continue
+        }
+        throw ProtobufDecoder.Malformed(reason: "the feature \(name) is not \(kind)")
+      }
+      try ProtobufDecoder.check(wire, 2, "Feature.\(kind)_list")
+      var list = ProtobufDecoder(try d.lengthDelimited())
+      if let value = try first(&list) { return value }
+    }
+    return nil
+  }
+
   /// The first value of a `Feature`'s `bytes_list`, or nil if the list is empty.
   private static func firstBytes(_ feature: UnsafeRawBufferPointer, feature name: String) throws(ProtobufDecoder
     .Malformed) -> UnsafeRawBufferPointer?
   {
-    var d = ProtobufDecoder(feature)
-    while let (field, wire) = try d.nextKey() {
-      guard field == 1 else {
-        guard field == 2 || field == 3 else {
-          try d.skip(wire)
-          continue
-        }
-        throw ProtobufDecoder.Malformed(reason: "the feature \(name) is not bytes")
-      }
-      try ProtobufDecoder.check(wire, 2, "Feature.bytes_list")
-      var list = ProtobufDecoder(try d.lengthDelimited())
+    try firstValue(feature, field: 1, kind: "bytes", feature: name) { (list) throws(ProtobufDecoder.Malformed) in
       while let (field, wire) = try list.nextKey() {
         guard field == 1 else {
           try list.skip(wire)
@@ -264,25 +277,15 @@ enum TFRecordShards {
         try ProtobufDecoder.check(wire, 2, "BytesList.value")
         return try list.lengthDelimited()
       }
+      return nil
     }
-    return nil
   }
 
   /// The first value of a `Feature`'s `int64_list` (packed or not), or nil if it is empty.
   private static func firstInt64(_ feature: UnsafeRawBufferPointer, feature name: String) throws(ProtobufDecoder
     .Malformed) -> Int64?
   {
-    var d = ProtobufDecoder(feature)
-    while let (field, wire) = try d.nextKey() {
-      guard field == 3 else {
-        guard field == 1 || field == 2 else {
-          try d.skip(wire)
-          continue
-        }
-        throw ProtobufDecoder.Malformed(reason: "the feature \(name) is not int64")
-      }
-      try ProtobufDecoder.check(wire, 2, "Feature.int64_list")
-      var list = ProtobufDecoder(try d.lengthDelimited())
+    try firstValue(feature, field: 3, kind: "int64", feature: name) { (list) throws(ProtobufDecoder.Malformed) in
       while let (field, wire) = try list.nextKey() {
         guard field == 1 else {
           try list.skip(wire)
@@ -296,7 +299,7 @@ enum TFRecordShards {
         default: throw ProtobufDecoder.Malformed(reason: "Int64List.value has wire type \(wire)")
         }
       }
+      return nil
     }
-    return nil
   }
 }
