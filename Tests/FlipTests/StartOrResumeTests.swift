@@ -30,6 +30,7 @@ struct StartOrResumeTests {
     #expect(first.status == 75, "\(first.stderr)")
     #expect(first.stderr.contains("holds no checkpoint: starting a new run"), "\(first.stderr)")
     #expect(first.stderr.contains("stopped at step 5 (signal SIGUSR1)"), "\(first.stderr)")
+    #expect(first.stderr.contains("Continue with: the same command (flip train ... --resume-or-start \(dir)/run)"))
     let second = try runFlip(Self.command(dir), environment: ["FLIP_TEST_FAULT": "term:0:13"])
     #expect(second.status == 75, "\(second.stderr)")
     #expect(second.stderr.contains("resuming from \(dir)/run/ckpt-000005.safetensors"), "\(second.stderr)")

@@ -13,16 +13,19 @@ extension TrainingRun {
   public static func startOrResume(
     _ settings: RunSettings, in directory: String, environment env: RunEnvironment
   ) throws -> TrainingRun {
-    guard try holdsCheckpoint(directory, communicator: env.communicator) else {
+    let run: TrainingRun
+    if try holdsCheckpoint(directory, communicator: env.communicator) {
+      var overrides: [RunSettings.CodingKeys: ConfigValue] = [:]
+      if case .map(let values) = try settings.config {
+        for key in RunSettings.resumableKeys { overrides[key] = values[key.stringValue] }
+      }
+      run = try resume(directory, overrides: overrides, expected: settings, environment: env)
+    } else {
       env.logger.info("\(directory) holds no checkpoint: starting a new run")
-      return try start(settings, in: directory, overwrite: true, environment: env)
+      run = try start(settings, in: directory, overwrite: true, environment: env)
     }
-    guard case .map(let values) = try settings.config else {
-      return try resume(directory, overrides: [:], environment: env)
-    }
-    var overrides: [RunSettings.CodingKeys: ConfigValue] = [:]
-    for key in RunSettings.resumableKeys { overrides[key] = values[key.stringValue] }
-    return try resume(directory, overrides: overrides, expected: settings, environment: env)
+    run.continueWith = "the same command (flip train ... --resume-or-start \(directory))"
+    return run
   }
 
   /// Whether rank 0 finds a checkpoint file in `directory` (valid or not: a corrupt one is

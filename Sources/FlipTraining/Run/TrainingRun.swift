@@ -50,6 +50,8 @@ public final class TrainingRun {
   public let directory: String
   public let trainer: Trainer
   let environment: RunEnvironment
+  /// How to continue a stopped run, for its last log line (nil: `flip train --resume DIR`).
+  var continueWith: String?
 
   init(settings: RunSettings, directory: String, trainer: Trainer, environment: RunEnvironment) {
     self.settings = settings
@@ -176,9 +178,8 @@ public final class TrainingRun {
         : "a stop request on \(stop.ranks) other rank\(stop.ranks == 1 ? "" : "s")"
       let launcher = communicator.size > 1 ? "mpirun -np \(communicator.size) " : ""
       let checkpoint = trainer.checkpointWrites.last?.path
-      logger.info(
-        "stopped at step \(stop.step) (\(cause)); checkpoint \(checkpoint ?? "none"). Continue with: \(launcher)flip train --resume \(directory)"
-      )
+      let how = continueWith ?? "\(launcher)flip train --resume \(directory)"
+      logger.info("stopped at step \(stop.step) (\(cause)); checkpoint \(checkpoint ?? "none"). Continue with: \(how)")
       return .stopped(step: stop.step, cause: cause, checkpoint: checkpoint)
     }
     if communicator.isRoot {
