@@ -44,15 +44,20 @@ struct SLURMCluster {
 
   func down() { _ = try? runProcess(EmulatedCluster.script, ["down", "--prefix", Self.prefix]) }
 
+  /// Open MPI over TCP on the hosts' subnet, as root.
+  var openMPIEnvironment: [String: String] {
+    [
+      "OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,tcp", "OMPI_MCA_btl_tcp_if_include": subnet,
+      "OMPI_MCA_oob_tcp_if_include": subnet, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    ]
+  }
+
   /// `sbatch -N 2 --ntasks-per-node 1 -t 15 scripts/slurm-example.sh CONFIG RUN extra...`
   /// (the issue's command; the log goes to RUN.log), with the flip under test, no core
   /// binding (the hosts share this machine's cores) and Open MPI on the hosts' subnet.
   func submit(config: String, run: String, _ extra: [String], environment: [String: String] = [:]) throws -> String {
-    let env = [
-      "FLIP": flipExecutable, "FLIP_BIND": "none", "OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,tcp",
-      "OMPI_MCA_btl_tcp_if_include": subnet, "OMPI_MCA_oob_tcp_if_include": subnet,
-      "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    ].merging(environment) { $1 }
+    let env = openMPIEnvironment.merging(["FLIP": flipExecutable, "FLIP_BIND": "none"]) { $1 }
+      .merging(environment) { $1 }
     let args = ["--parsable", "-N", "2", "--ntasks-per-node", "1", "-t", "15", "-o", run + ".log"]
     let r = try runProcess("/usr/bin/sbatch", args + [Self.batchScript, config, run] + extra, environment: env)
     let id = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -237,6 +242,19 @@ extension MPITests {
     #expect(Self.events(run).last == "end \(cluster.job(id).restarts) finished", "\(Self.events(run))")
     #expect(log().contains("resuming from \(run)/ckpt-\(String(format: "%06d", newest)).safetensors"), "\(log())")
     try expectSameRun(dir, run)
+  }
+
+  /// Inside an allocation the ranks start under `srun --mpi=pmix` as well as under `mpirun`
+  /// (which the batch script uses): Flip takes a PMIx launch for an MPI one.
+  @Test(.enabled(if: SLURMCluster.unavailableReason == nil, SLURMCluster.skipComment))
+  func srunWithPMIxStartsTheRanksOnTwoNodes() throws {
+    let cluster = try SLURMCluster.up(hosts: 2)
+    defer { cluster.down() }
+    let r = try runProcess(
+      "/usr/bin/srun", ["-N", "2", "--ntasks-per-node", "1", "--mpi=pmix", "-t", "2", flipExecutable, "mpi-check"],
+      environment: cluster.openMPIEnvironment)
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(r.stdout.contains("mpi-check: 2 ranks, 22 checks passed"), "\(r.stdout) \(r.stderr)")
   }
 
   /// A job that fails every time (here: its config file is missing) is requeued
