@@ -61,7 +61,7 @@ failures() {
     index($0, "\"job\": " job ",") == 0 { next }
     /"event": "start"/ { if (open) n++; open = 1; next }
     /"event": "end"/ { open = 0; if (/"outcome": "(failed|gave-up)"/) n++; else n = 0 }
-    END { print n + 0 }' "$record"
+    END { print n + open }  # a start left open: that run died with its batch node' "$record"
 }
 
 earlier=$(failures)

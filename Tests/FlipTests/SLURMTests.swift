@@ -274,3 +274,77 @@ extension MPITests {
     #expect(ends.map { $0["requeued"] as? Bool } == [true, true, false], "\(ends)")
   }
 }
+
+/// The batch script's decisions without SLURM: `mpirun` and `scontrol` replaced by stubs that
+/// exit with a chosen status and log their arguments, `SLURM_JOB_ID` and `SLURM_RESTART_COUNT`
+/// set as SLURM sets them.
+@Suite("slurm-example.sh decisions")
+struct SLURMScriptTests {
+  /// Runs the script once as run `restart` of job 7 whose `mpirun` exits `status`; the
+  /// script's status, and the `scontrol` and `mpirun` calls it made.
+  static func run(_ dir: String, restart: Int, status: Int, maxRestarts: Int = 3) throws -> (
+    status: Int32, scontrol: String, mpirun: String
+  ) {
+    let bin = dir + "/bin"
+    try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+    for (name, exit) in [("mpirun", status), ("scontrol", 0)] {
+      let stub = "#!/bin/sh\necho \"$*\" >> \(dir)/\(name).calls\nexit \(exit)\n"
+      try stub.write(toFile: bin + "/" + name, atomically: true, encoding: .utf8)
+      chmod(bin + "/" + name, 0o755)
+    }
+    for name in ["mpirun", "scontrol"] { try? FileManager.default.removeItem(atPath: "\(dir)/\(name).calls") }
+    let env = [
+      "PATH": bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"),
+      "SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": String(restart), "FLIP_MAX_RESTARTS": String(maxRestarts),
+    ]
+    let r = try runProcess("/bin/bash", [SLURMCluster.batchScript, dir + "/c.yaml", dir + "/run"], environment: env)
+    let calls = { (name: String) in (try? String(contentsOfFile: "\(dir)/\(name).calls", encoding: .utf8)) ?? "" }
+    return (r.status, calls("scontrol"), calls("mpirun"))
+  }
+
+  @Test func requeuesOnStatus75OnlyAndCountsFailuresInARow() throws {
+    let dir = temporaryDirectory("flip-slurm-script")
+    let stopped = try Self.run(dir, restart: 0, status: 75)
+    #expect(stopped.status == 0 && stopped.scontrol == "requeue 7\n", "\(stopped)")
+    #expect(stopped.mpirun.contains("train --config \(dir)/c.yaml --resume-or-start \(dir)/run"), "\(stopped)")
+    // Three failures in a row are requeued; the fourth is not.
+    for restart in 1...3 {
+      let failed = try Self.run(dir, restart: restart, status: 1)
+      #expect(failed.status == 0 && failed.scontrol == "requeue 7\n", "run \(restart): \(failed)")
+    }
+    let last = try Self.run(dir, restart: 4, status: 1)
+    #expect(last.status == 1 && last.scontrol.isEmpty, "\(last)")
+    let finished = try Self.run(dir, restart: 5, status: 0, maxRestarts: 9)
+    #expect(finished.status == 0 && finished.scontrol.isEmpty, "\(finished)")
+    let outcomes = SLURMCluster.record(dir + "/run").compactMap { $0["outcome"] as? String }
+    #expect(outcomes == ["stopped", "failed", "failed", "failed", "failed", "finished"])
+  }
+
+  /// A start without an end (the batch node died) counts as a failure; past the limit the
+  /// script gives up without starting flip. A run that stopped to be continued resets the count.
+  @Test func aRunWithoutAnEndCountsAsFailedAndTheLimitGivesUp() throws {
+    let dir = temporaryDirectory("flip-slurm-script")
+    try FileManager.default.createDirectory(atPath: dir + "/run", withIntermediateDirectories: true)
+    let rows = [
+      #"{"job": "7", "restart": 0, "event": "start"}"#,
+      #"{"job": "7", "restart": 0, "event": "end", "status": 1, "outcome": "failed", "requeued": true}"#,
+      #"{"job": "7", "restart": 1, "event": "start"}"#,
+      #"{"job": "7", "restart": 2, "event": "start"}"#,
+      #"{"job": "7", "restart": 2, "event": "end", "status": 75, "outcome": "stopped", "requeued": true}"#,
+      #"{"job": "7", "restart": 3, "event": "start"}"#,
+      #"{"job": "8", "restart": 0, "event": "start"}"#,
+      #"{"job": "7", "restart": 4, "event": "start"}"#,
+    ]
+    try (rows.joined(separator: "\n") + "\n").write(
+      toFile: dir + "/run/slurm-jobs.jsonl", atomically: true, encoding: .utf8)
+    // Runs 3 and 4 of job 7 have no end: two failures since run 2 stopped; job 8 is another job.
+    let allowed = try Self.run(dir, restart: 5, status: 75, maxRestarts: 2)
+    #expect(allowed.status == 0 && !allowed.mpirun.isEmpty, "\(allowed)")
+    let lost = #"{"job": "7", "restart": 6, "event": "start"}"# + "\n"
+    try (try String(contentsOfFile: dir + "/run/slurm-jobs.jsonl", encoding: .utf8) + lost + lost + lost)
+      .write(toFile: dir + "/run/slurm-jobs.jsonl", atomically: true, encoding: .utf8)
+    let refused = try Self.run(dir, restart: 7, status: 0, maxRestarts: 2)
+    #expect(refused.status == 1 && refused.mpirun.isEmpty && refused.scontrol.isEmpty, "\(refused)")
+    #expect(SLURMCluster.record(dir + "/run").last?["outcome"] as? String == "gave-up")
+  }
+}
