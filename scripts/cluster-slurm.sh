@@ -134,9 +134,10 @@ slurm_up() {  # SUBNET_BASE N
   if ! munge_answers; then
     mkdir -p /run/munge && chown munge:munge /run/munge
     detached "$slurm_state/munged.start.log" runuser -u munge -- munged || die 2 "munged did not start (runuser -u munge -- munged)"
-    cat /run/munge/munged.pid >"$slurm_state/munged.pid" 2>/dev/null || true
     for t in $(seq 1 20); do munge_answers && break; sleep 0.25; done
     munge_answers || die 1 "munged started but does not answer (munge -n | unmunge)"
+    # Its pid file is written by the daemon, which answers only once it has done so.
+    cat /run/munge/munged.pid >"$slurm_state/munged.pid" 2>/dev/null || true
   fi
   slurm_install_file slurm.conf "$(slurm_write_conf "$base" "$n")"
   slurm_install_file cgroup.conf "$slurm_mark
@@ -160,13 +161,19 @@ ConstrainDevices=no"
   echo "$me: SLURM: slurmctld on $base.254, slurmd on $prefix-h1..$prefix-h$n, partition $slurm_partition; logs in $slurm_state"
 }
 
+alive() {  # PID: running (a zombie that no one reaps, as under gVisor's init, is not)
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 slurm_kill_pidfile() {  # FILE: TERM, then KILL after 5 s
   local pid t
   [ -f "$1" ] || return 0
   pid=$(cat "$1" 2>/dev/null) || return 0
   [[ $pid =~ ^[0-9]+$ ]] || return 0
   kill "$pid" 2>/dev/null || return 0
-  for t in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
+  for t in $(seq 1 20); do alive "$pid" || return 0; sleep 0.25; done
   kill -9 "$pid" 2>/dev/null || true
 }
 
