@@ -13,8 +13,11 @@ import FlipTensor
 ///
 /// With `activation` (Keras's argument), `y = f(conv)` and backward first takes `dy ⊙ f'`.
 ///
-/// With zero padding (`valid`, or `pad_values` 0) the three convolutions run on oneDNN's
-/// convolution primitives instead of im2col + GEMM (faster, measured; no columns at all).
+/// The three convolutions run on oneDNN's convolution primitives (faster than im2col + GEMM,
+/// measured; no columns at all). They pad with zeros; for `pad_values` p ≠ 0 a border output
+/// pixel then gets `p · Σ_{padded taps t} Σ_c q_k(W)[t, c, f]` added, and the quantized kernel's
+/// gradient `p · Σ_{b, pixels where t is padded} dy[·, f]` at every channel of tap t (the input
+/// gradient is the same: padding positions receive nothing).
 public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   public var name: String
   /// The threads its loops and kernels run with (see `Layer.compute`); the primitives are made
@@ -58,9 +61,14 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   }
   private let int8Forward: Int8Forward?
   public var forwardKernels: [BinaryForwardKernel] { int8Forward == nil ? [.fp32] : [.fp32, .int8] }
-  /// Whether the convolutions run on oneDNN's primitives (zero padding only). On by default
-  /// where possible; tests turn it off to compare with im2col + GEMM.
-  public var usePrimitives: Bool
+  /// Whether the convolutions run on oneDNN's primitives. On by default; tests turn it off to
+  /// compare with im2col + GEMM.
+  public var usePrimitives = true
+  /// Each output pixel (index in OH·OW) with taps in the padding, and those taps (index in
+  /// KH·KW); empty unless `same` padding with a nonzero pad value.
+  private let paddedTaps: [(pixel: Int, taps: [Int])]
+  /// (KH·KW, F) per-tap sums over channels: of the quantized kernel (forward), of dy (backward).
+  private var tapSums: FloatBuffer
   /// oneDNN's primitives by batch size (a training batch, the epoch's last, an evaluation batch).
   private var primitives: [Int: ConvolutionPrimitives] = [:]
   /// (R, F) int32 products, and (P, F) a kernel-gradient scratch.
@@ -131,7 +139,71 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     forwardKernel = exact ? .int8 : .fp32
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
     if exact { kernel.makeInt8Copy() }
-    usePrimitives = padding == .valid || padValue == 0
+    paddedTaps = padValue == 0 ? [] : Self.paddedTaps(geometry)
+    tapSums = FloatBuffer(count: paddedTaps.isEmpty ? 0 : geometry.kernelHeight * geometry.kernelWidth * filters)
+  }
+
+  /// The output pixels whose windows reach into the padding, with the taps that do.
+  static func paddedTaps(_ g: ConvGeometry) -> [(pixel: Int, taps: [Int])] {
+    var out: [(pixel: Int, taps: [Int])] = []
+    for oy in 0..<g.outputHeight {
+      for ox in 0..<g.outputWidth {
+        var taps: [Int] = []
+        for ky in 0..<g.kernelHeight {
+          for kx in 0..<g.kernelWidth {
+            let (y, x) = (oy * g.strideHeight - g.padTop + ky, ox * g.strideWidth - g.padLeft + kx)
+            if y < 0 || y >= g.inputHeight || x < 0 || x >= g.inputWidth { taps.append(ky * g.kernelWidth + kx) }
+          }
+        }
+        if !taps.isEmpty { out.append((oy * g.outputWidth + ox, taps)) }
+      }
+    }
+    return out
+  }
+
+  /// Adds the padded taps' terms to the zero-padded primitive's output `y` (B, OH·OW, F).
+  private func addPaddedTerms(kernel w: UnsafePointer<Float>, batch: Int) {
+    let (taps, c, f) = (geometry.kernelHeight * geometry.kernelWidth, geometry.channels, filters)
+    let sums = tapSums.pointer
+    sums.update(repeating: 0, count: taps * f)
+    for t in 0..<taps {
+      for ch in 0..<c {
+        let row = w + (t * c + ch) * f
+        for j in 0..<f { sums[t * f + j] += row[j] }
+      }
+    }
+    var correction = [Float](repeating: 0, count: f)
+    for (pixel, padded) in paddedTaps {
+      for j in 0..<f { correction[j] = 0 }
+      for t in padded { for j in 0..<f { correction[j] += sums[t * f + j] } }
+      for b in 0..<batch {
+        let out = y.pointer + (b * geometry.outputPixels + pixel) * f
+        for j in 0..<f { out[j] += padValue * correction[j] }
+      }
+    }
+  }
+
+  /// Adds the padded taps' terms to the zero-padded primitive's quantized-kernel gradient
+  /// `dq` (KH·KW·C, F).
+  private func addPaddedTerms(gradient dq: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, batch: Int) {
+    let (taps, c, f) = (geometry.kernelHeight * geometry.kernelWidth, geometry.channels, filters)
+    let sums = tapSums.pointer
+    sums.update(repeating: 0, count: taps * f)
+    var column = [Float](repeating: 0, count: f)
+    for (pixel, padded) in paddedTaps {
+      for j in 0..<f { column[j] = 0 }
+      for b in 0..<batch {
+        let g = dy + (b * geometry.outputPixels + pixel) * f
+        for j in 0..<f { column[j] += g[j] }
+      }
+      for t in padded { for j in 0..<f { sums[t * f + j] += column[j] } }
+    }
+    for t in 0..<taps {
+      for ch in 0..<c {
+        let row = dq + (t * c + ch) * f
+        for j in 0..<f { row[j] += padValue * sums[t * f + j] }
+      }
+    }
   }
 
   deinit {
@@ -240,6 +312,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
         try p.forward(src: source, kernel: w, dst: y.pointer)
         if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
       }
+      if !paddedTaps.isEmpty { addPaddedTerms(kernel: w, batch: batch) }
     } else if forwardKernel == .int8, let int8 = int8Forward, let x8 = quantizedInput8 {
       convertToInt8(source, x8, count: batch * inputSize, compute: compute)
       im2col(
@@ -276,6 +349,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
       // The primitive overwrites its output: it writes to scratch, then accumulates.
       let scratch = (kernel.quantizedGradient ?? kernelGradientScratch)!.pointer
       try p.backwardWeights(src: columnSource, diffDst: dy, diffKernel: scratch)
+      if !paddedTaps.isEmpty { addPaddedTerms(gradient: scratch, dy: dy, batch: batch) }
       kernel.finishBackward(from: scratch, compute: compute)
       if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
       guard needInputGradient else { return nil }
