@@ -112,8 +112,10 @@ struct TrainSettingsOptions: ParsableArguments {
   @Option(
     name: .long,
     help: ArgumentHelp(
-      "Start from the weights of a Flip model, checkpoint or export (e.g. a --real-valued run's model.safetensors).",
-      discussion: "Every variable and BatchNorm statistic is copied by name, kernels clipped to their weight_clip; the optimizer starts fresh."))
+      "Start from the weights of a Flip model, checkpoint or export (e.g. a --real-valued run's model.safetensors), or from Keras weights (model.save_weights(\"w.h5\"), e.g. Larq Zoo's).",
+      discussion:
+        "Every variable and BatchNorm statistic is copied: by name from a Flip file, by layer order and shape from a Keras .h5 (docs/keras-weights.md). Kernels are clipped to their weight_clip; the optimizer starts fresh."
+    ))
   var initFrom: String?
   @Option(name: .long, help: "Write a checkpoint every N optimizer steps (default 0: only by epoch; --resume: the run's).")
   var checkpointEvery: Int?

@@ -46,6 +46,7 @@ struct KerasH5Writer {
       opened.append(parent)
     }
     defer { for g in opened.reversed() { H5Gclose(g) } }
+    precondition(w.values.count == w.shape.reduce(1, *), "\(w.name): \(w.values.count) values for shape \(w.shape)")
     let dims = w.shape.map { hsize_t($0) }
     let space = H5Screate_simple(Int32(dims.count), dims, nil)
     defer { H5Sclose(space) }

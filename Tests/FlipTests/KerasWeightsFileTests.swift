@@ -178,3 +178,51 @@ struct KerasWeightsFileTests {
     #expect(!KerasWeightsFile.isHDF5(path: dir + "/none"))
   }
 }
+
+/// Keras weights through the command line: `flip evaluate --weights` and `flip train --init-from`.
+@Suite("Keras weights on the command line", .serialized)
+struct KerasWeightsCLITests {
+  /// A trained run's variables rewritten as Keras would save them (layer names, weight names,
+  /// an input layer first), through the model the run's config builds.
+  static func kerasFile(ofRun run: String) throws -> KerasWeightsFile {
+    let config = try RunSettings.load(path: run + "/config.yaml")
+    let model = try Model(specs: config.layers, inputShape: [6, 6, 1], seed: 0)  // ResumeTests' toy data
+    let (tensors, _) = try ModelFile.read(path: run + "/model.safetensors")
+    var layers = [KerasWeightsFile.Layer(name: "input_1", weights: [])]
+    for (i, layer) in model.layers.enumerated() {
+      let weights = model.store.views(ofLayer: i).map { v in
+        KerasWeightsFile.Weight(
+          name: "\(layer.name)/\(v.role.rawValue):0", shape: v.shape, values: tensors[v.name]!.values)
+      }
+      layers.append(KerasWeightsFile.Layer(name: layer.name, weights: weights))
+    }
+    return KerasWeightsFile(layers: layers)
+  }
+
+  @Test func evaluateAndInitFromTakeKerasWeights() throws {
+    let dir = try ResumeTests.setUp()
+    let config = try CLITestsConfig.path(dir)
+    let train = ["train", "--data", dir, "--epochs", "1", "--batch-size", "32", "--threads", "1", "--quiet"]
+    let run = try runFlip(train + ["--config", config, "--out", dir + "/run"])
+    #expect(run.status == 0, "\(run.stderr)")
+    KerasH5Writer().write(try Self.kerasFile(ofRun: dir + "/run"), to: dir + "/w.h5")
+    // The same variables give the same evaluation from the run and from the Keras file.
+    let fromRun = try runFlip(["evaluate", "--run", dir + "/run", "--threads", "1"])
+    let fromKeras = try runFlip([
+      "evaluate", "--config", config, "--weights", dir + "/w.h5", "--data", dir, "--threads", "1",
+    ])
+    #expect(fromRun.status == 0 && fromKeras.status == 0, "\(fromRun.stderr)\(fromKeras.stderr)")
+    #expect(fromKeras.stdout.contains("test_accuracy") && fromKeras.stdout == fromRun.stdout, "\(fromKeras.stdout)")
+    let initFrom = try runFlip(train + ["--config", config, "--init-from", dir + "/w.h5", "--out", dir + "/again"])
+    #expect(initFrom.status == 0, "\(initFrom.stderr)")
+    #expect(
+      initFrom.stderr.contains("initialized from \(dir)/w.h5 (Keras weights: 4 layers, 8 tensors)"),
+      "\(initFrom.stderr)")
+    // Another architecture: the mismatch names both layers; --weights needs its model.
+    let other = try runFlip(["evaluate", "--config", dir + "/m.yaml", "--weights", dir + "/w.h5", "--data", dir])
+    #expect(other.status != 0 && other.stderr.contains("\(dir)/w.h5: "), "\(other.stderr)")
+    let unnamed = try runFlip(["evaluate", "--weights", dir + "/w.h5", "--data", dir])
+    #expect(
+      unnamed.status != 0 && unnamed.stderr.contains("--weights needs the model it belongs to"), "\(unnamed.stderr)")
+  }
+}

@@ -40,6 +40,9 @@ public enum KerasWeights {
     var name: String
     var views: [ParameterView]
 
+    /// "Flip's quant_conv2d (layer 3)".
+    var short: String { "Flip's \(name) (layer \(index))" }
+    /// The same with its variables: "Flip's quant_conv2d (layer 3: kernel [3, 3, 64, 64])".
     var description: String {
       "Flip's \(name) (layer \(index): \(views.map { "\($0.role.rawValue) \($0.shape)" }.joined(separator: ", ")))"
     }
@@ -92,7 +95,7 @@ public enum KerasWeights {
       }
       guard w.shape == view.shape else {
         problems.append(
-          "Keras's \(w.name) has shape \(w.shape), the \(view.role.rawValue) of \(f.description) \(view.shape)")
+          "Keras's \(w.name) has shape \(w.shape), the \(view.role.rawValue) of \(f.short) \(view.shape)")
         continue
       }
       pairs.append((view, w))
