@@ -34,7 +34,8 @@ import larq as lq  # noqa: E402
 def tiny():
     """A small graph with every variable role Flip maps: Conv2D, BatchNormalization (with and
     without center/scale), QuantConv2D (approx_sign/ste_sign inputs, magnitude_aware_sign and
-    ste_sign kernels, a bias), an Add, DepthwiseConv2D, AveragePooling2D, Flatten, Dense."""
+    ste_sign kernels, a bias), Add (shortcuts around the binary layers, so real values reach the
+    output), DepthwiseConv2D, AveragePooling2D, Flatten, Dense."""
     L = tf.keras.layers
     inp = tf.keras.Input((16, 16, 3))
     x = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv2d")(inp)
@@ -46,9 +47,10 @@ def tiny():
     x = L.Add(name="add")([y, x])
     x = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="depthwise_conv2d")(x)
     x = L.BatchNormalization(momentum=0.9, center=False, scale=False, name="batch_normalization_2")(x)
-    x = lq.layers.QuantConv2D(
-        16, 3, padding="valid", input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+    y = lq.layers.QuantConv2D(
+        8, 3, padding="same", input_quantizer="ste_sign", kernel_quantizer="ste_sign",
         kernel_constraint="weight_clip", use_bias=True, name="quant_conv2d_1")(x)
+    x = L.Add(name="add_1")([y, x])  # a real-valued path to the output, as in Bi-Real Net
     x = L.AveragePooling2D(2, name="average_pooling2d")(x)
     x = L.Flatten(name="flatten")(x)
     x = L.Dense(10, name="dense")(x)

@@ -7,10 +7,20 @@ import Testing
 
 /// Weights Keras saved (`model.save_weights`) from models with every variable random
 /// (scripts/keras-weights.py, run by scripts/keras-weights-check.sh, which sets
-/// FLIP_KERAS_WEIGHTS_DIR to its output), loaded into Flip's twin of each model: on the same
-/// inputs Flip gives the same top-1 class on every input and pre-softmax outputs within 1e-4
-/// relative on at least 99 % of entries. Prints how many inputs of each binarized layer have a
-/// sign other than Keras's (where a float sum lands on the other side of 0).
+/// FLIP_KERAS_WEIGHTS_DIR to its output), loaded into Flip's twin of each model and run on the
+/// same inputs: Flip gives the same top-1 class on every input, and pre-softmax outputs within
+/// 1e-4 relative on at least 99 % of entries of every input whose binarized activations all
+/// have Keras's signs.
+///
+/// Why that condition: the two libraries sum in different orders, so their floats differ in the
+/// last bits (a few 1e-7 relative, measured per layer), and a value within that distance of 0
+/// takes one sign in Keras and the other in Flip. From there the two networks see different ±1
+/// inputs, and the difference spreads through every later binary layer (a few hundred flips by
+/// the last one, and pre-softmax outputs off by 1e-3). On Bi-Real Net with random weights about
+/// 1 input in 20 has such a near-tie. So for every input with a flip the test checks instead that
+/// its first flip (in layer order, before which both networks agree) is at a value within
+/// `tieTolerance` of 0, relative to the largest of that layer's inputs: a tie, not a bug. It
+/// prints the flips per layer, the inputs that have them, and the agreement over all inputs.
 @Suite("Keras weights against Keras's outputs")
 struct KerasWeightsTests {
   struct Expected: Decodable {
@@ -26,6 +36,9 @@ struct KerasWeightsTests {
   }
 
   static let directory = ProcessInfo.processInfo.environment["FLIP_KERAS_WEIGHTS_DIR"]
+  /// The largest |x| (relative to the largest input of its layer) at which a first sign flip
+  /// counts as a tie: 20 times the differences measured between Keras and Flip.
+  static let tieTolerance: Float = 1e-5
 
   /// Flip's twin of each Keras model the script writes.
   static func specs(_ name: String) throws -> [LayerSpec] {
@@ -48,16 +61,26 @@ struct KerasWeightsTests {
     try KerasWeights.load(path: base + ".h5", into: model)
     let inputs = try Self.floats(base + ".inputs.f32")
     let kerasLogits = try Self.floats(base + ".logits.f32")
-    let n = expected.images
-    #expect(inputs.count == n * model.inputSize && kerasLogits.count == n * expected.classes)
+    let (n, classes) = (expected.images, expected.classes)
+    try #require(inputs.count == n * model.inputSize && kerasLogits.count == n * classes)
     let run = try Self.forward(model, inputs, batch: n)
     let logits = try #require(run.logits)
-    let agreement = Agreement(flip: logits, keras: kerasLogits, classes: expected.classes)
-    let flips = try Self.signFlips(
-      model, run, expected, signs: Data(contentsOf: URL(fileURLWithPath: base + ".signs.u8")))
-    print("\(name): \(agreement)")
-    print("\(name): binary inputs of another sign than Keras's, per layer: \(flips.joined(separator: ", "))")
-    #expect(agreement.top1Equal == n, "top-1 differs on \(n - agreement.top1Equal) of \(n) inputs")
+    let signs = try Self.compareSigns(
+      model, run, expected, signs: [UInt8](Data(contentsOf: URL(fileURLWithPath: base + ".signs.u8"))))
+    let all = Agreement(flip: logits, keras: kerasLogits, classes: classes)
+    let clean = (0..<n).filter { signs.firstFlips[$0] == nil }
+    let rows = { (x: [Float]) in clean.flatMap { x[($0 * classes)..<(($0 + 1) * classes)] } }
+    let agreement = Agreement(flip: rows(logits), keras: rows(kerasLogits), classes: classes)
+    print("\(name): all \(n) inputs: \(all)")
+    print("\(name): the \(clean.count) inputs without a sign flip: \(agreement)")
+    print("\(name): binary inputs of another sign than Keras's, per layer: \(signs.perLayer.joined(separator: ", "))")
+    for (i, first) in signs.firstFlips.enumerated() {
+      guard let first else { continue }
+      print("\(name): input \(i): first flip \(first)")
+      #expect(first.isTie, "input \(i): a sign differs from Keras's far from 0: \(first)")
+    }
+    #expect(all.top1Equal == n, "top-1 differs on \(n - all.top1Equal) of \(n) inputs")
+    #expect(clean.count * 2 >= n, "only \(clean.count) of \(n) inputs have every binary activation of Keras's sign")
     #expect(agreement.fractionWithin >= 0.99, "\(agreement)")
   }
 
@@ -100,25 +123,51 @@ struct KerasWeightsTests {
     }
   }
 
-  /// Per binarized layer: "name: k of n" inputs whose sign (x ≥ 0) differs from Keras's.
-  static func signFlips(_ model: Model, _ run: Run, _ expected: Expected, signs: Data) throws -> [String] {
+  /// The first sign flip of one input: in which layer, at what value (the flipped input of
+  /// largest |x| there), and the largest |x| of that layer's inputs for that image.
+  struct FirstFlip: CustomStringConvertible {
+    var layer: String
+    var value: Float
+    var largest: Float
+    var isTie: Bool { abs(value) <= KerasWeightsTests.tieTolerance * largest }
+    var description: String {
+      String(format: "in %@'s input, at %.3g (largest |x| there %.3g)", layer, value, largest)
+    }
+  }
+
+  /// Per binarized layer "name k of n" (inputs whose sign, x ≥ 0, differs from Keras's), and
+  /// each input's first flip.
+  static func compareSigns(_ model: Model, _ run: Run, _ expected: Expected, signs: [UInt8]) throws
+    -> (perLayer: [String], firstFlips: [FirstFlip?])
+  {
     try #require(
       run.quantizedInputs.count == expected.quantized_layers.count,
       "Flip has \(run.quantizedInputs.count) layers with an input quantizer, Keras \(expected.quantized_layers.count)")
-    let bytes = [UInt8](signs)
-    return zip(run.quantizedInputs, expected.quantized_layers).map { flip, keras in
-      guard flip.values.count == keras.count else {
-        Issue.record(
-          "\(model.layers[flip.layer].name): \(flip.values.count) inputs, Keras's \(keras.name) \(keras.count)")
-        return "\(model.layers[flip.layer].name): size differs"
+    var perLayer: [String] = []
+    var firstFlips = [FirstFlip?](repeating: nil, count: expected.images)
+    for (flip, keras) in zip(run.quantizedInputs, expected.quantized_layers) {
+      let name = model.layers[flip.layer].name
+      try #require(
+        flip.values.count == keras.count, "\(name): \(flip.values.count) inputs, Keras's \(keras.name) \(keras.count)")
+      let size = keras.count / expected.images
+      var total = 0
+      for image in 0..<expected.images {
+        var worst: Float?
+        var largest: Float = 0
+        for j in (image * size)..<((image + 1) * size) {
+          let v = flip.values[j]
+          largest = max(largest, abs(v))
+          guard (v >= 0) != (signs[keras.offset + j / 8] >> (j % 8) & 1 == 1) else { continue }
+          total += 1
+          if abs(v) > abs(worst ?? 0) || worst == nil { worst = v }
+        }
+        if let worst, firstFlips[image] == nil {
+          firstFlips[image] = FirstFlip(layer: name, value: worst, largest: largest)
+        }
       }
-      var differ = 0
-      for (j, v) in flip.values.enumerated() {
-        let kerasPositive = bytes[keras.offset + j / 8] >> (j % 8) & 1 == 1
-        if (v >= 0) != kerasPositive { differ += 1 }
-      }
-      return "\(model.layers[flip.layer].name) \(differ) of \(keras.count)"
+      perLayer.append("\(name) \(total) of \(keras.count)")
     }
+    return (perLayer, firstFlips)
   }
 
   static func floats(_ path: String) throws -> [Float] {
