@@ -91,6 +91,7 @@ struct KerasWeightsFileTests {
     let message = loadError(path, into: try Self.model())
     #expect(message.contains(path) && message.contains("is not an HDF5 file"), "\(message)")
     #expect(loadError(path + ".missing", into: try Self.model()).contains("no such file"))
+    #expect(loadError(NSTemporaryDirectory(), into: try Self.model()).contains("it is a directory"))
   }
 
   @Test func truncatedFileIsAnErrorNotACrash() throws {

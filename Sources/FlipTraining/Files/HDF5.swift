@@ -75,8 +75,12 @@ struct HDF5Group {
   /// Opens `path` read-only; errors say when it is missing or not HDF5.
   static func openFile(path: String) throws -> (file: HDF5Handle, root: HDF5Group) {
     var isDirectory: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
       throw TrainingError.fileNotFound(path: path, hint: "Give the .h5 file written by Keras's model.save_weights.")
+    }
+    guard !isDirectory.boolValue else {
+      throw TrainingError.unreadable(
+        path: path, reason: "it is a directory, not the .h5 file of Keras's model.save_weights")
     }
     guard HDF5.hasSignature(path: path) else {
       throw TrainingError.modelFile(
