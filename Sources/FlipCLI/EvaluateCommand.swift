@@ -13,7 +13,7 @@ struct EvaluateCommand: ParsableCommand {
     discussion: """
       Keras weights (model.save_weights("w.h5") of a Larq Zoo model, the format its pretrained weights ship in) \
       load by layer order and shape into the model named by --model or --config:
-        flip evaluate --model birealnet18 --weights birealnet_weights.h5 --data /data/imagenet
+        flip evaluate --model birealnet18 --weights w.h5 --data DIR
       """)
 
   @Option(name: [.customLong("run")], help: "A run directory written by flip train.")
