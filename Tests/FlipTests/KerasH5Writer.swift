@@ -13,6 +13,9 @@ struct KerasH5Writer {
   var underModelWeights = false
   /// Whether to write `layer_names` (without it the file is not Keras's).
   var layerNames = true
+  /// Split `layer_names` into `layer_names0`, `layer_names1`, ... of this many names each, as
+  /// Keras does beyond HDF5's 64 KB header limit.
+  var layerNamesChunk: Int?
   /// Weights (by Keras name) written as 32-bit integers instead of floats.
   var integerWeights: Set<String> = []
 
@@ -24,7 +27,14 @@ struct KerasH5Writer {
       let top =
         underModelWeights ? H5Gcreate2(f, "model_weights", flip_h5_default(), flip_h5_default(), flip_h5_default()) : f
       defer { if top != f { H5Gclose(top) } }
-      if layerNames { writeStrings(file.layers.map(\.name), attribute: "layer_names", of: top) }
+      let names = file.layers.map(\.name)
+      if let chunk = layerNamesChunk {
+        for (i, start) in stride(from: 0, to: names.count, by: chunk).enumerated() {
+          writeStrings(Array(names[start..<min(start + chunk, names.count)]), attribute: "layer_names\(i)", of: top)
+        }
+      } else if layerNames {
+        writeStrings(names, attribute: "layer_names", of: top)
+      }
       for layer in file.layers {
         let g = H5Gcreate2(top, layer.name, flip_h5_default(), flip_h5_default(), flip_h5_default())
         defer { H5Gclose(g) }

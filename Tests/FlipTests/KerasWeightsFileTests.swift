@@ -63,13 +63,16 @@ struct KerasWeightsFileTests {
   }
 
   @Test(arguments: [
-    (KerasH5Writer.Strings.fixedLength, false), (.variableLength, false), (.fixedLength, true), (.variableLength, true),
+    KerasH5Writer(strings: .fixedLength), KerasH5Writer(strings: .variableLength),
+    KerasH5Writer(strings: .fixedLength, underModelWeights: true),
+    KerasH5Writer(strings: .variableLength, underModelWeights: true),
+    KerasH5Writer(strings: .fixedLength, layerNamesChunk: 2),
   ])
-  func loadsEveryVariableByOrderAndRole(strings: KerasH5Writer.Strings, underModelWeights: Bool) throws {
+  func loadsEveryVariableByOrderAndRole(writer: KerasH5Writer) throws {
     let source = try Self.model(seed: 1)
     let keras = Self.kerasFile(of: source)
     let path = temporaryDirectory("keras-h5") + "/w.h5"
-    KerasH5Writer(strings: strings, underModelWeights: underModelWeights).write(keras, to: path)
+    writer.write(keras, to: path)
     let model = try Self.model(seed: 2)
     let summary = try KerasWeights.load(path: path, into: model)
     #expect(summary == .init(layers: 4, tensors: 9))
