@@ -111,8 +111,13 @@ struct SummaryCommand: ParsableCommand {
     abstract: "Print the model table of larq.models.summary: per-layer precisions, weights, memory and MACs.")
 
   @OptionGroup var modelOptions: ModelOptions
-  @Option(name: .long, parsing: .upToNextOption, help: "Input shape of one sample (default 28 28 1, Fashion-MNIST).")
+  @Option(
+    name: .long, parsing: .upToNextOption,
+    help:
+      "Input shape of one sample (default: the config's, else 224 224 3 for Larq Zoo's networks, 28 28 1 otherwise).")
   var inputShape: [Int] = []
+  @Option(name: .long, help: "Square RGB images of this side: the input shape S S 3.")
+  var imageSize: Int?
   @Flag(
     name: .long,
     help:
@@ -127,8 +132,15 @@ struct SummaryCommand: ParsableCommand {
         print(try config.yaml(), terminator: "")
         return
       }
-      let shape = !inputShape.isEmpty ? inputShape : (config.inputShape ?? [28, 28, 1])
-      let model = try Model(specs: config.layers, inputShape: shape, seed: 0)
+      let preset = ModelPreset(rawValue: config.model)
+      guard inputShape.isEmpty || imageSize == nil else {
+        throw ValidationError("give --input-shape or --image-size, not both")
+      }
+      let shape =
+        imageSize.map { [$0, $0, 3] } ?? (!inputShape.isEmpty ? inputShape : nil) ?? config.inputShape
+        ?? preset?.defaultInputShape ?? [28, 28, 1]
+      let layers = config.layers(forInputShape: shape, classes: preset?.defaultClasses ?? 10)
+      let model = try Model(specs: layers, inputShape: shape, seed: 0)
       print(ModelSummary(modelName: config.modelName, model: model).render(), terminator: "")
     } catch {
       Runtime.report(error, rank: 0)

@@ -30,7 +30,8 @@ struct SelfTestCommand: ParsableCommand {
   var batch = 3
   @Option(
     name: .long,
-    help: "The input shape as H,W,C or N (default: the config's, else Fashion-MNIST's 28,28,1).",
+    help:
+      "The input shape as H,W,C or N (default: the config's, else 224,224,3 for Larq Zoo's networks and Fashion-MNIST's 28,28,1 for the others).",
     transform: parseShape)
   var inputShape: [Int]?
   @Flag(name: .long, help: "Print the result as JSON (one object per model).")
@@ -50,9 +51,11 @@ struct SelfTestCommand: ParsableCommand {
         ? ModelPreset.allCases.map { RunSettings(preset: $0) } : [try modelOptions.resolve()]
       let host = ProcessInfo.processInfo.hostName
       for config in configs {
-        let shape = inputShape ?? config.inputShape ?? [28, 28, 1]
+        let preset = ModelPreset(rawValue: config.model)
+        let shape = inputShape ?? config.inputShape ?? preset?.defaultInputShape ?? [28, 28, 1]
+        let layers = config.layers(forInputShape: shape, classes: preset?.defaultClasses ?? 10)
         let start = DispatchTime.now().uptimeNanoseconds
-        let checks = try KernelSelfTest.run(specs: config.layers, inputShape: shape, batch: batch)
+        let checks = try KernelSelfTest.run(specs: layers, inputShape: shape, batch: batch)
         let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
         let passed = checks.allSatisfy(\.passed)
         allPassed = allPassed && passed

@@ -15,9 +15,10 @@ struct ConfigTests {
   func presetFilesMatchThePresets(_ preset: ModelPreset) throws {
     let c = try RunSettings.load(path: "\(Self.root)/configs/\(preset.rawValue).yaml")
     #expect(c.layers == preset.layers)
-    let preset = RunSettings(preset: preset)
-    #expect(c.optimizer == preset.optimizer)
-    #expect(c.epochs == 10 && c.batchSize == preset.batchSize && c.seed == 0)
+    let settings = RunSettings(preset: preset)
+    #expect(c.optimizer == settings.optimizer)
+    #expect(c.epochs == (preset.epochs ?? 10) && c.batchSize == preset.batchSize && c.seed == 0)
+    #expect(c.warmupEpochs == preset.warmupEpochs)
   }
 
   @Test func effectiveConfigRoundTrips() throws {

@@ -236,13 +236,23 @@ struct FastPathTests {
   }
 
   /// `flip selftest`'s checks pass for every preset on this ISA, and cover every quantized
-  /// layer's forward kernels, backward passes and kernel pass.
-  @Test(arguments: ModelPreset.allCases)
+  /// layer's forward kernels, backward passes and kernel pass. Of Larq Zoo's networks, the two
+  /// whose layers the others repeat: Bi-Real Net's (approx_sign, magnitude_aware_sign, stride-2
+  /// blocks) and QuickNet's (ReLU inside, pad_values 1).
+  @Test(arguments: ModelPreset.allCases.filter { !$0.isZoo } + [.birealnet18, .quicknet])
   func selfTestPassesAndCoversEveryKernel(preset: ModelPreset) throws {
-    let checks = try KernelSelfTest.run(specs: preset.layers, inputShape: [28, 28, 1], batch: 2)
+    let (layers, shape) = preset.testLayers
+    let checks = try KernelSelfTest.run(specs: layers, inputShape: shape, batch: 2)
     for c in checks where !c.passed { Issue.record("\(c.kernel) of \(c.layer) (\(c.implementation)): \(c.maxError)") }
-    let model = try Model(specs: preset.layers, inputShape: [28, 28, 1], seed: 0)
-    for case let layer as ExactBinaryForward & FlipCounting in model.layers where layer.hasQuantizedKernel {
+    let model = try Model(specs: layers, inputShape: shape, seed: 0)
+    // Layers like one checked (Larq Zoo's repeated blocks) are checked once.
+    let checked = Set(checks.map(\.layer))
+    let signatures = Set(model.layers.filter { checked.contains($0.name) }.map(KernelSelfTest.signature))
+    for layer in model.layers where layer is QuantConv2D || layer is QuantDense {
+      #expect(signatures.contains(KernelSelfTest.signature(layer)), "\(layer.name) is not covered")
+    }
+    for case let layer as ExactBinaryForward & FlipCounting in model.layers
+    where layer.hasQuantizedKernel && checked.contains(layer.name) {
       let kernels = Set(checks.filter { $0.layer == layer.name }.map(\.kernel))
       var want: Set = ["forward fp32", "backward data", "backward weights"]
       for kernel in layer.forwardKernels { want.insert("forward \(kernel.rawValue)") }
@@ -347,10 +357,12 @@ struct FastPathTests {
     // Real-valued inputs everywhere: no layer has int8 or XNOR.
     let real = try Model(specs: ModelPreset.binarynetMLP.layers.realValued(), inputShape: [28, 28, 1], seed: 1)
     real.allocate(maxBatch: 4)
-    let int8 = BinaryForwardPolicy.int8.unusedWarning(try real.chooseBinaryForward(batch: 4, policy: .int8), isa: "avx2")
+    let int8 = BinaryForwardPolicy.int8.unusedWarning(
+      try real.chooseBinaryForward(batch: 4, policy: .int8), isa: "avx2")
     #expect(int8?.contains("--binary-forward int8: no layer can run it") == true, "\(int8 ?? "nil")")
     #expect(int8?.contains("integer levels") == true && int8?.contains("every layer runs fp32") == true)
-    let none = BinaryForwardPolicy.xnor.unusedWarning(try real.chooseBinaryForward(batch: 4, policy: .xnor), isa: "sse41")
+    let none = BinaryForwardPolicy.xnor.unusedWarning(
+      try real.chooseBinaryForward(batch: 4, policy: .xnor), isa: "sse41")
     #expect(none?.contains("AVX2; oneDNN ISA here: sse41") == true, "\(none ?? "nil")")
   }
 

@@ -60,7 +60,7 @@ struct RealValuedTests {
 
   @Test(arguments: ModelPreset.allCases)
   func realValuedVariantKeepsEveryTensor(_ preset: ModelPreset) throws {
-    let binary = preset.layers
+    let (binary, shape) = preset.testLayers
     let real = binary.realValued()
     #expect(real.count == binary.count)
     for (r, b) in zip(real, binary) {
@@ -74,8 +74,8 @@ struct RealValuedTests {
       #expect(same == b, "only the quantizers change")
     }
     #expect(real.contains { $0.inputQuantizer != nil })
-    let a = try Model(specs: binary, inputShape: [28, 28, 1], seed: 0)
-    let m = try Model(specs: real, inputShape: [28, 28, 1], seed: 0)
+    let a = try Model(specs: binary, inputShape: shape, seed: 0)
+    let m = try Model(specs: real, inputShape: shape, seed: 0)
     let names = { (s: Model) in (s.store.views + s.store.stateViews).map { "\($0.name) \($0.shape)" } }
     #expect(names(a) == names(m))
     #expect(m.layers.map(\.name) == a.layers.map(\.name))

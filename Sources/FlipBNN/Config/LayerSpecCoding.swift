@@ -11,17 +11,20 @@ extension LayerSpec: Codable {
     .dense: ["units", "kernel_constraint", "use_bias"],
     .quantConv2D: [
       "filters", "kernel_size", "strides", "padding", "pad_values", "input_quantizer", "kernel_quantizer",
-      "kernel_constraint", "use_bias",
+      "kernel_constraint", "use_bias", "activation",
     ],
-    .conv2D: ["filters", "kernel_size", "strides", "padding", "kernel_constraint", "use_bias"],
+    .conv2D: ["filters", "kernel_size", "strides", "padding", "kernel_constraint", "use_bias", "activation"],
     .batchNormalization: ["momentum", "epsilon", "center", "scale"],
     .maxPool2D: ["pool_size", "strides", "padding"],
     .averagePooling2D: ["pool_size", "strides", "padding"],
     .globalAveragePooling2D: ["keepdims"],
-    .depthwiseConv2D: ["kernel_size", "strides", "padding", "depth_multiplier", "depthwise_constraint", "use_bias"],
+    .depthwiseConv2D: [
+      "kernel_size", "strides", "padding", "depth_multiplier", "depthwise_constraint", "depthwise_initializer",
+      "use_bias", "trainable",
+    ],
     .quantDepthwiseConv2D: [
       "kernel_size", "strides", "padding", "pad_values", "depth_multiplier", "input_quantizer",
-      "depthwise_quantizer", "depthwise_constraint", "use_bias",
+      "depthwise_quantizer", "depthwise_constraint", "depthwise_initializer", "use_bias", "trainable",
     ],
     .flatten: [],
     .activation: ["activation"],
@@ -107,13 +110,15 @@ extension LayerSpec: Codable {
   }
 
   private mutating func readQuantization(_ m: ConfigMap) throws {
-    if let i = try m.string("kernel_initializer") {
+    let initializerKey = isDepthwise ? "depthwise_initializer" : "kernel_initializer"
+    if let i = try m.string(initializerKey) {
       guard let initializer = Initializer(name: i) else {
         throw m.error(
-          "kernel_initializer", "unknown initializer '\(i)' (accepted: glorot_uniform, glorot_normal, zeros, ones)")
+          initializerKey, "unknown initializer '\(i)' (accepted: \(Initializer.names.joined(separator: ", ")))")
       }
       kernelInitializer = initializer
     }
+    trainable = try m.bool("trainable") ?? trainable
     if let v = try m.double("pad_values") { padValues = Float(v) }
     inputQuantizer = try Self.readQuantizer(m, "input_quantizer")
     // The depthwise layers' kernel is `depthwise_kernel`: its quantizer and constraint keys say so.
@@ -161,8 +166,12 @@ extension LayerSpec: Codable {
       for k in q.values.keys.sorted() where k != "type" {
         switch q.values[k] {
         case _ where k == "mode": mode = try q.string("mode")
-        case .null?: _ = q.raw(k); parameters[k] = .nan
-        case .bool(let b)?: _ = q.raw(k); parameters[k] = b ? 1 : 0
+        case .null?:
+          _ = q.raw(k)
+          parameters[k] = .nan
+        case .bool(let b)?:
+          _ = q.raw(k)
+          parameters[k] = b ? 1 : 0
         default: parameters[k] = try q.double(k)
         }
       }
@@ -201,7 +210,10 @@ extension LayerSpec: Codable {
     func put(_ k: String, _ v: ConfigValue?) { if let v, keys.contains(k) { m[k] = v } }
     put("name", name.map { .string($0) })
     put("inputs", inputs.map { .list($0.map { .string($0) }) })
-    if kernelInitializer != .glorotUniform { put("kernel_initializer", .string(kernelInitializer.name)) }
+    if kernelInitializer != .glorotUniform {
+      put(isDepthwise ? "depthwise_initializer" : "kernel_initializer", .string(kernelInitializer.name))
+    }
+    if !trainable { put("trainable", .bool(false)) }
     put("units", units.map { .int($0) })
     put("filters", filters.map { .int($0) })
     put("kernel_size", kernelSize.map(ConfigValue.ints))

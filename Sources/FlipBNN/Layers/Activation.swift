@@ -181,3 +181,51 @@ public final class Dropout: Layer, StochasticLayer {
     LayerProfile(name: name, inputPrecision: nil, outputShape: outputShape, weights: [], macs: .unknown)
   }
 }
+
+/// The activation a convolution applies to its own output (Keras's `activation` argument of
+/// `Conv2D` and `QuantConv2D`, e.g. QuickNet's ReLU before BatchNormalization): an elementwise
+/// function whose derivative its output gives, so the layer keeps only its output.
+///
+/// - `relu`: `dx = dy·1[y > 0]`; `tanh`: `dx = dy·(1 − y²)`; `sigmoid`: `dx = dy·y(1 − y)`.
+struct OutputActivation {
+  let kind: ActivationKind
+
+  /// Nil for no activation (or `linear`); throws for those the output cannot differentiate
+  /// (`softmax` is not elementwise; `hard_tanh`'s gradient at the clip needs the input).
+  init?(_ kind: ActivationKind?, owner: String) throws {
+    guard let kind, kind != .linear else { return nil }
+    guard [.relu, .tanh, .sigmoid].contains(kind) else {
+      throw BNNError.invalidParameter(
+        owner: owner, parameter: "activation",
+        reason:
+          "a convolution applies relu, tanh, sigmoid or linear, got \(kind.rawValue); add an Activation layer after it")
+    }
+    self.kind = kind
+  }
+
+  func apply(_ y: UnsafeMutablePointer<Float>, count: Int, compute: Compute) {
+    let kind = kind
+    compute.forEach(count: count) { r in
+      switch kind {
+      case .relu: for i in r { y[i] = max(y[i], 0) }
+      case .tanh: for i in r { y[i] = Foundation.tanh(y[i]) }
+      default: for i in r { y[i] = 1 / (1 + exp(-y[i])) }
+      }
+    }
+  }
+
+  /// `d = dy · f'(x)` from the output `y = f(x)`.
+  func gradient(
+    _ dy: UnsafePointer<Float>, output y: UnsafePointer<Float>, into d: UnsafeMutablePointer<Float>, count: Int,
+    compute: Compute
+  ) {
+    let kind = kind
+    compute.forEach(count: count) { r in
+      switch kind {
+      case .relu: for i in r { d[i] = y[i] > 0 ? dy[i] : 0 }
+      case .tanh: for i in r { d[i] = dy[i] * (1 - y[i] * y[i]) }
+      default: for i in r { d[i] = dy[i] * y[i] * (1 - y[i]) }
+      }
+    }
+  }
+}

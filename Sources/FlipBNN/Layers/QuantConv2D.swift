@@ -11,6 +11,8 @@ import FlipTensor
 /// backward: `dq_k(W) = colsᵀ·dy`, `dW += q̃_k'(W) ⊙ dq_k(W)`, `db += Σ dy`,
 /// `dx = q̃_in'(x) ⊙ col2im(dy · q_k(W)ᵀ)`.
 ///
+/// With `activation` (Keras's argument), `y = f(conv)` and backward first takes `dy ⊙ f'`.
+///
 /// With zero padding (`valid`, or `pad_values` 0) the three convolutions run on oneDNN's
 /// convolution primitives instead of im2col + GEMM (faster, measured; no columns at all).
 public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
@@ -37,6 +39,11 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   public let inputQuantizer: Quantizer?
   public let constraint: KernelConstraint?
   public let kernelInitializer: Initializer
+  /// The activation applied to the output (nil: none).
+  public var activation: ActivationKind? { outputActivation?.kind }
+  let outputActivation: OutputActivation?
+  /// (R, F) `dy ⊙ f'` when there is an activation.
+  private var activationGradient = FloatBuffer(count: 0)
   let kernel: QuantizedKernel
   /// The kernel the forward product runs: int8 by default where exact (both quantizers take
   /// integer levels), else fp32. `Model.chooseBinaryForward` picks the faster of the two, and
@@ -83,7 +90,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     filters: Int, kernelSize: (Int, Int), strides: (Int, Int) = (1, 1), padding: Padding = .valid,
     padValue: Float = 0, inputShape: [Int], inputQuantizer: Quantizer? = nil,
     kernelQuantizer: Quantizer? = nil, constraint: KernelConstraint? = nil, useBias: Bool = true,
-    typeName: String? = nil, kernelInitializer: Initializer = .glorotUniform
+    typeName: String? = nil, kernelInitializer: Initializer = .glorotUniform, activation: ActivationKind? = nil
   ) throws {
     let type = typeName ?? ((inputQuantizer == nil && kernelQuantizer == nil) ? "conv2d" : "quant_conv2d")
     guard filters > 0 else {
@@ -109,6 +116,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     self.inputQuantizer = inputQuantizer
     self.constraint = constraint
     self.kernelInitializer = kernelInitializer
+    outputActivation = try OutputActivation(activation, owner: type)
     self.useBias = useBias
     self.typeName = type
     self.name = type
@@ -196,6 +204,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     y = FloatBuffer(count: rows * filters)
     dx = FloatBuffer(count: maxBatch * inputSize)
     if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
+    if outputActivation != nil { activationGradient = FloatBuffer(count: rows * filters) }
     int8Forward?.allocate(rows: rows)
     if int8Forward != nil {
       quantizedInput8?.deallocate()
@@ -246,13 +255,22 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
         ldb: filters, c: y.pointer, ldc: filters, compute: compute)
       if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
     }
+    outputActivation?.apply(y.pointer, count: rows * filters, compute: compute)
     return UnsafePointer(y.pointer)
   }
 
-  public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>?
+  public func backward(_ outputGradient: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws
+    -> UnsafePointer<Float>?
   {
     let g = geometry
     let rows = batch * g.outputPixels
+    var dy = outputGradient
+    if let f = outputActivation {
+      f.gradient(
+        outputGradient, output: UnsafePointer(y.pointer), into: activationGradient.pointer, count: rows * filters,
+        compute: compute)
+      dy = UnsafePointer(activationGradient.pointer)
+    }
     if usePrimitives {
       let p = try primitives(batch: batch)
       // The primitive overwrites its output: it writes to scratch, then accumulates.
@@ -287,7 +305,7 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     columnsReady = false
     col2im(columns.pointer, batch: batch, geometry: g, into: dx.pointer, compute: compute)
     quantizerGradient(
-        inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
+      inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
     return UnsafePointer(dx.pointer)
   }
 

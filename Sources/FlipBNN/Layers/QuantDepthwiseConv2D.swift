@@ -18,8 +18,10 @@ import FlipTensor
 /// `dx[b, iy, ix, c] = q̃_in'(x) · Σ_{oy, ox, ky, kx → (iy, ix)} Σ_m dy[b, oy, ox, c·M + m] · q_k(K)[ky, kx, c, m]`
 /// (padding positions receive no gradient).
 ///
-/// The kernel initializer is Keras's `glorot_uniform` on the shape (KH, KW, C, M), whose fans
-/// Keras computes as for any convolution kernel: `fan_in = KH·KW·C`, `fan_out = KH·KW·M`.
+/// The kernel initializer is Keras's `glorot_uniform` by default, on the shape (KH, KW, C, M),
+/// whose fans Keras computes as for any convolution kernel: `fan_in = KH·KW·C`,
+/// `fan_out = KH·KW·M`. A frozen layer (`trainable: false`, QuickNet's blur pool) keeps its
+/// variables in the store's non-trainable state and skips their gradients.
 /// The kernel quantizer sees the kernel as (KH·KW·C, M): per-channel statistics
 /// (`magnitude_aware_sign`) are per multiplier m, over all axes but the last, as Larq reduces.
 ///
@@ -41,6 +43,9 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
   public let useBias: Bool
   public let inputQuantizer: Quantizer?
   public let constraint: KernelConstraint?
+  public let kernelInitializer: Initializer
+  /// Whether the variables train (Keras's `trainable`).
+  public let trainable: Bool
   let kernel: QuantizedKernel
   var bias: UnsafeMutablePointer<Float>?
   var biasGradient: UnsafeMutablePointer<Float>?
@@ -72,7 +77,7 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     kernelSize: (Int, Int), strides: (Int, Int) = (1, 1), padding: Padding = .valid, padValue: Float = 0,
     depthMultiplier: Int = 1, inputShape: [Int], inputQuantizer: Quantizer? = nil,
     depthwiseQuantizer: Quantizer? = nil, depthwiseConstraint: KernelConstraint? = nil, useBias: Bool = true,
-    typeName: String? = nil
+    typeName: String? = nil, depthwiseInitializer: Initializer = .glorotUniform, trainable: Bool = true
   ) throws {
     let type =
       typeName ?? ((inputQuantizer == nil && depthwiseQuantizer == nil) ? "depthwise_conv2d" : "quant_depthwise_conv2d")
@@ -88,6 +93,10 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     }
     geometry = try windowGeometry(
       layer: type, inputShape: inputShape, window: kernelSize, strides: strides, padding: padding)
+    try depthwiseInitializer.checkShape(
+      [kernelSize.0, kernelSize.1, inputShape[2], depthMultiplier], owner: owner)
+    kernelInitializer = depthwiseInitializer
+    self.trainable = trainable
     self.depthMultiplier = depthMultiplier
     self.padding = padding
     self.padValue = padValue
@@ -114,18 +123,21 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     var specs = [
       ParameterSpec(
         role: .depthwiseKernel, shape: [g.kernelHeight, g.kernelWidth, g.channels, depthMultiplier],
-        precision: kernel.quantizer?.precision ?? 32, constraint: constraint, initializer: .glorotUniform)
+        precision: kernel.quantizer?.precision ?? 32, trainable: trainable, constraint: constraint,
+        initializer: kernelInitializer)
     ]
-    if useBias { specs.append(ParameterSpec(role: .bias, shape: [filters], initializer: .zeros)) }
+    if useBias {
+      specs.append(ParameterSpec(role: .bias, shape: [filters], trainable: trainable, initializer: .zeros))
+    }
     return specs
   }
 
   public func bind(store: ParameterStore, views: [ParameterView]) {
     kernel.latent = store.pointer(views[0])
-    kernel.gradient = store.gradient(views[0])
+    kernel.gradient = trainable ? store.gradient(views[0]) : nil
     if useBias {
       bias = store.pointer(views[1])
-      biasGradient = store.gradient(views[1])
+      biasGradient = trainable ? store.gradient(views[1]) : nil
     }
   }
 
@@ -195,9 +207,9 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     compute.forRanges(count: batch, grain: grain) { images in
       let piece = images.lowerBound / grain
       let dk = partial + piece * kernelCount
-      dk.update(repeating: 0, count: kernelCount)
+      if trainable { dk.update(repeating: 0, count: kernelCount) }
       for n in images {
-        loops.accumulateKernelGradient(image: n, dy: dy, into: dk)
+        if trainable { loops.accumulateKernelGradient(image: n, dy: dy, into: dk) }
         guard needInputGradient else { continue }
         let dxImage = d + n * g.inputSize
         if let sums {
@@ -224,15 +236,17 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     // The pieces' sums, in piece order, into the quantized kernel's gradient (straight into
     // the latent's, accumulating, when the pseudo-gradient is the identity); then through the
     // quantizer's pseudo-gradient into the latent's.
-    let (target, beta) = kernel.gemmGradientTarget
-    compute.forEach(count: kernelCount) { r in
-      for i in r {
-        var s: Float = beta == 0 ? 0 : target[i]
-        for p in 0..<pieceCount { s += partial[p * kernelCount + i] }
-        target[i] = s
+    if trainable {
+      let (target, beta) = kernel.gemmGradientTarget
+      compute.forEach(count: kernelCount) { r in
+        for i in r {
+          var s: Float = beta == 0 ? 0 : target[i]
+          for p in 0..<pieceCount { s += partial[p * kernelCount + i] }
+          target[i] = s
+        }
       }
+      kernel.finishBackward(from: target, compute: compute)
     }
-    kernel.finishBackward(from: target, compute: compute)
     if let db = biasGradient {
       accumulateColumnSums(dy, rows: batch * g.outputPixels, columns: filters, into: db)
     }
@@ -248,9 +262,9 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     let kernelBits = kernel.quantizer?.precision ?? 32
     let inputBits = inputQuantizer?.precision ?? 32
     var weights = [
-      LayerProfile.Weights(role: .depthwiseKernel, count: kernel.count, precision: kernelBits, trainable: true)
+      LayerProfile.Weights(role: .depthwiseKernel, count: kernel.count, precision: kernelBits, trainable: trainable)
     ]
-    if useBias { weights.append(.init(role: .bias, count: filters, precision: 32, trainable: true)) }
+    if useBias { weights.append(.init(role: .bias, count: filters, precision: 32, trainable: trainable)) }
     return LayerProfile(
       name: name, inputPrecision: inputQuantizer?.precision, outputShape: outputShape, weights: weights,
       macs: .count(g.outputPixels * kernel.count, precision: max(kernelBits, inputBits)))

@@ -27,6 +27,9 @@ public enum KernelSelfTest {
   /// The fp32 kernels' allowed error relative to `Σ |terms|`: an fp32 sum of K terms is off by
   /// at most about K·2⁻²⁴ of it (6·10⁻⁵ for K = 1024); a wrong kernel is off by O(1).
   public static let float32Tolerance = 1e-4
+  /// Convolutions of more multiply-adds than this (on the check's batch) are compared with
+  /// their references on a sample of outputs (the references' plain loops would take seconds).
+  public static let sampleAbove = 4_000_000
 
   /// Checks the fast kernels of a model built from `specs` for `inputShape`, on `batch` samples,
   /// as they run on `compute`'s threads, with the convolutions' int8 kernel levels scaled by
@@ -40,7 +43,11 @@ public enum KernelSelfTest {
     model.allocate(maxBatch: batch)
     var checks: [KernelCheck] = []
     var random = SplitMix64(seed: seed)
+    var seen: Set<String> = []
     for layer in model.layers {
+      // A layer like one checked already runs the same kernels (Larq Zoo's networks repeat
+      // their blocks): checked once.
+      guard seen.insert(signature(layer)).inserted else { continue }
       if let dense = layer as? QuantDense {
         checks += try check(dense, store: model.store, batch: batch, random: &random)
       } else if let conv = layer as? QuantConv2D {
@@ -48,6 +55,25 @@ public enum KernelSelfTest {
       }
     }
     return checks
+  }
+
+  /// What decides the kernels a layer runs and their references: its type, shapes, window,
+  /// quantizers, pad value, bias and activation.
+  static func signature(_ layer: Layer) -> String {
+    func q(_ quantizer: Quantizer?) -> String { quantizer.map { "\($0.name) \($0)" } ?? "-" }
+    var parts = [layer.typeName, "\(layer.inputShape)", "\(layer.outputShape)"]
+    if let c = layer as? QuantConv2D {
+      let g = c.geometry
+      parts += [
+        "\(g.kernelHeight)x\(g.kernelWidth)/\(g.strideHeight)x\(g.strideWidth) \(c.padding) \(c.padValue)",
+        q(c.inputQuantizer), q(c.kernelQuantizer), "\(c.useBias)", "\(c.activation?.rawValue ?? "-")",
+      ]
+    } else if let d = layer as? QuantDense {
+      parts += [q(d.inputQuantizer), q(d.kernelQuantizer), "\(d.useBias)"]
+    } else {
+      parts.append(layer.name)
+    }
+    return parts.joined(separator: "|")
   }
 
   // MARK: - Layers
@@ -79,15 +105,42 @@ public enum KernelSelfTest {
     let xq = quantized(layer.inputQuantizer, x, channels: g.channels)
     let latent = Array(UnsafeBufferPointer(start: layer.kernel.latent, count: g.patchSize * f))
     let wq = quantized(layer.kernelQuantizer, latent, channels: f)
-    var y = referenceConvolution(x: xq, kernel: wq, batch: batch, geometry: g, filters: f, padValue: layer.padValue)
+    // A large layer (Larq Zoo's at 224×224) is compared on a sample of its outputs (a few rows,
+    // the padded edges among them, filters and channels); every kernel still runs whole.
+    let large = batch * g.outputPixels * g.patchSize * f > sampleAbove
+    let filterSample = large ? referenceSample(f, middle: 6) : nil
+    let channelSample = large ? referenceSample(g.channels, middle: 6) : nil
+    let forward = ConvolutionSample(
+      rows: large ? referenceSample(g.outputHeight, middle: 2) : nil, filters: filterSample)
+    let data = ConvolutionSample(rows: large ? referenceSample(g.inputHeight, middle: 2) : nil, channels: channelSample)
+    let weights = ConvolutionSample(filters: filterSample, channels: channelSample)
+    var y = referenceConvolution(
+      x: xq, kernel: wq, batch: batch, geometry: g, filters: f, padValue: layer.padValue, sample: forward)
     addBias(layer.bias, to: &y, columns: f)
-    let dy = values(batch * g.outputPixels * f, &random)
-    let dx = referenceConvolutionBackwardData(dy: dy, kernel: wq, batch: batch, geometry: g, filters: f)
+    let upstream = values(batch * g.outputPixels * f, &random)
+    var dy = upstream
+    if let activation = layer.outputActivation {
+      // The activation is not a kernel: the references see it applied to their output, and
+      // the gradient masked by the layer's own output, as its backward masks it.
+      let n = y.values.count
+      var out = y.values.map(Float.init)
+      activation.apply(&out, count: n, compute: .serial)
+      y.values = out.map(Double.init)
+      let fast = copyOut(try layer.forward(x, batch: batch, training: false), count: n)
+      var masked = [Float](repeating: 0, count: n)
+      activation.gradient(upstream, output: fast, into: &masked, count: n, compute: .serial)
+      dy = masked
+    }
+    let dx = referenceConvolutionBackwardData(dy: dy, kernel: wq, batch: batch, geometry: g, filters: f, sample: data)
     let dw = referenceConvolutionBackwardWeights(
-      x: xq, dy: dy, batch: batch, geometry: g, filters: f, padValue: layer.padValue)
+      x: xq, dy: dy, batch: batch, geometry: g, filters: f, padValue: layer.padValue, sample: weights)
     return try checkLayer(
-      layer, store: store, batch: batch, x: x, latent: latent, dy: dy, references: (y, dx, dw),
+      layer, store: store, batch: batch, x: x, latent: latent, dy: upstream, references: (y, dx, dw),
       channels: (input: g.channels, kernel: f))
+  }
+
+  static func copyOut(_ p: UnsafePointer<Float>, count: Int) -> [Float] {
+    Array(UnsafeBufferPointer(start: p, count: count))
   }
 
   /// The forward of every kernel the layer may pick, then backward (input and kernel
@@ -212,7 +265,7 @@ public enum KernelSelfTest {
       }
     }
     var worst = 0.0
-    for i in 0..<n {
+    for i in reference.checked ?? Array(0..<n) {
       let target = q == nil ? reference.values[i] : Double(want[i])
       let difference = abs(Double(fast[i]) - target)
       guard difference.isFinite else { return .infinity }

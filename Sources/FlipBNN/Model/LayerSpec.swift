@@ -27,8 +27,12 @@ public struct LayerSpec: Equatable, Sendable {
   /// The names of the layers whose outputs it takes (`input` for the model's input), as
   /// Keras's functional API connects layers; nil for the previous layer's output.
   public var inputs: [String]?
-  /// Keras's `kernel_initializer` of Dense/Conv2D layers (default glorot_uniform).
+  /// Keras's `kernel_initializer` of Dense/Conv2D layers (default glorot_uniform); the
+  /// depthwise layers' `depthwise_initializer`.
   public var kernelInitializer: Initializer = .glorotUniform
+  /// Keras's `trainable`: false freezes the layer's variables (they get no gradient and no
+  /// update; depthwise layers only, as QuickNet's fixed blur pool).
+  public var trainable = true
   public var units: Int?
   public var filters: Int?
   public var kernelSize: [Int]?
@@ -50,6 +54,8 @@ public struct LayerSpec: Equatable, Sendable {
   public var epsilon: Float = 1e-3
   public var center = true
   public var scale = true
+  /// The `Activation` layer's function, or the one a convolution applies to its output
+  /// (Keras's `activation` argument of `Conv2D`/`QuantConv2D`).
   public var activation: ActivationKind?
   public var rate: Float?
 
@@ -159,7 +165,8 @@ public struct LayerSpec: Equatable, Sendable {
         strides: try pair(strides, "strides", default: [1, 1]), padding: padding, padValue: padValues,
         inputShape: inputShape, inputQuantizer: try inputQuantizer?.make(),
         kernelQuantizer: try kernelQuantizer?.make(), constraint: kernelConstraint, useBias: useBias,
-        typeName: kind == .conv2D ? "conv2d" : "quant_conv2d", kernelInitializer: kernelInitializer)
+        typeName: kind == .conv2D ? "conv2d" : "quant_conv2d", kernelInitializer: kernelInitializer,
+        activation: activation)
     case .batchNormalization:
       return try BatchNormalization(
         inputShape: inputShape, momentum: momentum, epsilon: epsilon, center: center, scale: scale)
@@ -182,7 +189,8 @@ public struct LayerSpec: Equatable, Sendable {
         strides: try pair(strides, "strides", default: [1, 1]), padding: padding, padValue: plain ? 0 : padValues,
         depthMultiplier: depthMultiplier, inputShape: inputShape, inputQuantizer: try inputQuantizer?.make(),
         depthwiseQuantizer: try kernelQuantizer?.make(), depthwiseConstraint: kernelConstraint, useBias: useBias,
-        typeName: plain ? "depthwise_conv2d" : "quant_depthwise_conv2d")
+        typeName: plain ? "depthwise_conv2d" : "quant_depthwise_conv2d", depthwiseInitializer: kernelInitializer,
+        trainable: trainable)
     case .flatten:
       return Flatten(inputShape: inputShape)
     case .activation:

@@ -1,5 +1,5 @@
-import Foundation
 import FlipTensor
+import Foundation
 
 /// What a variable is to its layer. Names follow Keras's (`kernel`, `depthwise_kernel`, `bias`,
 /// `gamma`, `beta`, `moving_mean`, `moving_variance`), so checkpoint tensors read like Keras weights.
@@ -186,6 +186,13 @@ public enum Initializer: Sendable, Equatable {
   /// deviation `√(2 / (fan_in + fan_out)) / 0.87962566103423978` (so the truncated
   /// distribution's is `√(2 / (fan_in + fan_out))`).
   case glorotNormal
+  /// Keras's `HeNormal`: a normal truncated at 2 standard deviations, of standard deviation
+  /// `√(2 / fan_in) / 0.87962566103423978`.
+  case heNormal
+  /// Larq Zoo's `blurpool_initializer` (QuickNet's anti-aliased pooling, Zhang 2019) for a
+  /// depthwise kernel (K, K, C, 1): each channel's K×K kernel is `k kᵀ / (Σk)²` with
+  /// `k = [1, 1]`, `[1, 2, 1]` or `[1, 4, 6, 4, 1]` for K = 2, 3, 5.
+  case blurpool
   case constant(Float)
 
   /// Keras's string names.
@@ -195,6 +202,8 @@ public enum Initializer: Sendable, Equatable {
     case "ones": self = .ones
     case "glorot_uniform": self = .glorotUniform
     case "glorot_normal": self = .glorotNormal
+    case "he_normal": self = .heNormal
+    case "blurpool_initializer": self = .blurpool
     default: return nil
     }
   }
@@ -205,6 +214,8 @@ public enum Initializer: Sendable, Equatable {
     case .ones: return "ones"
     case .glorotUniform: return "glorot_uniform"
     case .glorotNormal: return "glorot_normal"
+    case .heNormal: return "he_normal"
+    case .blurpool: return "blurpool_initializer"
     case .constant(let v): return "constant(\(v))"
     }
   }
@@ -221,19 +232,63 @@ public enum Initializer: Sendable, Equatable {
       for i in 0..<count { p[i] = (2 * random.nextUnitFloat() - 1) * limit }
     case .glorotNormal:
       let (fanIn, fanOut) = Initializer.fans(shape)
-      let deviation = (2 / Double(fanIn + fanOut)).squareRoot() / 0.879_625_661_034_239_78
-      for i in 0..<count {
-        // Box–Muller, redrawn outside ±2 deviations.
-        var z: Double
-        repeat {
-          let u = max(Double(random.nextUnitFloat()), 1e-12)
-          let v = Double(random.nextUnitFloat())
-          z = (-2 * log(u)).squareRoot() * cos(2 * Double.pi * v)
-        } while abs(z) > 2
-        p[i] = Float(z * deviation)
+      Self.fillTruncatedNormal(p, count: count, deviation: (2 / Double(fanIn + fanOut)).squareRoot(), random: &random)
+    case .heNormal:
+      let (fanIn, _) = Initializer.fans(shape)
+      Self.fillTruncatedNormal(p, count: count, deviation: (2 / Double(fanIn)).squareRoot(), random: &random)
+    case .blurpool:
+      let taps = Self.blurTaps(shape[0])
+      let total = taps.reduce(0, +)
+      let lanes = shape.dropFirst(2).reduce(1, *)
+      for ky in 0..<shape[0] {
+        for kx in 0..<shape[1] {
+          let v = taps[ky] * taps[kx] / (total * total)
+          (p + (ky * shape[1] + kx) * lanes).update(repeating: v, count: lanes)
+        }
       }
     }
   }
+
+  /// A normal of standard deviation `deviation` after truncation at ±2 (Keras's truncated
+  /// normal initializers): Box–Muller, redrawn outside ±2, scaled by `deviation / 0.8796…`.
+  private static func fillTruncatedNormal(
+    _ p: UnsafeMutablePointer<Float>, count: Int, deviation: Double, random: inout SplitMix64
+  ) {
+    let scale = deviation / 0.879_625_661_034_239_78
+    for i in 0..<count {
+      var z: Double
+      repeat {
+        let u = max(Double(random.nextUnitFloat()), 1e-12)
+        let v = Double(random.nextUnitFloat())
+        z = (-2 * log(u)).squareRoot() * cos(2 * Double.pi * v)
+      } while abs(z) > 2
+      p[i] = Float(z * scale)
+    }
+  }
+
+  /// The binomial taps of a blur kernel of `size` (2, 3 or 5; `checkShape` rejects others).
+  static func blurTaps(_ size: Int) -> [Float] {
+    switch size {
+    case 2: return [1, 1]
+    case 3: return [1, 2, 1]
+    default: return [1, 4, 6, 4, 1]
+    }
+  }
+
+  /// Throws when the initializer cannot fill a kernel of `shape` (`blurpool` wants a square
+  /// (K, K, C, 1) depthwise kernel with K 2, 3 or 5, as Larq Zoo's does).
+  public func checkShape(_ shape: [Int], owner: String) throws {
+    guard self == .blurpool else { return }
+    guard shape.count == 4, shape[0] == shape[1], [2, 3, 5].contains(shape[0]), shape[3] == 1 else {
+      throw BNNError.invalidParameter(
+        owner: owner, parameter: "depthwise_initializer",
+        reason:
+          "blurpool_initializer needs a 2×2, 3×3 or 5×5 depthwise kernel with depth_multiplier 1, got shape \(shape)")
+    }
+  }
+
+  /// Keras's names of the initializers a config may give.
+  public static let names = ["glorot_uniform", "glorot_normal", "he_normal", "zeros", "ones", "blurpool_initializer"]
 
   static func fans(_ shape: [Int]) -> (Int, Int) {
     if shape.count < 2 {

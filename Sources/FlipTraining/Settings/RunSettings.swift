@@ -45,8 +45,8 @@ public struct RunSettings: Equatable, Sendable {
   /// the optimizer's schedules when the run starts (`resolved`).
   public var lrScaling = LearningRateScaling.none
   public var lrReferenceBatch = 256
-  /// Linear warm-up from the unscaled learning rate over this many epochs; applied when the
-  /// run starts (`resolved`).
+  /// Linear warm-up over this many epochs, from 0 (or, under `lr_scaling: linear`, from the
+  /// unscaled learning rate, as Goyal et al.); applied when the run starts (`resolved`).
   public var warmupEpochs = 0
   public var epochs = 10
   /// The GLOBAL batch size (all ranks together).
@@ -94,14 +94,16 @@ public struct RunSettings: Equatable, Sendable {
 
   public init() {}
 
-  /// A preset's architecture and training setup: Larq's (Adam 1e-3, batch 512), or for the
-  /// residual presets Adam from 1e-3 with cosine decay to 0 over the run, batch 256, crop-flip.
+  /// A preset's architecture and training recipe (`ModelPreset.optimizer`, `batchSize`,
+  /// `epochs`, `warmupEpochs`); the small residual presets crop and flip in-memory images.
   public init(preset: ModelPreset) {
     model = preset.rawValue
     layers = preset.layers
     if let o = preset.optimizer { optimizer = o }
     batchSize = preset.batchSize
-    augment = preset == .birealnet || preset == .quicknet ? .cropFlip : nil
+    if let e = preset.epochs { epochs = e }
+    warmupEpochs = preset.warmupEpochs
+    augment = preset == .birealnet || preset == .quicknetMini ? .cropFlip : nil
   }
 
   /// The settings a run may change when it is resumed (`flip train --resume DIR ...`): how

@@ -56,11 +56,7 @@ extension RunSettings {
     var s = self
     s.augment = augment ?? (streamed ? .cropFlip : AugmentationMode.none)
     if streamed { s.imageSize = imageSize ?? ImagePreprocessing.defaultImageSize }
-    if ModelPreset(rawValue: model) != nil,
-      let last = s.layers.lastIndex(where: { $0.kind == .dense || $0.kind == .quantDense })
-    {
-      s.layers[last].units = classes
-    }
+    s.layers = layers(forInputShape: inputShape ?? sampleShape, classes: classes)
     if realValued {
       s.layers = s.layers.realValued()
       s.model += "-real"
@@ -68,7 +64,7 @@ extension RunSettings {
     }
     s.inputShape = inputShape ?? sampleShape
     let stepsPerEpoch = (trainSamples + batchSize - 1) / batchSize
-    s.optimizer = optimizer.resolvingRunLength(totalSteps: epochs * stepsPerEpoch)
+    let totalSteps = epochs * stepsPerEpoch
     let factor = lrScaling == .linear ? Double(batchSize) / Double(lrReferenceBatch) : 1
     if factor != 1 || warmupEpochs > 0 {
       let warmupEpochs = warmupEpochs
@@ -76,14 +72,30 @@ extension RunSettings {
         var schedule = factor == 1 ? h.schedule : .scaled(factor: factor, inner: h.schedule)
         if warmupEpochs > 0 {
           let warmup = warmupEpochs * (h.unit == .step ? stepsPerEpoch : 1)
-          schedule = .linearWarmup(warmup: warmup, start: h.schedule.value(at: 0), then: schedule)
+          let unscaled = h.schedule.resolvingRunLength(totalSteps).value(at: 0)
+          schedule = .linearWarmup(warmup: warmup, start: factor == 1 ? 0 : unscaled, then: schedule)
         }
         return Hyperparameter(schedule, unit: h.unit)
       }
     }
+    // `decay_steps: run` after the warm-up covers the steps left (QuickNet's cosine ends at 0).
+    s.optimizer = s.optimizer.resolvingRunLength(totalSteps: totalSteps)
     s.lrScaling = .none
     s.warmupEpochs = 0
     return s
+  }
+
+  /// The layers for samples of `inputShape` in `classes` classes: a preset's built for them
+  /// (`ModelPreset.layers(inputShape:classes:)`) while the layers are the preset's own; else
+  /// the layers as given, a preset's output layer with one unit per class.
+  public func layers(forInputShape inputShape: [Int], classes: Int) -> [LayerSpec] {
+    guard let preset = ModelPreset(rawValue: model) else { return layers }
+    if layers == preset.layers { return preset.layers(inputShape: inputShape, classes: classes) }
+    var specs = layers
+    if let last = specs.lastIndex(where: { $0.kind == .dense || $0.kind == .quantDense }) {
+      specs[last].units = classes
+    }
+    return specs
   }
 
   /// The Keras model name a summary prints (`binarynet_mlp`).
