@@ -80,9 +80,13 @@ struct EvaluateCommand: ParsableCommand {
       let splits = try DataSplits.load(
         directory: config.data,
         images: ImageDataOptions(config, computeThreads: threads) { logger.warning("rank \(rank): bad image \($0)") })
+      let inputShape = config.inputShape ?? splits.test.sampleShape
+      if weights != nil {
+        // A preset named for Keras weights takes the data's image size and classes, as in training.
+        config.layers = config.layers(forInputShape: inputShape, classes: splits.test.classes)
+      }
       let model = try Model(
-        specs: config.layers, inputShape: config.inputShape ?? splits.test.sampleShape, seed: config.seed,
-        compute: Compute(threads: threads))
+        specs: config.layers, inputShape: inputShape, seed: config.seed, compute: Compute(threads: threads))
       guard model.inputShape == splits.test.sampleShape else {
         throw TrainingError.datasetMismatch(
           "the model expects inputs of shape \(model.inputShape) but the images are \(splits.test.sampleShape)")

@@ -192,11 +192,17 @@ struct KerasWeightsCLITests {
     let config = try RunSettings.load(path: run + "/config.yaml")
     let model = try Model(specs: config.layers, inputShape: [6, 6, 1], seed: 0)  // ResumeTests' toy data
     let (tensors, _) = try ModelFile.read(path: run + "/model.safetensors")
+    return kerasFile(of: model) { tensors[$0.name]!.values }
+  }
+
+  /// `model`'s variables (or `values` of each view) as Keras would save them.
+  static func kerasFile(of model: Model, values: ((ParameterView) -> [Float])? = nil) -> KerasWeightsFile {
     var layers = [KerasWeightsFile.Layer(name: "input_1", weights: [])]
     for (i, layer) in model.layers.enumerated() {
       let weights = model.store.views(ofLayer: i).map { v in
         KerasWeightsFile.Weight(
-          name: "\(layer.name)/\(v.role.rawValue):0", shape: v.shape, values: tensors[v.name]!.values)
+          name: "\(layer.name)/\(v.role.rawValue):0", shape: v.shape,
+          values: values?(v) ?? copyOut(model.store.pointer(v), v.count))
       }
       layers.append(KerasWeightsFile.Layer(name: layer.name, weights: weights))
     }
@@ -228,5 +234,30 @@ struct KerasWeightsCLITests {
     let unnamed = try runFlip(["evaluate", "--weights", dir + "/w.h5", "--data", dir])
     #expect(
       unnamed.status != 0 && unnamed.stderr.contains("--weights needs the model it belongs to"), "\(unnamed.stderr)")
+  }
+}
+
+/// `flip evaluate --model birealnet18 --weights`: the preset takes the data's image size and
+/// classes before the weights load, as in training.
+@Suite("Keras weights for a preset on the command line", .serialized)
+struct KerasWeightsPresetCLITests {
+  @Test func evaluatePresetOnImagesOfTheirSize() throws {
+    let dir = temporaryDirectory("keras-preset")
+    try writeImageFolder(dir + "/data", classes: 3, perClass: 2, valPerClass: 2, width: 40, height: 40)
+    let layers = ModelPreset.birealnet18.layers(inputShape: [32, 32, 3], classes: 3)
+    let model = try Model(specs: layers, inputShape: [32, 32, 3], seed: 5)
+    KerasH5Writer().write(KerasWeightsCLITests.kerasFile(of: model), to: dir + "/w.h5")
+    let common = [
+      "evaluate", "--model", "birealnet18", "--data", dir + "/data", "--image-size", "32", "--threads", "1",
+    ]
+    let r = try runFlip(common + ["--weights", dir + "/w.h5"])
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(r.stdout.contains("test_accuracy") && r.stdout.contains("(6 images from"), "\(r.stdout)")
+    // Weights for 1,000 classes do not fit the 3 of these images: the dense layer is named.
+    let wide = try Model(
+      specs: ModelPreset.birealnet18.layers(inputShape: [32, 32, 3], classes: 1000), inputShape: [32, 32, 3], seed: 5)
+    KerasH5Writer().write(KerasWeightsCLITests.kerasFile(of: wide), to: dir + "/wide.h5")
+    let mismatch = try runFlip(common + ["--weights", dir + "/wide.h5"])
+    #expect(mismatch.status != 0 && mismatch.stderr.contains("Flip's dense"), "\(mismatch.stderr)")
   }
 }

@@ -44,13 +44,13 @@ struct KerasWeightsTests {
   static let tieTolerance: Float = 1e-5
 
   /// Flip's twin of each Keras model the script writes.
-  static func specs(_ name: String) throws -> [LayerSpec] {
+  static func specs(_ name: String, inputShape: [Int], classes: Int) throws -> [LayerSpec] {
     if name == "tiny" {
       let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/keras-tiny.yaml"
       return try RunSettings.load(path: path).layers
     }
     let preset = try #require(ModelPreset(rawValue: name), "Flip has no preset \(name)")
-    return RunSettings(preset: preset).layers
+    return preset.layers(inputShape: inputShape, classes: classes)
   }
 
   @Test(
@@ -60,7 +60,8 @@ struct KerasWeightsTests {
     let base = Self.directory! + "/" + name
     let expected = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: URL(fileURLWithPath: base + ".json")))
     let model = try Model(
-      specs: try Self.specs(name), inputShape: expected.input_shape, seed: 0, compute: Compute(threads: 2))
+      specs: try Self.specs(name, inputShape: expected.input_shape, classes: expected.classes),
+      inputShape: expected.input_shape, seed: 0, compute: Compute(threads: 2))
     try KerasWeights.load(path: base + ".h5", into: model)
     let inputs = try Self.floats(base + ".inputs.f32")
     let kerasLogits = try Self.floats(base + ".logits.f32")
