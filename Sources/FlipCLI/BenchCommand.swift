@@ -21,7 +21,11 @@ struct BenchCommand: ParsableCommand {
   var steps = 100
   @Option(name: .long, help: "Untimed warm-up steps (default 5).")
   var warmup = 5
-  @Flag(name: .long, help: "Use random images instead of a data set.")
+  @Flag(
+    name: .long,
+    help:
+      "Use random images instead of a data set (of --image-size S, S×S×3; Larq Zoo's networks do so at 224×224×3 without --data)."
+  )
   var synthetic = false
   @Option(
     name: .long,
@@ -29,7 +33,9 @@ struct BenchCommand: ParsableCommand {
       "Under mpirun: how started reductions progress during backward: testall (MPI_Testall between layers, the default) or thread (a progress thread, MPI_THREAD_MULTIPLE; an experiment)."
   )
   var mpiProgress: MPIProgress = .testall
-  @Flag(name: .long, help: "Run convolutions as im2col + GEMM instead of oneDNN's convolution primitives (to compare them).")
+  @Flag(
+    name: .long, help: "Run convolutions as im2col + GEMM instead of oneDNN's convolution primitives (to compare them)."
+  )
   var im2col = false
   @Flag(name: .long, help: "Print the result as one JSON object.")
   var json = false
@@ -44,7 +50,9 @@ struct BenchCommand: ParsableCommand {
       var settings = try modelOptions.settings(shared, compute, defaultPreset: .binarynetMLP)
       settings.timeline = nil
       var plan = BenchPlan()
-      (plan.steps, plan.warmup, plan.synthetic, plan.im2col) = (steps, warmup, synthetic, im2col)
+      let zoo = ModelPreset(rawValue: settings.model)?.isZoo == true
+      let noData = settings.data == DataSplits.defaultDirectory
+      (plan.steps, plan.warmup, plan.synthetic, plan.im2col) = (steps, warmup, synthetic || (zoo && noData), im2col)
       plan.mpiProgress = mpiProgress.rawValue
       var env = RunEnvironment(communicator: communicator, logger: logger, progress: ProgressReporter(enabled: false))
       env.timelinePath = shared.timeline
@@ -64,8 +72,9 @@ struct BenchCommand: ParsableCommand {
   func report(_ r: BenchResult) {
     print(
       String(
-        format: "%@: %.0f images/s, %.1f ms/step (batch %d, %d steps, %d thread%@, oneDNN ISA %@)", r.model,
-        r.imagesPerSecond, r.msPerStep, r.batchSize, r.steps, r.threads, r.threads == 1 ? "" : "s", r.isa))
+        format: "%@%@: %.1f images/s, %.1f ms/step (batch %d, %d steps, %d thread%@, oneDNN ISA %@)", r.model,
+        r.imageSize.map { " at \($0)×\($0)" } ?? "", r.imagesPerSecond, r.msPerStep, r.batchSize, r.steps, r.threads,
+        r.threads == 1 ? "" : "s", r.isa))
     print(
       String(
         format:
@@ -85,7 +94,9 @@ struct BenchCommand: ParsableCommand {
           Double(r.gradientSumBytes) / 1e6, Double(r.gradientSumBytesIfKept) / 1e6))
     }
     if r.ranks > 1 {
-      print("exchange: \(r.exchange), \(String(format: "%.2f", Double(r.bytesSentPerStep) / 1e6)) MB sent per step per rank")
+      print(
+        "exchange: \(r.exchange), \(String(format: "%.2f", Double(r.bytesSentPerStep) / 1e6)) MB sent per step per rank"
+      )
     }
   }
 }

@@ -21,6 +21,10 @@ struct TrainCommand: ParsableCommand {
       once. `flip train --resume DIR` continues from the newest valid checkpoint in DIR, on any \
       number of ranks that divides the global batch, with the run's own settings (only \
       --epochs, --data and the compute, exchange, logging and checkpoint options may be given).
+
+      Chains of batch jobs (SLURM): `flip train --config FILE --resume-or-start DIR` starts the \
+      run when DIR holds no checkpoint and continues it otherwise; stopped by a signal it exits \
+      with status 75 ("to be continued"), on which scripts/slurm-example.sh requeues the job.
       """)
 
   @OptionGroup var modelOptions: ModelOptions
@@ -31,7 +35,10 @@ struct TrainCommand: ParsableCommand {
 
   @Option(name: .long, help: "Run directory for metrics, config and model (default runs/<model>).")
   var out: String?
-  @Flag(name: .long, help: "Replace the files of an earlier run in --out (once the new run's settings, model and data have been checked).")
+  @Flag(
+    name: .long,
+    help:
+      "Replace the files of an earlier run in --out (once the new run's settings, model and data have been checked).")
   var overwrite = false
   @Option(
     name: .long,
@@ -41,12 +48,39 @@ struct TrainCommand: ParsableCommand {
         "A corrupt newest checkpoint is reported and the one before it is used. The model, optimizer, batch, seed and data order come from the checkpoint."
     ))
   var resume: String?
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "Start a new run in this directory, or continue it when it holds a checkpoint (batch jobs that requeue themselves).",
+      discussion:
+        "Continues from the newest valid checkpoint when there is one; settings that differ from the run's (other than those --resume accepts) are an error naming each difference. Stopped by a signal, every rank exits with status \(TrainCommand.stoppedToContinueStatus) (the run is to be continued) instead of 0."
+    ))
+  var resumeOrStart: String?
+
+  /// The exit status of a run stopped by a signal under `--resume-or-start`: to be continued
+  /// (EX_TEMPFAIL of sysexits.h, "try again later"). `scripts/slurm-example.sh` requeues on it.
+  static let stoppedToContinueStatus: Int32 = 75
 
   func validate() throws {
+    if resumeOrStart != nil {
+      let flags = [resume.map { _ in "--resume" }, out.map { _ in "--out" }, overwrite ? "--overwrite" : nil]
+      let given = flags.compactMap { $0 }
+      if !given.isEmpty {
+        throw ValidationError(
+          "\(given.joined(separator: ", ")) cannot be given with --resume-or-start: it names the run directory and decides whether to start or continue"
+        )
+      }
+      if modelOptions.model == nil && modelOptions.config == nil {
+        throw ValidationError(
+          "--resume-or-start needs the run's settings: give --model or --config, as for the run's first start")
+      }
+    }
     guard resume != nil else { return }
     // The run's settings come from its checkpoint; flags that would change them are errors.
     var fixed = [modelOptions.model.map { _ in "--model" }, modelOptions.config.map { _ in "--config" }]
-    fixed += [out.map { _ in "--out" }, overwrite ? "--overwrite" : nil, shared.learningRate.map { _ in "--learning-rate" }]
+    fixed += [
+      out.map { _ in "--out" }, overwrite ? "--overwrite" : nil, shared.learningRate.map { _ in "--learning-rate" },
+    ]
     fixed += overrides().keys.filter { !RunSettings.resumableKeys.contains($0) }.map(\.flag)
     let given = fixed.compactMap { $0 }.sorted()
     if !given.isEmpty {
@@ -62,24 +96,32 @@ struct TrainCommand: ParsableCommand {
   }
 
   func run() throws {
+    var outcome: RunOutcome?
     try Runtime.run(verbose: compute.verbose) { communicator, logger in
       var env = RunEnvironment(
         communicator: communicator, logger: logger,
         progress: ProgressReporter(enabled: communicator.isRoot && !output.quiet, style: output.progress.style))
       env.skipSelftest = own.skipSelftest
       env.faults = try InjectedFault.fromEnvironment()
-      env.configureThreads = { Runtime.configureThreads($0, localRanks: communicator.localSize, logger: logger, communicator: communicator) }
+      env.configureThreads = {
+        Runtime.configureThreads($0, localRanks: communicator.localSize, logger: logger, communicator: communicator)
+      }
       let run: TrainingRun
       if let resume {
         run = try TrainingRun.resume(resume, overrides: overrides(), environment: env)
+      } else if let directory = resumeOrStart {
+        var settings = try modelOptions.settings(shared, compute)
+        settings = try settings.overriding(own.overrides(), source: "the command line")
+        run = try TrainingRun.startOrResume(settings, in: directory, environment: env)
       } else {
         var settings = try modelOptions.settings(shared, compute)
         settings = try settings.overriding(own.overrides(), source: "the command line")
         let directory = out ?? "runs/\(settings.model)\(settings.realValued ? "-real" : "")"
         run = try TrainingRun.start(settings, in: directory, overwrite: overwrite, environment: env)
       }
-      try run.train()
+      outcome = try run.train()
     }
+    if resumeOrStart != nil, case .stopped? = outcome { throw ExitCode(Self.stoppedToContinueStatus) }
   }
 }
 
@@ -89,7 +131,9 @@ struct TrainSettingsOptions: ParsableArguments {
   var epochs: Int?
   @Option(name: .long, help: "Seed of initialization, shuffling and dropout (default \(RunSettings().seed)).")
   var seed: Int?
-  @Option(name: .long, help: "A step row in metrics.jsonl every this many steps (0: none; default \(RunSettings().logEvery)).")
+  @Option(
+    name: .long, help: "A step row in metrics.jsonl every this many steps (0: none; default \(RunSettings().logEvery))."
+  )
   var logEvery: Int?
   @Option(
     name: .long,
@@ -97,17 +141,25 @@ struct TrainSettingsOptions: ParsableArguments {
       "Learning-rate scaling for large batches: none, or linear (lr × batch / --lr-reference-batch, Goyal et al. 2017).",
       discussion: "The learning rate depends on the global batch only, never on the number of ranks."))
   var lrScaling: LearningRateScaling?
-  @Option(name: .long, help: "The batch size the configured learning rate was tuned for (default \(RunSettings().lrReferenceBatch)).")
+  @Option(
+    name: .long,
+    help: "The batch size the configured learning rate was tuned for (default \(RunSettings().lrReferenceBatch)).")
   var lrReferenceBatch: Int?
   @Option(name: .long, help: "Linear warmup from the unscaled learning rate over this many epochs (default 0).")
   var warmupEpochs: Int?
-  @Option(name: .long, help: "Under mpirun: compare a checksum of the replicas every N steps (0: only at the end; default \(RunSettings().checkEvery)).")
+  @Option(
+    name: .long,
+    help:
+      "Under mpirun: compare a checksum of the replicas every N steps (0: only at the end; default \(RunSettings().checkEvery))."
+  )
   var checkEvery: Int?
   @Flag(
     name: .long,
     help: ArgumentHelp(
       "Train the same architecture real-valued: hard_tanh in place of every input quantizer, no kernel quantizer.",
-      discussion: "Larq's guide: pretrain real-valued, then start the BNN from it with --init-from. The model is named <model>-real."))
+      discussion:
+        "Larq's guide: pretrain real-valued, then start the BNN from it with --init-from. The model is named <model>-real."
+    ))
   var realValued = false
   @Option(
     name: .long,
@@ -117,25 +169,45 @@ struct TrainSettingsOptions: ParsableArguments {
         "Every variable and BatchNorm statistic is copied: by name from a Flip file, by layer order and shape from a Keras .h5 (docs/keras-weights.md). Kernels are clipped to their weight_clip; the optimizer starts fresh."
     ))
   var initFrom: String?
-  @Option(name: .long, help: "Write a checkpoint every N optimizer steps (default 0: only by epoch; --resume: the run's).")
+  @Option(
+    name: .long, help: "Write a checkpoint every N optimizer steps (default 0: only by epoch; --resume: the run's).")
   var checkpointEvery: Int?
-  @Option(name: .long, help: "Write a checkpoint at the end of every N epochs (0: none by epoch; default \(RunSettings().checkpointEveryEpochs)).")
+  @Option(
+    name: .long,
+    help:
+      "Write a checkpoint at the end of every N epochs (0: none by epoch; default \(RunSettings().checkpointEveryEpochs))."
+  )
   var checkpointEveryEpochs: Int?
-  @Option(name: .long, help: "Keep the newest K checkpoints, deleting older ones (default \(RunSettings().keepCheckpoints)).")
+  @Option(
+    name: .long, help: "Keep the newest K checkpoints, deleting older ones (default \(RunSettings().keepCheckpoints)).")
   var keepCheckpoints: Int?
-  @Option(name: .long, help: "When a checkpoint cannot be written: stop (every rank stops with an error; the default) or continue (warn and train on).")
+  @Option(
+    name: .long,
+    help:
+      "When a checkpoint cannot be written: stop (every rank stops with an error; the default) or continue (warn and train on)."
+  )
   var onCheckpointError: CheckpointErrorPolicy?
-  @Option(name: .long, help: "With --timeline: the global steps A ≤ step < B to record, as A:B (default \(RunSettings().timelineSteps)).")
+  @Option(
+    name: .long,
+    help: "With --timeline: the global steps A ≤ step < B to record, as A:B (default \(RunSettings().timelineSteps)).")
   var timelineSteps: String?
   @Option(
     name: .long,
-    help: "Under mpirun: when rank 0 has waited this many seconds in a collective, log which ranks have not reached it (0: off; default \(Int(RunSettings().stallWarning))).")
+    help:
+      "Under mpirun: when rank 0 has waited this many seconds in a collective, log which ranks have not reached it (0: off; default \(Int(RunSettings().stallWarning)))."
+  )
   var stallWarning: Double?
-  @Option(name: .long, help: "Under mpirun: end the job when rank 0 has waited this many seconds in a collective (default: never); the last checkpoint stays.")
+  @Option(
+    name: .long,
+    help:
+      "Under mpirun: end the job when rank 0 has waited this many seconds in a collective (default: never); the last checkpoint stays."
+  )
   var stallTimeout: Double?
   @Flag(inversion: .prefixedNo, help: "TensorBoard event files in <run>/tensorboard, written by rank 0 (default: on).")
   var tensorboard: Bool?
-  @Flag(name: .long, help: "Skip the start-up check of the model's fast kernels against plain reference loops on every rank.")
+  @Flag(
+    name: .long,
+    help: "Skip the start-up check of the model's fast kernels against plain reference loops on every rank.")
   var skipSelftest = false
 
   /// The keys these flags set.

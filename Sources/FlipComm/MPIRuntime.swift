@@ -14,9 +14,11 @@ public enum MPIRuntime {
     return text.split(separator: "\n").first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? text
   }
 
-  /// Whether this process was started by Open MPI's `mpirun` (it sets `OMPI_COMM_WORLD_SIZE`).
+  /// Whether this process was started by Open MPI's `mpirun` (it sets `OMPI_COMM_WORLD_SIZE`)
+  /// or by a PMIx launcher such as SLURM's `srun --mpi=pmix` (it sets `PMIX_RANK`).
   public static var launchedByMPI: Bool {
-    ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] != nil
+    let env = ProcessInfo.processInfo.environment
+    return env["OMPI_COMM_WORLD_SIZE"] != nil || env["PMIX_RANK"] != nil
   }
 
   /// Ranks on this node according to the launcher (1 without `mpirun`).

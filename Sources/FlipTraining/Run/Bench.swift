@@ -6,6 +6,8 @@ import Foundation
 /// What `flip bench` measures; its JSON keys are `flip bench --json`'s.
 public struct BenchResult: Codable, Sendable {
   public var model: String
+  /// The side of the square images the model takes (nil for other inputs).
+  public var imageSize: Int?
   public var batchSize: Int
   public var steps: Int
   public var threads: Int
@@ -45,6 +47,7 @@ public struct BenchResult: Codable, Sendable {
   enum CodingKeys: String, CodingKey {
     case model, steps, threads, ranks, isa, exchange, wire, variables
     case batchSize = "batch_size"
+    case imageSize = "image_size"
     case imagesPerSecond = "images_per_second"
     case msPerStep = "ms_per_step"
     case fp32GemmGflopsPerSecond = "fp32_gemm_gflops_per_second"
@@ -93,15 +96,21 @@ extension TrainingRun {
   /// Times `plan.steps` training steps of `settings` after `plan.warmup` untimed ones (full
   /// batches of the data set, or random images), with the step's time split averaged over the
   /// ranks. Collective; every rank returns the result.
-  public static func bench(_ settings: RunSettings, plan: BenchPlan, environment env: RunEnvironment) throws -> BenchResult {
+  public static func bench(_ settings: RunSettings, plan: BenchPlan, environment env: RunEnvironment) throws
+    -> BenchResult
+  {
     var settings = settings
     try settings.validate()
     var plan = plan
     plan.threads = env.configureThreads(settings.threads)
+    let preset = ModelPreset(rawValue: settings.model)
+    let syntheticShape =
+      settings.inputShape ?? settings.imageSize.map { [$0, $0, 3] } ?? preset?.defaultInputShape ?? [28, 28, 1]
     let splits =
       try plan.synthetic
-      ? syntheticData(shape: settings.inputShape ?? [28, 28, 1], count: settings.batchSize * 4)
+      ? syntheticData(shape: syntheticShape, classes: preset?.defaultClasses ?? 10, count: settings.batchSize * 4)
       : loadData(settings, environment: env, compute: Compute(threads: plan.threads))
+    if plan.synthetic { settings.imageSize = nil }
     settings.timeline = nil
     settings = try settings.resolved(
       trainSamples: splits.train.count, sampleShape: splits.train.sampleShape, classes: splits.train.classes,
@@ -126,12 +135,12 @@ extension TrainingRun {
     return try measure(trainer, settings: settings, plan: plan, profiler: profiler, environment: env)
   }
 
-  static func syntheticData(shape: [Int], count n: Int) throws -> DataSplits {
+  static func syntheticData(shape: [Int], classes: Int = 10, count n: Int) throws -> DataSplits {
     var g = SplitMix64(seed: 1)
     let size = shape.reduce(1, *)
     let images = (0..<(n * size)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
-    let labels = (0..<n).map { Int32($0 % 10) }
-    let set = try Dataset(images: images, labels: labels, sampleShape: shape, classes: 10)
+    let labels = (0..<n).map { Int32($0 % classes) }
+    let set = try Dataset(images: images, labels: labels, sampleShape: shape, classes: classes)
     return DataSplits(train: set, test: set)
   }
 
@@ -181,11 +190,14 @@ extension TrainingRun {
     let (f32, i8, xnor) = (profiler.float32, profiler.int8, profiler.xnor)
     let model = trainer.model
     func share(_ ns: UInt64) -> Double { Double(ns) / 1e9 / seconds }
+    let shape = settings.inputShape ?? []
     return BenchResult(
-      model: settings.model, batchSize: settings.batchSize, steps: plan.steps, threads: plan.threads, ranks: size,
+      model: settings.model, imageSize: shape.count == 3 && shape[0] == shape[1] && shape[2] == 3 ? shape[0] : nil,
+      batchSize: settings.batchSize, steps: plan.steps, threads: plan.threads, ranks: size,
       isa: OneDNN.effectiveISA, imagesPerSecond: Double(plan.steps * settings.batchSize) / seconds,
       msPerStep: seconds / Double(plan.steps) * 1000, fp32GemmGflopsPerSecond: f32.rate,
-      int8GemmGopsPerSecond: i8.rate, fp32GemmTimeShare: share(f32.nanoseconds), int8GemmTimeShare: share(i8.nanoseconds),
+      int8GemmGopsPerSecond: i8.rate, fp32GemmTimeShare: share(f32.nanoseconds),
+      int8GemmTimeShare: share(i8.nanoseconds),
       gemmTimeShare: share(f32.nanoseconds + i8.nanoseconds + xnor.nanoseconds), xnorGopsPerSecond: xnor.rate,
       xnorTimeShare: share(xnor.nanoseconds), dataMs: split[0], computeMs: split[1], communicationWaitMs: split[2],
       optimizerMs: split[3], communicationAloneMs: split[4],

@@ -50,6 +50,8 @@ public final class TrainingRun {
   public let directory: String
   public let trainer: Trainer
   let environment: RunEnvironment
+  /// How to continue a stopped run, for its last log line (nil: `flip train --resume DIR`).
+  var continueWith: String?
 
   init(settings: RunSettings, directory: String, trainer: Trainer, environment: RunEnvironment) {
     self.settings = settings
@@ -75,7 +77,9 @@ public final class TrainingRun {
       "data \(settings.data) (\(data.format?.rawValue ?? "IDX")): \(describe(data)); augmentation \(resolved.augment?.rawValue ?? "none")"
     )
     if settings.lrScaling != .none || settings.warmupEpochs > 0 {
-      env.logger.info("learning rate: \(settings.lrScaling == .linear ? "linear scaling ×\(Double(settings.batchSize) / Double(settings.lrReferenceBatch))" : "unscaled")\(settings.warmupEpochs > 0 ? ", \(settings.warmupEpochs) warmup epoch(s)" : "")")
+      env.logger.info(
+        "learning rate: \(settings.lrScaling == .linear ? "linear scaling ×\(Double(settings.batchSize) / Double(settings.lrReferenceBatch))" : "unscaled")\(settings.warmupEpochs > 0 ? ", \(settings.warmupEpochs) warmup epoch(s)" : "")"
+      )
     }
     let parts = try RunParts(settings: resolved, data: data, environment: env, compute: compute)
     if let initFrom = resolved.initFrom, isRoot {
@@ -95,7 +99,9 @@ public final class TrainingRun {
       observers.metrics = try MetricsLog(path: directory + "/metrics.jsonl")
       if resolved.tensorboard {
         let log = try TensorBoardLog(directory: directory + "/tensorboard")
-        try log.text("model/summary", ModelSummary(modelName: resolved.modelName, model: parts.model).render(), step: 0, preformatted: true)
+        try log.text(
+          "model/summary", ModelSummary(modelName: resolved.modelName, model: parts.model).render(), step: 0,
+          preformatted: true)
         try log.text("model/config", try resolved.yaml(), step: 0, preformatted: true)
         observers.tensorBoard = log
       }
@@ -107,8 +113,11 @@ public final class TrainingRun {
   /// Resumes the run in `directory` from its newest valid checkpoint (rank 0 reads it and
   /// broadcasts it), on however many ranks this job has. `overrides` may change only the
   /// keys in `RunSettings.resumableKeys`; the rest are the run's own.
+  /// With `expected` (`startOrResume`), settings that differ from the run's in any other key
+  /// are an error naming each difference.
   public static func resume(
-    _ directory: String, overrides: [RunSettings.CodingKeys: ConfigValue], environment env: RunEnvironment
+    _ directory: String, overrides: [RunSettings.CodingKeys: ConfigValue], expected: RunSettings? = nil,
+    environment env: RunEnvironment
   ) throws -> TrainingRun {
     let fixed = overrides.keys.filter { !RunSettings.resumableKeys.contains($0) }.map(\.flag).sorted()
     guard fixed.isEmpty else {
@@ -116,12 +125,14 @@ public final class TrainingRun {
         "\(fixed.joined(separator: ", ")) cannot be changed when resuming: the run's settings come from its checkpoint (only \(RunSettings.resumableKeys.map(\.flag).sorted().joined(separator: ", ")) may change)"
       )
     }
-    let checkpoint = try LoadedCheckpoint.broadcastNewest(in: directory, communicator: env.communicator, logger: env.logger)
+    let checkpoint = try LoadedCheckpoint.broadcastNewest(
+      in: directory, communicator: env.communicator, logger: env.logger)
     let saved = try SettingsEntry.read(checkpoint.metadata, file: checkpoint.path)
     let settings = try saved.overriding(overrides, source: "the command line")
     try settings.validate()
     let compute = Compute(threads: env.configureThreads(settings.threads))
     let data = try loadData(settings, environment: env, compute: compute)
+    if let expected { try requireSameRun(expected, as: saved, data: data, directory: directory) }
     let position = try checkpoint.position()
     let parts = try RunParts(settings: settings, data: data, environment: env, compute: compute)
     var observers = TrainingObservers(progress: env.progress)
@@ -130,7 +141,8 @@ public final class TrainingRun {
       try MetricsLog.truncate(path: metricsPath, afterStep: position.step)
       observers.metrics = try MetricsLog(path: metricsPath, append: true)
       if settings.tensorboard {
-        observers.tensorBoard = try TensorBoardLog(directory: directory + "/tensorboard", resumingAfterStep: position.step)
+        observers.tensorBoard = try TensorBoardLog(
+          directory: directory + "/tensorboard", resumingAfterStep: position.step)
       }
     }
     let trainer = try parts.makeTrainer(directory: directory, observers: observers)
@@ -150,7 +162,9 @@ public final class TrainingRun {
     let logger = environment.logger
     let communicator = environment.communicator
     guard trainer.clock.epoch < settings.epochs else {
-      logger.info("the run has already trained \(trainer.clock.epoch) of \(settings.epochs) epochs; pass a larger --epochs to continue it")
+      logger.info(
+        "the run has already trained \(trainer.clock.epoch) of \(settings.epochs) epochs; pass a larger --epochs to continue it"
+      )
       return .alreadyTrained(epochs: trainer.clock.epoch)
     }
     flip_signals_install()
@@ -158,23 +172,30 @@ public final class TrainingRun {
     flip_signals_uninstall()
     try trainer.tensorBoard?.close()
     if let stop = trainer.stopRequest {
-      let cause = stop.localSignal != 0 ? "signal \(signalName(stop.localSignal))" : "a stop request on \(stop.ranks) other rank\(stop.ranks == 1 ? "" : "s")"
+      let cause =
+        stop.localSignal != 0
+        ? "signal \(signalName(stop.localSignal))"
+        : "a stop request on \(stop.ranks) other rank\(stop.ranks == 1 ? "" : "s")"
       let launcher = communicator.size > 1 ? "mpirun -np \(communicator.size) " : ""
       let checkpoint = trainer.checkpointWrites.last?.path
-      logger.info("stopped at step \(stop.step) (\(cause)); checkpoint \(checkpoint ?? "none"). Continue with: \(launcher)flip train --resume \(directory)")
+      let how = continueWith ?? "\(launcher)flip train --resume \(directory)"
+      logger.info("stopped at step \(stop.step) (\(cause)); checkpoint \(checkpoint ?? "none"). Continue with: \(how)")
       return .stopped(step: stop.step, cause: cause, checkpoint: checkpoint)
     }
     if communicator.isRoot {
       try ModelFile.save(
         trainer.model, to: directory + "/model.safetensors",
         metadata: [
-          "model": settings.model, SettingsEntry.key: try SettingsEntry.text(settings), "step": String(trainer.clock.step),
+          "model": settings.model, SettingsEntry.key: try SettingsEntry.text(settings),
+          "step": String(trainer.clock.step),
           "epoch": String(settings.epochs),
         ])
     }
     guard let last = results.last else { return .finished(testAccuracy: nil, testLoss: nil) }
     if communicator.isRoot {
-      logger.info("done: test accuracy \(String(format: "%.4f", last.testAccuracy)), test loss \(String(format: "%.4f", last.testLoss)); run directory \(directory)")
+      logger.info(
+        "done: test accuracy \(String(format: "%.4f", last.testAccuracy)), test loss \(String(format: "%.4f", last.testLoss)); run directory \(directory)"
+      )
     }
     return .finished(testAccuracy: last.testAccuracy, testLoss: last.testLoss)
   }

@@ -13,6 +13,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
   case modelFile(path: String, reason: String)
   case nonFinite(String)
   case replicasDiverged(step: Int, ranks: [Int])
+  /// `--resume-or-start`: the settings given differ from the run's in keys a resume keeps
+  /// (each difference as `key: the run's value, given value`).
+  case runSettingsDiffer(directory: String, differences: [String])
   /// Fast kernels that disagree with their references on this rank's CPU (`flip selftest`).
   case kernelCheckFailed(rank: Int, host: String, failures: [KernelCheck])
 
@@ -29,6 +32,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case .replicasDiverged(let step, let ranks):
       return
         "the model replicas differ at step \(step): ranks \(ranks.map(String.init).joined(separator: ", ")) disagree with rank 0 (weights or optimizer state); the job stops rather than train inconsistent copies"
+    case .runSettingsDiffer(let directory, let differences):
+      return
+        "\(directory) holds a run with other settings: \(differences.joined(separator: "; ")). Give the run's own settings (its config.yaml), or another directory for a new run"
     case .kernelCheckFailed(let rank, let host, let failures):
       let list = failures.prefix(3).map {
         "\($0.kernel) of \($0.layer) (\($0.implementation)) is off by \($0.maxError) (tolerance \($0.tolerance))"
