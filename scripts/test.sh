@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 swift build --build-tests
+# The release flip too: the test of Larq Zoo's networks training runs it (a debug build takes minutes per run).
+swift build -c release
 swift test --skip-build --disable-xctest
