@@ -44,6 +44,8 @@ let package = Package(
     .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
     .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
     .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+    // HDF5 (Keras weight files, `save_weights("w.h5")`): Debian's serial build.
+    .systemLibrary(name: "CHDF5", pkgConfig: "hdf5-serial", providers: [.apt(["libhdf5-dev"])]),
     // Stop requests from signals (async-signal-safe handlers, polled at step boundaries).
     .target(name: "CSignals"),
     // JPEG and PNG decoding (ImageNet-format data) over libjpeg-turbo's libjpeg API and libpng's
@@ -65,7 +67,7 @@ let package = Package(
     .target(
       name: "FlipTraining",
       dependencies: [
-        "FlipBNN", "FlipComm", "CZlib", "CSignals", "CImageCodec",
+        "FlipBNN", "FlipComm", "CZlib", "CHDF5", "CSignals", "CImageCodec",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Yams", package: "Yams"),
       ]),
@@ -83,7 +85,7 @@ let package = Package(
     .executableTarget(name: "flip-fuzz", dependencies: ["FlipTraining"]),
     .testTarget(
       name: "FlipTests",
-      dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm", "FlipXNOR", "CCPUFeatures"],
+      dependencies: ["FlipCLI", "FlipTraining", "FlipBNN", "FlipTensor", "FlipComm", "FlipXNOR", "CCPUFeatures", "CHDF5"],
       // Read through #filePath by the tests that use them.
       exclude: ["Fixtures"]),
   ],

@@ -9,7 +9,12 @@ struct EvaluateCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "evaluate",
     abstract:
-      "Evaluate a trained model on the test set: a run directory (config.yaml and model.safetensors) or one Flip file.")
+      "Evaluate a trained model on the test set: a run directory (config.yaml and model.safetensors), one Flip file, or Keras weights for a model.",
+    discussion: """
+      Keras weights (model.save_weights("w.h5") of a Larq Zoo model, the format its pretrained weights ship in) \
+      load by layer order and shape into the model named by --model or --config:
+        flip evaluate --model birealnet18 --weights w.h5 --data DIR
+      """)
 
   @Option(name: [.customLong("run")], help: "A run directory written by flip train.")
   var runDirectory: String?
@@ -17,48 +22,76 @@ struct EvaluateCommand: ParsableCommand {
     name: .long,
     help: "A model, checkpoint or binary-export file; the model is rebuilt from the config in its metadata.")
   var checkpoint: String?
-  @Option(name: .long, help: "Data directory (default: the one the run was trained on).")
+  @Option(
+    name: .long,
+    help:
+      "Keras weights (an HDF5 file of model.save_weights, e.g. Larq Zoo's) for the model named by --model or --config.")
+  var weights: String?
+  @OptionGroup var modelOptions: ModelOptions
+  @Option(name: .long, help: "Data directory (default: the one the run was trained on, or the config's).")
   var data: String?
+  @Option(
+    name: .long,
+    help: "ImageNet-format data: the side of the square images the model sees (default: the config's, else 224).")
+  var imageSize: Int?
   @Option(name: .long, help: "Evaluation batch size (default 1000).")
   var batchSize = 1000
   @OptionGroup var compute: ComputeOptions
 
   func validate() throws {
-    if (runDirectory == nil) == (checkpoint == nil) {
-      throw ValidationError("name exactly one model: --run DIR or --checkpoint FILE")
+    if [runDirectory, checkpoint, weights].compactMap({ $0 }).count != 1 {
+      throw ValidationError(
+        "name exactly one model: --run DIR, --checkpoint FILE or --weights FILE.h5 (with --model or --config)")
+    }
+    let named = modelOptions.model != nil || modelOptions.config != nil
+    if weights != nil && !named {
+      throw ValidationError("--weights needs the model it belongs to: --model NAME or --config FILE")
+    }
+    if weights == nil && named {
+      throw ValidationError("--model and --config go with --weights (a run or a Flip file names its own model)")
     }
     if batchSize <= 0 { throw ValidationError("--batch-size must be positive, got \(batchSize)") }
+  }
+
+  /// The model's settings, and how its variables get into it once it is built.
+  func source() throws -> (config: RunSettings, load: (Model) throws -> Void) {
+    if let runDirectory {
+      let config = try RunSettings.load(path: runDirectory + "/config.yaml")
+      let path = runDirectory + "/model.safetensors"
+      let (tensors, metadata) = try ModelFile.read(path: path)
+      return (config, { try ModelFile.load(tensors, into: $0, path: path, metadata: metadata) })
+    }
+    if let checkpoint {
+      let file = try FlipFile(path: checkpoint)
+      return (file.config, { try ModelFile.load(file.tensors, into: $0, path: file.path, metadata: file.metadata) })
+    }
+    let keras = try KerasWeightsFile.read(path: weights!)
+    return (try modelOptions.resolve(), { try KerasWeights.load(keras, into: $0, path: weights!) })
   }
 
   func run() throws {
     try Runtime.run(verbose: compute.verbose) { communicator, logger in
       let threads = Runtime.configureThreads(
         compute.threads, localRanks: communicator.localSize, logger: logger, communicator: communicator)
-      var config: RunSettings
-      let path: String
-      let tensors: [String: SafeTensors.Tensor]
-      let metadata: [String: String]
-      if let runDirectory {
-        config = try RunSettings.load(path: runDirectory + "/config.yaml")
-        path = runDirectory + "/model.safetensors"
-        (tensors, metadata) = try ModelFile.read(path: path)
-      } else {
-        let file = try FlipFile(path: checkpoint!)
-        (config, path, tensors, metadata) = (file.config, file.path, file.tensors, file.metadata)
-      }
+      var (config, load) = try source()
       if let data { config.data = data }
+      if let imageSize { config.imageSize = imageSize }
       let rank = communicator.rank
       let splits = try DataSplits.load(
         directory: config.data,
         images: ImageDataOptions(config, computeThreads: threads) { logger.warning("rank \(rank): bad image \($0)") })
+      let inputShape = config.inputShape ?? splits.test.sampleShape
+      if weights != nil {
+        // A preset named for Keras weights takes the data's image size and classes, as in training.
+        config.layers = config.layers(forInputShape: inputShape, classes: splits.test.classes)
+      }
       let model = try Model(
-        specs: config.layers, inputShape: config.inputShape ?? splits.test.sampleShape, seed: config.seed,
-        compute: Compute(threads: threads))
+        specs: config.layers, inputShape: inputShape, seed: config.seed, compute: Compute(threads: threads))
       guard model.inputShape == splits.test.sampleShape else {
         throw TrainingError.datasetMismatch(
           "the model expects inputs of shape \(model.inputShape) but the images are \(splits.test.sampleShape)")
       }
-      try ModelFile.load(tensors, into: model, path: path, metadata: metadata)
+      try load(model)
       try model.checkBatchFits(batchSize)
       model.allocate(maxBatch: batchSize)
       let policy = compute.binaryForward ?? .auto

@@ -164,9 +164,9 @@ struct TrainSettingsOptions: ParsableArguments {
   @Option(
     name: .long,
     help: ArgumentHelp(
-      "Start from the weights of a Flip model, checkpoint or export (e.g. a --real-valued run's model.safetensors).",
+      "Start from the weights of a Flip model, checkpoint or export (e.g. a --real-valued run's model.safetensors), or from Keras weights (model.save_weights(\"w.h5\"), e.g. Larq Zoo's).",
       discussion:
-        "Every variable and BatchNorm statistic is copied by name, kernels clipped to their weight_clip; the optimizer starts fresh."
+        "Every variable and BatchNorm statistic is copied: by name from a Flip file, by layer order and shape from a Keras .h5 (docs/keras-weights.md). Kernels are clipped to their weight_clip; the optimizer starts fresh."
     ))
   var initFrom: String?
   @Option(

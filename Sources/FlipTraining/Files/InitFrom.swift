@@ -18,3 +18,16 @@ public func initialize(_ model: Model, from tensors: [String: SafeTensors.Tensor
     v.constraint?.apply(p, count: v.count)
   }
 }
+
+/// Initializes `model` from the file at `path`, whichever kind it is: Keras weights (an HDF5
+/// file, `model.save_weights("w.h5")`, matched by layer order and shape: `KerasWeights`) or a
+/// Flip model, checkpoint or export (matched by tensor name). Returns what was read, for the log.
+public func initialize(_ model: Model, fromFile path: String) throws -> String {
+  if KerasWeightsFile.isHDF5(path: path) {
+    let summary = try KerasWeights.load(path: path, into: model)
+    return "\(path) (Keras weights: \(summary.layers) layers, \(summary.tensors) tensors)"
+  }
+  let (tensors, metadata) = try ModelFile.read(path: path)
+  try initialize(model, from: tensors, path: path)
+  return "\(path) (\(metadata["model"] ?? "?"), step \(metadata["step"] ?? "?"))"
+}

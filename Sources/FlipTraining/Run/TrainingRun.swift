@@ -83,10 +83,10 @@ public final class TrainingRun {
     }
     let parts = try RunParts(settings: resolved, data: data, environment: env, compute: compute)
     if let initFrom = resolved.initFrom, isRoot {
-      // Rank 0 reads the file; the trainer broadcasts its variables to the other ranks.
-      let (tensors, metadata) = try ModelFile.read(path: initFrom)
-      try initialize(parts.model, from: tensors, path: initFrom)
-      env.logger.info("initialized from \(initFrom) (\(metadata["model"] ?? "?"), step \(metadata["step"] ?? "?"))")
+      // Rank 0 reads the file (a Flip file or Keras weights); the trainer broadcasts its
+      // variables to the other ranks.
+      let source = try initialize(parts.model, fromFile: initFrom)
+      env.logger.info("initialized from \(source)")
     }
     // Everything is checked: from here on the directory holds the new run.
     var observers = TrainingObservers(progress: env.progress)
