@@ -120,3 +120,19 @@ struct ZooPresetTests {
     }
   }
 }
+
+extension ZooPresetTests {
+  /// The compact wire carries every binary kernel of Larq Zoo's networks as signs: ste_sign
+  /// at clip 1.25 and 1.3 under weight_clip of the same value (QuickNet, BinaryResNetE18,
+  /// BinaryDenseNet28), and Bi-Real Net's magnitude_aware_sign under weight_clip 1.
+  @Test(arguments: zoo)
+  func everyBinaryKernelTravelsAsSigns(_ preset: ModelPreset) throws {
+    let (layers, shape) = preset.testLayers
+    let model = try Model(specs: layers, inputShape: shape, seed: 0)
+    let binary = model.layers.compactMap { $0 as? QuantConv2D }.filter { $0.kernelQuantizer != nil }
+    #expect(!binary.isEmpty)
+    #expect(model.signKernels.count == binary.count, "\(preset)")
+    let clip: Float = preset == .birealnet18 ? 1 : preset == .binaryDenseNet28 ? 1.3 : 1.25
+    for case .magnitude(let c) in model.signKernels.map(\.encoding) { #expect(c == clip) }
+  }
+}
