@@ -18,7 +18,12 @@ public enum ModelPreset: String, CaseIterable, Sendable {
   case quicknetLarge = "quicknet-large"
 
   /// Whether the preset is one of Larq Zoo's ImageNet networks.
-  public var isZoo: Bool { zooLayers(inputShape: [224, 224, 3], classes: 1) != nil }
+  public var isZoo: Bool {
+    switch self {
+    case .binarynetMLP, .larqCNN, .birealnet, .quicknetMini: return false
+    case .birealnet18, .binaryResNetE18, .binaryDenseNet28, .quicknetSmall, .quicknet, .quicknetLarge: return true
+    }
+  }
 
   /// The input shape (H, W, C) the preset is built for when no data gives one: ImageNet's
   /// 224×224×3 for Larq Zoo's networks, Fashion-MNIST's 28×28×1 for the others.

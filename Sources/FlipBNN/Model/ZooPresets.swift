@@ -7,7 +7,7 @@ import Foundation
 /// so a shortcut's BatchNormalization, created first, has the lower number). Built for an input
 /// shape: the global pool is Larq Zoo's `AveragePooling2D` over the whole last map, and
 /// `binary-resnet-e18` and `binary-densenet28` take a 3×3 stride-1 stem below 50 pixels, as
-/// Larq Zoo does. `docs/reference/zoo/` holds Larq's summaries of these models at 224×224×3.
+/// Larq Zoo does. `Tests/FlipTests/Fixtures/zoo/` holds Larq's summaries of these models at 224×224×3.
 extension ModelPreset {
   /// The Zoo network for inputs of `inputShape` (H, W, C) and `classes` classes; nil for the
   /// presets that are not Larq Zoo's.
@@ -126,6 +126,7 @@ private struct ZooBuilder {
     ]
   }
 
+  @discardableResult
   mutating func addConv(_ spec: LayerSpec, inputs: [String]? = nil, name base: String) -> String {
     let k = spec.kernelSize![0]
     let out = window(k, strides: spec.strides![0], padding: spec.padding, channels: spec.filters)
