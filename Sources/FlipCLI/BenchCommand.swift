@@ -87,11 +87,13 @@ struct BenchCommand: ParsableCommand {
           "per step: data %.2f ms, compute %.2f ms, waiting for the slowest rank %.2f ms, communication wait %.2f ms, optimizer %.2f ms; the same communication alone %.2f ms (hidden: %.0f %%)",
         r.dataMs, r.computeMs, r.imbalanceWaitMs, r.communicationWaitMs, r.optimizerMs, r.communicationAloneMs,
         r.hiddenFraction * 100))
-    if r.gradientSumBytesIfKept > 0 {
+    if r.activationGradientBytesIfKept > 0 {
       print(
         String(
-          format: "gradient sums of shared tensors: %.2f MB in pooled buffers (%.2f MB if each kept its own)",
-          Double(r.gradientSumBytes) / 1e6, Double(r.gradientSumBytesIfKept) / 1e6))
+          format:
+            "activation gradients: %.2f MB in pooled buffers (%.2f MB if each layer kept its own); the layers' shared scratch: %.2f MB",
+          Double(r.activationGradientBytes) / 1e6, Double(r.activationGradientBytesIfKept) / 1e6,
+          Double(r.scratchBytes) / 1e6))
     }
     if r.ranks > 1 {
       print(

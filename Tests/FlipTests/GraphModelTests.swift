@@ -111,7 +111,8 @@ struct GraphModelTests {
   }
 
   /// The same chain written with and without names and inputs trains the same bits; a
-  /// chain needs no summing buffers.
+  /// chain's input gradients take two pooled buffers (each is alive until the layer below has
+  /// used it) and it sums nothing.
   @Test func namedInputsOfAChainChangeNothing() throws {
     let chain = ModelPreset.larqCNN.layers
     var named = chain
@@ -131,7 +132,7 @@ struct GraphModelTests {
         _ = try model.accumulateGradients(x, labels: labels, batch: 8, loss: SparseCategoricalCrossentropy(classes: 10))
         optimizer.apply(store: model.store, clock: TrainingClock(), gradientScale: 1 / 8)
       }
-      #expect(model.gradientBufferCount == 0)
+      #expect(model.gradientBufferCount == 2)
       return model.store.values.array
     }
     #expect(try train(chain) == train(named))
@@ -194,11 +195,12 @@ struct GraphModelTests {
     #expect(ours == larq)
   }
 
-  /// Bi-Real Net's shortcuts sum their gradients in pooled buffers reused block after block:
-  /// two are alive at once (a block's output gradient, passed on to its BatchNorm, while its
-  /// input's sum starts), each as wide as the widest shared tensor, instead of one buffer per
-  /// tensor that two layers read.
-  @Test func birealnetSumsGradientsInTwoPooledBuffers() throws {
+  /// Bi-Real Net's activation gradients live in pooled buffers reused block after block: at
+  /// most four are alive at once (in a downsampling block: the block's output gradient, passed
+  /// on to both BatchNorms, the main path's BatchNorm's and convolution's input gradients, and
+  /// the block input's sum), each as wide as the widest pooled tensor, instead of an input
+  /// gradient per layer and a sum per tensor that two layers read.
+  @Test func birealnetKeepsItsActivationGradientsInFourPooledBuffers() throws {
     let model = try Model(specs: ModelPreset.birealnet.layers, inputShape: [28, 28, 1], seed: 0)
     let batch = 4
     model.allocate(maxBatch: batch)
@@ -208,15 +210,64 @@ struct GraphModelTests {
       model.store.zeroGradients()
       _ = try model.accumulateGradients(x, labels: labels, batch: batch, loss: SparseCategoricalCrossentropy(classes: 10))
     }
-    #expect(model.gradientBufferCount == 2)
-    // The widest shared tensor is a 28×28×16 stage-1 output; 8 tensors are read twice.
-    #expect(model.gradientBufferBytes == 2 * batch * 28 * 28 * 16 * 4)
-    #expect(model.gradientBytesIfKept == batch * 4 * (3 * 28 * 28 * 16 + 2 * 14 * 14 * 32 + 2 * 7 * 7 * 64 + 4 * 4 * 128))
+    #expect(model.gradientBufferCount == 4)
+    // The widest pooled tensor is a 28×28×16 stage-1 tensor.
+    #expect(model.gradientBufferBytes == 4 * batch * 28 * 28 * 16 * 4)
+    // Kept apart: 8 sums of tensors read twice, and 30 layers' input gradients (all but the stem convolution and the Adds).
+    let sums = 3 * 28 * 28 * 16 + 2 * 14 * 14 * 32 + 2 * 7 * 7 * 64 + 4 * 4 * 128
+    let lent = model.layers.filter { ($0 as? LentInputGradient)?.inputGradientIsLent == true }
+    #expect(lent.count == 30)
+    #expect(model.gradientBytesIfKept == batch * 4 * (sums + lent.map(\.inputSize).reduce(0, +)))
+    #expect(model.gradientBytesIfKept > 4 * model.gradientBufferBytes)
     // A larger batch resizes the pool.
     model.allocate(maxBatch: 2 * batch)
     let x2 = randomValues(2 * batch * 784, seed: 2)
     _ = try model.accumulateGradients(x2, labels: labels + labels, batch: 2 * batch, loss: SparseCategoricalCrossentropy(classes: 10))
-    #expect(model.gradientBufferBytes == 2 * 2 * batch * 28 * 28 * 16 * 4)
+    #expect(model.gradientBufferBytes == 4 * 2 * batch * 28 * 28 * 16 * 4)
+  }
+
+  /// Lending each layer its input gradient from the pool and sharing one scratch between the
+  /// convolutions change no bit of the gradients or the loss: Larq Zoo's residual (Bi-Real
+  /// Net), ReLU-inside-convolution (QuickNet) and concatenating (BinaryDenseNet) networks, and
+  /// the graph of `specs` (a tensor read by three layers, Concatenate), each against the same
+  /// model whose layers own every buffer. The pool holds a few buffers, not one per layer.
+  @Test(arguments: ["graph", "birealnet18", "quicknet", "binary-densenet28"])
+  func pooledGradientsAndSharedScratchChangeNoBit(_ name: String) throws {
+    let (specs, shape): ([LayerSpec], [Int]) =
+      name == "graph"
+      ? (Self.specs, [4, 4, 2])
+      : (ModelPreset(rawValue: name)!.layers(inputShape: [32, 32, 3], classes: 5), [32, 32, 3])
+    let classes = name == "graph" ? 3 : 5
+    let batch = 3
+    let x = randomValues(batch * shape.reduce(1, *), seed: 4)
+    let labels = (0..<batch).map { Int32($0 % classes) }
+    func run(owning: Bool) throws -> (model: Model, loss: Double, gradients: [Float]) {
+      let model = try Model(specs: specs, inputShape: shape, seed: 9)
+      model.allocate(maxBatch: batch)
+      if owning {
+        for case let layer as LentInputGradient in model.layers { layer.ownInputGradient(maxBatch: batch) }
+        for case let layer as SharedScratchLayer in model.layers {
+          layer.scratch = FloatBuffer(count: layer.scratchCount(maxBatch: batch))
+        }
+      }
+      var loss = 0.0
+      for _ in 0..<2 {
+        model.store.zeroGradients()
+        loss = try model.accumulateGradients(
+          x, labels: labels, batch: batch, loss: SparseCategoricalCrossentropy(classes: classes)
+        ).lossSum
+      }
+      return (model, loss, model.store.gradients.array)
+    }
+    let pooled = try run(owning: false)
+    let owned = try run(owning: true)
+    #expect(pooled.loss == owned.loss)
+    #expect(pooled.gradients == owned.gradients, "\(name): the pooled model's gradients differ")
+    #expect(pooled.gradients.contains { $0 != 0 })
+    let lent = pooled.model.layers.filter { ($0 as? LentInputGradient)?.inputGradientIsLent == true }.count
+    #expect(pooled.model.gradientBufferCount <= 4, "\(name): \(lent) lent layers")
+    #expect(pooled.model.gradientBufferCount < lent)
+    #expect(owned.model.gradientBufferCount < pooled.model.gradientBufferCount)
   }
 
   /// A graph config survives YAML: names, inputs, merge layers, initializers.

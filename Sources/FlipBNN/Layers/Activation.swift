@@ -15,7 +15,7 @@ public enum ActivationKind: String, CaseIterable, Sendable {
 /// - `tanh`: `dx = dy·(1 − y²)`; `sigmoid`: `dx = dy·y(1 − y)`
 /// - `softmax` over the last axis: `y = exp(x − max)/Σ exp(x − max)`, `dx = y ⊙ (dy − Σ dy⊙y)`.
 ///   In training the loss takes the logits before a final softmax directly (as Keras does).
-public final class Activation: Layer {
+public final class Activation: Layer, LentInputGradient {
   public var name = "activation"
   public var compute = Compute.serial
   public let typeName = "activation"
@@ -25,7 +25,8 @@ public final class Activation: Layer {
   private var maxBatch = 0
   private var input: UnsafePointer<Float>!
   private var y = FloatBuffer(count: 0)
-  private var dx = FloatBuffer(count: 0)
+  public var inputGradient = FloatBuffer(count: 0)
+  public var inputGradientIsLent = false
 
   public init(_ kind: ActivationKind, inputShape: [Int]) {
     self.kind = kind
@@ -42,7 +43,7 @@ public final class Activation: Layer {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
     y = FloatBuffer(count: maxBatch * inputSize)
-    dx = FloatBuffer(count: maxBatch * inputSize)
+    if !inputGradientIsLent { inputGradient = FloatBuffer(count: maxBatch * inputSize) }
   }
 
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
@@ -66,7 +67,7 @@ public final class Activation: Layer {
   {
     guard needInputGradient else { return nil }
     let n = batch * inputSize
-    let d = dx.pointer
+    let d = inputGradient.pointer
     let out = y.pointer
     let x = input!
     switch kind {
@@ -114,7 +115,7 @@ public func softmaxRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Flo
 /// from Flip's seeded generator, so runs repeat exactly. The trainer reseeds it for every
 /// micro-step of every rank (`reseed(stream:)`), so masks depend on (seed, step, rank) only and
 /// a resumed run draws the same masks as an uninterrupted one.
-public final class Dropout: Layer, StochasticLayer {
+public final class Dropout: Layer, StochasticLayer, LentInputGradient {
   public var name = "dropout"
   public var compute = Compute.serial
   public let typeName = "dropout"
@@ -128,7 +129,8 @@ public final class Dropout: Layer, StochasticLayer {
   /// (B, ...) mask of 0 or 1/(1 − rate); output; input gradient.
   private var mask = FloatBuffer(count: 0)
   private var y = FloatBuffer(count: 0)
-  private var dx = FloatBuffer(count: 0)
+  public var inputGradient = FloatBuffer(count: 0)
+  public var inputGradientIsLent = false
 
   public init(rate: Float, inputShape: [Int], seed: UInt64) throws {
     guard rate >= 0, rate < 1 else {
@@ -149,7 +151,7 @@ public final class Dropout: Layer, StochasticLayer {
     self.maxBatch = maxBatch
     mask = FloatBuffer(count: maxBatch * inputSize)
     y = FloatBuffer(count: maxBatch * inputSize)
-    dx = FloatBuffer(count: maxBatch * inputSize)
+    if !inputGradientIsLent { inputGradient = FloatBuffer(count: maxBatch * inputSize) }
   }
 
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
@@ -172,7 +174,7 @@ public final class Dropout: Layer, StochasticLayer {
     guard trainedLast else { return dy }
     let n = batch * inputSize
     let m = mask.pointer
-    let d = dx.pointer
+    let d = inputGradient.pointer
     for i in 0..<n { d[i] = dy[i] * m[i] }
     return UnsafePointer(d)
   }

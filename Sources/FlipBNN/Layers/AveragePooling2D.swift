@@ -14,7 +14,7 @@ import FlipTensor
 /// (padded positions are neither summed nor counted; PyTorch's `count_include_pad=False`).
 ///
 /// backward: `dx[b, iy, ix, c] = Σ_{windows (oy, ox) holding (iy, ix)} dy[b, oy, ox, c] / n(oy, ox)`.
-public final class AveragePooling2D: Layer {
+public final class AveragePooling2D: Layer, LentInputGradient {
   public var name = "average_pooling2d"
   public var compute = Compute.serial
   public let typeName = "average_pooling2d"
@@ -28,7 +28,8 @@ public final class AveragePooling2D: Layer {
   /// (B, OH, OW, C) output.
   private var y = FloatBuffer(count: 0)
   /// (B, H, W, C) input gradient.
-  private var dx = FloatBuffer(count: 0)
+  public var inputGradient = FloatBuffer(count: 0)
+  public var inputGradientIsLent = false
 
   public init(poolSize: (Int, Int) = (2, 2), strides: (Int, Int)? = nil, padding: Padding = .valid, inputShape: [Int])
     throws
@@ -63,7 +64,7 @@ public final class AveragePooling2D: Layer {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
     y = FloatBuffer(count: maxBatch * outputSize)
-    dx = FloatBuffer(count: maxBatch * inputSize)
+    if !inputGradientIsLent { inputGradient = FloatBuffer(count: maxBatch * inputSize) }
   }
 
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
@@ -101,7 +102,7 @@ public final class AveragePooling2D: Layer {
     guard needInputGradient else { return nil }
     let g = geometry
     let c = g.channels
-    let d = dx.pointer
+    let d = inputGradient.pointer
     let divisors = UnsafePointer(counts.pointer)
     compute.forRanges(count: batch, grain: 8) { images in
       for b in images {
@@ -136,7 +137,7 @@ public final class AveragePooling2D: Layer {
 /// `y[b, c] = (1/(H·W)) · Σ_{h, w} x[b, h, w, c]`; output (C), or (1, 1, C) with `keepdims`.
 ///
 /// backward: `dx[b, h, w, c] = dy[b, c] / (H·W)`.
-public final class GlobalAveragePooling2D: Layer {
+public final class GlobalAveragePooling2D: Layer, LentInputGradient {
   public var name = "global_average_pooling2d"
   public var compute = Compute.serial
   public let typeName = "global_average_pooling2d"
@@ -147,7 +148,8 @@ public final class GlobalAveragePooling2D: Layer {
   /// (B, C) output (the same values for (B, 1, 1, C)).
   private var y = FloatBuffer(count: 0)
   /// (B, H, W, C) input gradient.
-  private var dx = FloatBuffer(count: 0)
+  public var inputGradient = FloatBuffer(count: 0)
+  public var inputGradientIsLent = false
 
   public init(keepdims: Bool = false, inputShape: [Int]) throws {
     guard inputShape.count == 3, inputShape.allSatisfy({ $0 > 0 }) else {
@@ -167,7 +169,7 @@ public final class GlobalAveragePooling2D: Layer {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
     y = FloatBuffer(count: maxBatch * outputSize)
-    dx = FloatBuffer(count: maxBatch * inputSize)
+    if !inputGradientIsLent { inputGradient = FloatBuffer(count: maxBatch * inputSize) }
   }
 
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
@@ -196,7 +198,7 @@ public final class GlobalAveragePooling2D: Layer {
     let c = inputShape[2]
     let pixels = inputShape[0] * inputShape[1]
     let n = Float(pixels)
-    let d = dx.pointer
+    let d = inputGradient.pointer
     compute.forRanges(count: batch, grain: 8) { images in
       for b in images {
         let gradient = dy + b * c

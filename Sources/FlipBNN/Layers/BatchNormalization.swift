@@ -13,7 +13,7 @@ import FlipTensor
 /// fused kernel returns the Bessel-corrected variance for the moving average).
 /// inference: `y = γ·(x − moving_mean)/√(moving_variance + ε) + β`.
 /// backward: `dx = γ/√(σ²+ε) · (dy − mean_R(dy) − x̂·mean_R(dy·x̂))`, `dγ += Σ dy·x̂`, `dβ += Σ dy`.
-public final class BatchNormalization: Layer {
+public final class BatchNormalization: Layer, LentInputGradient {
   public var name = "batch_normalization"
   public var compute = Compute.serial
   public let typeName = "batch_normalization"
@@ -35,11 +35,13 @@ public final class BatchNormalization: Layer {
   var movingVariance: UnsafeMutablePointer<Float>!
 
   private var maxBatch = 0
-  /// (R, C) normalized input of the last training forward.
-  private var normalized = FloatBuffer(count: 0)
+  /// (R, C) the input of the last training forward (the previous layer's output, valid until
+  /// backward): backward recomputes x̂ from it rather than keeping a copy.
+  private var input: UnsafePointer<Float>?
   /// (R, C) output; (R, C) input gradient.
   private var y = FloatBuffer(count: 0)
-  private var dx = FloatBuffer(count: 0)
+  public var inputGradient = FloatBuffer(count: 0)
+  public var inputGradientIsLent = false
   /// (C) batch mean and 1/√(σ²+ε) of the last training forward (in inference: scale and shift).
   private let mean: FloatBuffer
   private let inverseStd: FloatBuffer
@@ -129,9 +131,8 @@ public final class BatchNormalization: Layer {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
     let n = maxBatch * inputSize
-    normalized = FloatBuffer(count: n)
     y = FloatBuffer(count: n)
-    dx = FloatBuffer(count: n)
+    if !inputGradientIsLent { inputGradient = FloatBuffer(count: n) }
     let blocks = Parallel.chunkCount(count: n / channels, grain: blockRows)
     partial = FloatBuffer(count: blocks * channels)
     partial2 = FloatBuffer(count: blocks * channels)
@@ -173,6 +174,7 @@ public final class BatchNormalization: Layer {
     let s = inverseStd.pointer
     let m = mean.pointer
     if !training {
+      input = nil  // the statistics below replace the batch's: no backward until the next training forward
       // Fold the moving statistics into one scale and shift per channel.
       for ch in 0..<c {
         let k = (scale ? gamma![ch] : 1) / (movingVariance[ch] + epsilon).squareRoot()
@@ -217,19 +219,14 @@ public final class BatchNormalization: Layer {
       movingMean[ch] = movingMean[ch] * momentum + m[ch] * f
       movingVariance[ch] = movingVariance[ch] * momentum + Float(movingSample) * f
     }
-    let xh = normalized.pointer
+    input = x
     let g = gamma.map { UnsafePointer($0) }
     let b = beta.map { UnsafePointer($0) }
     compute.forRanges(count: rows, grain: blockRows) { r in
       for row in r {
         let xr = x + row * c
-        let hr = xh + row * c
         let yr = out + row * c
-        for ch in 0..<c {
-          let h = (xr[ch] - m[ch]) * s[ch]
-          hr[ch] = h
-          yr[ch] = h
-        }
+        for ch in 0..<c { yr[ch] = (xr[ch] - m[ch]) * s[ch] }
         if let g { for ch in 0..<c { yr[ch] *= g[ch] } }
         if let b { for ch in 0..<c { yr[ch] += b[ch] } }
       }
@@ -241,17 +238,20 @@ public final class BatchNormalization: Layer {
   {
     let c = channels
     let rows = batch * inputSize / c
-    let xh = normalized.pointer
+    guard let x = input else { preconditionFailure("\(name): backward needs a training forward first") }
+    // x̂ = (x − μ)·(1/σ), recomputed exactly as the forward computed it.
+    let m = UnsafePointer(mean.pointer)
+    let s = UnsafePointer(inverseStd.pointer)
     // Σ dy and Σ dy·x̂ per channel.
     let s1 = sums
     let s2 = sums2
     reduce(rows: rows, into: s1, s2) { r, a, b in
       for row in r {
         let dr = dy + row * c
-        let hr = xh + row * c
+        let xr = x + row * c
         for ch in 0..<c {
           a[ch] += dr[ch]
-          b[ch] += dr[ch] * hr[ch]
+          b[ch] += dr[ch] * ((xr[ch] - m[ch]) * s[ch])
         }
       }
     }
@@ -272,14 +272,14 @@ public final class BatchNormalization: Layer {
       a[ch] = Float(s1[ch] / n)
       bCoefficient[ch] = Float(s2[ch] / n)
     }
-    let out = dx.pointer
+    let out = inputGradient.pointer
     let bc = bCoefficient
     compute.forRanges(count: rows, grain: blockRows) { r in
       for row in r {
         let dr = dy + row * c
-        let hr = xh + row * c
+        let xr = x + row * c
         let or = out + row * c
-        for ch in 0..<c { or[ch] = k[ch] * (dr[ch] - a[ch] - hr[ch] * bc[ch]) }
+        for ch in 0..<c { or[ch] = k[ch] * (dr[ch] - a[ch] - ((xr[ch] - m[ch]) * s[ch]) * bc[ch]) }
       }
     }
     return UnsafePointer(out)

@@ -1,9 +1,10 @@
 import FlipTensor
 
 // Gradient convention (tested): parameter gradients ACCUMULATE into the store's gradient
-// buffer (so micro-batches add up), activation gradients are WRITTEN into the layer's own
-// `dx` buffer. Every stored buffer is sized once for `maxBatch` samples; a smaller batch uses
-// a prefix. Neither forward nor backward allocates.
+// buffer (so micro-batches add up), activation gradients are WRITTEN into the layer's input
+// gradient buffer (its own, or one its model lends it: `LentInputGradient`). Every stored
+// buffer is sized once for `maxBatch` samples; a smaller batch uses a prefix. Neither forward
+// nor backward allocates.
 
 /// One layer of a sequential model: explicit forward and backward passes over flat batches.
 public protocol Layer: AnyObject {
@@ -37,6 +38,39 @@ public protocol Layer: AnyObject {
 extension Layer {
   public var inputSize: Int { inputShape.reduce(1, *) }
   public var outputSize: Int { outputShape.reduce(1, *) }
+}
+
+/// A layer whose input gradient may live in a buffer that a model lends it. On its own a layer
+/// owns the buffer (`allocate` sizes it); a `Model` instead sets `inputGradientIsLent` before
+/// `allocate` and hands the layer a pooled buffer before each backward, taking it back once the
+/// gradient has been used, so only the gradients alive at once take memory.
+public protocol LentInputGradient: Layer {
+  /// Where backward writes the input gradient (at least batch × `inputSize` elements).
+  var inputGradient: FloatBuffer { get set }
+  /// Whether a model lends `inputGradient` (then `allocate` makes none).
+  var inputGradientIsLent: Bool { get set }
+}
+
+/// A layer that needs some memory only within one forward or one backward call. A model gives
+/// all of them one buffer, as large as the largest need (its layers run one at a time), and
+/// sets `scratchIsShared` before `allocate`; a layer on its own makes its own in `allocate`.
+public protocol SharedScratchLayer: Layer {
+  /// The floats of scratch one forward or backward call needs for batches of up to `maxBatch`.
+  func scratchCount(maxBatch: Int) -> Int
+  /// The scratch: the model's shared buffer, or the layer's own. Its contents do not outlive
+  /// a call.
+  var scratch: FloatBuffer { get set }
+  /// Whether a model gives `scratch` (then `allocate` makes none).
+  var scratchIsShared: Bool { get set }
+}
+
+extension LentInputGradient {
+  /// Makes the layer own its input gradient again, for batches of up to `maxBatch`: for a
+  /// caller that runs one of a model's layers on its own (the model then lends it nothing).
+  public func ownInputGradient(maxBatch: Int) {
+    inputGradientIsLent = false
+    inputGradient = FloatBuffer(count: maxBatch * inputSize)
+  }
 }
 
 /// A layer whose kernel is quantized: it reports the fraction of kernel values that changed

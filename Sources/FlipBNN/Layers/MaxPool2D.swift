@@ -5,7 +5,7 @@ import FlipTensor
 /// `MaxPooling2D(pool_size, strides=pool_size, padding)`: the maximum of each window per
 /// channel; backward routes each output gradient to the first maximal input of its window
 /// (TensorFlow's choice on ties). With `same` padding, padded positions never win.
-public final class MaxPool2D: Layer {
+public final class MaxPool2D: Layer, LentInputGradient {
   public var name = "max_pooling2d"
   public var compute = Compute.serial
   public let typeName = "max_pooling2d"
@@ -17,7 +17,8 @@ public final class MaxPool2D: Layer {
   private var y = FloatBuffer(count: 0)
   private var argmax: UnsafeMutablePointer<Int32>?
   /// (B, H, W, C) input gradient.
-  private var dx = FloatBuffer(count: 0)
+  public var inputGradient = FloatBuffer(count: 0)
+  public var inputGradientIsLent = false
 
   public init(poolSize: (Int, Int) = (2, 2), strides: (Int, Int)? = nil, padding: Padding = .valid, inputShape: [Int])
     throws
@@ -48,7 +49,7 @@ public final class MaxPool2D: Layer {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
     y = FloatBuffer(count: maxBatch * outputSize)
-    dx = FloatBuffer(count: maxBatch * inputSize)
+    if !inputGradientIsLent { inputGradient = FloatBuffer(count: maxBatch * inputSize) }
     argmax?.deallocate()
     argmax = .allocate(capacity: maxBatch * outputSize)
   }
@@ -153,7 +154,7 @@ public final class MaxPool2D: Layer {
   public func backward(_ dy: UnsafePointer<Float>, batch: Int, needInputGradient: Bool) throws -> UnsafePointer<Float>?
   {
     guard needInputGradient else { return nil }
-    let d = dx.pointer
+    let d = inputGradient.pointer
     let arg = argmax!
     let inSize = inputSize
     let outSize = outputSize

@@ -18,7 +18,7 @@ import FlipTensor
 /// pixel then gets `p · Σ_{padded taps t} Σ_c q_k(W)[t, c, f]` added, and the quantized kernel's
 /// gradient `p · Σ_{b, pixels where t is padded} dy[·, f]` at every channel of tap t (the input
 /// gradient is the same: padding positions receive nothing).
-public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
+public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, FlipCounting, ExactBinaryForward {
   public var name: String
   /// The threads its loops and kernels run with (see `Layer.compute`); the primitives are made
   /// for them, so a change drops those made before.
@@ -45,8 +45,6 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   /// The activation applied to the output (nil: none).
   public var activation: ActivationKind? { outputActivation?.kind }
   let outputActivation: OutputActivation?
-  /// (R, F) `dy ⊙ f'` when there is an activation.
-  private var activationGradient = FloatBuffer(count: 0)
   let kernel: QuantizedKernel
   /// The kernel the forward product runs: int8 by default where exact (both quantizers take
   /// integer levels), else fp32. `Model.chooseBinaryForward` picks the faster of the two, and
@@ -71,28 +69,30 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   private var tapSums: FloatBuffer
   /// oneDNN's primitives by batch size (a training batch, the epoch's last, an evaluation batch).
   private var primitives: [Int: ConvolutionPrimitives] = [:]
-  /// (R, F) int32 products, and (P, F) a kernel-gradient scratch.
-  private var product32: UnsafeMutablePointer<Int32>?
+  /// (P, F) a kernel-gradient scratch.
   private var kernelGradientScratch: FloatBuffer?
   var bias: UnsafeMutablePointer<Float>?
   var biasGradient: UnsafeMutablePointer<Float>?
 
   private var maxBatch = 0
   private var input: UnsafePointer<Float>!
-  /// The (quantized) input the columns unfold, and whether `columns` holds them yet (the int8
-  /// forward unfolds int8 data and leaves the float columns to backward).
-  private var columnSource: UnsafePointer<Float>!
+  /// Whether `columns` holds the im2col of the (quantized) input yet (the int8 forward
+  /// unfolds int8 data and leaves the float columns to backward).
   private var columnsReady = false
-  /// (B, H, W, C) the quantized input as int8 (exact int8 forward only).
-  private var quantizedInput8: UnsafeMutablePointer<Int8>?
-  /// (B, H, W, C) quantized input; only with an input quantizer.
-  private var quantizedInput: FloatBuffer?
+  /// Memory needed only within one forward or backward call (`SharedScratchLayer`), laid out
+  /// in floats as: (B, H, W, C) the quantized input q_in(x), when there is an input quantizer
+  /// (backward makes it again from x); then in forward, for the int8 kernel, (R, F) the int32
+  /// products and (B, H, W, C) q_in(x) as int8; in backward, (R, F) `dy ⊙ f'` when there is an
+  /// activation.
+  public var scratch = FloatBuffer(count: 0)
+  public var scratchIsShared = false
   /// (R, P) im2col of the (quantized) input.
   private var columns = FloatBuffer(count: 0)
   /// (R, F) = (B, OH, OW, F) output.
   private var y = FloatBuffer(count: 0)
   /// (B, H, W, C) input gradient.
-  private var dx = FloatBuffer(count: 0)
+  public var inputGradient = FloatBuffer(count: 0)
+  public var inputGradientIsLent = false
 
   public init(
     filters: Int, kernelSize: (Int, Int), strides: (Int, Int) = (1, 1), padding: Padding = .valid,
@@ -206,9 +206,28 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     }
   }
 
-  deinit {
-    quantizedInput8?.deallocate()
-    product32?.deallocate()
+  /// Offsets in `scratch` (floats, 64-byte aligned) for batches of up to `maxBatch`: the
+  /// quantized input, the region after it, and the int8 input after the int32 products.
+  private func scratchLayout(maxBatch: Int) -> (afterQuantized: Int, int8Input: Int, forward: Int, backward: Int) {
+    func aligned(_ n: Int) -> Int { (n + 15) & ~15 }
+    let (input, output) = (maxBatch * inputSize, maxBatch * outputSize)
+    let afterQuantized = inputQuantizer == nil ? 0 : aligned(input)
+    let int8Input = afterQuantized + aligned(output)
+    let forward = int8Forward == nil ? afterQuantized : int8Input + aligned((input + 3) / 4)
+    let backward = afterQuantized + (outputActivation == nil ? 0 : aligned(output))
+    return (afterQuantized, int8Input, forward, backward)
+  }
+
+  public func scratchCount(maxBatch: Int) -> Int {
+    let layout = scratchLayout(maxBatch: maxBatch)
+    return max(layout.forward, layout.backward)
+  }
+
+  /// The (quantized) input of the last forward: `q_in(x)` made again in scratch, or x itself.
+  private func quantizedSource(batch: Int) -> UnsafePointer<Float> {
+    guard let q = inputQuantizer else { return input }
+    q.parallelForward(input, scratch.pointer, count: batch * inputSize, channels: geometry.channels, compute: compute)
+    return UnsafePointer(scratch.pointer)
   }
 
   /// (R, P) im2col columns for `batch`, allocated on first use (the primitives need none).
@@ -274,16 +293,9 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     self.maxBatch = maxBatch
     let rows = maxBatch * geometry.outputPixels
     y = FloatBuffer(count: rows * filters)
-    dx = FloatBuffer(count: maxBatch * inputSize)
-    if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
-    if outputActivation != nil { activationGradient = FloatBuffer(count: rows * filters) }
+    if !inputGradientIsLent { inputGradient = FloatBuffer(count: maxBatch * inputSize) }
+    if !scratchIsShared { scratch = FloatBuffer(count: scratchCount(maxBatch: maxBatch)) }
     int8Forward?.allocate(rows: rows)
-    if int8Forward != nil {
-      quantizedInput8?.deallocate()
-      quantizedInput8 = .allocate(capacity: maxBatch * inputSize)
-      product32?.deallocate()
-      product32 = .allocate(capacity: rows * filters)
-    }
     if kernelGradientScratch == nil && kernel.quantizedGradient == nil {
       kernelGradientScratch = FloatBuffer(count: geometry.patchSize * filters)
     }
@@ -292,34 +304,42 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
     let g = geometry
     input = x
-    var source = x
-    if let q = inputQuantizer, let xq = quantizedInput {
-      q.parallelForward(x, xq.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
-      source = UnsafePointer(xq.pointer)
-    }
-    columnSource = source
+    let source = quantizedSource(batch: batch)
     let w = kernel.forward(training: training, compute: compute)
     let rows = batch * g.outputPixels
     columnsReady = false
+    // The int8 kernel's operands in scratch, bound to their types while it runs.
+    let layout = scratchLayout(maxBatch: maxBatch)
+    let raw = UnsafeMutableRawPointer(scratch.pointer)
+    func withInt8Input(_ body: (UnsafeMutablePointer<Int8>) throws -> Void) rethrows {
+      try (raw + layout.int8Input * 4).withMemoryRebound(to: Int8.self, capacity: batch * inputSize) { x8 in
+        convertToInt8(source, x8, count: batch * inputSize, compute: compute)
+        try body(x8)
+      }
+    }
     if usePrimitives {
       let p = try primitives(batch: batch)
-      if p.int8Forward, let x8 = quantizedInput8, let w8 = kernel.int8, let c = product32 {
-        convertToInt8(source, x8, count: batch * inputSize, compute: compute)
-        try p.forward(src: x8, kernel: w8, dst: c)
-        convertToFloat(
-          c, y.pointer, rows: rows, columns: filters, bias: bias.map { UnsafePointer($0) }, compute: compute)
+      if p.int8Forward, let w8 = kernel.int8 {
+        try withInt8Input { x8 in
+          try (raw + layout.afterQuantized * 4).withMemoryRebound(to: Int32.self, capacity: rows * filters) { c in
+            try p.forward(src: x8, kernel: w8, dst: c)
+            convertToFloat(
+              c, y.pointer, rows: rows, columns: filters, bias: bias.map { UnsafePointer($0) }, compute: compute)
+          }
+        }
       } else {
         try p.forward(src: source, kernel: w, dst: y.pointer)
         if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
       }
       if !paddedTaps.isEmpty { addPaddedTerms(kernel: w, batch: batch) }
-    } else if forwardKernel == .int8, let int8 = int8Forward, let x8 = quantizedInput8 {
-      convertToInt8(source, x8, count: batch * inputSize, compute: compute)
-      im2col(
-        UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer,
-        compute: compute)
-      try int8.runOnInputBuffer(
-        rows: rows, kernel: kernel.int8!, bias: bias.map { UnsafePointer($0) }, into: y.pointer, compute: compute)
+    } else if forwardKernel == .int8, let int8 = int8Forward {
+      try withInt8Input { x8 in
+        im2col(
+          UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer,
+          compute: compute)
+        try int8.runOnInputBuffer(
+          rows: rows, kernel: kernel.int8!, bias: bias.map { UnsafePointer($0) }, into: y.pointer, compute: compute)
+      }
     } else {
       im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch), compute: compute)
       columnsReady = true
@@ -339,29 +359,31 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
     let rows = batch * g.outputPixels
     var dy = outputGradient
     if let f = outputActivation {
+      let activationGradient = scratch.pointer + scratchLayout(maxBatch: maxBatch).afterQuantized
       f.gradient(
-        outputGradient, output: UnsafePointer(y.pointer), into: activationGradient.pointer, count: rows * filters,
+        outputGradient, output: UnsafePointer(y.pointer), into: activationGradient, count: rows * filters,
         compute: compute)
-      dy = UnsafePointer(activationGradient.pointer)
+      dy = UnsafePointer(activationGradient)
     }
     if usePrimitives {
       let p = try primitives(batch: batch)
       // The primitive overwrites its output: it writes to scratch, then accumulates.
-      let scratch = (kernel.quantizedGradient ?? kernelGradientScratch)!.pointer
-      try p.backwardWeights(src: columnSource, diffDst: dy, diffKernel: scratch)
-      if !paddedTaps.isEmpty { addPaddedTerms(gradient: scratch, dy: dy, batch: batch) }
-      kernel.finishBackward(from: scratch, compute: compute)
+      let kernelGradient = (kernel.quantizedGradient ?? kernelGradientScratch)!.pointer
+      try p.backwardWeights(src: quantizedSource(batch: batch), diffDst: dy, diffKernel: kernelGradient)
+      if !paddedTaps.isEmpty { addPaddedTerms(gradient: kernelGradient, dy: dy, batch: batch) }
+      kernel.finishBackward(from: kernelGradient, compute: compute)
       if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
       guard needInputGradient else { return nil }
       let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
-      try p.backwardData(diffDst: dy, kernel: w, diffSrc: dx.pointer)
+      try p.backwardData(diffDst: dy, kernel: w, diffSrc: inputGradient.pointer)
       quantizerGradient(
-        inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
-      return UnsafePointer(dx.pointer)
+        inputQuantizer, input, inputGradient.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
+      return UnsafePointer(inputGradient.pointer)
     }
     if !columnsReady {
       im2col(
-        columnSource, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch), compute: compute)
+        quantizedSource(batch: batch), batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch),
+        compute: compute)
       columnsReady = true
     }
     let (target, beta) = kernel.gemmGradientTarget
@@ -377,10 +399,10 @@ public final class QuantConv2D: Layer, FlipCounting, ExactBinaryForward {
       .none, .transposed, m: rows, n: g.patchSize, k: filters, a: dy, lda: filters, b: w, ldb: filters,
       c: columns.pointer, ldc: g.patchSize, compute: compute)
     columnsReady = false
-    col2im(columns.pointer, batch: batch, geometry: g, into: dx.pointer, compute: compute)
+    col2im(columns.pointer, batch: batch, geometry: g, into: inputGradient.pointer, compute: compute)
     quantizerGradient(
-      inputQuantizer, input, dx.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
-    return UnsafePointer(dx.pointer)
+      inputQuantizer, input, inputGradient.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
+    return UnsafePointer(inputGradient.pointer)
   }
 
   public var profile: LayerProfile {

@@ -7,7 +7,7 @@ import FlipTensor
 ///
 /// backward: `dq_k(W) = q_in(x)ᵀ·dy`, `dW += q̃_k'(W) ⊙ dq_k(W)`, `db += Σ_B dy`,
 /// `dx = q̃_in'(x) ⊙ (dy · q_k(W)ᵀ)`.
-public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
+public final class QuantDense: Layer, LentInputGradient, FlipCounting, ExactBinaryForward {
   public var name: String
   public var compute = Compute.serial
   public let typeName: String
@@ -76,7 +76,8 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
   /// (B, O) output.
   private var y = FloatBuffer(count: 0)
   /// (B, I) input gradient.
-  private var dx = FloatBuffer(count: 0)
+  public var inputGradient = FloatBuffer(count: 0)
+  public var inputGradientIsLent = false
 
   public init(
     units: Int, inputShape: [Int], inputQuantizer: Quantizer? = nil, kernelQuantizer: Quantizer? = nil,
@@ -139,7 +140,7 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
     y = FloatBuffer(count: maxBatch * units)
-    dx = FloatBuffer(count: maxBatch * inputSize)
+    if !inputGradientIsLent { inputGradient = FloatBuffer(count: maxBatch * inputSize) }
     if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
     int8Forward?.allocate(rows: maxBatch)
     xnorForward?.allocate(rows: maxBatch)
@@ -188,10 +189,10 @@ public final class QuantDense: Layer, FlipCounting, ExactBinaryForward {
     guard needInputGradient else { return nil }
     let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
     try gemm(
-      .none, .transposed, m: batch, n: i, k: units, a: dy, lda: units, b: w, ldb: units, c: dx.pointer, ldc: i,
+      .none, .transposed, m: batch, n: i, k: units, a: dy, lda: units, b: w, ldb: units, c: inputGradient.pointer, ldc: i,
       compute: compute)
-    quantizerGradient(inputQuantizer, input, dx.pointer, count: batch * i, channels: i, compute: compute)
-    return UnsafePointer(dx.pointer)
+    quantizerGradient(inputQuantizer, input, inputGradient.pointer, count: batch * i, channels: i, compute: compute)
+    return UnsafePointer(inputGradient.pointer)
   }
 
   public var profile: LayerProfile {

@@ -30,7 +30,7 @@ import FlipTensor
 /// every loop runs over contiguous lanes, 16 at a time, with its accumulator in registers. (They
 /// are compiled for baseline x86-64, SSE; oneDNN's JIT depthwise convolution would use AVX2 or
 /// AVX-512 FMA.) Unequal strides are allowed (TensorFlow's CPU kernel refuses them).
-public final class QuantDepthwiseConv2D: Layer, FlipCounting {
+public final class QuantDepthwiseConv2D: Layer, LentInputGradient, FlipCounting {
   public var name: String
   public var compute = Compute.serial
   public let typeName: String
@@ -65,7 +65,8 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
   /// (B, OH, OW, F) output.
   private var y = FloatBuffer(count: 0)
   /// (B, H, W, C) input gradient.
-  private var dx = FloatBuffer(count: 0)
+  public var inputGradient = FloatBuffer(count: 0)
+  public var inputGradientIsLent = false
   /// (pieces, T, F) per-piece sums of the quantized kernel's gradient.
   private var kernelGradientPieces = FloatBuffer(count: 0)
   /// (B, H, W, F) the product input with each channel repeated M times; only when M > 1.
@@ -145,7 +146,7 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
     y = FloatBuffer(count: maxBatch * outputSize)
-    dx = FloatBuffer(count: maxBatch * inputSize)
+    if !inputGradientIsLent { inputGradient = FloatBuffer(count: maxBatch * inputSize) }
     if inputQuantizer != nil { quantizedInput = FloatBuffer(count: maxBatch * inputSize) }
     pieces = min(Self.pieceLimit, maxBatch)
     kernelGradientPieces = FloatBuffer(count: pieces * kernel.count)
@@ -200,7 +201,7 @@ public final class QuantDepthwiseConv2D: Layer, FlipCounting {
     let kernelCount = kernel.count
     let partial = kernelGradientPieces.pointer
     let sums = pixelSums?.pointer
-    let d = dx.pointer
+    let d = inputGradient.pointer
     // Each piece of the batch sums its kernel gradient apart and writes its images' dx.
     let grain = max(1, (batch + pieces - 1) / pieces)
     let pieceCount = (batch + grain - 1) / grain

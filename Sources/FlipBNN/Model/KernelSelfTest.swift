@@ -48,6 +48,8 @@ public enum KernelSelfTest {
       // A layer like one checked already runs the same kernels (Larq Zoo's networks repeat
       // their blocks): checked once.
       guard seen.insert(signature(layer)).inserted else { continue }
+      // Run on its own, outside the model's backward that would lend it one.
+      (layer as? LentInputGradient)?.ownInputGradient(maxBatch: batch)
       if let dense = layer as? QuantDense {
         checks += try check(dense, store: model.store, batch: batch, random: &random)
       } else if let conv = layer as? QuantConv2D {

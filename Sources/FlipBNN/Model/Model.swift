@@ -11,10 +11,12 @@ import FlipTensor
 /// `quant_dense_1`, ...) unless a spec gives a `name`, and their variables are laid out in
 /// layer order in one `ParameterStore`.
 ///
-/// Backward sums the gradients of a tensor that several layers use. Those sums live in
-/// buffers taken from a pool when the tensor's first gradient arrives and returned once the
-/// layer that made the tensor has used it, so the pool holds only as many as are alive at once
-/// (`gradientBufferCount`); a chain needs none.
+/// Backward's activation gradients live in buffers of one pool: a layer's input gradient in a
+/// buffer lent to it just before its backward (`LentInputGradient`), and the sum of the
+/// gradients of a tensor that several layers use in a buffer taken when the first arrives.
+/// Each goes back to the pool once the layer below has used it, so the pool holds only as many
+/// as are alive at once (`gradientBufferCount`: two or three for a chain or a residual
+/// network, however deep) instead of one input gradient per layer.
 public final class Model {
   public let layers: [Layer]
   public let store: ParameterStore
@@ -51,23 +53,30 @@ public final class Model {
   private var consumers: [Int]
   /// Forward outputs of the current pass, by layer.
   private var outputs: [UnsafePointer<Float>?]
-  /// Backward: each layer output's gradient, and the pool of summing buffers.
+  /// Backward: each layer output's gradient; the pooled buffer that holds it, if any; the pool.
   private var gradients: [UnsafePointer<Float>?]
   private var summing: [Int: FloatBuffer] = [:]
   private var pool: [FloatBuffer] = []
-  /// The most summing buffers alive at once in a backward pass.
+  /// The most pooled buffers alive at once in a backward pass.
   public private(set) var gradientBufferCount = 0
-  /// Bytes the pool of summing buffers holds (its peak: a pooled buffer is kept for reuse).
+  /// Bytes the pool holds (its peak: a pooled buffer is kept for reuse).
   public private(set) var gradientBufferBytes = 0
-  /// Bytes the summing buffers would take if every tensor that several layers read kept its
-  /// own for the whole backward pass (batches of `maxBatch`): what the pool saves against.
+  /// Bytes of the scratch the layers share (`SharedScratchLayer`).
+  public private(set) var scratchBytes = 0
+  /// Bytes the activation gradients would take if every layer kept its own input gradient and
+  /// every tensor that several layers read its own sum for the whole backward pass (batches of
+  /// `maxBatch`): what the pool saves against.
   public var gradientBytesIfKept: Int {
-    sharedOutputs.reduce(0) { $0 + maxBatch * layers[$1].outputSize * MemoryLayout<Float>.stride }
+    (sharedOutputs.map { layers[$0].outputSize } + lentLayers.map { layers[$0].inputSize }).reduce(0) {
+      $0 + maxBatch * $1 * MemoryLayout<Float>.stride
+    }
   }
-  /// The layers whose output several layers read, and the widest of those outputs (per
-  /// sample): every pooled buffer is made that wide, so any of them serves any such tensor.
+  /// The layers whose output several layers read, and those lent their input gradient.
   private let sharedOutputs: [Int]
-  private let widestSharedOutput: Int
+  private let lentLayers: [Int]
+  /// The widest of those tensors (per sample): every pooled buffer is made that wide, so any of
+  /// them serves any tensor.
+  private let pooledWidth: Int
 
   /// The most elements one sample's output, or one layer's variables, may have.
   public static let largestTensor = 1 << 31
@@ -170,7 +179,13 @@ public final class Model {
           "\(names) feed\(dead.count == 1 ? "s" : "") no other layer, so \(dead.count == 1 ? "its" : "their") output would be unused; the output is the last layer listed (\(layers[layers.count - 1].name)): connect every branch to it or remove the dead ones")
     }
     sharedOutputs = layers.indices.filter { readers[$0] > 1 }
-    widestSharedOutput = sharedOutputs.map { layers[$0].outputSize }.max() ?? 0
+    // A layer is lent its input gradient when backward asks for it: some input of it needs one.
+    lentLayers = layers.indices.filter { i in
+      guard let layer = layers[i] as? LentInputGradient else { return false }
+      layer.inputGradientIsLent = inputsOf[i].contains { $0 >= 0 && needed[$0] }
+      return layer.inputGradientIsLent
+    }
+    pooledWidth = (sharedOutputs.map { layers[$0].outputSize } + lentLayers.map { layers[$0].inputSize }).max() ?? 0
     consumers = Array(repeating: 0, count: layers.count)
     outputs = Array(repeating: nil, count: layers.count)
     gradients = Array(repeating: nil, count: layers.count)
@@ -198,8 +213,14 @@ public final class Model {
   public func allocate(maxBatch: Int) {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
+    let scratchUsers = layers.compactMap { $0 as? SharedScratchLayer }
+    for layer in scratchUsers { layer.scratchIsShared = true }
     for layer in layers { layer.allocate(maxBatch: maxBatch) }
-    // Summing buffers are as wide as the widest shared tensor at the largest batch.
+    // One scratch for every layer that needs memory only within a call: they run one at a time.
+    let scratch = FloatBuffer(count: scratchUsers.map { $0.scratchCount(maxBatch: maxBatch) }.max() ?? 0)
+    for layer in scratchUsers { layer.scratch = scratch }
+    scratchBytes = scratch.count * MemoryLayout<Float>.stride
+    // Pooled buffers are as wide as the widest pooled tensor at the largest batch.
     pool.removeAll()
     gradientBufferBytes = 0
   }
@@ -255,28 +276,37 @@ public final class Model {
         blocked.kernelRowsFinished = { try observer.kernelRowsFinished(layer: i, rows: $0) }
       }
       defer { blocked?.kernelRowsFinished = nil }
+      // A buffer from the pool for the input gradient, held by this layer until its backward ends.
+      var lent: FloatBuffer?
+      if needed, let layer = layers[i] as? LentInputGradient, layer.inputGradientIsLent {
+        let buffer = takeBuffer()
+        layer.inputGradient = buffer
+        lent = buffer
+      }
       if let merge = layers[i] as? MergeLayer {
         inputGradients = try merge.backward(merged: d, batch: batch)
       } else if let g = try layers[i].backward(d, batch: batch, needInputGradient: needed) {
         inputGradients = [g]
       }
       layerTrace?(i, true, start, DispatchTime.now().uptimeNanoseconds)
-      // The summing buffer of this layer's output gradient, if it had one: a layer may pass
-      // it through as its input's gradient (Flatten, Add), which then holds it too.
+      // The pooled buffer of this layer's output gradient, if it had one: a layer may pass
+      // it through as its input's gradient (Flatten, Add), which then holds it too; so does
+      // the input whose gradient this layer wrote into its lent buffer.
       let owned = summing.removeValue(forKey: i)
       for (k, j) in sources.enumerated() where j >= 0 && k < inputGradients.count && outputGradientNeeded[j] {
         let g = inputGradients[k]
         if consumers[j] == 1 {
           gradients[j] = g
-          if let owned, g == UnsafePointer(owned.pointer) {
-            summing[j] = owned
-            holders[ObjectIdentifier(owned), default: 0] += 1
+          if let holder = [owned, lent].lazy.compactMap({ $0 }).first(where: { g == UnsafePointer($0.pointer) }) {
+            summing[j] = holder
+            holders[ObjectIdentifier(holder), default: 0] += 1
           }
         } else {
           contribute(g, to: j, batch: batch)
         }
       }
       if let owned { release(owned) }
+      if let lent { release(lent) }
       try observer?.layerFinished(i)
     }
     for (_, buffer) in summing { release(buffer) }
@@ -306,20 +336,26 @@ public final class Model {
       compute.forEach(count: count) { r in for e in r { p[e] += g[e] } }
       return
     }
+    let buffer = takeBuffer()
+    buffer.pointer.update(from: g, count: count)
+    summing[j] = buffer
+    gradients[j] = UnsafePointer(buffer.pointer)
+  }
+
+  /// A buffer from the pool (a new one when none is free), held once.
+  private func takeBuffer() -> FloatBuffer {
     let buffer: FloatBuffer
     if let pooled = pool.popLast() {
       buffer = pooled
     } else {
-      let width = maxBatch * widestSharedOutput
+      let width = maxBatch * pooledWidth
       buffer = FloatBuffer(count: width)
       gradientBufferBytes += width * MemoryLayout<Float>.stride
     }
-    buffer.pointer.update(from: g, count: count)
-    summing[j] = buffer
     holders[ObjectIdentifier(buffer)] = 1
-    gradients[j] = UnsafePointer(buffer.pointer)
     alive += 1
     gradientBufferCount = max(gradientBufferCount, alive)
+    return buffer
   }
 
   /// Flip ratios of the quantized kernels' last training forward, by layer name.

@@ -37,8 +37,11 @@ public struct BenchResult: Codable, Sendable {
   public var wire: String
   public var variables: Int
   public var signVariables: Int
-  public var gradientSumBytes: Int
-  public var gradientSumBytesIfKept: Int
+  /// Bytes of the pooled activation gradients (`Model.gradientBufferBytes`), what they would
+  /// take if every layer kept its own, and the layers' shared scratch.
+  public var activationGradientBytes: Int
+  public var activationGradientBytesIfKept: Int
+  public var scratchBytes: Int
   /// GEMM calls in the timed steps (for the text report).
   public var fp32GemmCalls: Int
   public var int8GemmCalls: Int
@@ -69,8 +72,9 @@ public struct BenchResult: Codable, Sendable {
     case mpiProgress = "mpi_progress"
     case bytesSentPerStep = "bytes_sent_per_step"
     case signVariables = "sign_variables"
-    case gradientSumBytes = "gradient_sum_bytes"
-    case gradientSumBytesIfKept = "gradient_sum_bytes_if_kept"
+    case activationGradientBytes = "activation_gradient_bytes"
+    case activationGradientBytesIfKept = "activation_gradient_bytes_if_kept"
+    case scratchBytes = "scratch_bytes"
     case fp32GemmCalls = "fp32_gemm_calls"
     case int8GemmCalls = "int8_gemm_calls"
     case xnorCalls = "xnor_calls"
@@ -206,7 +210,8 @@ extension TrainingRun {
       exchange: trainer.exchange.description, bytesSentPerStep: trainer.exchange.bytesSentPerStep,
       wire: trainer.exchange.wireFormat.rawValue, variables: model.store.values.count,
       signVariables: model.signKernels.reduce(0) { $0 + model.store.views[$1.view].count },
-      gradientSumBytes: model.gradientBufferBytes, gradientSumBytesIfKept: model.gradientBytesIfKept,
+      activationGradientBytes: model.gradientBufferBytes, activationGradientBytesIfKept: model.gradientBytesIfKept,
+      scratchBytes: model.scratchBytes,
       fp32GemmCalls: f32.calls, int8GemmCalls: i8.calls, xnorCalls: xnor.calls)
   }
 }
