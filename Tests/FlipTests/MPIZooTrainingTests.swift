@@ -1,5 +1,7 @@
 import FlipBNN
+import FlipComm
 import Foundation
+import Logging
 import Testing
 
 @testable import FlipTraining
@@ -18,6 +20,9 @@ extension MPITests {
   /// same global batches, statistics and first update. (Later steps drift apart: Adam's first
   /// updates are about `±lr` for any gradient above ε, so summation-order differences in
   /// near-zero gradients flip a few latent signs; quicknet-large's third step measured 7 % apart.)
+  /// For birealnet18, quicknet and binary-densenet28, a 2-rank run's own settings (its
+  /// `config.yaml`; one epoch at 32×32) on 2 ranks as threads of this process (`ThreadGroup`)
+  /// end with the same weights, bit for bit, and the same step losses.
   @Test(
     .enabled(if: FileManager.default.isExecutableFile(atPath: releaseFlipExecutable), "needs swift build -c release"))
   func larqZooNetworksTrainOnOneAndTwoRanks() throws {
@@ -25,20 +30,23 @@ extension MPITests {
     try writeImageFolder(dir, classes: 3, perClass: 8, valPerClass: 2, width: 72, height: 68)
     let env = ["FLIP_CACHE_DIR": dir + "/cache"]
     for preset in ModelPreset.allCases where preset.isZoo {
-      let args = { (out: String) in
+      let args = { (out: String, size: Int, epochs: Int) in
         [
-          "train", "--model", preset.rawValue, "--data", dir, "--image-size", "64", "--epochs", "2", "--batch-size",
-          "8", "--warmup-epochs", "0", "--lr-scaling", "linear", "--sync-bn", "--threads", "1", "--log-every", "1",
-          "--out", dir + "/\(preset.rawValue)-\(out)", "--quiet",
+          "train", "--model", preset.rawValue, "--data", dir, "--image-size", "\(size)", "--epochs", "\(epochs)",
+          "--batch-size", "8", "--warmup-epochs", "0", "--lr-scaling", "linear", "--sync-bn", "--threads", "1",
+          "--log-every", "1", "--out", dir + "/\(preset.rawValue)-\(out)", "--quiet",
         ]
       }
-      let one = try runProcess(releaseFlipExecutable, args("1"), environment: env)
+      let onTwoRanks = { (arguments: [String]) in
+        let two = try runProcess(
+          Self.mpirun,
+          ["-np", "2", "--oversubscribe", "--allow-run-as-root", "--mca", "oob_tcp_if_include", "lo"]
+            + env.flatMap { ["-x", "\($0)=\($1)"] } + [releaseFlipExecutable] + arguments)
+        try #require(two.status == 0, "\(preset): \(two.stderr)")
+      }
+      let one = try runProcess(releaseFlipExecutable, args("1", 64, 2), environment: env)
       try #require(one.status == 0, "\(preset): \(one.stderr)")
-      let two = try runProcess(
-        Self.mpirun,
-        ["-np", "2", "--oversubscribe", "--allow-run-as-root", "--mca", "oob_tcp_if_include", "lo"]
-          + env.flatMap { ["-x", "\($0)=\($1)"] } + [releaseFlipExecutable] + args("2"))
-      try #require(two.status == 0, "\(preset): \(two.stderr)")
+      try onTwoRanks(args("2", 64, 2))
       let rows = { (run: String, kind: String) in
         try readMetrics(dir + "/\(preset.rawValue)-\(run)/metrics.jsonl").filter { $0["kind"] as? String == kind }
       }
@@ -52,6 +60,32 @@ extension MPITests {
       #expect(accuracy[1] > 1.0 / 3, "\(preset): accuracy \(accuracy)")
       #expect(abs(stepsOnTwo[0] - steps[0]) <= 1e-4 * steps[0], "\(preset): \(steps) on 1 rank, \(stepsOnTwo) on 2")
       #expect(abs(stepsOnTwo[1] - steps[1]) <= 0.01 * steps[1], "\(preset): \(steps) on 1 rank, \(stepsOnTwo) on 2")
+      // A shorter run (one epoch at 32×32) on 2 MPI ranks, then with its settings on 2 in-process
+      // ranks. Those run this test's debug build, about a minute per network, so only for three
+      // networks that between them hold every kind of layer of the six.
+      guard [.birealnet18, .quicknet, .binaryDenseNet28].contains(preset) else { continue }
+      try onTwoRanks(args("short", 32, 1))
+      let settings = try RunSettings.parse(
+        yaml: String(contentsOfFile: dir + "/\(preset.rawValue)-short/config.yaml", encoding: .utf8), file: "config.yaml")
+      let threadsDirectory = dir + "/\(preset.rawValue)-threads"
+      let outcomes = ThreadGroup(size: 2).run { communicator -> RunOutcome in
+        var environment = RunEnvironment(
+          communicator: communicator, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() },
+          progress: ProgressReporter(enabled: false))
+        environment.skipSelftest = true
+        return try TrainingRun.start(settings, in: threadsDirectory, overwrite: true, environment: environment).train()
+      }
+      for outcome in outcomes { _ = try outcome.get() }
+      let weights = { (run: String) in
+        try ModelFile.read(path: dir + "/\(preset.rawValue)-\(run)/model.safetensors").tensors.mapValues {
+          $0.values.map(\.bitPattern)
+        }
+      }
+      let (mpi, threads) = (try weights("short"), try weights("threads"))
+      #expect(!mpi.isEmpty && mpi == threads, "\(preset): 2 MPI ranks and 2 in-process ranks trained other weights")
+      let stepsOnThreads = try readMetrics(threadsDirectory + "/metrics.jsonl").filter { $0["kind"] as? String == "step" }
+        .map { $0["loss"] as? Double ?? .nan }
+      #expect(stepsOnThreads == (try rows("short", "step").map { $0["loss"] as? Double ?? .nan }), "\(preset)")
     }
   }
 }
