@@ -15,8 +15,8 @@ import FlipTensor
 /// buffer lent to it just before its backward (`LentInputGradient`), and the sum of the
 /// gradients of a tensor that several layers use in a buffer taken when the first arrives.
 /// Each goes back to the pool once the layer below has used it, so the pool holds only as many
-/// as are alive at once (`gradientBufferCount`: two or three for a chain or a residual
-/// network, however deep) instead of one input gradient per layer.
+/// as are alive at once (`gradientBufferCount`: two for a chain, at most four for Larq
+/// Zoo's networks, however deep) instead of one input gradient per layer.
 public final class Model {
   public let layers: [Layer]
   public let store: ParameterStore
@@ -297,7 +297,8 @@ public final class Model {
         let g = inputGradients[k]
         if consumers[j] == 1 {
           gradients[j] = g
-          if let holder = [owned, lent].lazy.compactMap({ $0 }).first(where: { g == UnsafePointer($0.pointer) }) {
+          let holds = { (buffer: FloatBuffer?) in buffer.flatMap { g == UnsafePointer($0.pointer) ? $0 : nil } }
+          if let holder = holds(owned) ?? holds(lent) {
             summing[j] = holder
             holders[ObjectIdentifier(holder), default: 0] += 1
           }
