@@ -51,6 +51,15 @@ public protocol LentInputGradient: Layer {
   var inputGradientIsLent: Bool { get set }
 }
 
+extension LentInputGradient {
+  /// Makes the layer own its input gradient again, for batches of up to `maxBatch`: for a
+  /// caller that runs one of a model's layers on its own (the model then lends it nothing).
+  public func ownInputGradient(maxBatch: Int) {
+    inputGradientIsLent = false
+    inputGradient = FloatBuffer(count: maxBatch * inputSize)
+  }
+}
+
 /// A layer that needs some memory only within one forward or one backward call. A model gives
 /// all of them one buffer, as large as the largest need (its layers run one at a time), and
 /// sets `scratchIsShared` before `allocate`; a layer on its own makes its own in `allocate`.
@@ -62,15 +71,6 @@ public protocol SharedScratchLayer: Layer {
   var scratch: FloatBuffer { get set }
   /// Whether a model gives `scratch` (then `allocate` makes none).
   var scratchIsShared: Bool { get set }
-}
-
-extension LentInputGradient {
-  /// Makes the layer own its input gradient again, for batches of up to `maxBatch`: for a
-  /// caller that runs one of a model's layers on its own (the model then lends it nothing).
-  public func ownInputGradient(maxBatch: Int) {
-    inputGradientIsLent = false
-    inputGradient = FloatBuffer(count: maxBatch * inputSize)
-  }
 }
 
 /// A layer whose kernel is quantized: it reports the fraction of kernel values that changed
