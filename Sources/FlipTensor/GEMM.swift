@@ -217,3 +217,25 @@ public func convertToFloat(
     }
   }
 }
+
+/// `m[r, c] = m[r, c] · scale[c] (+ bias[c])` for a (rows, columns) matrix, each product and
+/// sum rounded on its own (no fused multiply-add), split over `compute`'s threads.
+public func scaleColumns(
+  _ m: UnsafeMutablePointer<Float>, rows: Int, columns: Int, scale: [Float], bias: UnsafePointer<Float>? = nil,
+  compute: Compute
+) {
+  precondition(scale.count == columns, "scaleColumns: \(scale.count) scales for \(columns) columns")
+  scale.withUnsafeBufferPointer { s in
+    let s = s.baseAddress!
+    compute.forRanges(count: rows, grain: max(1, (1 << 15) / max(columns, 1))) { r in
+      for row in r {
+        let mr = m + row * columns
+        if let bias {
+          for j in 0..<columns { mr[j] = mr[j] * s[j] + bias[j] }
+        } else {
+          for j in 0..<columns { mr[j] *= s[j] }
+        }
+      }
+    }
+  }
+}

@@ -88,6 +88,54 @@ struct FastPathTests {
     #expect(try outputs(int8: true) == outputs(int8: false))
   }
 
+  /// Bi-Real Net's layers (`approx_sign` input, `magnitude_aware_sign` kernel): the forward
+  /// sums the integer levels exactly and scales each filter once, so int8 and fp32, on oneDNN's
+  /// primitives and on im2col + GEMM, give the same bits: the exact value `s_f · Σ sign · sign`
+  /// rounded to float (then the bias added). Backward is the same after either forward.
+  @Test(arguments: [(Padding.same, Float(0), false), (.valid, 0, true), (.same, 1, true)])
+  func magnitudeAwareConvForwardIsTheRoundedExactValue(padding: Padding, padValue: Float, bias: Bool) throws {
+    let (batch, shape) = (3, [9, 8, 5])
+    let x = randomValues(batch * 360, seed: 2)
+    func run(_ kernel: BinaryForwardKernel, primitives: Bool) throws -> (y: [Float], rest: [Float], want: [Float]) {
+      let layer = try QuantConv2D(
+        filters: 6, kernelSize: (3, 3), strides: (2, 1), padding: padding, padValue: padValue, inputShape: shape,
+        inputQuantizer: ApproxSign(), kernelQuantizer: MagnitudeAwareSign(), useBias: bias)
+      #expect(layer.scalesLevels && layer.forwardKernels == [.fp32, .int8] && layer.forwardKernel == .int8)
+      layer.forwardKernel = kernel
+      layer.usePrimitives = primitives
+      let store = bindStandalone(layer, seed: 1)
+      if let b = layer.bias { for j in 0..<6 { b[j] = Float(j) * 0.37 - 1 } }
+      layer.allocate(maxBatch: batch)
+      let y = copyOut(try layer.forward(x, batch: batch, training: true), batch * layer.outputSize)
+      let dy = randomValues(batch * layer.outputSize, seed: 5)
+      let dx = copyOut(try layer.backward(dy, batch: batch, needInputGradient: true)!, batch * 360)
+      // The exact value: integer sums of ±1 levels (and the pad value's terms) in Double.
+      let g = layer.geometry
+      let latent = Array(UnsafeBufferPointer(start: layer.kernel.latent, count: g.patchSize * 6))
+      let q = MagnitudeAwareSign()
+      var wq = [Float](repeating: 0, count: latent.count)
+      q.forward(latent, &wq, count: latent.count, channels: 6)
+      let xq = x.map(binarySign)
+      let exact = referenceConvolution(
+        x: xq, kernel: latent.map(binarySign), batch: batch, geometry: g, filters: 6, padValue: padValue)
+      let want = exact.values.enumerated().map { i, sum in
+        let product = Float(Double(q.scale[i % 6]) * sum)
+        return bias ? product + layer.bias![i % 6] : product
+      }
+      return (y, dx + store.gradients.array, want)
+    }
+    let reference = try run(.fp32, primitives: true)
+    #expect(reference.y == reference.want, "fp32 on primitives differs from the rounded exact value")
+    for (kernel, primitives) in [(BinaryForwardKernel.int8, true), (.int8, false), (.fp32, false)] {
+      let other = try run(kernel, primitives: primitives)
+      #expect(other.y == reference.y, "\(kernel) (primitives: \(primitives)): forward bits differ")
+      #expect(
+        allClose(other.rest, reference.rest, tol: 1e-5),
+        "\(kernel) (primitives: \(primitives)): gradients differ by \(maxDifference(other.rest, reference.rest))")
+      if primitives { #expect(other.rest == reference.rest, "int8 forward changed backward's bits") }
+    }
+  }
+
   /// oneDNN's convolution primitives against im2col + GEMM: forward, input gradient and
   /// kernel gradient (accumulated over two passes), for float, binary and unquantized layers.
   /// With a nonzero pad value (QuickNet's `pad_values=1`) the primitives pad with zeros and
@@ -268,8 +316,13 @@ struct FastPathTests {
       #expect(kernels == want, "\(layer.name)")
     }
     // Binary × binary forwards are checked for exact equality.
+    // (Exact up to the one rounding of a per-filter scale for magnitude_aware_sign kernels.)
     let exact = checks.filter { $0.kernel == "forward int8" || $0.kernel == "forward xnor" }
-    #expect(exact.allSatisfy { $0.tolerance == 0 })
+    let scaled = Set(model.layers.filter { ($0 as? QuantConv2D)?.scalesLevels == true }.map(\.name))
+    for check in exact {
+      #expect(check.tolerance == (scaled.contains(check.layer) ? KernelSelfTest.scaledLevelsTolerance : 0))
+    }
+    #expect(exact.contains { scaled.contains($0.layer) } == [.birealnet, .birealnet18].contains(preset), "\(preset)")
     let signDense = model.layers.contains {
       ($0 as? QuantDense).map { $0.inputQuantizer?.hasSignLevels == true && $0.kernelQuantizer?.hasSignLevels == true }
         ?? false
@@ -374,9 +427,14 @@ struct FastPathTests {
 
 
   @Test func quantizersWithoutIntegerLevelsKeepFloat() throws {
+    // Scaled levels run exactly in convolutions only (Bi-Real Net's); not in dense layers, and
+    // not with a real-valued input.
     let magnitude = try QuantDense(
       units: 4, inputShape: [8], inputQuantizer: SteSign(), kernelQuantizer: MagnitudeAwareSign())
     #expect(magnitude.forwardKernels == [.fp32] && magnitude.forwardKernel == .fp32)
+    let realInput = try QuantConv2D(
+      filters: 2, kernelSize: (3, 3), inputShape: [5, 5, 2], kernelQuantizer: MagnitudeAwareSign())
+    #expect(realInput.forwardKernels == [.fp32] && !realInput.scalesLevels)
     let real = try QuantDense(units: 4, inputShape: [8], kernelQuantizer: SteSign())
     #expect(real.forwardKernels == [.fp32] && real.forwardKernel == .fp32)
     // Past sums of magnitude 2²⁴ − 1 fp32 may round, so only fp32 runs: ±1 terms, and a padded

@@ -1,6 +1,8 @@
 /// The kernels that can run the forward product of a layer whose input and kernel quantizers
-/// both take integer levels (±1, {0, 1}, {−1, 0, 1}). Every partial sum is an integer below
-/// 2²⁴, so they all give the same bits, and any of them may run:
+/// both take integer levels (±1, {0, 1}, {−1, 0, 1}), or, in a convolution, whose kernel's
+/// levels are scaled per filter after the product (`magnitude_aware_sign`:
+/// `QuantConv2D.scalesLevels`). Every partial sum is an integer below 2²⁴, so they all give the
+/// same bits, and any of them may run:
 /// - `fp32`: oneDNN's fp32 GEMM or convolution (every layer has it);
 /// - `int8`: int8 × int8 → int32 in oneDNN;
 /// - `xnor`: XNOR and popcount over packed sign bits (`XNORProduct`), for dense layers whose
@@ -31,7 +33,8 @@ public enum BinaryForwardPolicy: String, Sendable, CaseIterable {
 /// A layer whose forward product can run in more than one exact kernel (QuantDense, QuantConv2D).
 public protocol ExactBinaryForward: Layer {
   /// The kernels this layer's forward can run: always `.fp32`, `.int8` where both quantizers
-  /// take integer levels, `.xnor` where they take ±1 (dense layers, where `XNORProduct` runs).
+  /// take integer levels (or scaled ones, in convolutions), `.xnor` where they take ±1 (dense
+  /// layers, where `XNORProduct` runs).
   var forwardKernels: [BinaryForwardKernel] { get }
   /// The kernel the forward runs (one of `forwardKernels`).
   var forwardKernel: BinaryForwardKernel { get set }

@@ -167,14 +167,30 @@ final class QuantizedKernel {
     didSet { precondition(!fillsInt8 || int8 != nil, "fillsInt8 without makeInt8Copy()") }
   }
 
-  /// From now on, each forward also writes `int8` (the quantizer must take integer levels).
+  /// From now on, each forward also writes `int8` (the quantizer must take integer levels, or
+  /// be channel-scaled: then `int8` holds the levels).
   func makeInt8Copy() {
-    precondition(quantizer?.hasIntegerLevels == true, "an int8 kernel needs integer levels")
+    precondition(
+      quantizer?.hasIntegerLevels == true || quantizer is ChannelScaledQuantizer, "an int8 kernel needs integer levels")
     if int8 == nil { int8 = .allocate(capacity: max(count, 1)) }
     fillsInt8 = true
   }
 
   deinit { int8?.deallocate() }
+
+  /// For a `ChannelScaledQuantizer`: (rows, channels) the levels of the last forward as floats,
+  /// written by every forward while `fillsLevels` (the fp32 operand of the exact forward).
+  private(set) var levels: FloatBuffer?
+  var fillsLevels = false {
+    didSet {
+      precondition(!fillsLevels || quantizer is ChannelScaledQuantizer, "levels need a channel-scaled quantizer")
+      if fillsLevels && levels == nil { levels = FloatBuffer(count: count) }
+      if !fillsLevels { levels = nil }
+    }
+  }
+
+  /// The per-channel scales of the last forward, for a `ChannelScaledQuantizer`.
+  var channelScales: [Float]? { (quantizer as? ChannelScaledQuantizer)?.scale }
 
   var count: Int { rows * channels }
 
@@ -207,7 +223,17 @@ final class QuantizedKernel {
       gradientPassesThrough = bound != nil && !chunkWithinBound.contains(false)
     } else {
       q.forward(latent, new, count: count, channels: channels)
-      if fillsInt8, let k8 = int8 { convertToInt8(new, k8, count: count, compute: compute) }
+      if let scaled = q as? ChannelScaledQuantizer {
+        let (levels, k8) = (fillsLevels ? levels?.pointer : nil, fillsInt8 ? int8 : nil)
+        if levels != nil || k8 != nil {
+          compute.forEach(count: count) { r in
+            let lo = r.lowerBound
+            scaled.writeLevels(w + lo, levels.map { $0 + lo }, int8: k8.map { $0 + lo }, count: r.count)
+          }
+        }
+      } else if fillsInt8, let k8 = int8 {
+        convertToInt8(new, k8, count: count, compute: compute)
+      }
       for i in flipCounts.indices { flipCounts[i] = 0 }
       flipCounts[0] = countFlips ? countDifferences(old, new, count: count) : 0
       gradientPassesThrough = bound.map { allMagnitudes(w, count: count, atMost: $0) } ?? false

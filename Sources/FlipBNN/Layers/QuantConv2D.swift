@@ -47,17 +47,23 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
   let outputActivation: OutputActivation?
   let kernel: QuantizedKernel
   /// The kernel the forward product runs: int8 by default where exact (both quantizers take
-  /// integer levels), else fp32. `Model.chooseBinaryForward` picks the faster of the two, and
+  /// integer levels, or the kernel's are scaled: `scalesLevels`), else fp32. `Model.chooseBinaryForward` picks the faster of the two, and
   /// tests set fp32 to compare the paths.
   public var forwardKernel: BinaryForwardKernel {
     didSet {
       precondition(forwardKernels.contains(forwardKernel), "\(name) has no \(forwardKernel.rawValue) forward")
       kernel.fillsInt8 = forwardKernel == .int8
+      kernel.fillsLevels = scalesLevels && (forwardKernel == .fp32 || !paddedTaps.isEmpty)
       // The other path's primitives are no longer needed (the cache holds four shapes).
       primitives = primitives.filter { $0.key % 2 == (forwardKernel == .int8 ? 1 : 0) }
     }
   }
   private let int8Forward: Int8Forward?
+  /// Whether the forward product runs on the kernel quantizer's integer levels and scales each
+  /// output channel after it (a `ChannelScaledQuantizer` such as `magnitude_aware_sign` with an
+  /// integer-level input): `y = s ⊙ (q_in(x) ⊛ level(W)) + b`, the exact sum rounded once by
+  /// the scale, the same bits in int8 and fp32. Backward uses `q_k(W) = s ⊙ level(W)`.
+  public let scalesLevels: Bool
   public var forwardKernels: [BinaryForwardKernel] { int8Forward == nil ? [.fp32] : [.fp32, .int8] }
   /// Whether the convolutions run on oneDNN's primitives. On by default; tests turn it off to
   /// compare with im2col + GEMM.
@@ -133,14 +139,17 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     // then contributes padValue · w, so sums may grow up to that many times faster.
     let padFits = padding == .valid || (padValue == padValue.rounded() && abs(padValue) <= 127)
     let largestTerm = padding == .valid || !padFits ? 1 : max(1, Int(abs(padValue)))
-    let exact =
+    let integerInput =
       padFits && BinaryForwardKernel.sumsAreExact(terms: geometry.patchSize, largestTerm: largestTerm)
-      && inputQuantizer?.hasIntegerLevels == true && kernelQuantizer?.hasIntegerLevels == true
+      && inputQuantizer?.hasIntegerLevels == true
+    scalesLevels = integerInput && kernelQuantizer is ChannelScaledQuantizer
+    let exact = integerInput && (kernelQuantizer?.hasIntegerLevels == true || scalesLevels)
     forwardKernel = exact ? .int8 : .fp32
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
     if exact { kernel.makeInt8Copy() }
     paddedTaps = padValue == 0 ? [] : Self.paddedTaps(geometry)
     tapSums = FloatBuffer(count: paddedTaps.isEmpty ? 0 : geometry.kernelHeight * geometry.kernelWidth * filters)
+    kernel.fillsLevels = scalesLevels && !paddedTaps.isEmpty
   }
 
   /// The output pixels whose windows reach into the padding, with the taps that do.
@@ -305,9 +314,14 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     let g = geometry
     input = x
     let source = quantizedSource(batch: batch)
-    let w = kernel.forward(training: training, compute: compute)
+    let quantizedKernel = kernel.forward(training: training, compute: compute)
+    // The fp32 product's (and padded terms') kernel: the levels when they are scaled after it
+    // (written by the kernel's forward for the fp32 kernel or padded taps: see `fillsLevels`).
+    var w: UnsafePointer<Float> { scalesLevels ? UnsafePointer(kernel.levels!.pointer) : quantizedKernel }
     let rows = batch * g.outputPixels
     columnsReady = false
+    // The bias goes in with the products, or (scaled levels) after the scale.
+    let productBias = scalesLevels ? nil : bias.map { UnsafePointer($0) }
     // The int8 kernel's operands in scratch, bound to their types while it runs.
     let layout = scratchLayout(maxBatch: maxBatch)
     let raw = UnsafeMutableRawPointer(scratch.pointer)
@@ -323,13 +337,12 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
         try withInt8Input { x8 in
           try (raw + layout.afterQuantized * 4).withMemoryRebound(to: Int32.self, capacity: rows * filters) { c in
             try p.forward(src: x8, kernel: w8, dst: c)
-            convertToFloat(
-              c, y.pointer, rows: rows, columns: filters, bias: bias.map { UnsafePointer($0) }, compute: compute)
+            convertToFloat(c, y.pointer, rows: rows, columns: filters, bias: productBias, compute: compute)
           }
         }
       } else {
         try p.forward(src: source, kernel: w, dst: y.pointer)
-        if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
+        if let b = productBias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
       }
       if !paddedTaps.isEmpty { addPaddedTerms(kernel: w, batch: batch) }
     } else if forwardKernel == .int8, let int8 = int8Forward {
@@ -337,8 +350,7 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
         im2col(
           UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer,
           compute: compute)
-        try int8.runOnInputBuffer(
-          rows: rows, kernel: kernel.int8!, bias: bias.map { UnsafePointer($0) }, into: y.pointer, compute: compute)
+        try int8.runOnInputBuffer(rows: rows, kernel: kernel.int8!, bias: productBias, into: y.pointer, compute: compute)
       }
     } else {
       im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch), compute: compute)
@@ -346,7 +358,11 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
       try gemm(
         .none, .none, m: rows, n: filters, k: g.patchSize, a: columns.pointer, lda: g.patchSize, b: w,
         ldb: filters, c: y.pointer, ldc: filters, compute: compute)
-      if let b = bias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
+      if let b = productBias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
+    }
+    if scalesLevels, let scale = kernel.channelScales {
+      scaleColumns(
+        y.pointer, rows: rows, columns: filters, scale: scale, bias: bias.map { UnsafePointer($0) }, compute: compute)
     }
     outputActivation?.apply(y.pointer, count: rows * filters, compute: compute)
     return UnsafePointer(y.pointer)

@@ -37,7 +37,7 @@ extension BinaryForwardPolicy {
     guard !choices.contains(where: { $0.kernel == kernel }) else { return nil }
     let need =
       kernel == .int8
-      ? "a layer whose input and kernel quantizers both take integer levels (e.g. ste_sign on both)"
+      ? "a layer whose input and kernel quantizers both take integer levels (e.g. ste_sign on both), or a convolution of a binary input with a magnitude_aware_sign kernel"
       : "a dense layer whose input and kernel quantizers both output ±1 (ste_sign, approx_sign, swish_sign), on a CPU with AVX2"
     return
       "--binary-forward \(rawValue): no layer can run it (it needs \(need); oneDNN ISA here: \(isa)), so every layer runs fp32"

@@ -12,7 +12,8 @@ public struct KernelCheck: Sendable, Equatable {
   public var implementation: String
   /// The largest error, relative to the sum of the magnitudes of each output's terms.
   public var maxError: Double
-  /// 0 where the result must be exact (binary × binary products, the kernel pass).
+  /// 0 where the result must be exact (binary × binary products, the kernel pass); one
+  /// rounding's worth where exact sums are scaled (`scaledLevelsTolerance`).
   public var tolerance: Double
   public var passed: Bool { maxError <= tolerance }
 }
@@ -27,6 +28,10 @@ public enum KernelSelfTest {
   /// The fp32 kernels' allowed error relative to `Σ |terms|`: an fp32 sum of K terms is off by
   /// at most about K·2⁻²⁴ of it (6·10⁻⁵ for K = 1024); a wrong kernel is off by O(1).
   public static let float32Tolerance = 1e-4
+  /// The exact forwards' allowed error when they scale exact integer sums per channel
+  /// (`QuantConv2D.scalesLevels`, `magnitude_aware_sign` kernels): the product by the scale and
+  /// the bias's sum are each rounded once, each off by at most 2⁻²⁴ of the terms' magnitudes.
+  public static let scaledLevelsTolerance = 0x1p-23
   /// Convolutions of more multiply-adds than this (on the check's batch) are compared with
   /// their references on a sample of outputs (the references' plain loops would take seconds).
   public static let sampleAbove = 4_000_000
@@ -155,6 +160,7 @@ public enum KernelSelfTest {
     let chosen = layer.forwardKernel
     defer { layer.forwardKernel = chosen }
     let exact = layer.int8ForwardAvailable
+    let exactTolerance = (layer as? QuantConv2D)?.scalesLevels == true ? scaledLevelsTolerance : 0
     for kernel in layer.forwardKernels {
       layer.forwardKernel = kernel
       let y = try layer.forward(x, batch: batch, training: false)
@@ -163,7 +169,7 @@ public enum KernelSelfTest {
           kernel: "forward \(kernel.rawValue)", layer: layer.name,
           implementation: try layer.forwardImplementation(batch: batch),
           maxError: maxError(Array(UnsafeBufferPointer(start: y, count: r.y.values.count)), r.y),
-          tolerance: exact ? 0 : float32Tolerance))
+          tolerance: exact ? exactTolerance : float32Tolerance))
     }
     // Backward after an fp32 forward (the other forwards leave the float operands to backward).
     layer.forwardKernel = .fp32

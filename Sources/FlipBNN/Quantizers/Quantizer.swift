@@ -76,6 +76,17 @@ extension Quantizer {
   }
 }
 
+/// A kernel quantizer whose outputs are integer levels times a scale per output channel (the
+/// last axis): `q(w)[r, c] = scale[c] · level(w[r, c])`, e.g. `magnitude_aware_sign`
+/// (`sign(w) · mean |w|`). A product with an integer-level input is then an exact integer sum
+/// per output, scaled once: `QuantConv2D` runs it in int8 or fp32 with the same bits.
+public protocol ChannelScaledQuantizer: Quantizer {
+  /// (C) the scales of the last `forward`.
+  var scale: [Float] { get }
+  /// Writes `level(x)` of `count` values, as floats and, when `int8` is given, as int8 too.
+  func writeLevels(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>?, int8: UnsafeMutablePointer<Int8>?, count: Int)
+}
+
 /// Larq's `sign` with `sign(0) = +1`.
 @inlinable @inline(__always)
 public func binarySign(_ x: Float) -> Float { x >= 0 ? 1 : -1 }

@@ -113,7 +113,7 @@ public final class SwishSign: Quantizer {
 /// forward `q(x) = s_c · sign(x)` with `s_c = mean(|x|)` per channel `c` (all axes but the last);
 /// pseudo-gradient `dx = dy · s_c · 1[|x| ≤ clip_value]` (the scale is held constant, as Larq's
 /// `stop_gradient` does).
-public final class MagnitudeAwareSign: Quantizer {
+public final class MagnitudeAwareSign: ChannelScaledQuantizer {
   public let name = "magnitude_aware_sign"
   public let precision: Int? = 1
   public let clipValue: Float?
@@ -150,6 +150,13 @@ public final class MagnitudeAwareSign: Quantizer {
         for c in 0..<channels { y[r * channels + c] = s[c] * binarySign(x[r * channels + c]) }
       }
     }
+  }
+  /// The levels `sign(x)` (±1) of `scale · sign(x)`.
+  public func writeLevels(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>?, int8: UnsafeMutablePointer<Int8>?, count: Int
+  ) {
+    if let y { for i in 0..<count { y[i] = binarySign(x[i]) } }
+    if let int8 { for i in 0..<count { int8[i] = x[i] >= 0 ? 1 : -1 } }
   }
   public func backward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
