@@ -72,9 +72,9 @@ struct BenchCommand: ParsableCommand {
   func report(_ r: BenchResult) {
     print(
       String(
-        format: "%@%@: %.1f images/s, %.1f ms/step (batch %d, %d steps, %d thread%@, oneDNN ISA %@)", r.model,
+        format: "%@%@: %.1f images/s, %.1f ms/step (batch %d, %d steps, %d thread%@, oneDNN ISA %@%@)", r.model,
         r.imageSize.map { " at \($0)×\($0)" } ?? "", r.imagesPerSecond, r.msPerStep, r.batchSize, r.steps, r.threads,
-        r.threads == 1 ? "" : "s", r.isa))
+        r.threads == 1 ? "" : "s", r.isa, r.backwardPrecision == "fp32" ? "" : ", \(r.backwardPrecision) backward"))
     print(
       String(
         format:

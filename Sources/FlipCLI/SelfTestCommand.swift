@@ -129,6 +129,7 @@ func parseShape(_ text: String) throws -> [Int] {
 }
 
 extension BinaryForwardPolicy: ExpressibleByArgument {}
+extension BackwardPrecision: ExpressibleByArgument {}
 extension WirePolicy: ExpressibleByArgument {}
 
 /// `flip selftest --json`: one line per model.

@@ -31,6 +31,14 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
   public var int8KernelScale = ConvolutionPrimitives.exactInt8KernelScale {
     didSet { primitives.removeAll() }
   }
+  /// The arithmetic of the two backward convolutions on oneDNN's primitives (`bf16` where the
+  /// CPU has it; im2col + GEMM stays fp32). A change drops the primitives made before.
+  public var backwardPrecision = BackwardPrecision.fp32 {
+    didSet {
+      primitives.removeAll()
+      if !scratchIsShared && maxBatch > 0 { scratch = FloatBuffer(count: scratchCount(maxBatch: maxBatch)) }
+    }
+  }
   public let typeName: String
   public let inputShape: [Int]
   public let outputShape: [Int]
@@ -216,15 +224,21 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
   }
 
   /// Offsets in `scratch` (floats, 64-byte aligned) for batches of up to `maxBatch`: the
-  /// quantized input, the region after it, and the int8 input after the int32 products.
-  private func scratchLayout(maxBatch: Int) -> (afterQuantized: Int, int8Input: Int, forward: Int, backward: Int) {
+  /// quantized input, the region after it, the int8 input after the int32 products, and the
+  /// bf16 backward's x and dy after the activation's gradient.
+  private func scratchLayout(maxBatch: Int) -> (
+    afterQuantized: Int, int8Input: Int, bf16: Int, forward: Int, backward: Int
+  ) {
     func aligned(_ n: Int) -> Int { (n + 15) & ~15 }
     let (input, output) = (maxBatch * inputSize, maxBatch * outputSize)
     let afterQuantized = inputQuantizer == nil ? 0 : aligned(input)
     let int8Input = afterQuantized + aligned(output)
     let forward = int8Forward == nil ? afterQuantized : int8Input + aligned((input + 3) / 4)
-    let backward = afterQuantized + (outputActivation == nil ? 0 : aligned(output))
-    return (afterQuantized, int8Input, forward, backward)
+    let bf16 = afterQuantized + (outputActivation == nil ? 0 : aligned(output))
+    let bf16Bytes =
+      backwardPrecision == .bf16
+      ? ConvolutionPrimitives.backwardScratchBytes(batch: maxBatch, geometry: geometry, filters: filters) : 0
+    return (afterQuantized, int8Input, bf16, forward, bf16 + aligned((bf16Bytes + 3) / 4))
   }
 
   public func scratchCount(maxBatch: Int) -> Int {
@@ -254,7 +268,7 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     if primitives.count >= 4 { primitives.removeAll() }
     let p = try ConvolutionPrimitives(
       batch: batch, geometry: geometry, filters: filters, int8Forward: int8, int8KernelScale: int8KernelScale,
-      compute: compute)
+      backwardPrecision: backwardPrecision, compute: compute)
     primitives[key] = p
     return p
   }
@@ -385,13 +399,15 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
       let p = try primitives(batch: batch)
       // The primitive overwrites its output: it writes to scratch, then accumulates.
       let kernelGradient = (kernel.quantizedGradient ?? kernelGradientScratch)!.pointer
-      try p.backwardWeights(src: quantizedSource(batch: batch), diffDst: dy, diffKernel: kernelGradient)
+      let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
+      let bf16Scratch = UnsafeMutableRawPointer(scratch.pointer + scratchLayout(maxBatch: maxBatch).bf16)
+      try p.backward(
+        src: quantizedSource(batch: batch), diffDst: dy, kernel: w, diffKernel: kernelGradient,
+        diffSrc: needInputGradient ? inputGradient.pointer : nil, scratch: bf16Scratch)
       if !paddedTaps.isEmpty { addPaddedTerms(gradient: kernelGradient, dy: dy, batch: batch) }
       kernel.finishBackward(from: kernelGradient, compute: compute)
       if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
       guard needInputGradient else { return nil }
-      let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
-      try p.backwardData(diffDst: dy, kernel: w, diffSrc: inputGradient.pointer)
       quantizerGradient(
         inputQuantizer, input, inputGradient.pointer, count: batch * inputSize, channels: g.channels, compute: compute)
       return UnsafePointer(inputGradient.pointer)

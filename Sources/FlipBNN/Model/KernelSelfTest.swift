@@ -32,19 +32,24 @@ public enum KernelSelfTest {
   /// (`QuantConv2D.scalesLevels`, `magnitude_aware_sign` kernels): the product by the scale and
   /// the bias's sum are each rounded once, each off by at most 2⁻²⁴ of the terms' magnitudes.
   public static let scaledLevelsTolerance = 0x1p-23
+  /// The bf16 backward's allowed error (`BackwardPrecision.bf16`): each term's two factors are
+  /// rounded to bfloat16 (2⁻⁹ each), so a term is off by at most about 2⁻⁸ of its magnitude;
+  /// twice that.
+  public static let bf16Tolerance = 0x1p-7
   /// Convolutions of more multiply-adds than this (on the check's batch) are compared with
   /// their references on a sample of outputs (the references' plain loops would take seconds).
   public static let sampleAbove = 4_000_000
 
   /// Checks the fast kernels of a model built from `specs` for `inputShape`, on `batch` samples,
   /// as they run on `compute`'s threads, with the convolutions' int8 kernel levels scaled by
-  /// `int8KernelScale` (`Model.int8KernelScale`).
+  /// `int8KernelScale` (`Model.int8KernelScale`) and their backward in `backwardPrecision`.
   public static func run(
     specs: [LayerSpec], inputShape: [Int], batch: Int = 3, seed: UInt64 = 7, compute: Compute = .serial,
-    int8KernelScale: Float = ConvolutionPrimitives.exactInt8KernelScale
+    int8KernelScale: Float = ConvolutionPrimitives.exactInt8KernelScale, backwardPrecision: BackwardPrecision = .fp32
   ) throws -> [KernelCheck] {
     let model = try Model(specs: specs, inputShape: inputShape, seed: seed, compute: compute)
     model.int8KernelScale = int8KernelScale
+    model.backwardPrecision = backwardPrecision
     model.allocate(maxBatch: batch)
     var checks: [KernelCheck] = []
     var random = SplitMix64(seed: seed)
@@ -177,19 +182,21 @@ public enum KernelSelfTest {
     store.zeroGradients()
     let dx = try layer.backward(dy, batch: batch, needInputGradient: true)!
     let implementations = try layer.backwardImplementations(batch: batch)
+    let bf16 = (layer as? QuantConv2D).map { $0.backwardPrecision == .bf16 && $0.usePrimitives } ?? false
+    let backwardTolerance = bf16 ? bf16Tolerance : float32Tolerance
     checks.append(
       KernelCheck(
         kernel: "backward data", layer: layer.name, implementation: implementations.data,
         maxError: maxError(
           Array(UnsafeBufferPointer(start: dx, count: x.count)), r.dx, through: layer.inputQuantizer, at: x,
           channels: channels.input),
-        tolerance: float32Tolerance))
+        tolerance: backwardTolerance))
     let dw = Array(UnsafeBufferPointer(start: layer.kernel.gradient, count: latent.count))
     checks.append(
       KernelCheck(
         kernel: "backward weights", layer: layer.name, implementation: implementations.weights,
         maxError: maxError(dw, r.dw, through: layer.kernelQuantizer, at: latent, channels: channels.kernel),
-        tolerance: float32Tolerance))
+        tolerance: backwardTolerance))
     store.zeroGradients()
     if let pass = kernelPass(layer.kernel, latent: latent, layer: layer.name) { checks.append(pass) }
     return checks

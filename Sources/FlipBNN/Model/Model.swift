@@ -45,6 +45,15 @@ public final class Model {
   public var int8KernelScale = ConvolutionPrimitives.exactInt8KernelScale {
     didSet { for case let conv as QuantConv2D in layers { conv.int8KernelScale = int8KernelScale } }
   }
+  /// The arithmetic of the convolutions' backward passes (`BackwardPrecision`; `bf16` needs a
+  /// CPU where oneDNN has bf16 convolutions, else the first backward throws). Set before
+  /// training; the shared scratch grows to hold the bf16 copies of x and dy.
+  public var backwardPrecision = BackwardPrecision.fp32 {
+    didSet {
+      for case let conv as QuantConv2D in layers { conv.backwardPrecision = backwardPrecision }
+      if maxBatch > 0 { shareScratch() }
+    }
+  }
   /// Called after each layer's forward (`backward` false) or backward in training with the
   /// layer's index and its start and end times (`DispatchTime` nanoseconds): the timeline's
   /// per-layer spans. One branch per layer when nil.
@@ -213,16 +222,20 @@ public final class Model {
   public func allocate(maxBatch: Int) {
     guard maxBatch > self.maxBatch else { return }
     self.maxBatch = maxBatch
-    let scratchUsers = layers.compactMap { $0 as? SharedScratchLayer }
-    for layer in scratchUsers { layer.scratchIsShared = true }
+    for case let layer as SharedScratchLayer in layers { layer.scratchIsShared = true }
     for layer in layers { layer.allocate(maxBatch: maxBatch) }
-    // One scratch for every layer that needs memory only within a call: they run one at a time.
-    let scratch = FloatBuffer(count: scratchUsers.map { $0.scratchCount(maxBatch: maxBatch) }.max() ?? 0)
-    for layer in scratchUsers { layer.scratch = scratch }
-    scratchBytes = scratch.count * MemoryLayout<Float>.stride
+    shareScratch()
     // Pooled buffers are as wide as the widest pooled tensor at the largest batch.
     pool.removeAll()
     gradientBufferBytes = 0
+  }
+
+  /// One scratch for every layer that needs memory only within a call: they run one at a time.
+  private func shareScratch() {
+    let scratchUsers = layers.compactMap { $0 as? SharedScratchLayer }
+    let scratch = FloatBuffer(count: scratchUsers.map { $0.scratchCount(maxBatch: maxBatch) }.max() ?? 0)
+    for layer in scratchUsers { layer.scratch = scratch }
+    scratchBytes = scratch.count * MemoryLayout<Float>.stride
   }
 
   /// Runs the first `through` layers (all by default) on `batch` samples; returns the output

@@ -46,6 +46,8 @@ public struct BenchResult: Codable, Sendable {
   public var fp32GemmCalls: Int
   public var int8GemmCalls: Int
   public var xnorCalls: Int
+  /// The arithmetic of the convolutions' backward (`fp32` or `bf16`).
+  public var backwardPrecision = BackwardPrecision.fp32.rawValue
 
   enum CodingKeys: String, CodingKey {
     case model, steps, threads, ranks, isa, exchange, wire, variables
@@ -75,6 +77,7 @@ public struct BenchResult: Codable, Sendable {
     case activationGradientBytes = "activation_gradient_bytes"
     case activationGradientBytesIfKept = "activation_gradient_bytes_if_kept"
     case scratchBytes = "scratch_bytes"
+    case backwardPrecision = "backward_precision"
     case fp32GemmCalls = "fp32_gemm_calls"
     case int8GemmCalls = "int8_gemm_calls"
     case xnorCalls = "xnor_calls"
@@ -129,6 +132,8 @@ extension TrainingRun {
       specs: settings.layers, inputShape: settings.inputShape ?? splits.train.sampleShape, seed: 0,
       compute: Compute(threads: plan.threads, profiler: profiler))
     if plan.im2col { for case let conv as QuantConv2D in model.layers { conv.usePrimitives = false } }
+    model.backwardPrecision = settings.backwardPrecision
+    if settings.backwardPrecision == .bf16 { try ConvolutionPrimitives.checkBF16Backward() }
     var observers = TrainingObservers()
     if let path = env.timelinePath {
       observers.timeline = Timeline(path: path, window: (plan.warmup + 1)..<(plan.warmup + plan.steps + 1))
@@ -195,7 +200,7 @@ extension TrainingRun {
     let model = trainer.model
     func share(_ ns: UInt64) -> Double { Double(ns) / 1e9 / seconds }
     let shape = settings.inputShape ?? []
-    return BenchResult(
+    var result = BenchResult(
       model: settings.model, imageSize: shape.count == 3 && shape[0] == shape[1] && shape[2] == 3 ? shape[0] : nil,
       batchSize: settings.batchSize, steps: plan.steps, threads: plan.threads, ranks: size,
       isa: OneDNN.effectiveISA, imagesPerSecond: Double(plan.steps * settings.batchSize) / seconds,
@@ -213,5 +218,7 @@ extension TrainingRun {
       activationGradientBytes: model.gradientBufferBytes, activationGradientBytesIfKept: model.gradientBytesIfKept,
       scratchBytes: model.scratchBytes,
       fp32GemmCalls: f32.calls, int8GemmCalls: i8.calls, xnorCalls: xnor.calls)
+    result.backwardPrecision = settings.backwardPrecision.rawValue
+    return result
   }
 }

@@ -21,6 +21,8 @@ struct RunParts {
     model = try Model(
       specs: settings.layers, inputShape: settings.inputShape ?? data.train.sampleShape, seed: settings.seed,
       compute: compute)
+    model.backwardPrecision = settings.backwardPrecision
+    if settings.backwardPrecision == .bf16 { try ConvolutionPrimitives.checkBF16Backward() }
     var options = TrainingOptions(settings)
     options.injectedFaults = env.faults
     self.options = options
@@ -32,7 +34,7 @@ struct RunParts {
     if !env.skipSelftest {
       try checkKernelsAtStartup(
         specs: settings.layers, inputShape: model.inputShape, rank: env.communicator.rank, logger: env.logger,
-        compute: compute, int8KernelScale: model.int8KernelScale)
+        compute: compute, int8KernelScale: model.int8KernelScale, backwardPrecision: model.backwardPrecision)
     }
   }
 
@@ -150,11 +152,12 @@ func describe(_ data: DataSplits) -> String {
 /// rank's CPU. A failure names the kernels, the rank and the host.
 public func checkKernelsAtStartup(
   specs: [LayerSpec], inputShape: [Int], rank: Int, logger: Logger, compute: Compute = .serial,
-  int8KernelScale: Float = ConvolutionPrimitives.exactInt8KernelScale
+  int8KernelScale: Float = ConvolutionPrimitives.exactInt8KernelScale, backwardPrecision: BackwardPrecision = .fp32
 ) throws {
   let start = DispatchTime.now().uptimeNanoseconds
   let checks = try KernelSelfTest.run(
-    specs: specs, inputShape: inputShape, compute: compute, int8KernelScale: int8KernelScale)
+    specs: specs, inputShape: inputShape, compute: compute, int8KernelScale: int8KernelScale,
+    backwardPrecision: backwardPrecision)
   let failures = checks.filter { !$0.passed }
   guard failures.isEmpty else {
     throw TrainingError.kernelCheckFailed(rank: rank, host: ProcessInfo.processInfo.hostName, failures: failures)

@@ -1,4 +1,5 @@
 import FlipBNN
+import FlipTensor
 import Foundation
 
 /// Everything a training run is, as one value: the model, the data, the optimizer and its
@@ -89,6 +90,10 @@ public struct RunSettings: Equatable, Sendable {
   // MARK: Compute
   /// The forward kernel of exact binary layers (the choice never changes results).
   public var binaryForward = BinaryForwardPolicy.auto
+  /// The arithmetic of the convolutions' backward passes: fp32 (the default), or bf16 (about
+  /// twice as fast where the CPU has AVX512_BF16 or AMX; gradients rounded like
+  /// mixed-precision training's).
+  public var backwardPrecision = BackwardPrecision.fp32
   /// Compute threads per rank (nil: the cores divided by the ranks on the node).
   public var threads: Int?
 
@@ -112,7 +117,8 @@ public struct RunSettings: Equatable, Sendable {
   /// Every other key is the run's own.
   public static let resumableKeys: Set<CodingKeys> = [
     .epochs, .data, .dataThreads, .badImages, .logEvery, .checkEvery, .tensorboard, .stallWarning, .stallTimeout, .timeline, .timelineSteps,
-    .checkpointEvery, .checkpointEveryEpochs, .keepCheckpoints, .onCheckpointError, .binaryForward, .threads,
+    .checkpointEvery, .checkpointEveryEpochs, .keepCheckpoints, .onCheckpointError, .binaryForward, .backwardPrecision,
+    .threads,
     .shardOptimizer, .bucketMB, .wire,
   ]
 }

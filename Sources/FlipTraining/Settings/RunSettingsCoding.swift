@@ -1,4 +1,5 @@
 import FlipBNN
+import FlipTensor
 import Foundation
 
 extension RunSettings: Codable {
@@ -36,6 +37,7 @@ extension RunSettings: Codable {
     case timeline
     case timelineSteps = "timeline_steps"
     case binaryForward = "binary_forward"
+    case backwardPrecision = "backward_precision"
     case threads
 
     /// The command-line flag that sets the key (`--sync-bn`).
@@ -43,7 +45,7 @@ extension RunSettings: Codable {
   }
 
   /// Keys that settings entries written before them lack: read with their defaults.
-  static let laterKeys: Set<CodingKeys> = [.imageSize, .mean, .std, .dataThreads, .badImages]
+  static let laterKeys: Set<CodingKeys> = [.imageSize, .mean, .std, .dataThreads, .badImages, .backwardPrecision]
 
   /// Config files of earlier Flip versions named `log_every` so; still read from YAML.
   static let legacyLogEvery = "log_every_steps"
@@ -92,7 +94,8 @@ extension RunSettings: Codable {
     .value(.keepCheckpoints, \.keepCheckpoints), .choice(.onCheckpointError, \.onCheckpointError),
     .value(.logEvery, \.logEvery), .value(.checkEvery, \.checkEvery), .value(.tensorboard, \.tensorboard),
     .value(.stallWarning, \.stallWarning), .value(.stallTimeout, \.stallTimeout), .value(.timeline, \.timeline),
-    .timelineSteps, .choice(.binaryForward, \.binaryForward), .value(.threads, \.threads),
+    .timelineSteps, .choice(.binaryForward, \.binaryForward),
+    .choice(.backwardPrecision, \.backwardPrecision), .value(.threads, \.threads),
   ]
 }
 
