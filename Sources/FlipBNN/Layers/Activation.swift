@@ -70,12 +70,19 @@ public final class Activation: Layer, LentInputGradient {
     let d = inputGradient.pointer
     let out = y.pointer
     let x = input!
+    let kind = kind
     switch kind {
     case .linear: d.update(from: dy, count: n)
-    case .relu: for i in 0..<n { d[i] = x[i] > 0 ? dy[i] : 0 }
-    case .hardTanh: for i in 0..<n { d[i] = (x[i] >= -1 && x[i] <= 1) ? dy[i] : 0 }
-    case .tanh: for i in 0..<n { d[i] = dy[i] * (1 - out[i] * out[i]) }
-    case .sigmoid: for i in 0..<n { d[i] = dy[i] * out[i] * (1 - out[i]) }
+    case .relu, .hardTanh, .tanh, .sigmoid:
+      compute.forEach(count: n) { r in
+        let (lo, count) = (r.lowerBound, r.count)
+        switch kind {
+        case .relu: maskedGradient(x + lo, dy + lo, d + lo, count: count, lower: 0)
+        case .hardTanh: maskedGradient(x + lo, dy + lo, d + lo, count: count, lower: -1, upper: 1, lowerInclusive: true)
+        case .tanh: for i in r { d[i] = dy[i] * (1 - out[i] * out[i]) }
+        default: for i in r { d[i] = dy[i] * out[i] * (1 - out[i]) }
+        }
+      }
     case .softmax:
       let c = inputShape.last!
       for r in 0..<(n / c) {
@@ -224,7 +231,7 @@ struct OutputActivation {
     let kind = kind
     compute.forEach(count: count) { r in
       switch kind {
-      case .relu: for i in r { d[i] = y[i] > 0 ? dy[i] : 0 }
+      case .relu: maskedGradient(y + r.lowerBound, dy + r.lowerBound, d + r.lowerBound, count: r.count, lower: 0)
       case .tanh: for i in r { d[i] = dy[i] * (1 - y[i] * y[i]) }
       default: for i in r { d[i] = dy[i] * y[i] * (1 - y[i]) }
       }
