@@ -199,20 +199,35 @@ public func convertToInt8Serially(_ x: UnsafePointer<Float>, _ y: UnsafeMutableP
   }
 }
 
-/// `y[r, c] = Float(x[r, c]) (+ bias[c])` for a (rows, columns) int32 matrix, split over
-/// `compute`'s threads.
+/// `y[r, c] = Float(x[r, c]) (· scale[c]) (+ bias[c])` for a (rows, columns) int32 matrix,
+/// each product and sum rounded on its own (as `scaleColumns` does), split over `compute`'s
+/// threads.
 public func convertToFloat(
   _ x: UnsafePointer<Int32>, _ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int,
-  bias: UnsafePointer<Float>? = nil, compute: Compute
+  scale: [Float]? = nil, bias: UnsafePointer<Float>? = nil, compute: Compute
+) {
+  if let scale {
+    precondition(scale.count == columns, "convertToFloat: \(scale.count) scales for \(columns) columns")
+    return scale.withUnsafeBufferPointer { s in
+      convertToFloat(x, y, rows: rows, columns: columns, scalePointer: s.baseAddress!, bias: bias, compute: compute)
+    }
+  }
+  convertToFloat(x, y, rows: rows, columns: columns, scalePointer: nil, bias: bias, compute: compute)
+}
+
+private func convertToFloat(
+  _ x: UnsafePointer<Int32>, _ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int,
+  scalePointer scale: UnsafePointer<Float>?, bias: UnsafePointer<Float>?, compute: Compute
 ) {
   compute.forRanges(count: rows, grain: max(1, (1 << 15) / max(columns, 1))) { r in
     for row in r {
       let xr = x + row * columns
       let yr = y + row * columns
-      if let bias {
-        for j in 0..<columns { yr[j] = Float(xr[j]) + bias[j] }
-      } else {
-        for j in 0..<columns { yr[j] = Float(xr[j]) }
+      switch (scale, bias) {
+      case (let s?, let b?): for j in 0..<columns { yr[j] = Float(xr[j]) * s[j] + b[j] }
+      case (let s?, nil): for j in 0..<columns { yr[j] = Float(xr[j]) * s[j] }
+      case (nil, let b?): for j in 0..<columns { yr[j] = Float(xr[j]) + b[j] }
+      case (nil, nil): for j in 0..<columns { yr[j] = Float(xr[j]) }
       }
     }
   }

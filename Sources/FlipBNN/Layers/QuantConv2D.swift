@@ -327,8 +327,9 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
   public func forward(_ x: UnsafePointer<Float>, batch: Int, training: Bool) throws -> UnsafePointer<Float> {
     let g = geometry
     input = x
-    let source = quantizedSource(batch: batch)
     let quantizedKernel = kernel.forward(training: training, compute: compute)
+    // q_in(x) as float: the fp32 product's operand (the int8 product quantizes x itself).
+    var source: UnsafePointer<Float> { quantizedSource(batch: batch) }
     // The fp32 product's (and padded terms') kernel: the levels when they are scaled after it
     // (written by the kernel's forward for the fp32 kernel or padded taps: see `fillsLevels`).
     var w: UnsafePointer<Float> { scalesLevels ? UnsafePointer(kernel.levels!.pointer) : quantizedKernel }
@@ -341,17 +342,28 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     let raw = UnsafeMutableRawPointer(scratch.pointer)
     func withInt8Input(_ body: (UnsafeMutablePointer<Int8>) throws -> Void) rethrows {
       try (raw + layout.int8Input * 4).withMemoryRebound(to: Int8.self, capacity: batch * inputSize) { x8 in
-        convertToInt8(source, x8, count: batch * inputSize, compute: compute)
+        if let q = inputQuantizer, q.isElementwise {
+          q.parallelForwardToInt8(input, x8, count: batch * inputSize, compute: compute)
+        } else {
+          convertToInt8(source, x8, count: batch * inputSize, compute: compute)
+        }
         try body(x8)
       }
     }
+    // The per-filter scale, applied once the products are complete.
+    var scaled = !scalesLevels
     if usePrimitives {
       let p = try primitives(batch: batch)
       if p.int8Forward, let w8 = kernel.int8 {
         try withInt8Input { x8 in
           try (raw + layout.afterQuantized * 4).withMemoryRebound(to: Int32.self, capacity: rows * filters) { c in
             try p.forward(src: x8, kernel: w8, dst: c)
-            convertToFloat(c, y.pointer, rows: rows, columns: filters, bias: productBias, compute: compute)
+            // Without padded taps to add, the scale and bias go in with the conversion.
+            let fuse = scalesLevels && paddedTaps.isEmpty
+            convertToFloat(
+              c, y.pointer, rows: rows, columns: filters, scale: fuse ? kernel.channelScales : nil,
+              bias: fuse ? bias.map { UnsafePointer($0) } : productBias, compute: compute)
+            if fuse { scaled = true }
           }
         }
       } else {
@@ -374,7 +386,7 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
         ldb: filters, c: y.pointer, ldc: filters, compute: compute)
       if let b = productBias { addBias(y.pointer, rows: rows, columns: filters, bias: b) }
     }
-    if scalesLevels, let scale = kernel.channelScales {
+    if !scaled, let scale = kernel.channelScales {
       scaleColumns(
         y.pointer, rows: rows, columns: filters, scale: scale, bias: bias.map { UnsafePointer($0) }, compute: compute)
     }

@@ -64,6 +64,28 @@ extension Quantizer {
     }
   }
 
+  /// `y = int8(q(x))` for an elementwise quantizer with integer levels, split over `compute`'s
+  /// threads: each chunk is quantized into a small buffer and converted while in cache (one
+  /// pass over memory, no float copy of the whole tensor).
+  public func parallelForwardToInt8(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Int8>, count: Int, compute: Compute
+  ) {
+    precondition(isElementwise, "parallelForwardToInt8: \(name) is not elementwise")
+    let chunk = 4096
+    compute.forEach(count: count) { r in
+      withUnsafeTemporaryAllocation(of: Float.self, capacity: chunk) { buffer in
+        let levels = buffer.baseAddress!
+        var lo = r.lowerBound
+        while lo < r.upperBound {
+          let n = min(chunk, r.upperBound - lo)
+          forward(x + lo, levels, count: n, channels: 1)
+          convertToInt8Serially(levels, y + lo, count: n)
+          lo += n
+        }
+      }
+    }
+  }
+
   /// `backward`, split over `compute`'s threads when the quantizer is elementwise.
   public func parallelBackward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, count: Int,
