@@ -39,6 +39,9 @@ struct EvaluateCommand: ParsableCommand {
   @OptionGroup var compute: ComputeOptions
 
   func validate() throws {
+    if compute.backwardPrecision != nil {
+      throw ValidationError("--backward-precision applies to training (train, bench); evaluation runs no backward pass")
+    }
     if [runDirectory, checkpoint, weights].compactMap({ $0 }).count != 1 {
       throw ValidationError(
         "name exactly one model: --run DIR, --checkpoint FILE or --weights FILE.h5 (with --model or --config)")

@@ -53,6 +53,11 @@ struct RunParts {
       options: options, logger: env.logger, observers: observers,
       checkpoints: CheckpointPolicy(directory: directory, settings: settings))
     env.logger.info("gradient exchange: \(trainer.exchange.description)")
+    if settings.backwardPrecision == .bf16 {
+      env.logger.info(
+        "backward convolutions in bf16 (x, dy and kernels rounded to bfloat16, fp32 accumulation) on oneDNN ISA \(OneDNN.effectiveISA)"
+      )
+    }
     for choice in trainer.binaryForwardChoices {
       env.logger.info("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")
     }
