@@ -168,7 +168,9 @@ public final class ConvolutionPrimitives {
       plain: [(flip_dnnl_arg_src(), srcBackward), (flip_dnnl_arg_diff_dst(), dstBackward)],
       kernelArg: flip_dnnl_arg_diff_weights())
     if bf16 {
-      toBF16 = (try Conversion(from: srcF, to: srcB, engine: engine), try Conversion(from: dstF, to: dstB, engine: engine))
+      toBF16 = (
+        try Conversion(from: srcF, to: srcB, engine: engine), try Conversion(from: dstF, to: dstB, engine: engine)
+      )
     }
     // Last, so that nothing else can throw once the stream exists (deinit destroys it).
     var s: dnnl_stream_t?
@@ -238,7 +240,8 @@ public final class ConvolutionPrimitives {
   public static let bf16BackwardIsAvailable = (try? checkBF16Backward()) != nil
 
   static let bf16Unavailable = TensorError.unsupportedPrecision(
-    "bf16 backward convolutions: oneDNN has no bf16 convolution for this CPU (ISA \(OneDNN.effectiveISA); it needs AVX512_BF16 or AMX). Use backward_precision fp32")
+    "bf16 backward convolutions: oneDNN has no bf16 convolution for this CPU (ISA \(OneDNN.effectiveISA); it needs AVX512_BF16 or AMX). Use backward_precision fp32"
+  )
 
   /// oneDNN's implementation of the forward primitive, e.g. `jit_uni_int8:avx2` or `brgconv:avx512_core`.
   public var forwardImplementation: String { forwardStep.implementation }
@@ -398,7 +401,8 @@ public final class ConvolutionPrimitives {
       dnnl_memory_destroy(to)
     }
 
-    func run(from source: UnsafeMutableRawPointer, to target: UnsafeMutableRawPointer, on stream: dnnl_stream_t) throws {
+    func run(from source: UnsafeMutableRawPointer, to target: UnsafeMutableRawPointer, on stream: dnnl_stream_t) throws
+    {
       try OneDNN.check(dnnl_memory_set_data_handle(from, source), "dnnl_memory_set_data_handle")
       try OneDNN.check(dnnl_memory_set_data_handle(to, target), "dnnl_memory_set_data_handle")
       var args = [

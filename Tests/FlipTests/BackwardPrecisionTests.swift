@@ -40,7 +40,8 @@ struct BackwardPrecisionTests {
   /// ties to even) up to the order of fp32 sums, and differs from the fp32 backward of the
   /// unrounded dy: a binary convolution (±1 input and kernel, exact in bf16) with stride 2, and
   /// a real-valued one (bias, ReLU inside) whose input and weights are bf16 values already.
-  @Test(.enabled(if: ConvolutionPrimitives.bf16BackwardIsAvailable, "needs oneDNN's bf16 convolutions (AVX512_BF16, AMX)"))
+  @Test(
+    .enabled(if: ConvolutionPrimitives.bf16BackwardIsAvailable, "needs oneDNN's bf16 convolutions (AVX512_BF16, AMX)"))
   func bf16BackwardIsTheFP32BackwardOfRoundedOperands() throws {
     let shape = [11, 10, 16]
     let cases: [(String, () throws -> QuantConv2D, Bool)] = [
@@ -70,7 +71,8 @@ struct BackwardPrecisionTests {
         make, precision: .fp32, x: x, dy: Self.rounded(dy), batch: batch, roundLatents: roundLatents)
       let fp32 = try Self.backward(make, precision: .fp32, x: x, dy: dy, batch: batch, roundLatents: roundLatents)
       for (name, a, b, c) in [
-        ("input gradient", bf16.dx, ofRounded.dx, fp32.dx), ("kernel gradient", bf16.gradients, ofRounded.gradients, fp32.gradients),
+        ("input gradient", bf16.dx, ofRounded.dx, fp32.dx),
+        ("kernel gradient", bf16.gradients, ofRounded.gradients, fp32.gradients),
       ] {
         #expect(Self.relativeDifference(a, b) < 1e-5, "\(label), \(name): \(Self.relativeDifference(a, b))")
         let off = Self.relativeDifference(a, c)
@@ -99,7 +101,8 @@ struct BackwardPrecisionTests {
   /// The bf16 backward needs room for bf16 copies of x and dy: the model's shared scratch grows
   /// when it is switched on after allocation (here from none: a real-valued convolution needs
   /// no scratch in fp32), and a training step runs.
-  @Test(.enabled(if: ConvolutionPrimitives.bf16BackwardIsAvailable, "needs oneDNN's bf16 convolutions (AVX512_BF16, AMX)"))
+  @Test(
+    .enabled(if: ConvolutionPrimitives.bf16BackwardIsAvailable, "needs oneDNN's bf16 convolutions (AVX512_BF16, AMX)"))
   func switchingAnAllocatedModelGrowsItsScratch() throws {
     let yaml = """
       layers:
@@ -145,7 +148,8 @@ struct BackwardPrecisionTests {
       ["bench", "--model", "larq-cnn", "--steps", "1", "--warmup", "0", "--backward-precision", "bf16"],
       environment: ["ONEDNN_MAX_CPU_ISA": cap])
     #expect(r.status != 0)
-    #expect(r.stderr.contains("bf16 backward convolutions") && r.stderr.contains("backward_precision fp32"), "\(r.stderr)")
+    #expect(
+      r.stderr.contains("bf16 backward convolutions") && r.stderr.contains("backward_precision fp32"), "\(r.stderr)")
     let bad = try runFlip(["bench", "--model", "larq-cnn", "--backward-precision", "half"])
     #expect(bad.status != 0 && bad.stderr.contains("half"), "\(bad.stderr)")
   }

@@ -376,7 +376,8 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
         im2col(
           UnsafePointer(x8), batch: batch, geometry: g, padValue: Int8(padValue), into: int8.inputBuffer,
           compute: compute)
-        try int8.runOnInputBuffer(rows: rows, kernel: kernel.int8!, bias: productBias, into: y.pointer, compute: compute)
+        try int8.runOnInputBuffer(
+          rows: rows, kernel: kernel.int8!, bias: productBias, into: y.pointer, compute: compute)
       }
     } else {
       im2col(source, batch: batch, geometry: g, padValue: padValue, into: columns(batch: batch), compute: compute)

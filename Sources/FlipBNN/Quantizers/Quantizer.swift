@@ -106,7 +106,8 @@ public protocol ChannelScaledQuantizer: Quantizer {
   /// (C) the scales of the last `forward`.
   var scale: [Float] { get }
   /// Writes `level(x)` of `count` values, as floats and, when `int8` is given, as int8 too.
-  func writeLevels(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>?, int8: UnsafeMutablePointer<Int8>?, count: Int)
+  func writeLevels(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>?, int8: UnsafeMutablePointer<Int8>?, count: Int)
 }
 
 /// Larq's `sign` with `sign(0) = +1`.
