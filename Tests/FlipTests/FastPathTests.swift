@@ -186,6 +186,45 @@ struct FastPathTests {
       "\(label): kernel gradient differs by \(maxDifference(a.gradients, b.gradients))")
   }
 
+  /// Without AVX-512 the fp32 backward weights runs on blocked copies of x and dy (16-multiple
+  /// channels and filters), the copy of a binary layer's x quantized in place; under the ISA
+  /// matrix's AVX2 and SSE4.1 caps this compares that path with im2col + GEMM: a binary layer
+  /// (copy quantized in place), a binary layer with ReLU inside (QuickNet's: x quantized, then
+  /// copied) and a real-valued one, forward and backward over two batch sizes.
+  @Test(arguments: [
+    ("binary", true, ActivationKind?.none), ("binary, relu", true, .relu), ("real", false, ActivationKind?.none),
+  ])
+  func blockedWeightsBackwardEqualsIm2col(label: String, binary: Bool, activation: ActivationKind?) throws {
+    let shape = [7, 6, 16]
+    func run(primitives: Bool) throws -> (y: [Float], dx: [Float], gradients: [Float], blocked: Bool) {
+      let layer = try QuantConv2D(
+        filters: 32, kernelSize: (3, 3), strides: (1, 1), padding: .same, padValue: 0, inputShape: shape,
+        inputQuantizer: binary ? SteSign() : nil, kernelQuantizer: binary ? SteSign() : nil, useBias: !binary,
+        activation: activation)
+      layer.usePrimitives = primitives
+      let store = bindStandalone(layer, seed: 3)
+      layer.allocate(maxBatch: 4)
+      var (y, dx): ([Float], [Float]) = ([], [])
+      for (pass, batch) in [4, 3].enumerated() {
+        let x = randomValues(batch * 672, seed: UInt64(30 + pass))
+        y += copyOut(try layer.forward(x, batch: batch, training: true), batch * layer.outputSize)
+        let dy = randomValues(batch * layer.outputSize, seed: UInt64(40 + pass))
+        dx += copyOut(try layer.backward(dy, batch: batch, needInputGradient: true)!, batch * 672)
+      }
+      let blocked = primitives ? try layer.primitives(batch: 3).blocksWeightsBackward : false
+      return (y, dx, store.gradients.array, blocked)
+    }
+    let a = try run(primitives: true)
+    let b = try run(primitives: false)
+    let avx512 = OneDNN.effectiveISA.hasPrefix("avx512")
+    #expect(a.blocked == !avx512, "\(label): blocked copies on ISA \(OneDNN.effectiveISA)")
+    #expect(allClose(a.y, b.y, tol: 1e-5), "\(label): forward differs by \(maxDifference(a.y, b.y))")
+    #expect(allClose(a.dx, b.dx, tol: 1e-5), "\(label): input gradient differs by \(maxDifference(a.dx, b.dx))")
+    #expect(
+      allClose(a.gradients, b.gradients, tol: 1e-4),
+      "\(label): kernel gradient differs by \(maxDifference(a.gradients, b.gradients))")
+  }
+
   /// Layers on different threads run their convolution primitives at the same time (as
   /// Swift Testing runs tests): each must get the result it gets alone. CI once failed with
   /// "invalid arguments" when two threads raced to create oneDNN's engine and stream.

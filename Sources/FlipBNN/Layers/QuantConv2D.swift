@@ -226,20 +226,25 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
 
   /// Offsets in `scratch` (floats, 64-byte aligned) for batches of up to `maxBatch`: the
   /// quantized input, the region after it, the int8 input after the int32 products, and the
-  /// bf16 backward's x and dy after the activation's gradient.
+  /// backward-weights operands (bf16 or blocked copies of x and dy) after the activation's
+  /// gradient, or at the start when the blocked copy of x is quantized in place
+  /// (`quantizesCopy`: no float q(x) then).
   private func scratchLayout(maxBatch: Int) -> (
-    afterQuantized: Int, int8Input: Int, bf16: Int, forward: Int, backward: Int
+    afterQuantized: Int, int8Input: Int, operands: Int, quantizesCopy: Bool, forward: Int, backward: Int
   ) {
     func aligned(_ n: Int) -> Int { (n + 15) & ~15 }
     let (input, output) = (maxBatch * inputSize, maxBatch * outputSize)
     let afterQuantized = inputQuantizer == nil ? 0 : aligned(input)
     let int8Input = afterQuantized + aligned(output)
     let forward = int8Forward == nil ? afterQuantized : int8Input + aligned((input + 3) / 4)
-    let bf16 = afterQuantized + (outputActivation == nil ? 0 : aligned(output))
-    let bf16Bytes =
-      backwardPrecision == .bf16
-      ? ConvolutionPrimitives.backwardScratchBytes(batch: maxBatch, geometry: geometry, filters: filters) : 0
-    return (afterQuantized, int8Input, bf16, forward, bf16 + aligned((bf16Bytes + 3) / 4))
+    let quantizesCopy =
+      backwardPrecision == .fp32 && outputActivation == nil && inputQuantizer?.isElementwise == true
+      && ConvolutionPrimitives.blocksWeightsBackward(geometry: geometry, filters: filters)
+    let operands = quantizesCopy ? 0 : afterQuantized + (outputActivation == nil ? 0 : aligned(output))
+    let operandBytes = ConvolutionPrimitives.backwardScratchBytes(
+      batch: maxBatch, geometry: geometry, filters: filters, precision: backwardPrecision)
+    let backward = max(afterQuantized, operands + aligned((operandBytes + 3) / 4))
+    return (afterQuantized, int8Input, operands, quantizesCopy, forward, backward)
   }
 
   public func scratchCount(maxBatch: Int) -> Int {
@@ -414,10 +419,17 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
       // The primitive overwrites its output: it writes to scratch, then accumulates.
       let kernelGradient = (kernel.quantizedGradient ?? kernelGradientScratch)!.pointer
       let w = UnsafePointer(kernel.quantized?.pointer ?? kernel.latent!)
-      let bf16Scratch = UnsafeMutableRawPointer(scratch.pointer + scratchLayout(maxBatch: maxBatch).bf16)
+      let layout = scratchLayout(maxBatch: maxBatch)
+      // The blocked copy of x is quantized in place (no float q(x)), or made from q(x).
+      var quantizeCopy: ((UnsafeMutablePointer<Float>, Int) -> Void)?
+      if layout.quantizesCopy && p.blocksWeightsBackward, let q = inputQuantizer {
+        let compute = compute
+        quantizeCopy = { x, n in q.parallelForward(x, x, count: n, channels: 1, compute: compute) }
+      }
       try p.backward(
-        src: quantizedSource(batch: batch), diffDst: dy, kernel: w, diffKernel: kernelGradient,
-        diffSrc: needInputGradient ? inputGradient.pointer : nil, scratch: bf16Scratch)
+        src: quantizeCopy == nil ? quantizedSource(batch: batch) : input, quantizeCopy: quantizeCopy, diffDst: dy,
+        kernel: w, diffKernel: kernelGradient, diffSrc: needInputGradient ? inputGradient.pointer : nil,
+        scratch: UnsafeMutableRawPointer(scratch.pointer + layout.operands))
       if !paddedTaps.isEmpty { addPaddedTerms(gradient: kernelGradient, dy: dy, batch: batch) }
       kernel.finishBackward(from: kernelGradient, compute: compute)
       if let db = biasGradient { accumulateColumnSums(dy, rows: rows, columns: filters, into: db) }
