@@ -29,9 +29,6 @@ public final class ConvolutionPrimitives {
   public let compute: Compute
   /// The arithmetic of the two backward convolutions.
   public let backwardPrecision: BackwardPrecision
-  /// Bytes of scratch `backward` needs (x and dy as bfloat16, or in the blocked layout of the
-  /// fp32 backward-weights primitive: `backwardScratchBytes(batch:geometry:filters:precision:)`).
-  public let backwardScratchBytes: Int
   /// Reorders of x and dy into the backward-weights primitive's operands (bf16, or fp32 in a
   /// blocked layout), and whether backward data takes the converted dy too (bf16).
   private var weightsOperands: (src: Conversion, dst: Conversion, forData: Bool)?
@@ -73,8 +70,6 @@ public final class ConvolutionPrimitives {
     self.compute = compute
     let bf16 = backwardPrecision == .bf16
     let blocked = !bf16 && Self.blocksWeightsBackward(geometry: g, filters: filters)
-    backwardScratchBytes = Self.backwardScratchBytes(
-      batch: batch, geometry: g, filters: filters, precision: backwardPrecision)
     compute.applyToOneDNN()
     let engine = try Self.engine()
     let src: [Int64] = [Int64(batch), Int64(g.channels), Int64(g.inputHeight), Int64(g.inputWidth)]
@@ -163,7 +158,11 @@ public final class ConvolutionPrimitives {
     // Without AVX-512, oneDNN's fp32 backward weights on plain NHWC runs far below its speed on
     // its own blocked layout (a 56×56×64 3×3 layer, batch 32, AVX2: 66 ms against 38 ms).
     var (srcWeights, dstWeights) = (srcBackward, dstBackward)
-    if blocked { (srcWeights, dstWeights) = (try md(src, dnnl_f32, dnnl_format_tag_any), try md(dst, dnnl_f32, dnnl_format_tag_any)) }
+    if blocked {
+      (srcWeights, dstWeights) = (
+        try md(src, dnnl_f32, dnnl_format_tag_any), try md(dst, dnnl_f32, dnnl_format_tag_any)
+      )
+    }
     var weightsDesc = dnnl_convolution_desc_t()
     try OneDNN.check(
       dnnl_convolution_backward_weights_desc_init(
@@ -210,10 +209,11 @@ public final class ConvolutionPrimitives {
 
   /// Both backward convolutions: `diffKernel (KH, KW, C, F)` = the kernel's gradient
   /// (overwritten, not accumulated), then, when `diffSrc` is given, `diffSrc (B, H, W, C)` = the
-  /// input's gradient through `kernel`. `scratch` holds `backwardScratchBytes` (x and dy rounded
-  /// to bf16, or blocked fp32 copies). With `quantizeCopy` (only where `blocksWeightsBackward`:
-  /// the copy holds exactly x's values, in another order) `src` is the raw input and the
-  /// elementwise quantizer runs on the blocked copy in place.
+  /// input's gradient through `kernel`. `scratch` holds
+  /// `backwardScratchBytes(batch:geometry:filters:precision:)` bytes (x and dy rounded to bf16,
+  /// or blocked fp32 copies). With `quantizeCopy` (only where `blocksWeightsBackward`: the copy
+  /// holds exactly x's values, in another order) `src` is the raw input and the elementwise
+  /// quantizer runs on the blocked copy in place.
   public func backward(
     src: UnsafePointer<Float>, quantizeCopy: ((UnsafeMutablePointer<Float>, Int) -> Void)? = nil,
     diffDst: UnsafePointer<Float>, kernel: UnsafePointer<Float>, diffKernel: UnsafeMutablePointer<Float>,
@@ -414,8 +414,8 @@ public final class ConvolutionPrimitives {
     }
   }
 
-  /// A reorder between two plain layouts of one shape: a type conversion (fp32 → bf16,
-  /// rounded to nearest even).
+  /// A reorder of one tensor between two memory descriptions: a type conversion (fp32 → bf16,
+  /// rounded to nearest even) or a layout change (NHWC → oneDNN's blocked layout).
   final class Conversion {
     let primitive: dnnl_primitive_t
     let from: dnnl_memory_t, to: dnnl_memory_t

@@ -46,13 +46,21 @@ public final class Model {
     didSet { for case let conv as QuantConv2D in layers { conv.int8KernelScale = int8KernelScale } }
   }
   /// The arithmetic of the convolutions' backward passes (`BackwardPrecision`; `bf16` needs a
-  /// CPU where oneDNN has bf16 convolutions, else the first backward throws). Set before
-  /// training; the shared scratch grows to hold the bf16 copies of x and dy.
+  /// CPU where oneDNN has bf16 convolutions, else the first backward throws: runs set it with
+  /// `setBackwardPrecision`, which checks first). Set before training; the shared scratch grows
+  /// to hold the bf16 copies of x and dy.
   public var backwardPrecision = BackwardPrecision.fp32 {
     didSet {
       for case let conv as QuantConv2D in layers { conv.backwardPrecision = backwardPrecision }
       if maxBatch > 0 { shareScratch() }
     }
+  }
+
+  /// Sets `backwardPrecision` once `ConvolutionPrimitives.checkBF16Backward` has found that this
+  /// CPU runs bf16 (a `TensorError.unsupportedPrecision` that says to use fp32 otherwise).
+  public func setBackwardPrecision(_ precision: BackwardPrecision) throws {
+    if precision == .bf16 { try ConvolutionPrimitives.checkBF16Backward() }
+    backwardPrecision = precision
   }
   /// Called after each layer's forward (`backward` false) or backward in training with the
   /// layer's index and its start and end times (`DispatchTime` nanoseconds): the timeline's

@@ -132,8 +132,7 @@ extension TrainingRun {
       specs: settings.layers, inputShape: settings.inputShape ?? splits.train.sampleShape, seed: 0,
       compute: Compute(threads: plan.threads, profiler: profiler))
     if plan.im2col { for case let conv as QuantConv2D in model.layers { conv.usePrimitives = false } }
-    model.backwardPrecision = settings.backwardPrecision
-    if settings.backwardPrecision == .bf16 { try ConvolutionPrimitives.checkBF16Backward() }
+    try model.setBackwardPrecision(settings.backwardPrecision)
     var observers = TrainingObservers()
     if let path = env.timelinePath {
       observers.timeline = Timeline(path: path, window: (plan.warmup + 1)..<(plan.warmup + plan.steps + 1))

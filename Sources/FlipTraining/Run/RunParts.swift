@@ -21,8 +21,7 @@ struct RunParts {
     model = try Model(
       specs: settings.layers, inputShape: settings.inputShape ?? data.train.sampleShape, seed: settings.seed,
       compute: compute)
-    model.backwardPrecision = settings.backwardPrecision
-    if settings.backwardPrecision == .bf16 { try ConvolutionPrimitives.checkBF16Backward() }
+    try model.setBackwardPrecision(settings.backwardPrecision)
     var options = TrainingOptions(settings)
     options.injectedFaults = env.faults
     self.options = options
