@@ -37,29 +37,3 @@ public func encodeBFloat16(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<
 public func roundToBFloat16(_ x: UnsafeMutablePointer<Float>, count: Int) {
   for i in 0..<count { x[i] = float(fromBFloat16: bfloat16Bits(x[i])) }
 }
-
-/// `into[i] = Σ_r float(sources[r][i])`, left to right in the order given (`into` is not one
-/// of the sources).
-func sumBFloat16InOrder(_ sources: [UnsafePointer<UInt16>], into: UnsafeMutablePointer<Float>, count: Int) {
-  guard let first = sources.first else { return }
-  let vectorEnd = count & ~15
-  sources.withUnsafeBufferPointer { src in
-    var i = 0
-    while i < vectorEnd {
-      func load(_ p: UnsafePointer<UInt16>) -> SIMD16<Float> {
-        let h = SIMD16<UInt32>(truncatingIfNeeded: UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<UInt16>.self))
-        return unsafeBitCast(h &<< 16, to: SIMD16<Float>.self)
-      }
-      var acc = load(first)
-      for r in 1..<src.count { acc += load(src[r]) }
-      UnsafeMutableRawPointer(into + i).storeBytes(of: acc, as: SIMD16<Float>.self)
-      i += 16
-    }
-    while i < count {
-      var acc = float(fromBFloat16: first[i])
-      for r in 1..<src.count { acc += float(fromBFloat16: src[r][i]) }
-      into[i] = acc
-      i += 1
-    }
-  }
-}

@@ -29,13 +29,14 @@ public protocol Communicator: AnyObject {
   func waitOutstanding() throws
   /// Sums `buffer` over all ranks, split into consecutive blocks of `counts[r]` floats: on
   /// return this rank's block (at offset Σ counts[..<rank]) holds the sum; the other blocks
-  /// are left as they were.
+  /// are left as they were. (The started form below adds in `ContributionTree` order; this one
+  /// in MPI's.)
   func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
   /// `reduceScatterSum` started without waiting: `buffer` must not be touched, and this rank's
   /// block holds the sum only once `isComplete` or `wait` says so for the returned request, or
   /// after `waitOutstanding()`. With the `bf16` wire every rank's contribution travels rounded
   /// to bfloat16 (its own too, so the result does not depend on which rank owns a block) and
-  /// the owner sums them in fp32, in rank order.
+  /// the owner sums them in fp32, in `ContributionTree` order over the ranks.
   @discardableResult
   func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], wire: GradientWire) throws -> Int
   /// `allgather(_:counts:)` started without waiting, on a communicator of its own (so gathers

@@ -239,8 +239,8 @@ public final class MPICommunicator: Communicator {
   /// A direct exchange rather than `MPI_Ireduce_scatter`: Open MPI 4.1's non-blocking
   /// reduce-scatter (libnbc) reduces the whole buffer to rank 0 and then scatters it, so rank 0
   /// receives N − 1 whole buffers and does all the adding while the others wait. Here each rank
-  /// sends every other rank that rank's block and sums the N copies of its own block, in rank
-  /// order (the same on every rank, whatever order the messages arrive in): balanced, and
+  /// sends every other rank that rank's block and sums the N copies of its own block in
+  /// `ContributionTree` order (the same on every rank, whatever order the messages arrive in): balanced, and
   /// (N − 1)/N of the buffer sent and received per rank, as a ring would.
   public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], wire: GradientWire) throws
     -> Int
@@ -276,7 +276,7 @@ public final class MPICommunicator: Communicator {
         try exchangeBlocks(
           receive: into, count: mine, send: buffer + offsets[r], sendCount: counts[r], type: flip_mpi_float(), peer: r)
       }
-      operations.append((first..<requests.count, { sumInOrder(sources, into: own, count: mine) }))
+      operations.append((first..<requests.count, { ContributionTree.sum(sources, into: own, count: mine) }))
     case .bf16:
       let sent = Staging<UInt16>.take(&encoded, index, count: total)
       let received = Staging<UInt16>.take(&received16, index, count: (size - 1) * mine)
@@ -294,7 +294,7 @@ public final class MPICommunicator: Communicator {
         try exchangeBlocks(
           receive: into, count: mine, send: sent + offsets[r], sendCount: counts[r], type: flip_mpi_uint16(), peer: r)
       }
-      operations.append((first..<requests.count, { sumBFloat16InOrder(sources, into: own, count: mine) }))
+      operations.append((first..<requests.count, { ContributionTree.sum(bfloat16: sources, into: own, count: mine) }))
     }
     progress?.resume()
     return operations.count - 1
@@ -525,28 +525,6 @@ final class ProgressThread: @unchecked Sendable {
       condition.unlock()
       MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, world.value, &flag, flip_mpi_status_ignore())
       usleep(50)
-    }
-  }
-}
-
-/// `into[i] = sources[0][i] + sources[1][i] + …`, left to right (`into` may be one of the
-/// sources).
-func sumInOrder(_ sources: [UnsafePointer<Float>], into: UnsafeMutablePointer<Float>, count: Int) {
-  guard let first = sources.first else { return }
-  let vectorEnd = count & ~15
-  sources.withUnsafeBufferPointer { src in
-    var i = 0
-    while i < vectorEnd {
-      var acc = UnsafeRawPointer(first + i).loadUnaligned(as: SIMD16<Float>.self)
-      for r in 1..<src.count { acc += UnsafeRawPointer(src[r] + i).loadUnaligned(as: SIMD16<Float>.self) }
-      UnsafeMutableRawPointer(into + i).storeBytes(of: acc, as: SIMD16<Float>.self)
-      i += 16
-    }
-    while i < count {
-      var acc = first[i]
-      for r in 1..<src.count { acc += src[r][i] }
-      into[i] = acc
-      i += 1
     }
   }
 }

@@ -7,7 +7,7 @@ import Foundation
 /// keeps them: the world (blocking collectives and started all-reduces), the exchange (started
 /// reduce-scatters) and the gathers (started all-gathers). Each rank deposits a copy of its
 /// contribution when it starts an operation and computes its own result once every rank has
-/// deposited; sums run in rank order, as `MPICommunicator`'s reduce-scatter does. Started
+/// deposited; sums run in `ContributionTree` order, as `MPICommunicator`'s reduce-scatter does. Started
 /// operations really are started: a rank may start a gather and go on while another rank is
 /// still in a reduction, as the pipelined sharded step does.
 public final class ThreadGroup: @unchecked Sendable {
@@ -146,17 +146,16 @@ public final class ThreadCommunicator: Communicator {
     return true
   }
 
-  /// `Σ_r block_r` in rank order into `into`, reading element `offset + i` of every contribution.
+  /// `Σ_r block_r` in `ContributionTree` order into `into`, reading element `offset + i` of
+  /// every contribution.
   private static func sum<T: FloatingPoint>(
     _ all: [[UInt8]], offset: Int, count: Int, as type: T.Type, into: UnsafeMutablePointer<T>
   ) {
+    let stride = MemoryLayout<T>.stride
     for i in 0..<count {
-      var acc = T.zero
-      for (r, c) in all.enumerated() {
-        let v = c.withUnsafeBytes { $0.load(fromByteOffset: (offset + i) * MemoryLayout<T>.stride, as: T.self) }
-        acc = r == 0 ? v : acc + v
+      into[i] = ContributionTree.sum(contributions: all.count) { r in
+        all[r].withUnsafeBytes { $0.load(fromByteOffset: (offset + i) * stride, as: T.self) }
       }
-      into[i] = acc
     }
   }
 

@@ -152,6 +152,28 @@ struct SamplerTests {
     }
   }
 
+  /// Micro-steps cut the global batch as ranks do: the parts depend on ranks × micro-steps
+  /// only, so 4 ranks of 1, 2 of 2 and 1 of 4 see the same micro-batches (the last, partial
+  /// batch of 7 too: parts of 2, 2, 2, 1), and a rank's shard is its parts.
+  @Test func microStepPartsDependOnRanksTimesMicroSteps() throws {
+    var parts: [[[Range<Int>]]] = []
+    for (ranks, micro) in [(4, 1), (2, 2), (1, 4)] {
+      let samplers = try (0..<ranks).map {
+        try EpochSampler(datasetSize: 103, globalBatch: 32, seed: 0, rank: $0, worldSize: ranks, microSteps: micro)
+      }
+      parts.append(
+        (0..<samplers[0].stepsPerEpoch).map { step in
+          samplers.flatMap { s in
+            let mine = (0..<micro).map { s.microShard(step: step, rank: s.rank, micro: $0) }
+            #expect(s.shard(step: step) == mine.first!.lowerBound..<mine.last!.upperBound)
+            return mine
+          }
+        })
+    }
+    #expect(parts[0] == parts[1] && parts[1] == parts[2])
+    #expect(parts[0].last!.map(\.count) == [2, 2, 2, 1])
+  }
+
   @Test func rejectsABatchNotDivisibleByRanks() {
     do {
       _ = try EpochSampler(datasetSize: 10, globalBatch: 10, seed: 0, rank: 0, worldSize: 4)

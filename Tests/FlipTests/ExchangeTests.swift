@@ -14,6 +14,49 @@ import Testing
 struct ExchangeTests {
   // MARK: - The in-process communicator
 
+  /// The tree's shape: split at the largest power of two below n, so 4 contributions add as
+  /// (c₀ + c₁) + (c₂ + c₃). With 1, 2⁻²⁴, 2⁻²⁴, −1 that is 2⁻²⁴ (left to right it would be 0),
+  /// in fp32 and bf16 contributions, and in both communicators' reductions.
+  @Test func contributionTreeAddsInPairs() throws {
+    #expect([2, 3, 4, 5, 8, 9].map(ContributionTree.leftCount) == [1, 2, 2, 4, 4, 8])
+    let tiny = Float(1) / Float(1 << 24)
+    let values: [Float] = [1, tiny, tiny, -1]
+    #expect(((values[0] + values[1]) + values[2]) + values[3] == 0)
+    #expect(ContributionTree.sum(contributions: 4) { values[$0] } == tiny)
+    let count = 37
+    let columns = values.map { [Float](repeating: $0, count: count) }
+    var out = [Float](repeating: .nan, count: count)
+    columns[0].withUnsafeBufferPointer { a in
+      columns[1].withUnsafeBufferPointer { b in
+        columns[2].withUnsafeBufferPointer { c in
+          columns[3].withUnsafeBufferPointer { d in
+            let sources = [a, b, c, d].map { $0.baseAddress! }
+            ContributionTree.sum(sources, into: &out, count: count)
+          }
+        }
+      }
+    }
+    #expect(out.allSatisfy { $0 == tiny })
+    let halves = columns.map { column in column.map { UInt16(truncatingIfNeeded: $0.bitPattern >> 16) } }
+    out = [Float](repeating: .nan, count: count)
+    let pointers = halves.map { h -> UnsafeMutablePointer<UInt16> in
+      let p = UnsafeMutablePointer<UInt16>.allocate(capacity: count)
+      p.initialize(from: h, count: count)
+      return p
+    }
+    defer { for p in pointers { p.deallocate() } }
+    ContributionTree.sum(bfloat16: pointers.map { UnsafePointer($0) }, into: &out, count: count)
+    #expect(out.allSatisfy { $0 == tiny })
+    let reduced = ThreadGroup(size: 4).run { c -> [Float] in
+      var x = [Float](repeating: values[c.rank], count: 3)
+      try c.allreduceSum(&x, count: 3)
+      var y = [Float](repeating: values[c.rank], count: 8)
+      try c.reduceScatterSum(&y, counts: [2, 2, 2, 2])
+      return x + y[(2 * c.rank)..<(2 * c.rank + 2)]
+    }
+    for r in reduced { #expect(try r.get() == [Float](repeating: tiny, count: 5)) }
+  }
+
   @Test(arguments: [1, 2, 3])
   func threadCommunicatorCollectives(ranks: Int) throws {
     let results = ThreadGroup(size: ranks).run { c -> [Float] in
@@ -197,11 +240,11 @@ struct ExchangeTests {
   /// Trains `steps` steps of global batch 24 on `ranks` threads with `options`; returns each
   /// rank's variables after `gatherState`, its forward weights' checksum and the losses.
   func train(
-    ranks: Int, steps: Int = 6, specs: [LayerSpec] = Self.specs,
+    ranks: Int, steps: Int = 6, specs: [LayerSpec] = Self.specs, trainSize: Int = 120,
     configure: @escaping @Sendable (inout TrainingOptions) -> Void
   ) throws -> [(values: [Float], checksum: UInt64, description: String)] {
     let dir = temporaryDirectory("flip-exchange")
-    writeToyDataset(to: dir, train: 120, test: 16)
+    writeToyDataset(to: dir, train: trainSize, test: 16)
     let data = try DataSplits.load(directory: dir)
     let results = ThreadGroup(size: ranks).run { c -> ([Float], UInt64, String) in
       let model = try Model(specs: specs, inputShape: [6, 6, 1], seed: 3)
@@ -241,6 +284,28 @@ struct ExchangeTests {
       let synced = try train(ranks: ranks) { $0.syncBatchNorm = true }
       let difference = maxDifference(synced[0].values, single[0].values)
       #expect(difference < 1e-4, "\(ranks) ranks vs one process: \(difference)")
+    }
+  }
+
+  /// R ranks of K micro-steps train the same bits as one rank of R·K micro-steps (local
+  /// BatchNorm: the same micro-batches normalize alike), on the sharded step and on
+  /// all-reduces: micro-steps and ranks add their gradients in the same `ContributionTree`.
+  /// 8 steps of global batch 24 over 118 images reach the last, partial batch (22: parts of
+  /// 6, 6, 5, 5).
+  @Test func ranksTimesMicroStepsGiveTheSameBits() throws {
+    for (total, splits) in [(4, [(1, 4), (2, 2), (4, 1)]), (3, [(1, 3), (3, 1)])] {
+      for shard in [true, false] {
+        let runs = try splits.map { ranks, micro in
+          try train(ranks: ranks, steps: 5 + total, trainSize: 118) {
+            $0.accumulate = micro
+            $0.shardOptimizer = shard
+            $0.wire = .fp32
+          }
+        }
+        for (run, split) in zip(runs, splits) {
+          #expect(run.allSatisfy { $0.values == runs[0][0].values }, "\(split) of \(total), sharded: \(shard)")
+        }
+      }
     }
   }
 

@@ -4,17 +4,23 @@ import FlipTensor
 ///
 /// The order is a Fisher–Yates permutation from Flip's own generator seeded by
 /// `(seed, epoch)`, identical on every rank. Global batch `b` covers positions
-/// `[b·B, min((b+1)·B, N))` of the permutation (the last, partial batch is kept, as Keras does);
-/// rank `r` of `R` takes a contiguous slice of it, the first `n mod R` ranks one sample more, so
-/// the shards are disjoint and their union is the global batch.
+/// `[b·B, min((b+1)·B, N))` of the permutation (the last, partial batch is kept, as Keras does).
+/// It is cut into `R·K` contiguous parts for `R` ranks of `K` micro-steps each, the first
+/// `n mod R·K` parts one sample more; rank `r`'s shard is parts `r·K ..< (r+1)·K`, its micro-step
+/// `k` part `r·K + k`. So the parts depend on `R·K` alone: 2 ranks of 1 micro-step and 1 rank
+/// of 2 see the same micro-batches (`Trainer` then computes the same bits).
 public struct EpochSampler: Sendable {
   public let datasetSize: Int
   public let globalBatch: Int
   public let seed: UInt64
   public let rank: Int
   public let worldSize: Int
+  /// Micro-steps per rank and step (`TrainingOptions.accumulate`).
+  public let microSteps: Int
 
-  public init(datasetSize: Int, globalBatch: Int, seed: UInt64, rank: Int = 0, worldSize: Int = 1) throws {
+  public init(
+    datasetSize: Int, globalBatch: Int, seed: UInt64, rank: Int = 0, worldSize: Int = 1, microSteps: Int = 1
+  ) throws {
     guard globalBatch > 0 else {
       throw TrainingError.invalidArgument("batch size must be positive, got \(globalBatch)")
     }
@@ -28,6 +34,7 @@ public struct EpochSampler: Sendable {
     self.seed = seed
     self.rank = rank
     self.worldSize = worldSize
+    self.microSteps = max(1, microSteps)
   }
 
   public var stepsPerEpoch: Int { (datasetSize + globalBatch - 1) / globalBatch }
@@ -50,12 +57,23 @@ public struct EpochSampler: Sendable {
 
   /// The range of permutation positions that `rank` takes from global batch `step`.
   public func shard(step: Int, rank: Int) -> Range<Int> {
-    let start = step * globalBatch
+    let first = part(step: step, index: rank * microSteps)
+    let last = part(step: step, index: (rank + 1) * microSteps - 1)
+    return first.lowerBound..<last.upperBound
+  }
+
+  /// The positions of micro-step `micro` of `rank` in global batch `step` (a part of its shard).
+  public func microShard(step: Int, rank: Int, micro: Int) -> Range<Int> {
+    part(step: step, index: rank * microSteps + micro)
+  }
+
+  /// Part `index` of the `worldSize · microSteps` parts of global batch `step`.
+  func part(step: Int, index: Int) -> Range<Int> {
+    let parts = worldSize * microSteps
     let n = globalBatchSize(step: step)
-    let base = n / worldSize
-    let extra = n % worldSize
-    let lo = start + rank * base + min(rank, extra)
-    let hi = lo + base + (rank < extra ? 1 : 0)
-    return lo..<hi
+    let base = n / parts
+    let extra = n % parts
+    let lo = step * globalBatch + index * base + min(index, extra)
+    return lo..<(lo + base + (index < extra ? 1 : 0))
   }
 }

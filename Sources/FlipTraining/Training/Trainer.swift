@@ -184,6 +184,8 @@ public final class Trainer {
   var checkpointWriter: CheckpointWriter?
 
   private let loss: SparseCategoricalCrossentropy
+  /// The sums of this step's earlier micro-steps, added to the last one's in tree order.
+  private let microStepSums: MicroStepSums
   /// This rank's training batches (b, H, W, C) and labels, b ≤ the micro-step's batch; an
   /// image data set's are decoded ahead in background threads.
   private let trainFeed: BatchFeed
@@ -224,12 +226,13 @@ public final class Trainer {
     checkpointPolicy = checkpoints
     sampler = try EpochSampler(
       datasetSize: data.train.count, globalBatch: options.batchSize, seed: options.seed,
-      rank: communicator.rank, worldSize: communicator.size)
+      rank: communicator.rank, worldSize: communicator.size, microSteps: options.accumulate)
     let perMicroStep = options.batchSize / communicator.size / options.accumulate
     localCapacity = perMicroStep
     model.allocate(maxBatch: perMicroStep)
     binaryForwardChoices = try model.chooseBinaryForward(batch: perMicroStep, policy: options.binaryForward)
     loss = SparseCategoricalCrossentropy(classes: data.train.classes)
+    microStepSums = MicroStepSums(store: model.store, layerCount: model.layers.count)
     trainFeed = data.train.makeFeed(
       batch: perMicroStep, training: true, seed: options.seed, augmentation: options.augmentation,
       compute: model.compute)
@@ -321,18 +324,20 @@ public final class Trainer {
     let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
     try exchange.beginStep(gradientScale: scale, clock: clock, timer: timer)
     var sums: (loss: Double, correct: Int, bad: Int) = (0, 0, 0)
-    let k = options.accumulate
-    for micro in 0..<k {
-      guard runsMicroStep(stepInEpoch, micro) else { continue }
+    let micros = (0..<options.accumulate).filter { runsMicroStep(stepInEpoch, $0) }
+    for micro in micros {
       let waitStart = DispatchTime.now().uptimeNanoseconds
       let batch = try trainFeed.next()
       dataWait += DispatchTime.now().uptimeNanoseconds - waitStart
       timer.lap(\.data)
       model.reseedStochasticLayers(stream: dropoutStream(micro: micro))
-      // On the last micro-step the exchange sees each gradient as soon as backward finishes it.
-      let observer = micro == k - 1 && exchange.overlapsBackward ? exchange : nil
+      // On the last micro-step the exchange sees each gradient as soon as backward finishes it
+      // (and the earlier micro-steps' sums have joined it).
+      let last = micro == micros.last
+      let observer = last ? microStepSums.observing(for: exchange.overlapsBackward ? exchange : nil) : nil
       let m = try model.accumulateGradients(
         batch.images, labels: batch.labels, batch: batch.count, loss: loss, observer: observer)
+      if last { microStepSums.finish() } else { microStepSums.push() }
       sums = (sums.loss + m.lossSum, sums.correct + m.correct, sums.bad + batch.badImages)
       timer.lap(\.compute)
     }
@@ -348,9 +353,8 @@ public final class Trainer {
   func startFeed(order: [Int], epoch: Int, from first: Int) throws {
     var batches: [ArraySlice<Int>] = []
     for s in first..<sampler.stepsPerEpoch {
-      let shard = sampler.shard(step: s)
       for micro in 0..<options.accumulate where runsMicroStep(s, micro) {
-        batches.append(order[microPart(shard, micro, of: options.accumulate)])
+        batches.append(order[sampler.microShard(step: s, rank: communicator.rank, micro: micro)])
       }
     }
     try trainFeed.begin(epoch: epoch, batches: batches)
@@ -422,24 +426,20 @@ public final class Trainer {
     return StepSums(r)
   }
 
-  /// Micro-step `micro` of `k`: the shard's `micro`-th of `k` nearly equal contiguous parts.
-  func microPart(_ shard: Range<Int>, _ micro: Int, of k: Int) -> Range<Int> {
-    (shard.lowerBound + micro * shard.count / k)..<(shard.lowerBound + (micro + 1) * shard.count / k)
-  }
-
   /// Whether this rank runs micro-step `micro` of `step`: when it has samples in it, or under
   /// sync BatchNorm (whose collectives need every rank) when any rank has.
   func runsMicroStep(_ step: Int, _ micro: Int) -> Bool {
-    let k = options.accumulate
-    if !microPart(sampler.shard(step: step), micro, of: k).isEmpty { return true }
+    if !sampler.microShard(step: step, rank: communicator.rank, micro: micro).isEmpty { return true }
     return options.syncBatchNorm
-      && (0..<sampler.worldSize).contains { !microPart(sampler.shard(step: step, rank: $0), micro, of: k).isEmpty }
+      && (0..<sampler.worldSize).contains { !sampler.microShard(step: step, rank: $0, micro: micro).isEmpty }
   }
 
-  /// Dropout masks depend on (seed, step, micro-step, rank) only: resumed runs repeat them.
+  /// Dropout masks depend on (seed, step, micro-batch) only, the micro-batch counted over all
+  /// ranks (`rank · accumulate + micro`): resumed runs repeat them, and so do runs on other rank
+  /// counts with the same ranks × accumulate.
   func dropoutStream(micro: Int) -> UInt64 {
-    (UInt64(clock.step) &* UInt64(options.accumulate) &+ UInt64(micro)) &* UInt64(communicator.size)
-      &+ UInt64(communicator.rank)
+    let k = UInt64(options.accumulate)
+    return UInt64(clock.step) &* UInt64(communicator.size) &* k &+ UInt64(communicator.rank) &* k &+ UInt64(micro)
   }
 
   /// Trains the rest of `epoch` (from `position.stepInEpoch`), evaluates, and writes the
