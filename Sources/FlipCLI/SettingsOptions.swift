@@ -36,7 +36,9 @@ struct SharedSettingsOptions: ParsableArguments {
     name: .long,
     help: ArgumentHelp(
       "Gradient accumulation: K micro-steps of batch/(ranks·K) samples per rank before one update (default 1).",
-      discussion: "The global batch stays the batch of one update; BatchNorm statistics are those of each micro-step."))
+      discussion:
+        "The global batch stays the batch of one update; BatchNorm statistics are those of each micro-step. Runs with the same ranks × K train the same bits (local BatchNorm, fp32 wire, the same threads per rank, K a power of two), so a resume on half the ranks with twice the K continues the run exactly."
+    ))
   var accumulate: Int?
   @Flag(
     name: .customLong("sync-bn"), inversion: .prefixedNo,

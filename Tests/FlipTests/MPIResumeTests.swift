@@ -80,19 +80,36 @@ extension MPITests {
       dir + "/whole/model.safetensors", dir + "/run/model.safetensors", sourceLocation: sourceLocation)
   }
 
+  /// A run saved on 2 ranks continues on 1, and one saved on 1 on 2. On 1 rank with
+  /// `--accumulate 2` the micro-batches and the order of the gradient sums are the 2 ranks'
+  /// (the sampler's parts and `ContributionTree` depend on ranks × micro-steps only), so the
+  /// run ends with the weights of an uninterrupted 2-rank run, bit for bit.
   @Test func resumesOnADifferentNumberOfRanks() throws {
     let dir = try ResumeTests.setUp()
+    let whole = try launch(2, resumeArguments(dir, out: dir + "/whole"))
+    #expect(whole.status == 0, "\(whole.stderr)")
     let killed = try launch(2, resumeArguments(dir, out: dir + "/run"), environment: ["FLIP_TEST_FAULT": "kill:0:11"])
     #expect(killed.status != 0)
-    // Saved on 2 ranks, continued on 1: the same global batches, re-sharded.
-    let one = try runFlip(["train", "--resume", dir + "/run", "--threads", "1", "--quiet"])
+    // Saved on 2 ranks, continued on 1: the same global batches in the same micro-batches.
+    let one = try runFlip(["train", "--resume", dir + "/run", "--threads", "1", "--quiet", "--accumulate", "2"])
     #expect(one.status == 0, "\(one.stderr)")
-    #expect(one.stderr.contains("saved on 2 ranks, continuing on 1"), "\(one.stderr)")
+    #expect(one.stderr.contains("saved on 2 ranks, continuing on 1)"), "\(one.stderr)")
+    let trained = { (run: String) in
+      try ModelFile.read(path: dir + "/\(run)/model.safetensors").tensors.filter { !$0.key.contains("moving_") }
+        .mapValues { $0.values.map(\.bitPattern) }
+    }
+    let (continued, uninterrupted) = (try trained("run"), try trained("whole"))
+    #expect(!continued.isEmpty && continued == uninterrupted, "resumed on 1 rank × 2 micro-steps: other weights")
     // Saved on 1, continued on 2 (via a single-process run killed at an epoch boundary).
     let single = try ResumeTests.train(dir, out: dir + "/single", environment: ["FLIP_TEST_FAULT": "kill:0:17"])
     #expect(single.status != 0)
     let two = try launch(2, ["train", "--resume", dir + "/single", "--threads", "1", "--quiet"])
     #expect(two.status == 0, "\(two.stderr)")
+    #expect(
+      two.stderr.contains(
+        "(saved on 1 rank, continuing on 2; ranks × accumulate was 1 × 1, now 2 × 1, so each micro-batch (and its BatchNorm statistics) has another size)"
+      ),
+      "\(two.stderr.split(separator: "\n").filter { $0.contains("resuming") })")
     for run in ["run", "single"] {
       let rows = try readMetrics(dir + "/\(run)/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
       #expect(rows.map { $0["epoch"] as! Int } == [1, 2, 3])

@@ -147,10 +147,22 @@ public final class TrainingRun {
     }
     let trainer = try parts.makeTrainer(directory: directory, observers: observers)
     try trainer.restore(tensors: checkpoint.tensors, metadata: checkpoint.metadata, path: checkpoint.path)
-    let savedRanks = checkpoint.metadata["world_size"] ?? "?"
+    let savedRanks = checkpoint.metadata["world_size"].flatMap { Int($0) }
     let size = env.communicator.size
+    var moved = ""
+    if let savedRanks, savedRanks != size {
+      moved = "saved on \(savedRanks) rank\(savedRanks == 1 ? "" : "s"), continuing on \(size)"
+      let parts = savedRanks * saved.accumulate
+      if parts != size * settings.accumulate {
+        // Micro-batches of another size: BatchNorm's statistics, and so the bits, change.
+        let keep = parts % size == 0 ? "; --accumulate \(parts / size) keeps them" : ""
+        moved +=
+          "; ranks × accumulate was \(savedRanks) × \(saved.accumulate), now \(size) × \(settings.accumulate), so each micro-batch (and its BatchNorm statistics) has another size\(keep)"
+      }
+      moved = " (\(moved))"
+    }
     env.logger.info(
-      "resuming from \(checkpoint.path): step \(trainer.clock.step), epoch \(trainer.clock.epoch + 1) at batch \(trainer.position.stepInEpoch) of \(trainer.sampler.stepsPerEpoch)\(savedRanks != String(size) ? " (saved on \(savedRanks) ranks, continuing on \(size))" : "")"
+      "resuming from \(checkpoint.path): step \(trainer.clock.step), epoch \(trainer.clock.epoch + 1) at batch \(trainer.position.stepInEpoch) of \(trainer.sampler.stepsPerEpoch)\(moved)"
     )
     return TrainingRun(settings: settings, directory: directory, trainer: trainer, environment: env)
   }

@@ -118,7 +118,7 @@ public struct RunSettings: Equatable, Sendable {
   public static let resumableKeys: Set<CodingKeys> = [
     .epochs, .data, .dataThreads, .badImages, .logEvery, .checkEvery, .tensorboard, .stallWarning, .stallTimeout, .timeline, .timelineSteps,
     .checkpointEvery, .checkpointEveryEpochs, .keepCheckpoints, .onCheckpointError, .binaryForward, .backwardPrecision,
-    .threads,
+    .threads, .accumulate,
     .shardOptimizer, .bucketMB, .wire,
   ]
 }
