@@ -66,14 +66,17 @@ struct FastPathTests {
     #expect(heaviside.forwardKernels == [.fp32, .int8])
   }
 
-  @Test(arguments: [(Padding.valid, Float(0)), (.same, 0), (.same, 1)])
-  func binaryConvInt8ForwardEqualsFloat(padding: Padding, padValue: Float) throws {
-    func outputs(int8: Bool) throws -> [Float] {
+  /// The kernels an exact binary convolution may run where the CPU has them.
+  static let convolutionKernels: [BinaryForwardKernel] = [.fp32, .int8] + (XNORConvolution.isAvailable ? [.xnor] : [])
+
+  @Test(arguments: [(Padding.valid, Float(0)), (.same, 0), (.same, 1), (.same, -1)])
+  func binaryConvForwardKernelsAgree(padding: Padding, padValue: Float) throws {
+    func outputs(_ kernel: BinaryForwardKernel) throws -> [Float] {
       let layer = try QuantConv2D(
         filters: 6, kernelSize: (3, 3), strides: (2, 1), padding: padding, padValue: padValue, inputShape: [9, 8, 5],
         inputQuantizer: SteSign(), kernelQuantizer: SteSign(), useBias: false)
-      #expect(layer.forwardKernel == .int8 && layer.forwardKernels == [.fp32, .int8])
-      layer.forwardKernel = int8 ? .int8 : .fp32
+      #expect(layer.forwardKernel == .int8 && layer.forwardKernels == Self.convolutionKernels)
+      layer.forwardKernel = kernel
       let store = bindStandalone(layer, seed: 1)
       layer.allocate(maxBatch: 3)
       let x = randomValues(3 * 360, seed: 2)
@@ -85,7 +88,10 @@ struct FastPathTests {
       let dx = try layer.backward(dy, batch: 3, needInputGradient: true)!
       return out + Array(UnsafeBufferPointer(start: dx, count: 3 * 360)) + store.gradients.array
     }
-    #expect(try outputs(int8: true) == outputs(int8: false))
+    let reference = try outputs(.fp32)
+    for kernel in Self.convolutionKernels.dropFirst() {
+      #expect(try outputs(kernel) == reference, "\(kernel) differs from fp32")
+    }
   }
 
   /// Bi-Real Net's layers (`approx_sign` input, `magnitude_aware_sign` kernel): the forward
@@ -100,7 +106,7 @@ struct FastPathTests {
       let layer = try QuantConv2D(
         filters: 6, kernelSize: (3, 3), strides: (2, 1), padding: padding, padValue: padValue, inputShape: shape,
         inputQuantizer: ApproxSign(), kernelQuantizer: MagnitudeAwareSign(), useBias: bias)
-      #expect(layer.scalesLevels && layer.forwardKernels == [.fp32, .int8] && layer.forwardKernel == .int8)
+      #expect(layer.scalesLevels && layer.forwardKernels == Self.convolutionKernels && layer.forwardKernel == .int8)
       layer.forwardKernel = kernel
       layer.usePrimitives = primitives
       let store = bindStandalone(layer, seed: 1)
@@ -126,13 +132,14 @@ struct FastPathTests {
     }
     let reference = try run(.fp32, primitives: true)
     #expect(reference.y == reference.want, "fp32 on primitives differs from the rounded exact value")
-    for (kernel, primitives) in [(BinaryForwardKernel.int8, true), (.int8, false), (.fp32, false)] {
+    let xnor: [(BinaryForwardKernel, Bool)] = XNORConvolution.isAvailable ? [(.xnor, true)] : []
+    for (kernel, primitives) in [(BinaryForwardKernel.int8, true), (.int8, false), (.fp32, false)] + xnor {
       let other = try run(kernel, primitives: primitives)
       #expect(other.y == reference.y, "\(kernel) (primitives: \(primitives)): forward bits differ")
       #expect(
         allClose(other.rest, reference.rest, tol: 1e-5),
         "\(kernel) (primitives: \(primitives)): gradients differ by \(maxDifference(other.rest, reference.rest))")
-      if primitives { #expect(other.rest == reference.rest, "int8 forward changed backward's bits") }
+      if primitives { #expect(other.rest == reference.rest, "the \(kernel) forward changed backward's bits") }
     }
   }
 
@@ -366,7 +373,13 @@ struct FastPathTests {
       ($0 as? QuantDense).map { $0.inputQuantizer?.hasSignLevels == true && $0.kernelQuantizer?.hasSignLevels == true }
         ?? false
     }
-    #expect(exact.contains { $0.kernel == "forward xnor" } == (XNORProduct.isAvailable && signDense))
+    let signConvolution = model.layers.contains {
+      ($0 as? QuantConv2D).map {
+        $0.inputQuantizer?.hasSignLevels == true && ($0.kernelQuantizer?.hasSignLevels == true || $0.scalesLevels)
+      } ?? false
+    }
+    #expect(
+      exact.contains { $0.kernel == "forward xnor" } == (XNORProduct.isAvailable && (signDense || signConvolution)))
   }
 
   /// The self-test's error measure: exact results score 0, a wrong kernel far above the
@@ -424,8 +437,8 @@ struct FastPathTests {
         choices.map(\.layer) == ["quant_conv2d", "quant_conv2d_1", "quant_conv2d_2", "quant_dense", "quant_dense_1"])
       #expect(choices[0].kernel == .fp32 && choices[0].available == [.fp32], "the first layer's input is not binary")
       for c in choices.dropFirst() {
-        let dense = c.layer.hasPrefix("quant_dense")
-        #expect(c.available == [.fp32, .int8] + (dense ? xnor : []))
+        // ste_sign inputs and kernels: dense layers and convolutions have the XNOR kernel.
+        #expect(c.available == [.fp32, .int8] + xnor)
         if policy != .auto {
           let forced = BinaryForwardKernel(rawValue: policy.rawValue)!
           #expect(c.kernel == (c.available.contains(forced) ? forced : .fp32))

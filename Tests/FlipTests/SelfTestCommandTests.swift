@@ -25,9 +25,10 @@ struct SelfTestCommandTests {
     for layer in ["quant_conv2d_1", "quant_conv2d_2", "quant_dense_1"] {
       #expect(r.stdout.contains("forward int8      \(layer)"), "\(r.stdout)")
     }
-    // The XNOR forward adds a check per binary dense layer where the CPU has AVX2.
+    // The XNOR forward adds a check per binary dense and binary convolution layer (2 each)
+    // where the CPU has AVX2.
     let xnor = XNORProduct.isAvailable
-    #expect(r.stdout.contains(xnor ? "26 of 26 kernels pass" : "24 of 24 kernels pass"), "\(r.stdout)")
+    #expect(r.stdout.contains(xnor ? "28 of 28 kernels pass" : "24 of 24 kernels pass"), "\(r.stdout)")
     let json = try runFlip(["selftest", "--model", "binarynet-mlp", "--batch", "1", "--json"])
     #expect(json.status == 0, "\(json.stderr)")
     let object = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
@@ -88,16 +89,15 @@ struct SelfTestCommandTests {
         "--out", dir + "/run-" + policy, "--binary-forward", policy,
       ])
       #expect(r.status == 0, "\(r.stderr)")
-      let checks = XNORProduct.isAvailable ? 15 : 14
+      let checks = XNORProduct.isAvailable ? 16 : 14
       #expect(r.stderr.contains("kernel self-check: \(checks) kernels agree with their references"), "\(r.stderr)")
       let lines = r.stderr.split(separator: "\n").filter { $0.contains("binary forward on oneDNN ISA") }
       #expect(lines.count == 3, "\(r.stderr)")
       #expect(lines.first?.contains("quant_conv2d: fp32") == true, "the first layer's input is not binary: \(lines)")
       if policy == "xnor" {
-        // Only the dense layer has the XNOR kernel; the convolutions fall back to fp32.
-        let dense = lines.filter { $0.contains("quant_dense") }
-        #expect(dense.count == 1 && dense[0].contains(XNORProduct.isAvailable ? ": xnor (" : ": fp32 ("), "\(lines)")
-        #expect(lines.filter { $0.contains("quant_conv2d") }.allSatisfy { $0.contains(": fp32 (") }, "\(lines)")
+        // The binary-input convolution and the dense layer have the XNOR kernel (with AVX2).
+        let forced = XNORProduct.isAvailable ? ": xnor (" : ": fp32 ("
+        #expect(lines.dropFirst().allSatisfy { $0.contains(forced) }, "\(lines)")
       } else if policy != "auto" {
         #expect(lines.dropFirst().allSatisfy { $0.contains(": \(policy) (") }, "\(lines)")
       } else {

@@ -9,4 +9,8 @@
 // check (its effective ISA).
 int flip_cpu_has_haswell_features(void);
 
+// 1 when CPUID reports AVX512F, DQ, BW, VL and VPOPCNTDQ (the OS's support for the registers is
+// oneDNN's check: its effective ISA).
+int flip_cpu_has_avx512_popcount(void);
+
 #endif

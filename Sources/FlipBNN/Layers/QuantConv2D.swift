@@ -61,8 +61,8 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
   public var forwardKernel: BinaryForwardKernel {
     didSet {
       precondition(forwardKernels.contains(forwardKernel), "\(name) has no \(forwardKernel.rawValue) forward")
-      kernel.fillsInt8 = forwardKernel == .int8
-      kernel.fillsLevels = scalesLevels && (forwardKernel == .fp32 || !paddedTaps.isEmpty)
+      kernel.fillsInt8 = forwardKernel == .int8 || forwardKernel == .xnor
+      kernel.fillsLevels = scalesLevels && (forwardKernel == .fp32 || (forwardKernel == .int8 && !paddedTaps.isEmpty))
       // The other path's primitives are no longer needed (the cache holds four shapes).
       primitives = primitives.filter { $0.key % 2 == (forwardKernel == .int8 ? 1 : 0) }
     }
@@ -73,7 +73,12 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
   /// integer-level input): `y = s ⊙ (q_in(x) ⊛ level(W)) + b`, the exact sum rounded once by
   /// the scale, the same bits in int8 and fp32. Backward uses `q_k(W) = s ⊙ level(W)`.
   public let scalesLevels: Bool
-  public var forwardKernels: [BinaryForwardKernel] { int8Forward == nil ? [.fp32] : [.fp32, .int8] }
+  public var forwardKernels: [BinaryForwardKernel] {
+    (int8Forward == nil ? [.fp32] : [.fp32, .int8]) + (xnorConvolution == nil ? [] : [.xnor])
+  }
+  /// The XNOR–popcount forward, where both quantizers take ±1 levels, the pad value is 0 or ±1
+  /// and the CPU has AVX2 (`XNORConvolution`).
+  private let xnorConvolution: XNORConvolution?
   /// Whether the convolutions run on oneDNN's primitives. On by default; tests turn it off to
   /// compare with im2col + GEMM.
   public var usePrimitives = true
@@ -155,6 +160,12 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     let exact = integerInput && (kernelQuantizer?.hasIntegerLevels == true || scalesLevels)
     forwardKernel = exact ? .int8 : .fp32
     int8Forward = exact ? Int8Forward(reduction: geometry.patchSize, outputs: filters) : nil
+    let scaledSigns = (kernelQuantizer as? ChannelScaledQuantizer)?.levelsAreSigns == true
+    let signKernel = kernelQuantizer?.hasSignLevels == true || (scalesLevels && scaledSigns)
+    let xnor =
+      exact && inputQuantizer?.hasSignLevels == true && signKernel && [-1, 0, 1].contains(padValue)
+      && XNORConvolution.isAvailable && XNORConvolution.fits(channels: geometry.channels)
+    xnorConvolution = xnor ? XNORConvolution(geometry: geometry, filters: filters, padValue: Int(padValue)) : nil
     if exact { kernel.makeInt8Copy() }
     paddedTaps = padValue == 0 ? [] : Self.paddedTaps(geometry)
     tapSums = FloatBuffer(count: paddedTaps.isEmpty ? 0 : geometry.kernelHeight * geometry.kernelWidth * filters)
@@ -281,6 +292,7 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
 
   public func forwardImplementation(batch: Int) throws -> String {
     let int8 = forwardKernel == .int8
+    if forwardKernel == .xnor, let xnor = xnorConvolution { return xnor.implementation }
     if usePrimitives { return try primitives(batch: batch).forwardImplementation }
     return int8 ? "im2col + dnnl_gemm_s8s8s32" : "im2col + dnnl_sgemm"
   }
@@ -325,6 +337,7 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     if !inputGradientIsLent { inputGradient = FloatBuffer(count: maxBatch * inputSize) }
     if !scratchIsShared { scratch = FloatBuffer(count: scratchCount(maxBatch: maxBatch)) }
     int8Forward?.allocate(rows: rows)
+    xnorConvolution?.allocate(batch: maxBatch)
     if kernelGradientScratch == nil && kernel.quantizedGradient == nil {
       kernelGradientScratch = FloatBuffer(count: geometry.patchSize * filters)
     }
@@ -358,7 +371,19 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     }
     // The per-filter scale, applied once the products are complete.
     var scaled = !scalesLevels
-    if usePrimitives {
+    if forwardKernel == .xnor, let xnor = xnorConvolution, let levels = kernel.int8 {
+      // Padded taps, scale and bias all go in with the popcounts.
+      xnor.setKernel(levels: levels)
+      let scales = scalesLevels ? kernel.channelScales : nil
+      try withInt8Input { x8 in
+        try withOptionalPointer(to: scales) { scale in
+          xnor.run(
+            levels: x8, batch: batch, scale: scale, bias: bias.map { UnsafePointer($0) }, into: y.pointer,
+            compute: compute)
+        }
+      }
+      scaled = true
+    } else if usePrimitives {
       let p = try primitives(batch: batch)
       if p.int8Forward, let w8 = kernel.int8 {
         try withInt8Input { x8 in
@@ -475,4 +500,10 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
       name: name, inputPrecision: inputQuantizer?.precision, outputShape: outputShape, weights: weights,
       macs: .count(g.outputPixels * g.patchSize * filters, precision: max(kernelBits, inputBits)))
   }
+}
+
+/// `body` with a pointer to `values`' elements, or nil.
+func withOptionalPointer<R>(to values: [Float]?, _ body: (UnsafePointer<Float>?) throws -> R) rethrows -> R {
+  guard let values else { return try body(nil) }
+  return try values.withUnsafeBufferPointer { try body($0.baseAddress) }
 }

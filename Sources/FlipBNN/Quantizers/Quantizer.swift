@@ -105,6 +105,8 @@ extension Quantizer {
 public protocol ChannelScaledQuantizer: Quantizer {
   /// (C) the scales of the last `forward`.
   var scale: [Float] { get }
+  /// Whether every level is ±1 (the kernel can run an XNOR–popcount product).
+  var levelsAreSigns: Bool { get }
   /// Writes `level(x)` of `count` values, as floats and, when `int8` is given, as int8 too.
   func writeLevels(
     _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>?, int8: UnsafeMutablePointer<Int8>?, count: Int)

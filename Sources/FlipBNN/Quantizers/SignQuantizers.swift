@@ -114,6 +114,7 @@ public final class SwishSign: Quantizer {
 /// pseudo-gradient `dx = dy · s_c · 1[|x| ≤ clip_value]` (the scale is held constant, as Larq's
 /// `stop_gradient` does).
 public final class MagnitudeAwareSign: ChannelScaledQuantizer {
+  public var levelsAreSigns: Bool { true }
   public let name = "magnitude_aware_sign"
   public let precision: Int? = 1
   public let clipValue: Float?

@@ -23,6 +23,9 @@ typedef enum flip_xnor_kernel {
   // AVX2, BMI2 and POPCNT (Haswell and later, AMD Zen). Where the build has no AVX2 variant
   // (not x86_64) it runs the portable code.
   FLIP_XNOR_AVX2 = 1,
+  // AVX-512 with VPOPCNTDQ (Ice Lake and later, AMD Zen 4): the convolution only; the other
+  // functions run their AVX2 variant.
+  FLIP_XNOR_AVX512 = 2,
 } flip_xnor_kernel;
 
 // 1 when this build has the AVX2 variants (x86_64), else 0.
@@ -46,5 +49,42 @@ void flip_xnor_pack_columns(
 void flip_xnor_product(
     flip_xnor_kernel kernel, const uint64_t *a, const uint64_t *b, ptrdiff_t length, ptrdiff_t words,
     ptrdiff_t row_begin, ptrdiff_t row_end, ptrdiff_t outputs, const float *bias, float *y);
+
+// ---------------------------------------------------------------------------------------------
+// Convolutions of ±1 images with ±1 kernels (NHWC, Keras's (KH, KW, C, F) kernels), directly on
+// packed bits: Wc = ⌈C/64⌉ words per pixel and per tap, bit 1 for −1, zero padding bits.
+//
+// For each output pixel, over its taps inside the image: Σ = taps·C − 2·popcount(x ⊕ w), an
+// exact integer; taps in the padding contribute nothing (pad 0), or the sum over the tap's
+// kernel values times the pad value (±1). The output is (float)Σ, then × scale[f], then
+// + bias[f], each rounded on its own (no fused multiply-add): the same bits as an int8 or fp32
+// product of the same levels followed by the same scale and bias.
+
+typedef struct flip_xnor_conv_shape {
+  ptrdiff_t height, width, channels, words;  // the input image; words = ⌈channels / 64⌉
+  ptrdiff_t kernel_height, kernel_width, stride_height, stride_width, pad_top, pad_left;
+  ptrdiff_t out_height, out_width, filters;
+  int pad_value;  // −1, 0 or +1
+} flip_xnor_conv_shape;
+
+// 1 when this build has the AVX-512 variant (x86_64), else 0.
+int flip_xnor_has_avx512_kernels(void);
+
+// Packs rows [row_begin, row_end) of int8 levels x (R, C) (bit 1 where the level is negative)
+// into `into` (R, words).
+void flip_xnor_pack_levels(
+    flip_xnor_kernel kernel, const int8_t *x, ptrdiff_t channels, ptrdiff_t words, ptrdiff_t row_begin,
+    ptrdiff_t row_end, uint64_t *into);
+
+// Packs the int8 levels of a kernel (KH·KW·C, F) into `into` (KH·KW, words, F): word k of tap t
+// and filter f holds channels 64k ..< 64k + 64.
+void flip_xnor_pack_conv_kernel(
+    const int8_t *levels, ptrdiff_t taps, ptrdiff_t channels, ptrdiff_t words, ptrdiff_t filters, uint64_t *into);
+
+// y (rows, F) for the output pixels [row_begin, row_end) of (B·OH·OW): x (B, H, W, words) and w
+// (KH·KW, words, F) packed as above; scale and bias NULL or F values.
+void flip_xnor_conv(
+    flip_xnor_kernel kernel, const flip_xnor_conv_shape *shape, const uint64_t *x, const uint64_t *w,
+    ptrdiff_t row_begin, ptrdiff_t row_end, const float *scale, const float *bias, float *y);
 
 #endif
