@@ -53,6 +53,11 @@ struct QuantizerTests {
     #expect(pseudoGradient(q, x) == [0, 0, 0.5, 1.5, 2, 1.5, 0.5, 0, 0])
     let dy: [Float] = [1, 1, 2, 2, -3, 2, 2, 1, 1]
     #expect(pseudoGradient(ApproxSign(), x, dy: dy) == [0, 0, 1, 3, -6, 3, 1, 0, 0])
+    // Long enough for the 16-lane loop: the same values, and 0 (not NaN) where x is NaN.
+    let long: [Float] = [.nan, -0.0] + (0..<4).flatMap { _ in x }
+    let longDy: [Float] = [1, 5] + (0..<4).flatMap { _ in dy }
+    let want: [Float] = [0, 10] + (0..<4).flatMap { _ -> [Float] in [0, 0, 1, 3, -6, 3, 1, 0, 0] }
+    #expect(pseudoGradient(ApproxSign(), long, dy: longDy) == want)
   }
 
   // MARK: swish_sign

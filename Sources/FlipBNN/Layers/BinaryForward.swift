@@ -33,8 +33,8 @@ public enum BinaryForwardPolicy: String, Sendable, CaseIterable {
 /// A layer whose forward product can run in more than one exact kernel (QuantDense, QuantConv2D).
 public protocol ExactBinaryForward: Layer {
   /// The kernels this layer's forward can run: always `.fp32`, `.int8` where both quantizers
-  /// take integer levels (or scaled ones, in convolutions), `.xnor` where they take ±1 (dense
-  /// layers, where `XNORProduct` runs).
+  /// take integer levels (or scaled ones, in convolutions), `.xnor` where they take ±1 (or
+  /// scaled ±1, in convolutions) and the CPU runs `XNORProduct` and `XNORConvolution`.
   var forwardKernels: [BinaryForwardKernel] { get }
   /// The kernel the forward runs (one of `forwardKernels`).
   var forwardKernel: BinaryForwardKernel { get set }

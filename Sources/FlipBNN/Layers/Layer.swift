@@ -222,7 +222,11 @@ final class QuantizedKernel {
       }
       gradientPassesThrough = bound != nil && !chunkWithinBound.contains(false)
     } else {
-      q.forward(latent, new, count: count, channels: channels)
+      if let scaled = q as? ChannelScaledQuantizer {
+        scaled.forward(latent, new, count: count, channels: channels, compute: compute)
+      } else {
+        q.forward(latent, new, count: count, channels: channels)
+      }
       if let scaled = q as? ChannelScaledQuantizer {
         let (levels, k8) = (fillsLevels ? levels?.pointer : nil, fillsInt8 ? int8 : nil)
         if levels != nil || k8 != nil {
@@ -234,9 +238,18 @@ final class QuantizedKernel {
       } else if fillsInt8, let k8 = int8 {
         convertToInt8(new, k8, count: count, compute: compute)
       }
-      for i in flipCounts.indices { flipCounts[i] = 0 }
-      flipCounts[0] = countFlips ? countDifferences(old, new, count: count) : 0
-      gradientPassesThrough = bound.map { allMagnitudes(w, count: count, atMost: $0) } ?? false
+      // The same chunks as the elementwise pass: flips counted per chunk, the bound checked.
+      let grain = Self.grain
+      flipCounts.withUnsafeMutableBufferPointer { c in
+        chunkWithinBound.withUnsafeMutableBufferPointer { inside in
+          compute.forRanges(count: count, grain: grain) { r in
+            let (lo, chunk) = (r.lowerBound, r.lowerBound / grain)
+            c[chunk] = countFlips ? countDifferences(old + lo, new + lo, count: r.count) : 0
+            inside[chunk] = bound.map { allMagnitudes(w + lo, count: r.count, atMost: $0) } ?? false
+          }
+        }
+      }
+      gradientPassesThrough = bound != nil && !chunkWithinBound.contains(false)
     }
     if countFlips { lastFlipRatio = Double(flipCounts.reduce(0, +)) / Double(count) }
     if training { hasPrevious = true }
@@ -267,6 +280,14 @@ final class QuantizedKernel {
       compute.forEach(count: count) { r in
         q.backward(w + r.lowerBound, source + r.lowerBound, source + r.lowerBound, count: r.count, channels: 1)
         for i in r { dst[i] += source[i] }
+      }
+    } else if q is ChannelScaledQuantizer {
+      // Whole rows per chunk: each element's channel is its index in the row.
+      let c = channels
+      compute.forRanges(count: count / c, grain: max(1, Self.grain / c)) { rows in
+        let (lo, n) = (rows.lowerBound * c, rows.count * c)
+        q.backward(w + lo, source + lo, source + lo, count: n, channels: c)
+        for i in lo..<(lo + n) { dst[i] += source[i] }
       }
     } else {
       q.backward(w, source, source, count: count, channels: channels)

@@ -59,11 +59,13 @@ public final class Add: MergeLayer {
   public func forward(_ inputs: [UnsafePointer<Float>], batch: Int, training: Bool) throws -> UnsafePointer<Float> {
     let out = y.pointer
     let count = batch * outputSize
-    compute.forEach(count: count) { r in
-      for i in r {
-        var s = inputs[0][i]
-        for k in 1..<inputs.count { s += inputs[k][i] }
-        out[i] = s
+    // Input by input over each chunk, 16 lanes at a time: ((x₀ + x₁) + x₂) + … per element.
+    inputs.withUnsafeBufferPointer { sources in
+      compute.forEach(count: count) { r in
+        let (lo, n) = (r.lowerBound, r.count)
+        let o = out + lo
+        addVectors(sources[0] + lo, sources.count > 1 ? sources[1] + lo : nil, into: o, count: n)
+        for k in 2..<max(2, sources.count) { addVectors(UnsafePointer(o), sources[k] + lo, into: o, count: n) }
       }
     }
     return UnsafePointer(out)
@@ -144,5 +146,25 @@ public final class Concatenate: MergeLayer {
       }
     }
     return targets.map { UnsafePointer($0) }
+  }
+}
+
+/// `out[i] = a[i] + b[i]` (or `a[i]` without `b`) for `count` elements, 16 lanes at a time.
+@inline(__always)
+func addVectors(
+  _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>?, into out: UnsafeMutablePointer<Float>, count: Int
+) {
+  guard let b else { return out.update(from: a, count: count) }
+  var i = 0
+  while i + 16 <= count {
+    let sum =
+      UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
+      + UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + i).storeBytes(of: sum, as: SIMD16<Float>.self)
+    i += 16
+  }
+  while i < count {
+    out[i] = a[i] + b[i]
+    i += 1
   }
 }

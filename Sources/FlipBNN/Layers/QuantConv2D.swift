@@ -55,9 +55,9 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
   let outputActivation: OutputActivation?
   let kernel: QuantizedKernel
   /// The kernel the forward product runs: int8 by default where exact (both quantizers take
-  /// integer levels, or the kernel's are scaled: `scalesLevels`), else fp32.
-  /// `Model.chooseBinaryForward` picks the faster of the two, and tests set fp32 to compare the
-  /// paths.
+  /// integer levels, or the kernel's are scaled: `scalesLevels`), else fp32; XNOR–popcount
+  /// where the levels are ±1 (`xnorConvolution`). `Model.chooseBinaryForward` picks the
+  /// fastest, and tests set each to compare the paths.
   public var forwardKernel: BinaryForwardKernel {
     didSet {
       precondition(forwardKernels.contains(forwardKernel), "\(name) has no \(forwardKernel.rawValue) forward")

@@ -359,7 +359,8 @@ public final class Model {
       return
     }
     let buffer = takeBuffer()
-    buffer.pointer.update(from: g, count: count)
+    let p = buffer.pointer
+    compute.forEach(count: count) { r in (p + r.lowerBound).update(from: g + r.lowerBound, count: r.count) }
     summing[j] = buffer
     gradients[j] = UnsafePointer(buffer.pointer)
   }

@@ -107,6 +107,10 @@ public protocol ChannelScaledQuantizer: Quantizer {
   var scale: [Float] { get }
   /// Whether every level is ±1 (the kernel can run an XNOR–popcount product).
   var levelsAreSigns: Bool { get }
+  /// `forward` split over `compute`'s threads: each channel's scale summed in the same order
+  /// as `forward` does (the same bits).
+  func forward(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int, compute: Compute)
   /// Writes `level(x)` of `count` values, as floats and, when `int8` is given, as int8 too.
   func writeLevels(
     _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>?, int8: UnsafeMutablePointer<Int8>?, count: Int)
