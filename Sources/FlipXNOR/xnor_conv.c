@@ -93,6 +93,15 @@ void flip_xnor_pack_conv_kernel(
 // ---------------------------------------------------------------------------------------------
 // The convolution.
 
+// A padded tap's words (at most 64): +1 is bit 0 everywhere; −1 is bit 1 on the real channels
+// only.
+ALWAYS_INLINE void fill_pad_word(const flip_xnor_conv_shape *s, uint64_t *pad_word) {
+  for (ptrdiff_t k = 0; k < s->words && k < 64; k++) {
+    ptrdiff_t count = s->channels - 64 * k < 64 ? s->channels - 64 * k : 64;
+    pad_word[k] = s->pad_value < 0 ? (count == 64 ? ~(uint64_t)0 : (((uint64_t)1 << count) - 1)) : 0;
+  }
+}
+
 // Filters per tile: their popcount sums stay in registers (8 × 8 lanes on AVX-512).
 #define TILE 64
 
@@ -135,12 +144,8 @@ ALWAYS_INLINE ptrdiff_t pixel_counts(
 ALWAYS_INLINE void conv_body(
     const flip_xnor_conv_shape *s, const uint64_t *x, const uint64_t *w, ptrdiff_t row_begin, ptrdiff_t row_end,
     const float *scale, const float *bias, float *y) {
-  // A padded tap's word: +1 is bit 0 everywhere; −1 is bit 1 on the real channels only.
   uint64_t pad_word[64];
-  for (ptrdiff_t k = 0; k < s->words && k < 64; k++) {
-    ptrdiff_t count = s->channels - 64 * k < 64 ? s->channels - 64 * k : 64;
-    pad_word[k] = s->pad_value < 0 ? (count == 64 ? ~(uint64_t)0 : (((uint64_t)1 << count) - 1)) : 0;
-  }
+  fill_pad_word(s, pad_word);
   const ptrdiff_t pixels = s->out_height * s->out_width, filters = s->filters;
   for (ptrdiff_t r = row_begin; r < row_end; r++) {
     ptrdiff_t n = r / pixels, p = r % pixels;
@@ -287,10 +292,7 @@ FLIP_CONV_AVX512 static void conv_avx512(
     return;
   }
   uint64_t pad_word[64];
-  for (ptrdiff_t k = 0; k < words; k++) {
-    ptrdiff_t count = s->channels - 64 * k < 64 ? s->channels - 64 * k : 64;
-    pad_word[k] = s->pad_value < 0 ? (count == 64 ? ~(uint64_t)0 : (((uint64_t)1 << count) - 1)) : 0;
-  }
+  fill_pad_word(s, pad_word);
   const uint64_t *inputs[2][MAX_TAPS];
   ptrdiff_t indices[2][MAX_TAPS];
   const ptrdiff_t pixels = s->out_height * s->out_width;
@@ -348,10 +350,7 @@ FLIP_CONV_AVX2 static void conv_avx2(
     return;
   }
   uint64_t pad_word[64];
-  for (ptrdiff_t k = 0; k < words; k++) {
-    ptrdiff_t count = s->channels - 64 * k < 64 ? s->channels - 64 * k : 64;
-    pad_word[k] = s->pad_value < 0 ? (count == 64 ? ~(uint64_t)0 : (((uint64_t)1 << count) - 1)) : 0;
-  }
+  fill_pad_word(s, pad_word);
   const __m256i table = _mm256_setr_epi8(
       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);

@@ -145,28 +145,9 @@ public final class MagnitudeAwareSign: ChannelScaledQuantizer {
   public init(clipValue: Float? = 1) { self.clipValue = clipValue }
 
   public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, channels: Int) {
-    if scale.count != channels { scale = [Float](repeating: 0, count: channels) }
-    let rows = count / channels
-    if let given = scaleOverride, given.count == channels {
-      scale = given
-    } else {
-      if sums.count != channels { sums = [Double](repeating: 0, count: channels) }
-      sums.withUnsafeMutableBufferPointer { sum in
-        scale.withUnsafeMutableBufferPointer { s in
-          for c in 0..<channels { sum[c] = 0 }
-          for r in 0..<rows {
-            for c in 0..<channels { sum[c] += Double(abs(x[r * channels + c])) }
-          }
-          for c in 0..<channels { s[c] = Float(sum[c] / Double(max(rows, 1))) }
-        }
-      }
-    }
-    scale.withUnsafeBufferPointer { s in
-      for r in 0..<rows {
-        for c in 0..<channels { y[r * channels + c] = s[c] * binarySign(x[r * channels + c]) }
-      }
-    }
+    forward(x, y, count: count, channels: channels, compute: .serial)
   }
+
   /// Channels per chunk of the scale's sums, and rows per chunk of the output.
   static let channelGrain = 16
   static let rowGrain = 256

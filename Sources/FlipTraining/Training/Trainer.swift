@@ -324,8 +324,8 @@ public final class Trainer {
     let scale = 1 / Float(sampler.globalBatchSize(step: stepInEpoch))
     try exchange.beginStep(gradientScale: scale, clock: clock, timer: timer)
     var sums: (loss: Double, correct: Int, bad: Int) = (0, 0, 0)
-    let micros = (0..<options.accumulate).filter { runsMicroStep(stepInEpoch, $0) }
-    for micro in micros {
+    let lastMicro = (0..<options.accumulate).last { runsMicroStep(stepInEpoch, $0) }
+    for micro in 0..<options.accumulate where runsMicroStep(stepInEpoch, micro) {
       let waitStart = DispatchTime.now().uptimeNanoseconds
       let batch = try trainFeed.next()
       dataWait += DispatchTime.now().uptimeNanoseconds - waitStart
@@ -333,7 +333,7 @@ public final class Trainer {
       model.reseedStochasticLayers(stream: dropoutStream(micro: micro))
       // On the last micro-step the exchange sees each gradient as soon as backward finishes it
       // (and the earlier micro-steps' sums have joined it).
-      let last = micro == micros.last
+      let last = micro == lastMicro
       let observer = last ? microStepSums.observing(for: exchange.overlapsBackward ? exchange : nil) : nil
       let m = try model.accumulateGradients(
         batch.images, labels: batch.labels, batch: batch.count, loss: loss, observer: observer)
