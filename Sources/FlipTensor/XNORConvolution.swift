@@ -36,8 +36,11 @@ public final class XNORConvolution {
     }
   }
 
-  /// Whether a layer of `channels` channels fits (the pad word holds up to 64 words).
-  public static func fits(channels: Int) -> Bool { channels > 0 && channels <= 64 * 64 }
+  /// Whether a convolution of `geometry` fits `flip_xnor_conv`: at most 64 taps and 64 words
+  /// (4,096 channels).
+  public static func fits(_ geometry: ConvGeometry) -> Bool {
+    geometry.kernelHeight * geometry.kernelWidth <= 64 && (1...64 * 64).contains(geometry.channels)
+  }
 
   public let kernel: flip_xnor_kernel
   public let geometry: ConvGeometry
@@ -67,7 +70,8 @@ public final class XNORConvolution {
       "XNORConvolution: this CPU (or the oneDNN ISA cap) has no AVX-512 VPOPCNTDQ")
     precondition((-1...1).contains(padValue), "XNORConvolution: pad value \(padValue) is not −1, 0 or +1")
     precondition(
-      Self.fits(channels: geometry.channels) && filters > 0, "XNORConvolution: \(geometry.channels) channels")
+      Self.fits(geometry) && filters > 0,
+      "XNORConvolution: \(geometry.kernelHeight)×\(geometry.kernelWidth) taps, \(geometry.channels) channels")
     self.kernel = kernel
     self.geometry = geometry
     self.filters = filters

@@ -5,6 +5,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "byte_counts_avx2.h"
 #define FLIP_XNOR_X86 1
 #define FLIP_AVX2 __attribute__((target("avx2,bmi2,popcnt")))
 #else
@@ -149,13 +150,6 @@ static void product_baseline(
 }
 
 #if FLIP_XNOR_X86
-// Popcounts of the 32 bytes of v: two 4-bit table lookups (vpshufb) per byte.
-FLIP_AVX2 ALWAYS_INLINE __m256i byte_counts(__m256i v, __m256i table, __m256i low) {
-  __m256i lo = _mm256_and_si256(v, low);
-  __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-  return _mm256_add_epi8(_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi));
-}
-
 FLIP_AVX2 ALWAYS_INLINE uint64_t sum_lanes(__m256i v) {
   __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   return (uint64_t)_mm_cvtsi128_si64(s) + (uint64_t)_mm_extract_epi64(s, 1);
@@ -167,8 +161,7 @@ FLIP_AVX2 ALWAYS_INLINE uint64_t sum_lanes(__m256i v) {
 FLIP_AVX2 static void product_avx2(
     const uint64_t *a, const uint64_t *b, ptrdiff_t length, ptrdiff_t words, ptrdiff_t row_begin,
     ptrdiff_t row_end, ptrdiff_t outputs, const float *bias, float *y) {
-  const __m256i table = _mm256_setr_epi8(
-      0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i table = FLIP_NIBBLE_COUNTS;
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
   const ptrdiff_t vectors = words / 4;
@@ -189,10 +182,10 @@ FLIP_AVX2 static void product_avx2(
         for (; v < end; v++) {
           __m256i x0 = _mm256_loadu_si256(a0 + v), x1 = _mm256_loadu_si256(a1 + v);
           __m256i w0 = _mm256_loadu_si256(b0 + v), w1 = _mm256_loadu_si256(b1 + v);
-          s00 = _mm256_add_epi8(s00, byte_counts(_mm256_xor_si256(x0, w0), table, low));
-          s01 = _mm256_add_epi8(s01, byte_counts(_mm256_xor_si256(x0, w1), table, low));
-          s10 = _mm256_add_epi8(s10, byte_counts(_mm256_xor_si256(x1, w0), table, low));
-          s11 = _mm256_add_epi8(s11, byte_counts(_mm256_xor_si256(x1, w1), table, low));
+          s00 = _mm256_add_epi8(s00, flip_byte_counts(_mm256_xor_si256(x0, w0), table, low));
+          s01 = _mm256_add_epi8(s01, flip_byte_counts(_mm256_xor_si256(x0, w1), table, low));
+          s10 = _mm256_add_epi8(s10, flip_byte_counts(_mm256_xor_si256(x1, w0), table, low));
+          s11 = _mm256_add_epi8(s11, flip_byte_counts(_mm256_xor_si256(x1, w1), table, low));
         }
         c00 = _mm256_add_epi64(c00, _mm256_sad_epu8(s00, zero));
         c01 = _mm256_add_epi64(c01, _mm256_sad_epu8(s01, zero));

@@ -6,6 +6,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "byte_counts_avx2.h"
 #define FLIP_CONV_X86 1
 #define FLIP_CONV_AVX2 __attribute__((target("avx2,bmi2,popcnt")))
 #define FLIP_CONV_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
@@ -102,78 +103,8 @@ ALWAYS_INLINE void fill_pad_word(const flip_xnor_conv_shape *s, uint64_t *pad_wo
   }
 }
 
-// Filters per tile: their popcount sums stay in registers (8 × 8 lanes on AVX-512).
+// Filters per tile of the portable code.
 #define TILE 64
-
-// The mismatch counts of one output pixel for filters [f0, f0 + count) into acc; returns the
-// number of taps that count (all of them with a ±1 pad value: its taps read `pad_word`).
-ALWAYS_INLINE ptrdiff_t pixel_counts(
-    const flip_xnor_conv_shape *s, const uint64_t *x, const uint64_t *w, const uint64_t *pad_word, ptrdiff_t n,
-    ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t f0, ptrdiff_t count, uint64_t *acc) {
-  const ptrdiff_t words = s->words, filters = s->filters;
-  ptrdiff_t taps = 0;
-  for (ptrdiff_t kh = 0; kh < s->kernel_height; kh++) {
-    ptrdiff_t ih = oh * s->stride_height - s->pad_top + kh;
-    int row_inside = ih >= 0 && ih < s->height;
-    for (ptrdiff_t kw = 0; kw < s->kernel_width; kw++) {
-      ptrdiff_t iw = ow * s->stride_width - s->pad_left + kw;
-      const uint64_t *xw;
-      if (row_inside && iw >= 0 && iw < s->width) {
-        xw = x + ((n * s->height + ih) * s->width + iw) * words;
-      } else if (s->pad_value != 0) {
-        xw = pad_word;
-      } else {
-        continue;
-      }
-      taps++;
-      const uint64_t *wt = w + (kh * s->kernel_width + kw) * words * filters + f0;
-      for (ptrdiff_t k = 0; k < words; k++) {
-        const uint64_t xv = xw[k];
-        const uint64_t *wk = wt + k * filters;
-        if (count == TILE) {
-          for (ptrdiff_t j = 0; j < TILE; j++) acc[j] += (uint64_t)__builtin_popcountll(xv ^ wk[j]);
-        } else {
-          for (ptrdiff_t j = 0; j < count; j++) acc[j] += (uint64_t)__builtin_popcountll(xv ^ wk[j]);
-        }
-      }
-    }
-  }
-  return taps;
-}
-
-ALWAYS_INLINE void conv_body(
-    const flip_xnor_conv_shape *s, const uint64_t *x, const uint64_t *w, ptrdiff_t row_begin, ptrdiff_t row_end,
-    const float *scale, const float *bias, float *y) {
-  uint64_t pad_word[64];
-  fill_pad_word(s, pad_word);
-  const ptrdiff_t pixels = s->out_height * s->out_width, filters = s->filters;
-  for (ptrdiff_t r = row_begin; r < row_end; r++) {
-    ptrdiff_t n = r / pixels, p = r % pixels;
-    ptrdiff_t oh = p / s->out_width, ow = p % s->out_width;
-    float *yr = y + r * filters;
-    for (ptrdiff_t f0 = 0; f0 < filters; f0 += TILE) {
-      ptrdiff_t count = filters - f0 < TILE ? filters - f0 : TILE;
-      uint64_t acc[TILE];
-      for (ptrdiff_t j = 0; j < TILE; j++) acc[j] = 0;
-      ptrdiff_t taps = pixel_counts(s, x, w, pad_word, n, oh, ow, f0, count, acc);
-      const int64_t total = (int64_t)taps * (int64_t)s->channels;
-      for (ptrdiff_t j = 0; j < count; j++) {
-        float v = (float)(total - 2 * (int64_t)acc[j]);
-        if (scale) v = v * scale[f0 + j];
-        if (bias) v = v + bias[f0 + j];
-        yr[f0 + j] = v;
-      }
-    }
-  }
-}
-
-static void conv_baseline(
-    const flip_xnor_conv_shape *s, const uint64_t *x, const uint64_t *w, ptrdiff_t row_begin, ptrdiff_t row_end,
-    const float *scale, const float *bias, float *y) {
-  conv_body(s, x, w, row_begin, row_end, scale, bias, y);
-}
-
-#if FLIP_CONV_X86
 
 // The taps of output pixel (n, oh, ow) that count: the input's words (or the pad word) and the
 // tap's index; returns how many.
@@ -200,6 +131,50 @@ ALWAYS_INLINE ptrdiff_t pixel_taps(
 }
 
 #define MAX_TAPS 64
+
+ALWAYS_INLINE void conv_body(
+    const flip_xnor_conv_shape *s, const uint64_t *x, const uint64_t *w, ptrdiff_t row_begin, ptrdiff_t row_end,
+    const float *scale, const float *bias, float *y) {
+  uint64_t pad_word[64];
+  fill_pad_word(s, pad_word);
+  const uint64_t *inputs[MAX_TAPS];
+  ptrdiff_t indices[MAX_TAPS];
+  const ptrdiff_t pixels = s->out_height * s->out_width, filters = s->filters, words = s->words;
+  for (ptrdiff_t r = row_begin; r < row_end; r++) {
+    ptrdiff_t p = r % pixels;
+    ptrdiff_t taps = pixel_taps(s, x, pad_word, r / pixels, p / s->out_width, p % s->out_width, inputs, indices);
+    const int64_t total = (int64_t)taps * (int64_t)s->channels;
+    float *yr = y + r * filters;
+    for (ptrdiff_t f0 = 0; f0 < filters; f0 += TILE) {
+      ptrdiff_t count = filters - f0 < TILE ? filters - f0 : TILE;
+      uint64_t acc[TILE];
+      for (ptrdiff_t j = 0; j < TILE; j++) acc[j] = 0;
+      for (ptrdiff_t t = 0; t < taps; t++) {
+        const uint64_t *wt = w + indices[t] * words * filters + f0;
+        for (ptrdiff_t k = 0; k < words; k++) {
+          const uint64_t xv = inputs[t][k];
+          const uint64_t *wk = wt + k * filters;
+          for (ptrdiff_t j = 0; j < count; j++) acc[j] += (uint64_t)__builtin_popcountll(xv ^ wk[j]);
+        }
+      }
+      for (ptrdiff_t j = 0; j < count; j++) {
+        float v = (float)(total - 2 * (int64_t)acc[j]);
+        if (scale) v = v * scale[f0 + j];
+        if (bias) v = v + bias[f0 + j];
+        yr[f0 + j] = v;
+      }
+    }
+  }
+}
+
+static void conv_baseline(
+    const flip_xnor_conv_shape *s, const uint64_t *x, const uint64_t *w, ptrdiff_t row_begin, ptrdiff_t row_end,
+    const float *scale, const float *bias, float *y) {
+  conv_body(s, x, w, row_begin, row_end, scale, bias, y);
+}
+
+#if FLIP_CONV_X86
+
 
 #define FLIP_COUNT(a, xv, j) a = _mm512_add_epi64(a, _mm512_popcnt_epi64(_mm512_xor_si512(xv, wv##j)))
 
@@ -286,8 +261,8 @@ FLIP_CONV_AVX512 static void conv_pair_avx512(
 FLIP_CONV_AVX512 static void conv_avx512(
     const flip_xnor_conv_shape *s, const uint64_t *x, const uint64_t *w, ptrdiff_t row_begin, ptrdiff_t row_end,
     const float *scale, const float *bias, float *y) {
-  const ptrdiff_t filters = s->filters, words = s->words;
-  if (filters % 64 != 0 || s->kernel_height * s->kernel_width > MAX_TAPS || words > 64) {
+  const ptrdiff_t filters = s->filters;
+  if (filters % 64 != 0) {
     conv_body(s, x, w, row_begin, row_end, scale, bias, y);
     return;
   }
@@ -319,13 +294,6 @@ FLIP_CONV_AVX512 static void conv_avx512(
   }
 }
 
-// Popcounts of the 32 bytes of v: two 4-bit table lookups (vpshufb) per byte.
-FLIP_CONV_AVX2 ALWAYS_INLINE __m256i conv_byte_counts(__m256i v, __m256i table, __m256i low) {
-  __m256i lo = _mm256_and_si256(v, low);
-  __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-  return _mm256_add_epi8(_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi));
-}
-
 // taps·C − 2·count for 8 filters from two registers of 4 64-bit counts (each < 2²⁴, so their
 // low 32 bits), then × scale and + bias.
 FLIP_CONV_AVX2 ALWAYS_INLINE void store_outputs_avx2(
@@ -345,14 +313,13 @@ FLIP_CONV_AVX2 static void conv_avx2(
     const flip_xnor_conv_shape *s, const uint64_t *x, const uint64_t *w, ptrdiff_t row_begin, ptrdiff_t row_end,
     const float *scale, const float *bias, float *y) {
   const ptrdiff_t filters = s->filters, words = s->words;
-  if (filters % 16 != 0 || s->kernel_height * s->kernel_width > MAX_TAPS || words > 31) {
+  if (filters % 16 != 0 || words > 31) {
     conv_body(s, x, w, row_begin, row_end, scale, bias, y);
     return;
   }
   uint64_t pad_word[64];
   fill_pad_word(s, pad_word);
-  const __m256i table = _mm256_setr_epi8(
-      0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i table = FLIP_NIBBLE_COUNTS;
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
   const uint64_t *inputs[MAX_TAPS];
@@ -382,10 +349,10 @@ FLIP_CONV_AVX2 static void conv_avx2(
         for (ptrdiff_t k = 0; k < words; k++) {
           const __m256i xv = _mm256_set1_epi64x((long long)xw[k]);
           const __m256i *wk = (const __m256i *)(wt + k * filters);
-          s0 = _mm256_add_epi8(s0, conv_byte_counts(_mm256_xor_si256(xv, _mm256_loadu_si256(wk)), table, low));
-          s1 = _mm256_add_epi8(s1, conv_byte_counts(_mm256_xor_si256(xv, _mm256_loadu_si256(wk + 1)), table, low));
-          s2 = _mm256_add_epi8(s2, conv_byte_counts(_mm256_xor_si256(xv, _mm256_loadu_si256(wk + 2)), table, low));
-          s3 = _mm256_add_epi8(s3, conv_byte_counts(_mm256_xor_si256(xv, _mm256_loadu_si256(wk + 3)), table, low));
+          s0 = _mm256_add_epi8(s0, flip_byte_counts(_mm256_xor_si256(xv, _mm256_loadu_si256(wk)), table, low));
+          s1 = _mm256_add_epi8(s1, flip_byte_counts(_mm256_xor_si256(xv, _mm256_loadu_si256(wk + 1)), table, low));
+          s2 = _mm256_add_epi8(s2, flip_byte_counts(_mm256_xor_si256(xv, _mm256_loadu_si256(wk + 2)), table, low));
+          s3 = _mm256_add_epi8(s3, flip_byte_counts(_mm256_xor_si256(xv, _mm256_loadu_si256(wk + 3)), table, low));
         }
       }
       c0 = _mm256_add_epi64(c0, _mm256_sad_epu8(s0, zero));

@@ -148,23 +148,3 @@ public final class Concatenate: MergeLayer {
     return targets.map { UnsafePointer($0) }
   }
 }
-
-/// `out[i] = a[i] + b[i]` (or `a[i]` without `b`) for `count` elements, 16 lanes at a time.
-@inline(__always)
-func addVectors(
-  _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>?, into out: UnsafeMutablePointer<Float>, count: Int
-) {
-  guard let b else { return out.update(from: a, count: count) }
-  var i = 0
-  while i + 16 <= count {
-    let sum =
-      UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
-      + UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
-    UnsafeMutableRawPointer(out + i).storeBytes(of: sum, as: SIMD16<Float>.self)
-    i += 16
-  }
-  while i < count {
-    out[i] = a[i] + b[i]
-    i += 1
-  }
-}

@@ -164,7 +164,7 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     let signKernel = kernelQuantizer?.hasSignLevels == true || (scalesLevels && scaledSigns)
     let xnor =
       exact && inputQuantizer?.hasSignLevels == true && signKernel && [-1, 0, 1].contains(padValue)
-      && XNORConvolution.isAvailable && XNORConvolution.fits(channels: geometry.channels)
+      && XNORConvolution.isAvailable && XNORConvolution.fits(geometry)
     xnorConvolution = xnor ? XNORConvolution(geometry: geometry, filters: filters, padValue: Int(padValue)) : nil
     if exact { kernel.makeInt8Copy() }
     paddedTaps = padValue == 0 ? [] : Self.paddedTaps(geometry)

@@ -355,7 +355,9 @@ public final class Model {
     let count = batch * layers[j].outputSize
     if let buffer = summing[j] {
       let p = buffer.pointer
-      compute.forEach(count: count) { r in for e in r { p[e] += g[e] } }
+      compute.forEach(count: count) { r in
+        addVectors(p + r.lowerBound, g + r.lowerBound, into: p + r.lowerBound, count: r.count)
+      }
       return
     }
     let buffer = takeBuffer()

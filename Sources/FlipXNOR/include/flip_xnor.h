@@ -82,7 +82,8 @@ void flip_xnor_pack_conv_kernel(
     const int8_t *levels, ptrdiff_t taps, ptrdiff_t channels, ptrdiff_t words, ptrdiff_t filters, uint64_t *into);
 
 // y (rows, F) for the output pixels [row_begin, row_end) of (B·OH·OW): x (B, H, W, words) and w
-// (KH·KW, words, F) packed as above; scale and bias NULL or F values.
+// (KH·KW, words, F) packed as above; scale and bias NULL or F values. At most 64 taps (KH·KW)
+// and 64 words (C ≤ 4096).
 void flip_xnor_conv(
     flip_xnor_kernel kernel, const flip_xnor_conv_shape *shape, const uint64_t *x, const uint64_t *w,
     ptrdiff_t row_begin, ptrdiff_t row_end, const float *scale, const float *bias, float *y);
