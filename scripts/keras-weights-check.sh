@@ -8,8 +8,9 @@
 #
 # Python: $FLIP_KERAS_WEIGHTS_PYTHON if set, else a venv in .build/keras-weights-venv with
 # tensorflow-cpu 2.15.1, numpy < 2, larq 0.14.0 and larq-zoo 2.4.0 from PyPI. When
-# scripts/real-tools-check.sh has made its venv (TensorFlow 2.15.1 too), that is copied and only
-# larq and larq-zoo are downloaded (as ../shared/peers/larq/zoo-setup.sh does).
+# scripts/real-tools-check.sh has made its venv (TensorFlow 2.15.1 too), that is copied as hard
+# links (TensorFlow's 1.3 GB are not written twice) and only larq and larq-zoo are downloaded
+# (as ../shared/peers/larq/zoo-setup.sh does).
 # With FLIP_KERAS_WEIGHTS_OPTIONAL=1 (CI) a PyPI that cannot be reached skips the check, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ if [ -z "$py" ]; then
   if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import tensorflow, larq, larq_zoo" 2>/dev/null; then
     rm -rf "$venv"
     if .build/real-tools-venv/bin/python -c "import tensorflow" 2>/dev/null; then
-      cp -a .build/real-tools-venv "$venv"
+      cp -al .build/real-tools-venv "$venv"
     else
       python3 -m venv "$venv"
     fi

@@ -31,7 +31,15 @@ extension MPITests {
     let dir = temporaryDirectory("flip-zoo-train")
     try writeImageFolder(dir, classes: 3, perClass: 8, valPerClass: 2, width: 72, height: 68)
     let env = ["FLIP_CACHE_DIR": dir + "/cache"]
+    defer { try? FileManager.default.removeItem(atPath: dir) }
     for preset in ModelPreset.allCases where preset.isZoo {
+      // Each network's runs (two checkpoints and the model each: 0.6 GB for quicknet-large's
+      // pair) go once it is checked, so the test never holds more than one network's.
+      defer {
+        for run in ["1", "2", "short", "threads"] {
+          try? FileManager.default.removeItem(atPath: dir + "/\(preset.rawValue)-\(run)")
+        }
+      }
       let args = { (out: String, size: Int, epochs: Int) in
         [
           "train", "--model", preset.rawValue, "--data", dir, "--image-size", "\(size)", "--epochs", "\(epochs)",
