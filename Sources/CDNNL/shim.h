@@ -58,5 +58,6 @@ static inline int flip_dnnl_arg_diff_weights(void) { return DNNL_ARG_DIFF_WEIGHT
 static inline int flip_dnnl_arg_diff_dst(void) { return DNNL_ARG_DIFF_DST; }
 static inline int flip_dnnl_arg_from(void) { return DNNL_ARG_FROM; }
 static inline int flip_dnnl_arg_to(void) { return DNNL_ARG_TO; }
+static inline int flip_dnnl_arg_scratchpad(void) { return DNNL_ARG_SCRATCHPAD; }
 static inline void *flip_dnnl_memory_none(void) { return DNNL_MEMORY_NONE; }
 #endif

@@ -18,6 +18,11 @@ import CDNNL
 /// With `backwardPrecision` `.bf16` the two backward convolutions take x, dy and the kernel
 /// rounded to bfloat16 (accumulating in fp32, writing fp32 gradients): about twice as fast on
 /// CPUs with AVX512_BF16 or AMX, and unavailable elsewhere (`TensorError.unsupportedPrecision`).
+/// With `.winograd`, 3×3 stride-1 layers run both in fp32 with oneDNN's Winograd F(4×4, 3×3)
+/// where it has one (AVX-512, channels and filters multiples of 16), on blocked copies of x and
+/// dy (dx comes back through the same scratch), with their scratchpads (transformed tiles: up
+/// to 140 MB for a 7×7×512 layer at batch 32) in the caller's scratch after the copies, not in
+/// a global buffer of oneDNN's own; other layers, and other CPUs, run `.fp32`.
 public final class ConvolutionPrimitives {
   public let batch: Int
   public let geometry: ConvGeometry
@@ -30,11 +35,26 @@ public final class ConvolutionPrimitives {
   /// The arithmetic of the two backward convolutions.
   public let backwardPrecision: BackwardPrecision
   /// Reorders of x and dy into the backward-weights primitive's operands (bf16, or fp32 in a
-  /// blocked layout), and whether backward data takes the converted dy too (bf16).
+  /// blocked layout), and whether backward data takes the converted dy too (bf16, Winograd).
   private var weightsOperands: (src: Conversion, dst: Conversion, forData: Bool)?
+  /// Winograd's backward data writes dx in the blocked layout (into the scratch of x's copy,
+  /// read by then); this reorders it to NHWC.
+  private var blockedDiffSrc: Conversion?
   /// Whether the fp32 backward-weights primitive runs on blocked copies of x and dy (as large
   /// as x and dy: no padding).
-  public var blocksWeightsBackward: Bool { weightsOperands?.forData == false }
+  public var blocksWeightsBackward: Bool { weightsOperands != nil && backwardPrecision != .bf16 }
+  /// Whether both backward convolutions run oneDNN's Winograd (`.winograd` on a layer it has one for).
+  public var runsWinograd: Bool { blockedDiffSrc != nil }
+  /// The larger of the Winograd primitives' scratchpads (0 without Winograd).
+  private var winogradScratchpadBytes = 0
+  /// The bytes of scratch `backward` uses (`backwardScratchBytes` for this batch).
+  public var scratchBytes: Int {
+    guard weightsOperands != nil else { return 0 }
+    let size = backwardPrecision == .bf16 ? 2 : 4
+    return Self.aligned(size * batch * geometry.inputSize)
+      + Self.aligned(size * batch * geometry.outputPixels * filters)
+      + winogradScratchpadBytes
+  }
 
   private var forwardStep: Step
   private var backwardDataStep: Step
@@ -70,6 +90,7 @@ public final class ConvolutionPrimitives {
     self.compute = compute
     let bf16 = backwardPrecision == .bf16
     let blocked = !bf16 && Self.blocksWeightsBackward(geometry: g, filters: filters)
+    let tryWinograd = backwardPrecision == .winograd && Self.winogradCandidate(geometry: g, filters: filters)
     compute.applyToOneDNN()
     let engine = try Self.engine()
     let src: [Int64] = [Int64(batch), Int64(g.channels), Int64(g.inputHeight), Int64(g.inputWidth)]
@@ -141,6 +162,30 @@ public final class ConvolutionPrimitives {
     }
     defer { if bf16 { dnnl_primitive_desc_destroy(backwardHint) } }
     var (weiAnyBackward, dstBackward, srcBackward) = bf16 ? (weiAnyB, dstB, srcB) : (weiAnyF, dstF, srcF)
+    if tryWinograd, let w = try Self.winogradBackward(engine: engine, batch: batch, geometry: g, filters: filters) {
+      defer { (dnnl_primitive_desc_destroy(w.data), dnnl_primitive_desc_destroy(w.weights)) }
+      let scratchpad = { (pd: dnnl_primitive_desc_t) in
+        (flip_dnnl_arg_scratchpad(), dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)!.pointee)
+      }
+      backwardDataStep = try Step(
+        pd: w.data, engine: engine, kernel: (weiUserF, dnnl_query_weights_md, toUser: false),
+        plain: [(flip_dnnl_arg_diff_dst(), w.dst), (flip_dnnl_arg_diff_src(), w.src), scratchpad(w.data)],
+        kernelArg: flip_dnnl_arg_weights())
+      backwardWeightsStep = try Step(
+        pd: w.weights, engine: engine, kernel: (weiUserF, dnnl_query_diff_weights_md, toUser: true),
+        plain: [(flip_dnnl_arg_src(), w.src), (flip_dnnl_arg_diff_dst(), w.dst), scratchpad(w.weights)],
+        kernelArg: flip_dnnl_arg_diff_weights())
+      weightsOperands = (
+        try Conversion(from: srcF, to: w.src, engine: engine), try Conversion(from: dstF, to: w.dst, engine: engine),
+        true
+      )
+      blockedDiffSrc = try Conversion(from: w.src, to: srcF, engine: engine)
+      winogradScratchpadBytes = w.scratchpadBytes
+      var s: dnnl_stream_t?
+      try OneDNN.check(dnnl_stream_create(&s, engine, dnnl_stream_default_flags.rawValue), "dnnl_stream_create")
+      stream = s!
+      return
+    }
     var dataDesc = dnnl_convolution_desc_t()
     try OneDNN.check(
       dnnl_convolution_backward_data_desc_init(
@@ -222,29 +267,134 @@ public final class ConvolutionPrimitives {
     precondition(quantizeCopy == nil || blocksWeightsBackward, "quantizeCopy without a blocked copy of x")
     compute.applyToOneDNN()
     let (x, dy) = (UnsafeMutableRawPointer(mutating: src), UnsafeMutableRawPointer(mutating: diffDst))
-    var (xW, dyW) = (x, dy)
+    var (xW, dyW, scratchpad) = (x, dy, [UnsafeMutableRawPointer]())
     if let operands = weightsOperands {
       guard let scratch else { preconditionFailure("backward without its scratch") }
       let size = backwardPrecision == .bf16 ? 2 : 4
+      let dyBytes = Self.aligned(size * batch * geometry.outputPixels * filters)
       (xW, dyW) = (scratch, scratch + Self.aligned(size * batch * geometry.inputSize))
+      if runsWinograd { scratchpad = [dyW + dyBytes] }
       try operands.src.run(from: x, to: xW, on: stream)
       try operands.dst.run(from: dy, to: dyW, on: stream)
       quantizeCopy?(xW.assumingMemoryBound(to: Float.self), batch * geometry.inputSize)
     }
-    try backwardWeightsStep.run(plain: [xW, dyW], kernel: UnsafeMutableRawPointer(diffKernel), on: stream)
+    try backwardWeightsStep.run(plain: [xW, dyW] + scratchpad, kernel: UnsafeMutableRawPointer(diffKernel), on: stream)
     guard let diffSrc else { return }
+    // Winograd's dx goes to the blocked copy of x (read by now), then to NHWC.
+    let dx = blockedDiffSrc == nil ? UnsafeMutableRawPointer(diffSrc) : xW
     try backwardDataStep.run(
-      plain: [weightsOperands?.forData == true ? dyW : dy, UnsafeMutableRawPointer(diffSrc)],
+      plain: [weightsOperands?.forData == true ? dyW : dy, dx] + scratchpad,
       kernel: UnsafeMutableRawPointer(mutating: kernel), on: stream)
+    if let blockedDiffSrc {
+      try blockedDiffSrc.run(from: dx, to: UnsafeMutableRawPointer(diffSrc), on: stream)
+      try OneDNN.check(dnnl_stream_wait(stream), "dnnl_stream_wait")
+    }
   }
 
   /// The bytes of scratch `backward` needs for `batch` samples in `precision`: x and dy as
-  /// bf16, or (fp32 where `blocksWeightsBackward`) as fp32 in the blocked layout.
+  /// bf16, or (fp32 where `copiesOperands`) as fp32 in the blocked layout, then Winograd's
+  /// scratchpad (the larger of its two primitives': oneDNN is asked, so this costs the
+  /// creation of two primitive descriptions; callers keep the result).
   public static func backwardScratchBytes(
     batch: Int, geometry g: ConvGeometry, filters: Int, precision: BackwardPrecision
-  ) -> Int {
-    let size = precision == .bf16 ? 2 : blocksWeightsBackward(geometry: g, filters: filters) ? 4 : 0
-    return aligned(size * batch * g.inputSize) + size * batch * g.outputPixels * filters
+  ) throws -> Int {
+    let size = precision == .bf16 ? 2 : copiesOperands(geometry: g, filters: filters, precision: precision) ? 4 : 0
+    var scratchpad = 0
+    if precision == .winograd && winogradCandidate(geometry: g, filters: filters),
+      let w = try winogradBackward(engine: engine(), batch: batch, geometry: g, filters: filters)
+    {
+      defer { (dnnl_primitive_desc_destroy(w.data), dnnl_primitive_desc_destroy(w.weights)) }
+      scratchpad = w.scratchpadBytes
+    }
+    return aligned(size * batch * g.inputSize) + aligned(size * batch * g.outputPixels * filters) + scratchpad
+  }
+
+  /// Whether an fp32 or Winograd backward may run on blocked fp32 copies of x and dy
+  /// (`blocksWeightsBackward` or `winogradCandidate`); whether it does is the primitives'
+  /// `blocksWeightsBackward`.
+  public static func copiesOperands(geometry g: ConvGeometry, filters: Int, precision: BackwardPrecision) -> Bool {
+    precision != .bf16
+      && (blocksWeightsBackward(geometry: g, filters: filters)
+        || precision == .winograd && winogradCandidate(geometry: g, filters: filters))
+  }
+
+  /// Whether `.winograd` asks oneDNN for Winograd on this layer: 3×3, stride 1, channels and
+  /// filters filling its 16-wide blocks (so the blocked copies are as large as x and dy), on
+  /// an AVX-512 ISA (oneDNN 2.x has no Winograd below it). oneDNN may still decline a shape;
+  /// the layer then runs the direct fp32 convolutions.
+  public static func winogradCandidate(geometry g: ConvGeometry, filters: Int) -> Bool {
+    OneDNN.effectiveISA.hasPrefix("avx512") && g.kernelHeight == 3 && g.kernelWidth == 3 && g.strideHeight == 1
+      && g.strideWidth == 1 && g.channels % 16 == 0 && filters % 16 == 0
+  }
+
+  /// oneDNN's Winograd backward-data and backward-weights primitive descriptions for this
+  /// shape, with the blocked layouts they chose for x (and dx) and dy; nil when oneDNN has no
+  /// Winograd for it, or when its layouts are padded or differ between the two.
+  private static func winogradBackward(engine: dnnl_engine_t, batch: Int, geometry g: ConvGeometry, filters: Int)
+    throws -> (
+      data: dnnl_primitive_desc_t, weights: dnnl_primitive_desc_t, src: dnnl_memory_desc_t, dst: dnnl_memory_desc_t,
+      scratchpadBytes: Int
+    )?
+  {
+    let src: [Int64] = [Int64(batch), Int64(g.channels), Int64(g.inputHeight), Int64(g.inputWidth)]
+    let dst: [Int64] = [Int64(batch), Int64(filters), Int64(g.outputHeight), Int64(g.outputWidth)]
+    let strides: [Int64] = [Int64(g.strideHeight), Int64(g.strideWidth)]
+    let padL: [Int64] = [Int64(g.padTop), Int64(g.padLeft)]
+    let padR: [Int64] = [
+      Int64(max((g.outputHeight - 1) * g.strideHeight + g.kernelHeight - g.inputHeight - g.padTop, 0)),
+      Int64(max((g.outputWidth - 1) * g.strideWidth + g.kernelWidth - g.inputWidth - g.padLeft, 0)),
+    ]
+    var (srcAny, dstAny, wei) = (dnnl_memory_desc_t(), dnnl_memory_desc_t(), dnnl_memory_desc_t())
+    let weightDims: [Int64] = [Int64(filters), Int64(g.channels), Int64(g.kernelHeight), Int64(g.kernelWidth)]
+    try OneDNN.check(
+      dnnl_memory_desc_init_by_tag(&srcAny, 4, src, dnnl_f32, dnnl_format_tag_any), "dnnl_memory_desc_init_by_tag")
+    try OneDNN.check(
+      dnnl_memory_desc_init_by_tag(&dstAny, 4, dst, dnnl_f32, dnnl_format_tag_any), "dnnl_memory_desc_init_by_tag")
+    try OneDNN.check(
+      dnnl_memory_desc_init_by_tag(&wei, 4, weightDims, dnnl_f32, dnnl_format_tag_any), "dnnl_memory_desc_init_by_tag")
+    let plainSize = (src: 4 * batch * g.inputSize, dst: 4 * batch * g.outputPixels * filters)
+    let attributes = try OneDNN.Attributes(userScratchpad: ())
+    var forward = dnnl_convolution_desc_t()
+    try OneDNN.check(
+      dnnl_convolution_forward_desc_init(
+        &forward, dnnl_forward_training, dnnl_convolution_winograd, &srcAny, &wei, nil, &dstAny, strides, padL, padR),
+      "dnnl_convolution_forward_desc_init (Winograd)")
+    var hint: dnnl_primitive_desc_t?
+    guard dnnl_primitive_desc_create(&hint, &forward, nil, engine, nil) == dnnl_success else { return nil }
+    defer { dnnl_primitive_desc_destroy(hint) }
+    var (dataDesc, weightsDesc) = (dnnl_convolution_desc_t(), dnnl_convolution_desc_t())
+    try OneDNN.check(
+      dnnl_convolution_backward_data_desc_init(
+        &dataDesc, dnnl_convolution_winograd, &srcAny, &wei, &dstAny, strides, padL, padR),
+      "dnnl_convolution_backward_data_desc_init (Winograd)")
+    try OneDNN.check(
+      dnnl_convolution_backward_weights_desc_init(
+        &weightsDesc, dnnl_convolution_winograd, &srcAny, &wei, nil, &dstAny, strides, padL, padR),
+      "dnnl_convolution_backward_weights_desc_init (Winograd)")
+    var (data, weightsPD): (dnnl_primitive_desc_t?, dnnl_primitive_desc_t?)
+    guard dnnl_primitive_desc_create(&data, &dataDesc, attributes.handle, engine, hint) == dnnl_success, let data
+    else { return nil }
+    guard dnnl_primitive_desc_create(&weightsPD, &weightsDesc, attributes.handle, engine, hint) == dnnl_success,
+      let weightsPD
+    else {
+      dnnl_primitive_desc_destroy(data)
+      return nil
+    }
+    let query = { (pd: dnnl_primitive_desc_t, what: dnnl_query_t) in dnnl_primitive_desc_query_md(pd, what, 0)!.pointee
+    }
+    var (x, dy) = (query(weightsPD, dnnl_query_src_md), query(weightsPD, dnnl_query_diff_dst_md))
+    var (dx, dyData) = (query(data, dnnl_query_diff_src_md), query(data, dnnl_query_diff_dst_md))
+    guard dnnl_memory_desc_equal(&x, &dx) != 0, dnnl_memory_desc_equal(&dy, &dyData) != 0,
+      dnnl_memory_desc_get_size(&x) == plainSize.src, dnnl_memory_desc_get_size(&dy) == plainSize.dst
+    else {
+      dnnl_primitive_desc_destroy(data)
+      dnnl_primitive_desc_destroy(weightsPD)
+      return nil
+    }
+    let scratchpad = { (pd: dnnl_primitive_desc_t) in
+      dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0))
+    }
+    return (data, weightsPD, x, dy, max(scratchpad(data), scratchpad(weightsPD)))
   }
 
   /// Whether the fp32 backward weights runs on blocked copies of x and dy: on CPUs without
@@ -452,8 +602,11 @@ public final class ConvolutionPrimitives {
   }
 }
 
-/// The arithmetic of the backward convolutions: `fp32` (exact products, the default), or
-/// `bf16` (x, dy and the kernel rounded to bfloat16, fp32 accumulation and gradients).
+/// The arithmetic of the backward convolutions: `fp32` (direct: exact products, fp32 sums; the
+/// default), `winograd` (fp32 through Winograd's F(4×4, 3×3) transforms on the 3×3 stride-1
+/// layers where oneDNN has it, AVX-512 only; measured within 7e-7 of the sum of the terms'
+/// magnitudes, as direct fp32 is within 3e-7; elsewhere `fp32`), or `bf16` (x, dy and the
+/// kernel rounded to bfloat16, fp32 accumulation and gradients).
 public enum BackwardPrecision: String, Sendable, CaseIterable, Codable {
-  case fp32, bf16
+  case fp32, winograd, bf16
 }

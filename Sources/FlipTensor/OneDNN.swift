@@ -77,6 +77,16 @@ public enum OneDNN {
       var scale = outputScale
       try OneDNN.check(dnnl_primitive_attr_set_output_scales(a, 1, 0, &scale), "dnnl_primitive_attr_set_output_scales")
     }
+    /// Attributes that make the primitive take its scratchpad from the caller
+    /// (`DNNL_ARG_SCRATCHPAD`) instead of oneDNN's own global one.
+    init(userScratchpad: Void) throws {
+      var a: dnnl_primitive_attr_t?
+      try OneDNN.check(dnnl_primitive_attr_create(&a), "dnnl_primitive_attr_create")
+      handle = a
+      try OneDNN.check(
+        dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user), "dnnl_primitive_attr_set_scratchpad_mode"
+      )
+    }
     deinit { if let handle { dnnl_primitive_attr_destroy(handle) } }
   }
 

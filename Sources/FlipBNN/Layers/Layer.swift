@@ -224,10 +224,6 @@ final class QuantizedKernel {
     } else {
       if let scaled = q as? ChannelScaledQuantizer {
         scaled.forward(latent, new, count: count, channels: channels, compute: compute)
-      } else {
-        q.forward(latent, new, count: count, channels: channels)
-      }
-      if let scaled = q as? ChannelScaledQuantizer {
         let (levels, k8) = (fillsLevels ? levels?.pointer : nil, fillsInt8 ? int8 : nil)
         if levels != nil || k8 != nil {
           compute.forEach(count: count) { r in
@@ -235,8 +231,9 @@ final class QuantizedKernel {
             scaled.writeLevels(w + lo, levels.map { $0 + lo }, int8: k8.map { $0 + lo }, count: r.count)
           }
         }
-      } else if fillsInt8, let k8 = int8 {
-        convertToInt8(new, k8, count: count, compute: compute)
+      } else {
+        q.forward(latent, new, count: count, channels: channels)
+        if fillsInt8, let k8 = int8 { convertToInt8(new, k8, count: count, compute: compute) }
       }
       // The same chunks as the elementwise pass: flips counted per chunk, the bound checked.
       let grain = Self.grain

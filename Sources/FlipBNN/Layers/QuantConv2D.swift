@@ -249,14 +249,28 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     let int8Input = afterQuantized + aligned(output)
     let forward = int8Forward == nil ? afterQuantized : int8Input + aligned((input + 3) / 4)
     let quantizesCopy =
-      backwardPrecision == .fp32 && outputActivation == nil && inputQuantizer?.isElementwise == true
-      && ConvolutionPrimitives.blocksWeightsBackward(geometry: geometry, filters: filters)
+      outputActivation == nil && inputQuantizer?.isElementwise == true
+      && ConvolutionPrimitives.copiesOperands(geometry: geometry, filters: filters, precision: backwardPrecision)
     let operands = quantizesCopy ? 0 : afterQuantized + (outputActivation == nil ? 0 : aligned(output))
-    let operandBytes = ConvolutionPrimitives.backwardScratchBytes(
-      batch: maxBatch, geometry: geometry, filters: filters, precision: backwardPrecision)
+    let operandBytes = backwardScratchBytes(maxBatch: maxBatch)
     let backward = max(afterQuantized, operands + aligned((operandBytes + 3) / 4))
     return (afterQuantized, int8Input, operands, quantizesCopy, forward, backward)
   }
+
+  /// `ConvolutionPrimitives.backwardScratchBytes` for `maxBatch` in `backwardPrecision`, kept
+  /// (with Winograd it asks oneDNN for its scratchpad's size). A shape oneDNN rejects here
+  /// fails again, with its error, when the primitives are made; until then it counts 0 bytes.
+  private func backwardScratchBytes(maxBatch: Int) -> Int {
+    if let kept = keptBackwardScratchBytes, kept.batch == maxBatch, kept.precision == backwardPrecision {
+      return kept.bytes
+    }
+    let bytes =
+      (try? ConvolutionPrimitives.backwardScratchBytes(
+        batch: maxBatch, geometry: geometry, filters: filters, precision: backwardPrecision)) ?? 0
+    keptBackwardScratchBytes = (maxBatch, backwardPrecision, bytes)
+    return bytes
+  }
+  private var keptBackwardScratchBytes: (batch: Int, precision: BackwardPrecision, bytes: Int)?
 
   public func scratchCount(maxBatch: Int) -> Int {
     let layout = scratchLayout(maxBatch: maxBatch)
@@ -286,6 +300,10 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     let p = try ConvolutionPrimitives(
       batch: batch, geometry: geometry, filters: filters, int8Forward: int8, int8KernelScale: int8KernelScale,
       backwardPrecision: backwardPrecision, compute: compute)
+    // oneDNN's Winograd scratchpad grows with the batch: the one sized for maxBatch holds it.
+    precondition(
+      !p.runsWinograd || batch > maxBatch || p.scratchBytes <= backwardScratchBytes(maxBatch: maxBatch),
+      "Winograd's scratchpad for batch \(batch) outgrows the one for \(maxBatch)")
     primitives[key] = p
     return p
   }

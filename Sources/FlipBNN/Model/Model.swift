@@ -48,7 +48,7 @@ public final class Model {
   /// The arithmetic of the convolutions' backward passes (`BackwardPrecision`; `bf16` needs a
   /// CPU where oneDNN has bf16 convolutions, else the first backward throws: runs set it with
   /// `setBackwardPrecision`, which checks first). Set before training; the shared scratch grows
-  /// to hold the bf16 copies of x and dy.
+  /// to hold the bf16 copies of x and dy (or Winograd's blocked copies and scratchpads).
   public var backwardPrecision = BackwardPrecision.fp32 {
     didSet {
       for case let conv as QuantConv2D in layers { conv.backwardPrecision = backwardPrecision }

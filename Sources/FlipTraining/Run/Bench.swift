@@ -46,7 +46,7 @@ public struct BenchResult: Codable, Sendable {
   public var fp32GemmCalls: Int
   public var int8GemmCalls: Int
   public var xnorCalls: Int
-  /// The arithmetic of the convolutions' backward (`fp32` or `bf16`).
+  /// The arithmetic of the convolutions' backward (`fp32`, `winograd` or `bf16`).
   public var backwardPrecision = BackwardPrecision.fp32.rawValue
 
   enum CodingKeys: String, CodingKey {

@@ -57,6 +57,15 @@ struct RunParts {
         "backward convolutions in bf16 (x, dy and kernels rounded to bfloat16, fp32 accumulation) on oneDNN ISA \(OneDNN.effectiveISA)"
       )
     }
+    if settings.backwardPrecision == .winograd {
+      let convolutions = model.layers.compactMap { $0 as? QuantConv2D }
+      let winograd = convolutions.filter {
+        ConvolutionPrimitives.winogradCandidate(geometry: $0.geometry, filters: $0.filters) && $0.usePrimitives
+      }
+      env.logger.info(
+        "backward convolutions through Winograd F(4×4, 3×3) in fp32 on \(winograd.count) of \(convolutions.count) convolution layers (3×3, stride 1, channels and filters multiples of 16, where oneDNN has it: AVX-512; ISA \(OneDNN.effectiveISA)); the others direct fp32"
+      )
+    }
     for choice in trainer.binaryForwardChoices {
       env.logger.info("binary forward on oneDNN ISA \(OneDNN.effectiveISA): \(choice)")
     }

@@ -90,8 +90,9 @@ public struct RunSettings: Equatable, Sendable {
   // MARK: Compute
   /// The forward kernel of exact binary layers (the choice never changes results).
   public var binaryForward = BinaryForwardPolicy.auto
-  /// The arithmetic of the convolutions' backward passes: fp32 (the default), or bf16 (about
-  /// twice as fast where the CPU has AVX512_BF16 or AMX; gradients rounded like
+  /// The arithmetic of the convolutions' backward passes: fp32 (direct, the default), winograd
+  /// (fp32 through Winograd's transforms on 3×3 stride-1 layers where oneDNN has them: AVX-512),
+  /// or bf16 (about twice as fast where the CPU has AVX512_BF16 or AMX; gradients rounded like
   /// mixed-precision training's).
   public var backwardPrecision = BackwardPrecision.fp32
   /// Compute threads per rank (nil: the cores divided by the ranks on the node).
