@@ -93,14 +93,7 @@ public final class ConvolutionPrimitives {
     let tryWinograd = backwardPrecision == .winograd && Self.winogradCandidate(geometry: g, filters: filters)
     compute.applyToOneDNN()
     let engine = try Self.engine()
-    let src: [Int64] = [Int64(batch), Int64(g.channels), Int64(g.inputHeight), Int64(g.inputWidth)]
-    let wei: [Int64] = [Int64(filters), Int64(g.channels), Int64(g.kernelHeight), Int64(g.kernelWidth)]
-    let dst: [Int64] = [Int64(batch), Int64(filters), Int64(g.outputHeight), Int64(g.outputWidth)]
-    let strides: [Int64] = [Int64(g.strideHeight), Int64(g.strideWidth)]
-    let padBottom = max((g.outputHeight - 1) * g.strideHeight + g.kernelHeight - g.inputHeight - g.padTop, 0)
-    let padRight = max((g.outputWidth - 1) * g.strideWidth + g.kernelWidth - g.inputWidth - g.padLeft, 0)
-    let padL: [Int64] = [Int64(g.padTop), Int64(g.padLeft)]
-    let padR: [Int64] = [Int64(padBottom), Int64(padRight)]
+    let (src, wei, dst, strides, padL, padR) = Self.dimensions(batch: batch, geometry: g, filters: filters)
     func md(_ dims: [Int64], _ type: dnnl_data_type_t, _ tag: dnnl_format_tag_t) throws -> dnnl_memory_desc_t {
       var m = dnnl_memory_desc_t()
       try OneDNN.check(dnnl_memory_desc_init_by_tag(&m, 4, dims, type, tag), "dnnl_memory_desc_init_by_tag")
@@ -336,16 +329,8 @@ public final class ConvolutionPrimitives {
       scratchpadBytes: Int
     )?
   {
-    let src: [Int64] = [Int64(batch), Int64(g.channels), Int64(g.inputHeight), Int64(g.inputWidth)]
-    let dst: [Int64] = [Int64(batch), Int64(filters), Int64(g.outputHeight), Int64(g.outputWidth)]
-    let strides: [Int64] = [Int64(g.strideHeight), Int64(g.strideWidth)]
-    let padL: [Int64] = [Int64(g.padTop), Int64(g.padLeft)]
-    let padR: [Int64] = [
-      Int64(max((g.outputHeight - 1) * g.strideHeight + g.kernelHeight - g.inputHeight - g.padTop, 0)),
-      Int64(max((g.outputWidth - 1) * g.strideWidth + g.kernelWidth - g.inputWidth - g.padLeft, 0)),
-    ]
+    let (src, weightDims, dst, strides, padL, padR) = dimensions(batch: batch, geometry: g, filters: filters)
     var (srcAny, dstAny, wei) = (dnnl_memory_desc_t(), dnnl_memory_desc_t(), dnnl_memory_desc_t())
-    let weightDims: [Int64] = [Int64(filters), Int64(g.channels), Int64(g.kernelHeight), Int64(g.kernelWidth)]
     try OneDNN.check(
       dnnl_memory_desc_init_by_tag(&srcAny, 4, src, dnnl_f32, dnnl_format_tag_any), "dnnl_memory_desc_init_by_tag")
     try OneDNN.check(
@@ -395,6 +380,23 @@ public final class ConvolutionPrimitives {
       dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0))
     }
     return (data, weightsPD, x, dy, max(scratchpad(data), scratchpad(weightsPD)))
+  }
+
+  /// oneDNN's dimensions of a layer (NCHW order for x and dy, OIHW for the kernel), its strides,
+  /// and its padding before and after (Keras's `same` puts an odd extra row and column at the
+  /// bottom and right).
+  private static func dimensions(batch: Int, geometry g: ConvGeometry, filters: Int) -> (
+    src: [Int64], weights: [Int64], dst: [Int64], strides: [Int64], padL: [Int64], padR: [Int64]
+  ) {
+    let padBottom = max((g.outputHeight - 1) * g.strideHeight + g.kernelHeight - g.inputHeight - g.padTop, 0)
+    let padRight = max((g.outputWidth - 1) * g.strideWidth + g.kernelWidth - g.inputWidth - g.padLeft, 0)
+    return (
+      [Int64(batch), Int64(g.channels), Int64(g.inputHeight), Int64(g.inputWidth)],
+      [Int64(filters), Int64(g.channels), Int64(g.kernelHeight), Int64(g.kernelWidth)],
+      [Int64(batch), Int64(filters), Int64(g.outputHeight), Int64(g.outputWidth)],
+      [Int64(g.strideHeight), Int64(g.strideWidth)], [Int64(g.padTop), Int64(g.padLeft)],
+      [Int64(padBottom), Int64(padRight)]
+    )
   }
 
   /// Whether the fp32 backward weights runs on blocked copies of x and dy: on CPUs without
