@@ -51,8 +51,7 @@ public final class ConvolutionPrimitives {
   public var scratchBytes: Int {
     guard weightsOperands != nil else { return 0 }
     let size = backwardPrecision == .bf16 ? 2 : 4
-    return Self.aligned(size * batch * geometry.inputSize)
-      + Self.aligned(size * batch * geometry.outputPixels * filters)
+    return Self.operandOffsets(size: size, batch: batch, geometry: geometry, filters: filters).end
       + winogradScratchpadBytes
   }
 
@@ -174,9 +173,7 @@ public final class ConvolutionPrimitives {
       )
       blockedDiffSrc = try Conversion(from: w.src, to: srcF, engine: engine)
       winogradScratchpadBytes = w.scratchpadBytes
-      var s: dnnl_stream_t?
-      try OneDNN.check(dnnl_stream_create(&s, engine, dnnl_stream_default_flags.rawValue), "dnnl_stream_create")
-      stream = s!
+      stream = try Self.makeStream(engine)
       return
     }
     var dataDesc = dnnl_convolution_desc_t()
@@ -231,9 +228,14 @@ public final class ConvolutionPrimitives {
       )
     }
     // Last, so that nothing else can throw once the stream exists (deinit destroys it).
+    stream = try Self.makeStream(engine)
+  }
+
+  /// A new stream on `engine` (each instance runs on its own).
+  private static func makeStream(_ engine: dnnl_engine_t) throws -> dnnl_stream_t {
     var s: dnnl_stream_t?
     try OneDNN.check(dnnl_stream_create(&s, engine, dnnl_stream_default_flags.rawValue), "dnnl_stream_create")
-    stream = s!
+    return s!
   }
 
   /// `dst (B, OH, OW, F) = conv(src (B, H, W, C), kernel (KH, KW, C, F))`: fp32 in and out, or
@@ -263,10 +265,10 @@ public final class ConvolutionPrimitives {
     var (xW, dyW, scratchpad) = (x, dy, [UnsafeMutableRawPointer]())
     if let operands = weightsOperands {
       guard let scratch else { preconditionFailure("backward without its scratch") }
-      let size = backwardPrecision == .bf16 ? 2 : 4
-      let dyBytes = Self.aligned(size * batch * geometry.outputPixels * filters)
-      (xW, dyW) = (scratch, scratch + Self.aligned(size * batch * geometry.inputSize))
-      if runsWinograd { scratchpad = [dyW + dyBytes] }
+      let offsets = Self.operandOffsets(
+        size: backwardPrecision == .bf16 ? 2 : 4, batch: batch, geometry: geometry, filters: filters)
+      (xW, dyW) = (scratch, scratch + offsets.dy)
+      if runsWinograd { scratchpad = [scratch + offsets.end] }
       try operands.src.run(from: x, to: xW, on: stream)
       try operands.dst.run(from: dy, to: dyW, on: stream)
       quantizeCopy?(xW.assumingMemoryBound(to: Float.self), batch * geometry.inputSize)
@@ -299,7 +301,16 @@ public final class ConvolutionPrimitives {
       defer { (dnnl_primitive_desc_destroy(w.data), dnnl_primitive_desc_destroy(w.weights)) }
       scratchpad = w.scratchpadBytes
     }
-    return aligned(size * batch * g.inputSize) + aligned(size * batch * g.outputPixels * filters) + scratchpad
+    return operandOffsets(size: size, batch: batch, geometry: g, filters: filters).end + scratchpad
+  }
+
+  /// Where, in `backward`'s scratch, the copy of dy starts (after x's) and where the two copies
+  /// of `size`-byte elements end (Winograd's scratchpad starts there), each 64-byte aligned.
+  private static func operandOffsets(size: Int, batch: Int, geometry g: ConvGeometry, filters: Int) -> (
+    dy: Int, end: Int
+  ) {
+    let dy = aligned(size * batch * g.inputSize)
+    return (dy, dy + aligned(size * batch * g.outputPixels * filters))
   }
 
   /// Whether an fp32 or Winograd backward may run on blocked fp32 copies of x and dy
