@@ -56,9 +56,11 @@ let package = Package(
     .target(name: "CCPUFeatures"),
     // Packed sign bits and their XNOR-popcount product, in C (called through FlipTensor only).
     .target(name: "FlipXNOR"),
+    // Winograd F(4×4, 3×3)'s transforms for the backward convolutions, in C (through FlipTensor).
+    .target(name: "FlipWinograd"),
     // Tensor core: buffers, GEMM and convolution through oneDNN, im2col, the XNOR product.
     .target(
-      name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR"]),
+      name: "FlipTensor", dependencies: ["CDNNL", "CCPUFeatures", "FlipXNOR", "FlipWinograd"]),
     // BNN library: quantizers, layers, constraints, models, optimizers, schedules, summary.
     .target(name: "FlipBNN", dependencies: ["FlipTensor"]),
     // Communication: the Communicator protocol and its implementations.

@@ -18,11 +18,13 @@ import CDNNL
 /// With `backwardPrecision` `.bf16` the two backward convolutions take x, dy and the kernel
 /// rounded to bfloat16 (accumulating in fp32, writing fp32 gradients): about twice as fast on
 /// CPUs with AVX512_BF16 or AMX, and unavailable elsewhere (`TensorError.unsupportedPrecision`).
-/// With `.winograd`, 3×3 stride-1 layers run both in fp32 with oneDNN's Winograd F(4×4, 3×3)
-/// where it has one (AVX-512, channels and filters multiples of 16), on blocked copies of x and
-/// dy (dx comes back through the same scratch), with their scratchpads (transformed tiles: up
-/// to 140 MB for a 7×7×512 layer at batch 32) in the caller's scratch after the copies, not in
-/// a global buffer of oneDNN's own; other layers, and other CPUs, run `.fp32`.
+/// With `.winograd`, 3×3 stride-1 layers whose channels and filters are multiples of 16 run
+/// both in fp32 through Winograd's F(4×4, 3×3): oneDNN's where it has one (AVX-512), on blocked
+/// copies of x and dy (dx comes back through the same scratch), with their scratchpads
+/// (transformed tiles: up to 140 MB for a 7×7×512 layer at batch 32) in the caller's scratch
+/// after the copies, not in a global buffer of oneDNN's own; elsewhere ('same' padding, CPUs
+/// with AVX2 and FMA) Flip's own (`WinogradBackward`), in the same scratch. Other layers, and
+/// CPUs without AVX2, run `.fp32`.
 public final class ConvolutionPrimitives {
   public let batch: Int
   public let geometry: ConvGeometry
@@ -40,15 +42,23 @@ public final class ConvolutionPrimitives {
   /// Winograd's backward data writes dx in the blocked layout (into the scratch of x's copy,
   /// read by then); this reorders it to NHWC.
   private var blockedDiffSrc: Conversion?
-  /// Whether the fp32 backward-weights primitive runs on blocked copies of x and dy (as large
-  /// as x and dy: no padding).
-  public var blocksWeightsBackward: Bool { weightsOperands != nil && backwardPrecision != .bf16 }
-  /// Whether both backward convolutions run oneDNN's Winograd (`.winograd` on a layer it has one for).
-  public var runsWinograd: Bool { blockedDiffSrc != nil }
+  /// Flip's own Winograd backward, where `.winograd` runs it (a layer oneDNN has none for).
+  private var flipWinograd: WinogradBackward?
+  /// Whether `backward` works on a copy of x in its scratch, which a `quantizeCopy` may quantize
+  /// in place: fp32 copies in oneDNN's blocked layout (as large as x: no padding) for its
+  /// backward weights, or Flip's Winograd's plain copy.
+  public var copiesInput: Bool { weightsOperands != nil && backwardPrecision != .bf16 || flipWinograd != nil }
+  /// Whether both backward convolutions run a Winograd F(4×4, 3×3) (`.winograd` on a layer that
+  /// has one: oneDNN's or Flip's own).
+  public var runsWinograd: Bool { blockedDiffSrc != nil || flipWinograd != nil }
   /// The larger of the Winograd primitives' scratchpads (0 without Winograd).
   private var winogradScratchpadBytes = 0
   /// The bytes of scratch `backward` uses (`backwardScratchBytes` for this batch).
   public var scratchBytes: Int {
+    if let w = flipWinograd {
+      return WinogradBackward.scratchBytes(
+        batch: batch, geometry: geometry, filters: filters, tilesPerChunk: w.tilesPerChunk)
+    }
     guard weightsOperands != nil else { return 0 }
     let size = backwardPrecision == .bf16 ? 2 : 4
     return Self.operandOffsets(size: size, batch: batch, geometry: geometry, filters: filters).end
@@ -75,10 +85,12 @@ public final class ConvolutionPrimitives {
   ///   - int8KernelScale: the factor of the int8 kernel's levels (tests pass 1 to reproduce
   ///     the halved weights of ISAs without VNNI).
   ///   - compute: the threads the primitives are created for and run on.
+  ///   - winogradTilesPerChunk: Flip's Winograd's tiles per chunk (nil: its default; tests cut
+  ///     small batches into several chunks).
   public init(
     batch: Int, geometry g: ConvGeometry, filters: Int, int8Forward: Bool,
     int8KernelScale: Float = ConvolutionPrimitives.exactInt8KernelScale, backwardPrecision: BackwardPrecision = .fp32,
-    compute: Compute
+    compute: Compute, winogradTilesPerChunk: Int? = nil
   ) throws {
     self.batch = batch
     self.geometry = g
@@ -88,8 +100,7 @@ public final class ConvolutionPrimitives {
     self.backwardPrecision = backwardPrecision
     self.compute = compute
     let bf16 = backwardPrecision == .bf16
-    let blocked = !bf16 && Self.blocksWeightsBackward(geometry: g, filters: filters)
-    let tryWinograd = backwardPrecision == .winograd && Self.winogradCandidate(geometry: g, filters: filters)
+    let tryWinograd = backwardPrecision == .winograd && Self.oneDNNWinogradCandidate(geometry: g, filters: filters)
     compute.applyToOneDNN()
     let engine = try Self.engine()
     let (src, wei, dst, strides, padL, padR) = Self.dimensions(batch: batch, geometry: g, filters: filters)
@@ -155,7 +166,7 @@ public final class ConvolutionPrimitives {
     defer { if bf16 { dnnl_primitive_desc_destroy(backwardHint) } }
     var (weiAnyBackward, dstBackward, srcBackward) = bf16 ? (weiAnyB, dstB, srcB) : (weiAnyF, dstF, srcF)
     if tryWinograd, let w = try Self.winogradBackward(engine: engine, batch: batch, geometry: g, filters: filters) {
-      defer { (dnnl_primitive_desc_destroy(w.data), dnnl_primitive_desc_destroy(w.weights)) }
+      defer { _ = (dnnl_primitive_desc_destroy(w.data), dnnl_primitive_desc_destroy(w.weights)) }
       let scratchpad = { (pd: dnnl_primitive_desc_t) in
         (flip_dnnl_arg_scratchpad(), dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)!.pointee)
       }
@@ -176,6 +187,10 @@ public final class ConvolutionPrimitives {
       stream = try Self.makeStream(engine)
       return
     }
+    // Where oneDNN has no Winograd, Flip's own runs (the direct primitives below stay made: they
+    // name the layer's implementations for nothing else, and cost no memory).
+    let ownWinograd = backwardPrecision == .winograd && WinogradBackward.isCandidate(geometry: g, filters: filters)
+    let blocked = !bf16 && !ownWinograd && Self.blocksWeightsBackward(geometry: g, filters: filters)
     var dataDesc = dnnl_convolution_desc_t()
     try OneDNN.check(
       dnnl_convolution_backward_data_desc_init(
@@ -227,6 +242,10 @@ public final class ConvolutionPrimitives {
         try Conversion(from: dstF, to: dstWeights, engine: engine), bf16
       )
     }
+    if ownWinograd {
+      flipWinograd = try WinogradBackward(
+        batch: batch, geometry: g, filters: filters, compute: compute, tilesPerChunk: winogradTilesPerChunk)
+    }
     // Last, so that nothing else can throw once the stream exists (deinit destroys it).
     stream = try Self.makeStream(engine)
   }
@@ -251,15 +270,22 @@ public final class ConvolutionPrimitives {
   /// (overwritten, not accumulated), then, when `diffSrc` is given, `diffSrc (B, H, W, C)` = the
   /// input's gradient through `kernel`. `scratch` holds
   /// `backwardScratchBytes(batch:geometry:filters:precision:)` bytes (x and dy rounded to bf16,
-  /// or blocked fp32 copies). With `quantizeCopy` (only where `blocksWeightsBackward`: the copy
-  /// holds exactly x's values, in another order) `src` is the raw input and the elementwise
-  /// quantizer runs on the blocked copy in place.
+  /// or blocked fp32 copies, or Flip's Winograd's matrices). With `quantizeCopy` (only where
+  /// `copiesInput`: the copy holds exactly x's values, perhaps in another order) `src` is the raw
+  /// input and the elementwise quantizer runs on the copy in place.
   public func backward(
     src: UnsafePointer<Float>, quantizeCopy: ((UnsafeMutablePointer<Float>, Int) -> Void)? = nil,
     diffDst: UnsafePointer<Float>, kernel: UnsafePointer<Float>, diffKernel: UnsafeMutablePointer<Float>,
     diffSrc: UnsafeMutablePointer<Float>?, scratch: UnsafeMutableRawPointer?
   ) throws {
-    precondition(quantizeCopy == nil || blocksWeightsBackward, "quantizeCopy without a blocked copy of x")
+    precondition(quantizeCopy == nil || copiesInput, "quantizeCopy without a copy of x")
+    if let w = flipWinograd {
+      guard let scratch else { preconditionFailure("backward without its scratch") }
+      try w.backward(
+        src: src, quantizeCopy: quantizeCopy, diffDst: diffDst, kernel: kernel, diffKernel: diffKernel,
+        diffSrc: diffSrc, scratch: scratch)
+      return
+    }
     compute.applyToOneDNN()
     let (x, dy) = (UnsafeMutableRawPointer(mutating: src), UnsafeMutableRawPointer(mutating: diffDst))
     var (xW, dyW, scratchpad) = (x, dy, [UnsafeMutableRawPointer]())
@@ -287,21 +313,24 @@ public final class ConvolutionPrimitives {
   }
 
   /// The bytes of scratch `backward` needs for `batch` samples in `precision`: x and dy as
-  /// bf16, or (fp32 where `copiesOperands`) as fp32 in the blocked layout, then Winograd's
-  /// scratchpad (the larger of its two primitives': oneDNN is asked, so this costs the
-  /// creation of two primitive descriptions; callers keep the result).
+  /// bf16, or as fp32 in the blocked layout (for the fp32 backward weights without AVX-512, and
+  /// oneDNN's Winograd, followed by its scratchpad: the larger of its two primitives', which
+  /// oneDNN is asked for, so this costs the creation of two primitive descriptions; callers keep
+  /// the result), or Flip's Winograd's (`WinogradBackward.scratchBytes`).
   public static func backwardScratchBytes(
     batch: Int, geometry g: ConvGeometry, filters: Int, precision: BackwardPrecision
   ) throws -> Int {
-    let size = precision == .bf16 ? 2 : copiesOperands(geometry: g, filters: filters, precision: precision) ? 4 : 0
-    var scratchpad = 0
-    if precision == .winograd && winogradCandidate(geometry: g, filters: filters),
+    if precision == .winograd && oneDNNWinogradCandidate(geometry: g, filters: filters),
       let w = try winogradBackward(engine: engine(), batch: batch, geometry: g, filters: filters)
     {
-      defer { (dnnl_primitive_desc_destroy(w.data), dnnl_primitive_desc_destroy(w.weights)) }
-      scratchpad = w.scratchpadBytes
+      defer { _ = (dnnl_primitive_desc_destroy(w.data), dnnl_primitive_desc_destroy(w.weights)) }
+      return operandOffsets(size: 4, batch: batch, geometry: g, filters: filters).end + w.scratchpadBytes
     }
-    return operandOffsets(size: size, batch: batch, geometry: g, filters: filters).end + scratchpad
+    if precision == .winograd && WinogradBackward.isCandidate(geometry: g, filters: filters) {
+      return WinogradBackward.scratchBytes(batch: batch, geometry: g, filters: filters)
+    }
+    let size = precision == .bf16 ? 2 : blocksWeightsBackward(geometry: g, filters: filters) ? 4 : 0
+    return operandOffsets(size: size, batch: batch, geometry: g, filters: filters).end
   }
 
   /// Where, in `backward`'s scratch, the copy of dy starts (after x's) and where the two copies
@@ -313,20 +342,28 @@ public final class ConvolutionPrimitives {
     return (dy, dy + aligned(size * batch * g.outputPixels * filters))
   }
 
-  /// Whether an fp32 or Winograd backward may run on blocked fp32 copies of x and dy
-  /// (`blocksWeightsBackward` or `winogradCandidate`); whether it does is the primitives'
-  /// `blocksWeightsBackward`.
+  /// Whether an fp32 or Winograd backward may run on a copy of x (blocked with dy's for
+  /// `blocksWeightsBackward`, or for a `winogradCandidate`); whether it does is the primitives'
+  /// `copiesInput`.
   public static func copiesOperands(geometry g: ConvGeometry, filters: Int, precision: BackwardPrecision) -> Bool {
     precision != .bf16
       && (blocksWeightsBackward(geometry: g, filters: filters)
         || precision == .winograd && winogradCandidate(geometry: g, filters: filters))
   }
 
+  /// Whether `.winograd` runs a Winograd backward on this layer: oneDNN's
+  /// (`oneDNNWinogradCandidate`) or Flip's own (`WinogradBackward.isCandidate`: 'same' padding,
+  /// a CPU with AVX2 and FMA). Where oneDNN declines a shape Flip's runs if it can, else the
+  /// direct fp32 convolutions.
+  public static func winogradCandidate(geometry g: ConvGeometry, filters: Int) -> Bool {
+    oneDNNWinogradCandidate(geometry: g, filters: filters)
+      || WinogradBackward.isCandidate(geometry: g, filters: filters)
+  }
+
   /// Whether `.winograd` asks oneDNN for Winograd on this layer: 3×3, stride 1, channels and
   /// filters filling its 16-wide blocks (so the blocked copies are as large as x and dy), on
-  /// an AVX-512 ISA (oneDNN 2.x has no Winograd below it). oneDNN may still decline a shape;
-  /// the layer then runs the direct fp32 convolutions.
-  public static func winogradCandidate(geometry g: ConvGeometry, filters: Int) -> Bool {
+  /// an AVX-512 ISA (oneDNN 2.x has no Winograd below it).
+  static func oneDNNWinogradCandidate(geometry g: ConvGeometry, filters: Int) -> Bool {
     OneDNN.effectiveISA.hasPrefix("avx512") && g.kernelHeight == 3 && g.kernelWidth == 3 && g.strideHeight == 1
       && g.strideWidth == 1 && g.channels % 16 == 0 && filters % 16 == 0
   }
@@ -449,7 +486,8 @@ public final class ConvolutionPrimitives {
   public var forwardImplementation: String { forwardStep.implementation }
   /// oneDNN's implementations of the backward-data and backward-weights primitives.
   public var backwardImplementations: (data: String, weights: String) {
-    (backwardDataStep.implementation, backwardWeightsStep.implementation)
+    if let w = flipWinograd { return (w.implementation, w.implementation) }
+    return (backwardDataStep.implementation, backwardWeightsStep.implementation)
   }
 
   /// The stream this instance's primitives run on (its own: layers of different threads,

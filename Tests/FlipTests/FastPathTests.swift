@@ -218,7 +218,7 @@ struct FastPathTests {
         let dy = randomValues(batch * layer.outputSize, seed: UInt64(40 + pass))
         dx += copyOut(try layer.backward(dy, batch: batch, needInputGradient: true)!, batch * 672)
       }
-      let blocked = primitives ? try layer.primitives(batch: 3).blocksWeightsBackward : false
+      let blocked = primitives ? try layer.primitives(batch: 3).copiesInput : false
       return (y, dx, store.gradients.array, blocked)
     }
     let a = try run(primitives: true)

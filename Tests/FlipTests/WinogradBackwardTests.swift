@@ -3,17 +3,18 @@ import Foundation
 import Testing
 
 @testable import FlipBNN
+@testable import FlipTensor
 
-/// `backward_precision: winograd`: the 3×3 stride-1 convolutions' backward through oneDNN's
-/// Winograd F(4×4, 3×3), where it has one (AVX-512).
+/// `backward_precision: winograd`: the 3×3 stride-1 convolutions' backward through Winograd's
+/// F(4×4, 3×3): oneDNN's where it has one (AVX-512), Flip's own elsewhere (AVX2).
 @Suite("Winograd backward convolutions")
 struct WinogradBackwardTests {
-  /// On its layers (3×3, stride 1, channels and filters multiples of 16) on AVX-512, both
-  /// backward convolutions run Winograd and stay within fp32's error: the input and kernel
-  /// gradients within 1e-5 of the direct fp32 ones (relative to their largest magnitude), for a
-  /// binary layer (whose blocked copy of x is quantized in place) and a real one with a bias and
-  /// ReLU inside, at 15×13 (tiles cut by the border). A stride-2 layer, and every layer under an
-  /// ISA without Winograd (CI's AVX2 leg), runs the direct fp32 backward: the same bits.
+  /// On its layers (3×3, stride 1, channels and filters multiples of 16), both backward
+  /// convolutions run Winograd and stay within fp32's error: the input and kernel gradients
+  /// within 1e-5 of the direct fp32 ones (relative to their largest magnitude), for a binary
+  /// layer (whose copy of x is quantized in place) and a real one with a bias and ReLU inside,
+  /// at 15×13 (tiles cut by the border). A stride-2 layer runs the direct fp32 backward: the
+  /// same bits.
   @Test func winogradGradientsAreFP32Grade() throws {
     let shape = [15, 13, 32]
     let cases: [(String, () throws -> QuantConv2D)] = [
@@ -50,7 +51,8 @@ struct WinogradBackwardTests {
       let runs = try probe.primitives(batch: batch).runsWinograd
       let expected = ConvolutionPrimitives.winogradCandidate(geometry: probe.geometry, filters: probe.filters)
       #expect(runs == expected, "\(label): Winograd \(runs) on ISA \(OneDNN.effectiveISA)")
-      #expect(expected == (OneDNN.effectiveISA.hasPrefix("avx512") && !label.contains("stride")), "\(label)")
+      let anyWinograd = OneDNN.effectiveISA.hasPrefix("avx512") || WinogradBackward.isAvailable
+      #expect(expected == (anyWinograd && !label.contains("stride")), "\(label)")
       for (name, a, b) in [
         ("input gradient", winograd.dx, fp32.dx), ("kernel gradient", winograd.gradients, fp32.gradients),
       ] {
@@ -65,8 +67,8 @@ struct WinogradBackwardTests {
   }
 
   /// The self-test's references accept the Winograd backward of Bi-Real Net's and QuickNet's
-  /// layers within the fp32 tolerance, and (on AVX-512) name oneDNN's Winograd for their 3×3
-  /// stride-1 binary convolutions.
+  /// layers within the fp32 tolerance, and name a Winograd (oneDNN's on AVX-512, Flip's on
+  /// AVX2) for their 3×3 stride-1 binary convolutions.
   @Test(arguments: [ModelPreset.birealnet18, .quicknet])
   func selfTestAcceptsTheWinogradBackward(preset: ModelPreset) throws {
     let (layers, shape) = preset.testLayers
@@ -74,12 +76,13 @@ struct WinogradBackwardTests {
     for c in checks where !c.passed { Issue.record("\(c.kernel) of \(c.layer) (\(c.implementation)): \(c.maxError)") }
     let winograd = checks.filter { $0.kernel.hasPrefix("backward") && $0.implementation.contains("wino") }
     #expect(winograd.allSatisfy { $0.tolerance == KernelSelfTest.float32Tolerance })
-    #expect(winograd.isEmpty == !OneDNN.effectiveISA.hasPrefix("avx512"), "\(checks.map(\.implementation))")
+    let anyWinograd = OneDNN.effectiveISA.hasPrefix("avx512") || WinogradBackward.isAvailable
+    #expect(winograd.isEmpty == !anyWinograd, "\(checks.map(\.implementation))")
   }
 
   /// `--backward-precision winograd` trains on every ISA: `flip train` says on how many layers
-  /// Winograd runs (larq-cnn's two 3×3 stride-1 convolutions on AVX-512, none under an AVX2
-  /// cap, as on AMD EPYC Zen 3), and the loss is finite.
+  /// Winograd runs (larq-cnn's two 3×3 stride-1 convolutions: through oneDNN's on AVX-512, Flip's
+  /// own under an AVX2 cap, as on AMD EPYC Zen 3), and the loss is finite.
   @Test(arguments: ["", "AVX2"])
   func trainsWithWinogradOnEveryISA(cap: String) throws {
     let dir = temporaryDirectory("flip-winograd")
@@ -93,8 +96,74 @@ struct WinogradBackwardTests {
     #expect(r.status == 0, "\(r.stderr)")
     let avx512 = cap.isEmpty && OneDNN.effectiveISA.hasPrefix("avx512")
     let line = r.stderr.split(separator: "\n").first { $0.contains("Winograd") }.map(String.init) ?? ""
-    #expect(line.contains(avx512 ? "on 2 of" : "on 0 of"), "\(r.stderr)")
+    #expect(line.contains(avx512 || WinogradBackward.isAvailable ? "on 2 of" : "on 0 of"), "\(r.stderr)")
     let rows = try readMetrics(dir + "/run/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
     #expect(rows.count == 1 && (rows[0]["loss"] as? Double)?.isFinite == true, "\(rows)")
+  }
+
+  /// Flip's own Winograd (what runs where oneDNN has none) gives the direct fp32 backward's
+  /// gradients within 1e-5 of their largest magnitude: binary x (quantized by the layer's
+  /// `quantizeCopy` on its copy, the raw input left as it was) and kernel, dy in ±3, on maps
+  /// that cut the last tiles (15×13, 9×6), a 7×7 map, a map of one tile, 'same' and 'valid'
+  /// padding, batches cut into several chunks with a short last one, and without the input
+  /// gradient.
+  @Test(.enabled(if: WinogradBackward.isAvailable, "needs AVX2 and FMA"))
+  func flipsWinogradMatchesTheDirectBackward() throws {
+    let cases: [(batch: Int, height: Int, width: Int, channels: Int, filters: Int, chunk: Int?, padding: Padding)] = [
+      (3, 15, 13, 32, 48, 7, .same), (2, 7, 7, 64, 16, nil, .same), (1, 4, 4, 16, 16, nil, .same),
+      (2, 9, 6, 16, 32, 5, .same), (3, 15, 13, 32, 16, 7, .valid), (2, 6, 6, 16, 16, nil, .valid),
+    ]
+    for (n, (batch, height, width, channels, filters, chunk, padding)) in cases.enumerated() {
+      let label =
+        "\(batch)×\(height)×\(width)×\(channels) → \(filters), \(padding), \(chunk.map(String.init) ?? "default") tiles per chunk"
+      let g = try ConvGeometry(
+        inputHeight: height, inputWidth: width, channels: channels, kernelHeight: 3, kernelWidth: 3, strideHeight: 1,
+        strideWidth: 1, padding: padding)
+      #expect(WinogradBackward.isCandidate(geometry: g, filters: filters))
+      let raw = randomValues(batch * g.inputSize, seed: UInt64(10 + n))
+      let signs = raw.map { $0 < 0 ? Float(-1) : 1 }
+      let kernel = randomValues(9 * channels * filters, seed: UInt64(20 + n)).map { $0 < 0 ? Float(-1) : 1 }
+      let dy = randomValues(batch * g.outputPixels * filters, seed: UInt64(30 + n), in: -3...3)
+      // The direct fp32 backward (its own scratch: blocked copies without AVX-512).
+      let direct = try ConvolutionPrimitives(
+        batch: batch, geometry: g, filters: filters, int8Forward: false, backwardPrecision: .fp32, compute: .serial)
+      var (dx0, dw0) = ([Float](repeating: .nan, count: raw.count), [Float](repeating: .nan, count: kernel.count))
+      let directScratch = UnsafeMutableRawPointer.allocate(byteCount: max(direct.scratchBytes, 64), alignment: 64)
+      defer { directScratch.deallocate() }
+      try direct.backward(
+        src: signs, diffDst: dy, kernel: kernel, diffKernel: &dw0, diffSrc: &dx0, scratch: directScratch)
+      let winograd = try WinogradBackward(
+        batch: batch, geometry: g, filters: filters, compute: Compute(threads: 2), tilesPerChunk: chunk)
+      let bytes = WinogradBackward.scratchBytes(batch: batch, geometry: g, filters: filters, tilesPerChunk: chunk)
+      let scratch = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+      defer { scratch.deallocate() }
+      var (dx1, dw1, dw2) = (
+        [Float](repeating: .nan, count: raw.count), [Float](repeating: .nan, count: kernel.count),
+        [Float](repeating: .nan, count: kernel.count)
+      )
+      let sign: (UnsafeMutablePointer<Float>, Int) -> Void = { p, count in
+        for i in 0..<count { p[i] = p[i] < 0 ? -1 : 1 }
+      }
+      try winograd.backward(
+        src: raw, quantizeCopy: sign, diffDst: dy, kernel: kernel, diffKernel: &dw1, diffSrc: &dx1, scratch: scratch)
+      try winograd.backward(
+        src: signs, quantizeCopy: nil, diffDst: dy, kernel: kernel, diffKernel: &dw2, diffSrc: nil, scratch: scratch)
+      #expect(raw == randomValues(batch * g.inputSize, seed: UInt64(10 + n)), "\(label): the raw input changed")
+      let dxOff = BackwardPrecisionTests.relativeDifference(dx1, dx0)
+      let dwOff = BackwardPrecisionTests.relativeDifference(dw1, dw0)
+      #expect(dxOff < 1e-5, "\(label): input gradient \(dxOff) off")
+      #expect(dwOff < 1e-5, "\(label): kernel gradient \(dwOff) off")
+      #expect(dw2 == dw1, "\(label): the kernel gradient depends on whether dx is asked for")
+      #expect(dx0.allSatisfy(\.isFinite) && dx1.allSatisfy(\.isFinite))
+    }
+    // Strides and channel counts off the 16-wide blocks are not its layers.
+    let strided = try ConvGeometry(
+      inputHeight: 8, inputWidth: 8, channels: 16, kernelHeight: 3, kernelWidth: 3, strideHeight: 2, strideWidth: 2,
+      padding: .same)
+    let narrow = try ConvGeometry(
+      inputHeight: 8, inputWidth: 8, channels: 24, kernelHeight: 3, kernelWidth: 3, strideHeight: 1, strideWidth: 1,
+      padding: .same)
+    #expect(!WinogradBackward.isCandidate(geometry: strided, filters: 16))
+    #expect(!WinogradBackward.isCandidate(geometry: narrow, filters: 16))
   }
 }

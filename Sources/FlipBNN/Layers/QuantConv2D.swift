@@ -465,7 +465,7 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
       let layout = scratchLayout(maxBatch: maxBatch)
       // The blocked copy of x is quantized in place (no float q(x)), or made from q(x).
       var quantizeCopy: ((UnsafeMutablePointer<Float>, Int) -> Void)?
-      if layout.quantizesCopy && p.blocksWeightsBackward, let q = inputQuantizer {
+      if layout.quantizesCopy && p.copiesInput, let q = inputQuantizer {
         let compute = compute
         quantizeCopy = { x, n in q.parallelForward(x, x, count: n, channels: 1, compute: compute) }
       }

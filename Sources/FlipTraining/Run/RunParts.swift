@@ -63,7 +63,7 @@ struct RunParts {
         ConvolutionPrimitives.winogradCandidate(geometry: $0.geometry, filters: $0.filters) && $0.usePrimitives
       }
       env.logger.info(
-        "backward convolutions through Winograd F(4×4, 3×3) in fp32 on \(winograd.count) of \(convolutions.count) convolution layers (3×3, stride 1, channels and filters multiples of 16, where oneDNN has it: AVX-512; ISA \(OneDNN.effectiveISA)); the others direct fp32"
+        "backward convolutions through Winograd F(4×4, 3×3) in fp32 on \(winograd.count) of \(convolutions.count) convolution layers (3×3, stride 1, channels and filters multiples of 16; oneDNN's on AVX-512, Flip's own on AVX2; ISA \(OneDNN.effectiveISA)); the others direct fp32"
       )
     }
     for choice in trainer.binaryForwardChoices {
