@@ -89,9 +89,9 @@ struct ComputeOptions: ParsableArguments {
   @Option(
     name: .long,
     help: ArgumentHelp(
-      "Arithmetic of the convolutions' backward passes: fp32 (direct, the default), winograd or bf16.",
+      "Arithmetic of the convolutions' backward passes: fp32 (direct), winograd or bf16. Default: winograd for Larq Zoo's presets, fp32 otherwise.",
       discussion:
-        "winograd runs 3×3 stride-1 layers through Winograd F(4×4, 3×3) transforms in fp32 where oneDNN has them (AVX-512; channels and filters multiples of 16), within fp32's error and about 1.5× as fast for Larq Zoo's networks; other layers and CPUs run fp32. bf16 rounds x, dy and the kernel to bfloat16 (fp32 accumulation and gradients), as mixed-precision training does: about twice as fast on CPUs with AVX512_BF16 or AMX, an error elsewhere."
+        "winograd runs 3×3 stride-1 layers (channels and filters multiples of 16) through Winograd F(4×4, 3×3) transforms in fp32: oneDNN's on AVX-512, Flip's own on AVX2; within fp32's error and 1.5–1.7× as fast for Larq Zoo's networks; other layers, and CPUs without AVX2, run fp32. bf16 rounds x, dy and the kernel to bfloat16 (fp32 accumulation and gradients), as mixed-precision training does: about twice as fast on CPUs with AVX512_BF16 or AMX, an error elsewhere."
     ))
   var backwardPrecision: BackwardPrecision?
 

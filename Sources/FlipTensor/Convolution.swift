@@ -269,7 +269,7 @@ public final class ConvolutionPrimitives {
   /// Both backward convolutions: `diffKernel (KH, KW, C, F)` = the kernel's gradient
   /// (overwritten, not accumulated), then, when `diffSrc` is given, `diffSrc (B, H, W, C)` = the
   /// input's gradient through `kernel`. `scratch` holds
-  /// `backwardScratchBytes(batch:geometry:filters:precision:)` bytes (x and dy rounded to bf16,
+  /// `backwardScratchBytes(batch:geometry:filters:precision:compute:)` bytes (x and dy rounded to bf16,
   /// or blocked fp32 copies, or Flip's Winograd's matrices). With `quantizeCopy` (only where
   /// `copiesInput`: the copy holds exactly x's values, perhaps in another order) `src` is the raw
   /// input and the elementwise quantizer runs on the copy in place.
@@ -316,10 +316,12 @@ public final class ConvolutionPrimitives {
   /// bf16, or as fp32 in the blocked layout (for the fp32 backward weights without AVX-512, and
   /// oneDNN's Winograd, followed by its scratchpad: the larger of its two primitives', which
   /// oneDNN is asked for, so this costs the creation of two primitive descriptions; callers keep
-  /// the result), or Flip's Winograd's (`WinogradBackward.scratchBytes`).
+  /// the result), or Flip's Winograd's (`WinogradBackward.scratchBytes`). oneDNN's scratchpads
+  /// depend on the thread count: `compute` must be the primitives'.
   public static func backwardScratchBytes(
-    batch: Int, geometry g: ConvGeometry, filters: Int, precision: BackwardPrecision
+    batch: Int, geometry g: ConvGeometry, filters: Int, precision: BackwardPrecision, compute: Compute
   ) throws -> Int {
+    compute.applyToOneDNN()
     if precision == .winograd && oneDNNWinogradCandidate(geometry: g, filters: filters),
       let w = try winogradBackward(engine: engine(), batch: batch, geometry: g, filters: filters)
     {
@@ -370,7 +372,8 @@ public final class ConvolutionPrimitives {
 
   /// oneDNN's Winograd backward-data and backward-weights primitive descriptions for this
   /// shape, with the blocked layouts they chose for x (and dx) and dy; nil when oneDNN has no
-  /// Winograd for it, or when its layouts are padded or differ between the two.
+  /// Winograd for it, when its layouts are padded or differ between the two, or when its
+  /// scratchpad exceeds `oneDNNWinogradScratchpadLimit` and Flip's Winograd can run the layer.
   private static func winogradBackward(engine: dnnl_engine_t, batch: Int, geometry g: ConvGeometry, filters: Int)
     throws -> (
       data: dnnl_primitive_desc_t, weights: dnnl_primitive_desc_t, src: dnnl_memory_desc_t, dst: dnnl_memory_desc_t,
@@ -427,8 +430,22 @@ public final class ConvolutionPrimitives {
     let scratchpad = { (pd: dnnl_primitive_desc_t) in
       dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0))
     }
-    return (data, weightsPD, x, dy, max(scratchpad(data), scratchpad(weightsPD)))
+    let bytes = max(scratchpad(data), scratchpad(weightsPD))
+    if bytes > oneDNNWinogradScratchpadLimit && WinogradBackward.isCandidate(geometry: g, filters: filters) {
+      dnnl_primitive_desc_destroy(data)
+      dnnl_primitive_desc_destroy(weightsPD)
+      return nil
+    }
+    return (data, weightsPD, x, dy, bytes)
   }
+
+  /// The largest scratchpad of oneDNN's Winograd that `.winograd` takes; above it Flip's own
+  /// runs the layer where it can. Its scratch is the copy of x, 36·C·F sums and one chunk's
+  /// matrices: birealnet18's 7×7×512 layers at batch 32 took 140 MB of scratchpad in oneDNN's
+  /// backward weights against 60 MB of scratch in Flip's (which, on AVX-512, is slower by about
+  /// 3 ms in each direction on those layers), and that one shape set the shared scratch of the
+  /// whole network (147 MB against 58 for the direct backward).
+  static let oneDNNWinogradScratchpadLimit = 64 << 20
 
   /// oneDNN's dimensions of a layer (NCHW order for x and dy, OIHW for the kernel), its strides,
   /// and its padding before and after (Keras's `same` puts an odd extra row and column at the

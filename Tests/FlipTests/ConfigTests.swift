@@ -19,6 +19,8 @@ struct ConfigTests {
     #expect(c.optimizer == settings.optimizer)
     #expect(c.epochs == (preset.epochs ?? 10) && c.batchSize == preset.batchSize && c.seed == 0)
     #expect(c.warmupEpochs == preset.warmupEpochs)
+    #expect(c.backwardPrecision == settings.backwardPrecision)
+    #expect(settings.backwardPrecision == (preset.isZoo ? .winograd : .fp32))
   }
 
   @Test func effectiveConfigRoundTrips() throws {

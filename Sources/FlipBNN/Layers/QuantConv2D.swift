@@ -257,20 +257,20 @@ public final class QuantConv2D: Layer, LentInputGradient, SharedScratchLayer, Fl
     return (afterQuantized, int8Input, operands, quantizesCopy, forward, backward)
   }
 
-  /// `ConvolutionPrimitives.backwardScratchBytes` for `maxBatch` in `backwardPrecision`, kept
-  /// (with Winograd it asks oneDNN for its scratchpad's size). A shape oneDNN rejects here
-  /// fails again, with its error, when the primitives are made; until then it counts 0 bytes.
+  /// `ConvolutionPrimitives.backwardScratchBytes` for `maxBatch` in `backwardPrecision` on the
+  /// layer's oneDNN threads, kept (with Winograd it asks oneDNN for its scratchpad's size, which
+  /// depends on the threads). A shape oneDNN rejects here fails again, with its error, when the
+  /// primitives are made; until then it counts 0 bytes.
   private func backwardScratchBytes(maxBatch: Int) -> Int {
-    if let kept = keptBackwardScratchBytes, kept.batch == maxBatch, kept.precision == backwardPrecision {
-      return kept.bytes
-    }
+    let key = (batch: maxBatch, precision: backwardPrecision, threads: compute.oneDNNThreads)
+    if let kept = keptBackwardScratchBytes, kept.key == key { return kept.bytes }
     let bytes =
       (try? ConvolutionPrimitives.backwardScratchBytes(
-        batch: maxBatch, geometry: geometry, filters: filters, precision: backwardPrecision)) ?? 0
-    keptBackwardScratchBytes = (maxBatch, backwardPrecision, bytes)
+        batch: maxBatch, geometry: geometry, filters: filters, precision: backwardPrecision, compute: compute)) ?? 0
+    keptBackwardScratchBytes = (key, bytes)
     return bytes
   }
-  private var keptBackwardScratchBytes: (batch: Int, precision: BackwardPrecision, bytes: Int)?
+  private var keptBackwardScratchBytes: (key: (batch: Int, precision: BackwardPrecision, threads: Int), bytes: Int)?
 
   public func scratchCount(maxBatch: Int) -> Int {
     let layout = scratchLayout(maxBatch: maxBatch)

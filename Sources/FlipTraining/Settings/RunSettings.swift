@@ -90,10 +90,10 @@ public struct RunSettings: Equatable, Sendable {
   // MARK: Compute
   /// The forward kernel of exact binary layers (the choice never changes results).
   public var binaryForward = BinaryForwardPolicy.auto
-  /// The arithmetic of the convolutions' backward passes: fp32 (direct, the default), winograd
-  /// (fp32 through Winograd's transforms on 3×3 stride-1 layers where oneDNN has them: AVX-512),
-  /// or bf16 (about twice as fast where the CPU has AVX512_BF16 or AMX; gradients rounded like
-  /// mixed-precision training's).
+  /// The arithmetic of the convolutions' backward passes: fp32 (direct, the default but for
+  /// Larq Zoo's presets), winograd (their default: fp32 through Winograd's transforms on 3×3
+  /// stride-1 layers, on CPUs with AVX2 or AVX-512), or bf16 (about twice as fast where the CPU
+  /// has AVX512_BF16 or AMX; gradients rounded like mixed-precision training's).
   public var backwardPrecision = BackwardPrecision.fp32
   /// Compute threads per rank (nil: the cores divided by the ranks on the node).
   public var threads: Int?
@@ -102,6 +102,8 @@ public struct RunSettings: Equatable, Sendable {
 
   /// A preset's architecture and training recipe (`ModelPreset.optimizer`, `batchSize`,
   /// `epochs`, `warmupEpochs`); the small residual presets crop and flip in-memory images.
+  /// Larq Zoo's networks run the Winograd backward (at 224×224 their 3×3 stride-1 layers'
+  /// backward is most of a step: 1.5–1.7× the direct fp32 backward's speed, at fp32's error).
   public init(preset: ModelPreset) {
     model = preset.rawValue
     layers = preset.layers
@@ -110,6 +112,7 @@ public struct RunSettings: Equatable, Sendable {
     if let e = preset.epochs { epochs = e }
     warmupEpochs = preset.warmupEpochs
     augment = preset == .birealnet || preset == .quicknetMini ? .cropFlip : nil
+    backwardPrecision = preset.isZoo ? .winograd : .fp32
   }
 
   /// The settings a run may change when it is resumed (`flip train --resume DIR ...`): how
