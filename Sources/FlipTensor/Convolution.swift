@@ -21,10 +21,10 @@ import CDNNL
 /// With `.winograd`, 3×3 stride-1 layers whose channels and filters are multiples of 16 run
 /// both in fp32 through Winograd's F(4×4, 3×3): oneDNN's where it has one (AVX-512), on blocked
 /// copies of x and dy (dx comes back through the same scratch), with their scratchpads
-/// (transformed tiles: up to 140 MB for a 7×7×512 layer at batch 32) in the caller's scratch
-/// after the copies, not in a global buffer of oneDNN's own; elsewhere ('same' padding, CPUs
-/// with AVX2 and FMA) Flip's own (`WinogradBackward`), in the same scratch. Other layers, and
-/// CPUs without AVX2, run `.fp32`.
+/// (transformed tiles, at most `oneDNNWinogradScratchpadLimit`) in the caller's scratch after
+/// the copies, not in a global buffer of oneDNN's own; elsewhere (CPUs with AVX2 and FMA, and
+/// layers whose oneDNN scratchpad would be larger) Flip's own (`WinogradBackward`), in the same
+/// scratch. Other layers, and CPUs without AVX2, run `.fp32`.
 public final class ConvolutionPrimitives {
   public let batch: Int
   public let geometry: ConvGeometry
@@ -187,8 +187,9 @@ public final class ConvolutionPrimitives {
       stream = try Self.makeStream(engine)
       return
     }
-    // Where oneDNN has no Winograd, Flip's own runs (the direct primitives below stay made: they
-    // name the layer's implementations for nothing else, and cost no memory).
+    // Where oneDNN's Winograd does not run, Flip's own may. The direct primitives below are made
+    // all the same (the steps are not optional); with Flip's Winograd they never run, and hold
+    // no more than their kernels' reordered copies.
     let ownWinograd = backwardPrecision == .winograd && WinogradBackward.isCandidate(geometry: g, filters: filters)
     let blocked = !bf16 && !ownWinograd && Self.blocksWeightsBackward(geometry: g, filters: filters)
     var dataDesc = dnnl_convolution_desc_t()
@@ -354,9 +355,9 @@ public final class ConvolutionPrimitives {
   }
 
   /// Whether `.winograd` runs a Winograd backward on this layer: oneDNN's
-  /// (`oneDNNWinogradCandidate`) or Flip's own (`WinogradBackward.isCandidate`: 'same' padding,
-  /// a CPU with AVX2 and FMA). Where oneDNN declines a shape Flip's runs if it can, else the
-  /// direct fp32 convolutions.
+  /// (`oneDNNWinogradCandidate`) or Flip's own (`WinogradBackward.isCandidate`: padding of at
+  /// most 2, a CPU with AVX2 and FMA). Where oneDNN declines a shape (or its scratchpad exceeds
+  /// `oneDNNWinogradScratchpadLimit`) Flip's runs if it can, else the direct fp32 convolutions.
   public static func winogradCandidate(geometry g: ConvGeometry, filters: Int) -> Bool {
     oneDNNWinogradCandidate(geometry: g, filters: filters)
       || WinogradBackward.isCandidate(geometry: g, filters: filters)

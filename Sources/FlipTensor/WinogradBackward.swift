@@ -6,9 +6,10 @@ import FlipWinograd
 // chunk, ξ one of the 36 points of the 6×6 products.
 
 /// Flip's own Winograd F(4×4, 3×3) for both backward convolutions of a 3×3, stride-1 layer
-/// ('same' or 'valid'), for CPUs where oneDNN has none (oneDNN 2.x has it only for AVX-512): the linear
-/// transforms in C (`FlipWinograd`, AVX2 and FMA), the products as 36 matrix products per
-/// chunk of tiles on oneDNN's batched matmul.
+/// ('same' or 'valid'), for CPUs where oneDNN has none (oneDNN 2.x has it only for AVX-512) and
+/// layers where oneDNN's needs too large a scratchpad: the linear transforms in C
+/// (`FlipWinograd`, AVX2 and FMA), the products as 36 matrix products per chunk of tiles on
+/// oneDNN's batched matmul.
 ///
 /// - Kernel gradient: for each chunk of T tiles, V[ξ] (T × C, x's tiles through Bᵀ·B) and Z[ξ]
 ///   (T × F, dy's tiles through A·Aᵀ), then `acc[ξ] += V[ξ]ᵀ Z[ξ]` (C × F); finally
@@ -20,7 +21,8 @@ import FlipWinograd
 /// x and dy are read in place (NHWC); with a `quantizeCopy` x is first copied into the scratch
 /// and quantized there. A 4×4 tile costs 36 products per channel pair where the direct
 /// convolution costs 144: on AVX2 (2 threads, batch 32) the backward data and weights of a
-/// 56×56×64 layer take 18 and 20 ms against oneDNN's direct 42 and 55 (38 on blocked copies).
+/// 56×56×64 layer took 18 and 20 ms against oneDNN's direct 42 and 55 (38 on blocked copies)
+/// (a C program on the same transforms and matmuls under `ONEDNN_MAX_CPU_ISA=AVX2`, 2026-12-08).
 final class WinogradBackward {
   let batch: Int
   let geometry: ConvGeometry
@@ -38,7 +40,7 @@ final class WinogradBackward {
   let implementation: String
 
   /// Tiles per chunk: measured on AVX2 (2 threads, batch 32) 128 was as fast as 256 and faster
-  /// than 512 (whose matrices leave the L2 cache) on the 56×56×64 to 7×7×512 layers.
+  /// than 512 on the 56×56×64 to 7×7×512 layers (a chunk's matrices are 1.2–9.4 MB at 128).
   static let defaultTilesPerChunk = 128
 
   /// Whether the CPU may run FlipWinograd's AVX2 and FMA code (every Haswell extension, and
