@@ -1,7 +1,22 @@
+import CCPUFeatures
 import CDNNL
 
 /// Process-wide facts and settings of the oneDNN runtime (and its OpenMP threads).
 public enum OneDNN {
+  /// Whether Flip's own code compiled per function for Haswell's extensions (FlipXNOR's and
+  /// FlipWinograd's AVX2 kernels) may run: CPUID reports every one of them (a superset: AVX,
+  /// AVX2, FMA, F16C, MOVBE, POPCNT, BMI1, BMI2, LZCNT) and oneDNN dispatches to AVX2 or later
+  /// (so the OS saves the AVX registers; `ONEDNN_MAX_CPU_ISA` below AVX2, an older CPU or a
+  /// test of one, turns it off too). True off x86_64, where that code is portable C.
+  public static let runsHaswellCode: Bool = {
+    #if arch(x86_64)
+      let avx2 = dnnl_cpu_isa_avx2.rawValue
+      return dnnl_get_effective_cpu_isa().rawValue & avx2 == avx2 && flip_cpu_has_haswell_features() == 1
+    #else
+      return true
+    #endif
+  }()
+
   /// The instruction set oneDNN dispatches its kernels to on this CPU, e.g. `avx512_core_amx`.
   public static var effectiveISA: String {
     isaName(dnnl_get_effective_cpu_isa())

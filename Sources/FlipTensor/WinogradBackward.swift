@@ -1,4 +1,3 @@
-import CCPUFeatures
 import CDNNL
 import FlipWinograd
 
@@ -43,16 +42,9 @@ final class WinogradBackward {
   /// than 512 on the 56×56×64 to 7×7×512 layers (a chunk's matrices are 1.2–9.4 MB at 128).
   static let defaultTilesPerChunk = 128
 
-  /// Whether the CPU may run FlipWinograd's AVX2 and FMA code (every Haswell extension, and
-  /// oneDNN at AVX2 or above: so `ONEDNN_MAX_CPU_ISA` below AVX2 turns this off too).
-  static let isAvailable: Bool = {
-    #if arch(x86_64)
-      let avx2 = dnnl_cpu_isa_avx2.rawValue
-      return dnnl_get_effective_cpu_isa().rawValue & avx2 == avx2 && flip_cpu_has_haswell_features() == 1
-    #else
-      return true
-    #endif
-  }()
+  /// Whether the CPU may run FlipWinograd's AVX2 and FMA code (`OneDNN.runsHaswellCode`:
+  /// `ONEDNN_MAX_CPU_ISA` below AVX2 turns this off too).
+  static var isAvailable: Bool { OneDNN.runsHaswellCode }
 
   /// Whether this runs a layer: 3×3, stride 1, padding of at most 2 ('same' or 'valid'),
   /// channels and filters multiples of 16, on a CPU that `isAvailable`.

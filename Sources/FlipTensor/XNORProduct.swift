@@ -1,4 +1,3 @@
-import CCPUFeatures
 import CDNNL
 import Dispatch
 import FlipXNOR
@@ -17,19 +16,10 @@ import FlipXNOR
 public final class XNORProduct {
   /// Whether the kernels can run here. On x86_64 `FlipXNOR`'s fast kernels are compiled for
   /// AVX2, BMI2 and POPCNT (per function; the rest of the program stays baseline x86-64): they
-  /// run only where CPUID reports every Haswell extension (a superset: AVX, AVX2, FMA, F16C,
-  /// MOVBE, POPCNT, BMI1, BMI2, LZCNT) and oneDNN dispatches to AVX2 or later (so the OS saves
-  /// the AVX registers). With `ONEDNN_MAX_CPU_ISA` below AVX2 (an older CPU, or a test of one)
-  /// this is false and layers keep their int8 and fp32 forwards. Elsewhere the portable C
-  /// kernels run.
-  public static let isAvailable: Bool = {
-    #if arch(x86_64)
-      let avx2 = dnnl_cpu_isa_avx2.rawValue
-      return dnnl_get_effective_cpu_isa().rawValue & avx2 == avx2 && flip_cpu_has_haswell_features() == 1
-    #else
-      return true
-    #endif
-  }()
+  /// run only where `OneDNN.runsHaswellCode`. With `ONEDNN_MAX_CPU_ISA` below AVX2 (an older
+  /// CPU, or a test of one) this is false and layers keep their int8 and fp32 forwards.
+  /// Elsewhere the portable C kernels run.
+  public static var isAvailable: Bool { OneDNN.runsHaswellCode }
 
   /// The kernels a product runs by default: AVX2 on x86_64 (where `isAvailable` has checked the
   /// CPU), the portable C ones elsewhere.
